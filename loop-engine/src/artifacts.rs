@@ -1,0 +1,1 @@
+//! Artifacts (SPEC §7): the run folder, report.tsv, summary.json, tails, mirroring, checksums.

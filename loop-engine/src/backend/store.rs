@@ -1,0 +1,184 @@
+//! The `Store` trait: durable runs, steps, events and artifacts, plus the claiming and lease
+//! protocol that lets several workers (later: several hosts) share one queue of runs.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Artifact, Event, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, UnixMs,
+};
+
+/// Errors of a [`Store`]. The engine branches on the variant, never on the text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The run, step or event asked for does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up, e.g. `run 0190...`.
+        what: String,
+    },
+    /// The write conflicts with the stored state: a duplicate id, a lost lease, a run that is
+    /// not in the expected state.
+    #[error("conflict: {detail}")]
+    Conflict {
+        /// What conflicted.
+        detail: String,
+    },
+    /// A transient failure (busy database, lost connection): the same call may succeed later.
+    /// Writes that returned this were not applied.
+    #[error("store temporarily unavailable")]
+    Retryable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A permanent failure (corrupt database, read-only or full disk, failed migration).
+    #[error("store failed")]
+    Fatal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// A `NotFound` for a run id.
+    pub fn run_not_found(id: RunId) -> Self {
+        Self::NotFound {
+            what: format!("run {id}"),
+        }
+    }
+
+    /// A `NotFound` for a step id.
+    pub fn step_not_found(id: StepId) -> Self {
+        Self::NotFound {
+            what: format!("step {id}"),
+        }
+    }
+}
+
+/// How the queue of pending runs is ordered when a worker claims the next one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueOrder {
+    /// Oldest run first.
+    #[default]
+    Fifo,
+    /// Newest run first.
+    NewestFirst,
+}
+
+/// A worker's request for the next run to work on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimRequest {
+    /// Who claims; stored on the run while the lease holds.
+    pub worker_id: String,
+    /// The current time (passed in so tests and several hosts agree on one clock source).
+    pub now: UnixMs,
+    /// The lease lasts until `now + lease_ms`; the worker renews it while it works.
+    pub lease_ms: i64,
+    /// Queue order among the claimable runs.
+    pub order: QueueOrder,
+    /// Runs in these workspaces are skipped (their per-workspace cap is reached).
+    pub skip_workspaces: Vec<PathBuf>,
+    /// Runs with these ids are skipped (e.g. already being worked by this worker).
+    pub skip_runs: Vec<RunId>,
+}
+
+/// Which runs to list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFilter {
+    /// Only runs of this workspace.
+    pub workspace_root: Option<PathBuf>,
+    /// Only runs in one of these states (empty: any state).
+    pub statuses: Vec<RunStatus>,
+    /// At most this many runs (newest first); `None` for all.
+    pub limit: Option<u32>,
+    /// Only runs created before this run (keyset pagination, newest first).
+    pub before: Option<RunId>,
+}
+
+/// Durable storage for the engine.
+///
+/// # Contract
+/// - **Durability**: when a write method returns `Ok`, the write survives a crash of the
+///   process. When it returns an error, nothing of it was applied (writes are atomic).
+/// - **Ordering**: writes made by one caller are applied in call order; the engine persists a
+///   step or event before it starts the next one.
+/// - **Events** are append-only. [`Store::append_event`] assigns the run's next sequence
+///   number: the first event of a run gets 1, and the numbers of one run have no gaps and no
+///   duplicates even when several tasks append at once.
+/// - **Claiming**: a run is claimable when it is `PENDING`, or `RUNNING` with its lease expired
+///   (its worker died). [`Store::claim_next_run`] atomically marks the chosen run `RUNNING`
+///   and gives it to one worker with a lease; two concurrent claims never get the same run.
+///   `PAUSED` and terminal runs are never claimed.
+/// - **Idempotency**: `update_*` calls may be repeated with the same value. `create_run` and
+///   `insert_step` with an existing id return [`StoreError::Conflict`].
+/// - **Cancellation**: futures may be dropped; a dropped write is either fully applied or not
+///   at all.
+/// - **Errors**: an unknown id is [`StoreError::NotFound`]; a busy database that stays busy
+///   past the backend's own waiting is [`StoreError::Retryable`]; a write is never silently
+///   dropped.
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Inserts a new run.
+    async fn create_run(&self, run: &Run) -> Result<(), StoreError>;
+
+    /// Reads one run.
+    async fn get_run(&self, id: RunId) -> Result<Run, StoreError>;
+
+    /// Lists runs, newest first.
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
+
+    /// Replaces the stored run with `run` (matched by id) and sets `updated_at`.
+    /// The lease columns (`worker_id`, `lease_expires_at`) are not changed by this call: they
+    /// belong to the claim/renew/release methods.
+    async fn update_run(&self, run: &Run) -> Result<(), StoreError>;
+
+    /// Atomically picks the next claimable run (see the contract) in `req.order`, marks it
+    /// `RUNNING` with `worker_id` and a lease until `req.now + req.lease_ms`, and returns it.
+    async fn claim_next_run(&self, req: &ClaimRequest) -> Result<Option<Run>, StoreError>;
+
+    /// Extends the lease of a run held by `worker_id` to `until`. Returns
+    /// [`StoreError::Conflict`] when the worker no longer holds the run.
+    async fn renew_lease(
+        &self,
+        run_id: RunId,
+        worker_id: &str,
+        until: UnixMs,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up the lease of a run held by `worker_id` (no-op if it is not held by it).
+    async fn release_run(&self, run_id: RunId, worker_id: &str) -> Result<(), StoreError>;
+
+    /// Inserts a new step.
+    async fn insert_step(&self, step: &Step) -> Result<(), StoreError>;
+
+    /// Replaces a stored step (matched by id).
+    async fn update_step(&self, step: &Step) -> Result<(), StoreError>;
+
+    /// Reads one step.
+    async fn get_step(&self, id: StepId) -> Result<Step, StoreError>;
+
+    /// All steps of a run in `seq` order.
+    async fn list_steps(&self, run_id: RunId) -> Result<Vec<Step>, StoreError>;
+
+    /// Appends an event and returns it with its per-run sequence number.
+    async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError>;
+
+    /// Events of a run with `seq > after_seq`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        run_id: RunId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The highest sequence number of a run's events (0 when it has none).
+    async fn last_event_seq(&self, run_id: RunId) -> Result<u64, StoreError>;
+
+    /// Records an artifact; recording the same `(run_id, location, path)` again updates its
+    /// kind and checksum.
+    async fn record_artifact(&self, artifact: &NewArtifact) -> Result<Artifact, StoreError>;
+
+    /// All artifacts of a run.
+    async fn list_artifacts(&self, run_id: RunId) -> Result<Vec<Artifact>, StoreError>;
+
+    /// How many runs are in each status (statuses with no runs may be left out).
+    async fn count_runs_by_status(&self) -> Result<Vec<(RunStatus, u64)>, StoreError>;
+}

@@ -1,0 +1,151 @@
+//! The `Vcs` trait: branches, worktrees, HEAD queries and the final merge. The default
+//! implementation shells out to `git`; the engine never runs git itself.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::domain::{MergeStrategy, RunId};
+
+/// Errors of a [`Vcs`]. The engine branches on the variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VcsError {
+    /// The path is not inside a repository, or a branch/revision does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+    },
+    /// The operation conflicts with the repository's state: a merge conflict, a dirty tree, a
+    /// path taken by another worktree, a ref that moved under us. Nothing was changed.
+    #[error("{detail}")]
+    Conflict {
+        /// What conflicts, in words a user can act on.
+        detail: String,
+    },
+    /// A transient failure (e.g. a lock held by a concurrent git process).
+    #[error("git temporarily failed: {detail}")]
+    Retryable {
+        /// What failed.
+        detail: String,
+    },
+    /// Anything else: git missing, a corrupt repository, an I/O error.
+    #[error("{detail}")]
+    Fatal {
+        /// What failed (the command and its stderr).
+        detail: String,
+    },
+}
+
+/// What [`Vcs::prepare_worktree`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorktreeReport {
+    /// The run branch was created now (it did not exist).
+    pub created_branch: bool,
+    /// The worktree was added now (it did not exist).
+    pub created_worktree: bool,
+    /// Debris that was cleaned up first (stale lock files, stale worktree registrations).
+    pub cleaned: Vec<String>,
+}
+
+/// A request to bring a finished run branch into its merge target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeRequest {
+    /// The run (recorded in the merge commit so a repeated merge is detected).
+    pub run_id: RunId,
+    /// The primary checkout of the repository.
+    pub repo: PathBuf,
+    /// The branch with the work.
+    pub run_branch: String,
+    /// The branch to merge into; created from `base_branch` if missing.
+    pub target_branch: String,
+    /// The run's base branch.
+    pub base_branch: String,
+    /// `squash` or `merge` (`none` is never passed).
+    pub strategy: MergeStrategy,
+    /// Subject line of the merge or squash commit.
+    pub message: String,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// The target now holds the work at this commit.
+    Merged {
+        /// The new tip of the target.
+        commit: String,
+    },
+    /// The target already held this run's merge (a repeated call after a crash).
+    AlreadyMerged {
+        /// The tip of the target.
+        commit: String,
+    },
+    /// The run branch has no changes relative to the target.
+    NothingToMerge,
+}
+
+/// Version control for runs.
+///
+/// # Contract
+/// - **Never pushes** and never touches remotes.
+/// - **Idempotency**: `prepare_worktree` on an existing, matching worktree reuses it; `merge`
+///   of a run that was already merged returns [`MergeOutcome::AlreadyMerged`] and merges
+///   nothing twice (the target ref moves with a compare-and-swap).
+/// - **Atomicity**: a failed merge leaves the target branch, the run branch and the primary
+///   checkout as they were (a conflict aborts the merge).
+/// - **Cancellation**: futures may be dropped between git commands; a dropped call may leave a
+///   lock file, which `prepare_worktree` cleans up.
+/// - **Errors**: see [`VcsError`]; `Conflict` messages are shown to users as run failure reasons.
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
+#[async_trait]
+pub trait Vcs: Send + Sync {
+    /// The top of the repository containing `path`.
+    async fn repo_root(&self, path: &Path) -> Result<PathBuf, VcsError>;
+
+    /// The repository's default branch (remote HEAD, else the current branch of the primary
+    /// checkout, else `main`).
+    async fn default_branch(&self, repo: &Path) -> Result<String, VcsError>;
+
+    /// All local branch names.
+    async fn list_branches(&self, repo: &Path) -> Result<Vec<String>, VcsError>;
+
+    /// Creates `branch` from `base` (if missing) and a worktree for it at `path` (if missing),
+    /// cleaning up stale locks and stale worktree registrations first.
+    async fn prepare_worktree(
+        &self,
+        repo: &Path,
+        path: &Path,
+        branch: &str,
+        base: &str,
+    ) -> Result<WorktreeReport, VcsError>;
+
+    /// The commit checked out in `dir`, or `None` in a repository without commits.
+    async fn head(&self, dir: &Path) -> Result<Option<String>, VcsError>;
+
+    /// True when `dir` has no staged, unstaged or untracked changes.
+    async fn is_clean(&self, dir: &Path) -> Result<bool, VcsError>;
+
+    /// The contents of `path` (relative to the repository root) at `rev`, `None` if absent.
+    async fn show_file(
+        &self,
+        repo: &Path,
+        rev: &str,
+        path: &Path,
+    ) -> Result<Option<Vec<u8>>, VcsError>;
+
+    /// Stages exactly `paths` (relative to `dir`) and commits them; `None` when nothing changed.
+    async fn commit_paths(
+        &self,
+        dir: &Path,
+        paths: &[PathBuf],
+        message: &str,
+    ) -> Result<Option<String>, VcsError>;
+
+    /// Removes a stale `index.lock` of the worktree at `dir`; true if one was removed.
+    async fn remove_stale_lock(&self, dir: &Path) -> Result<bool, VcsError>;
+
+    /// Brings the run branch into the target (see [`MergeRequest`]), leaving the target checked
+    /// out in the primary checkout.
+    async fn merge(&self, req: &MergeRequest) -> Result<MergeOutcome, VcsError>;
+}

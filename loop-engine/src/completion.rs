@@ -1,0 +1,1 @@
+//! Completion detection (SPEC §5): exact, trailing and malformed completion tokens.

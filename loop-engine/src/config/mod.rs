@@ -1,0 +1,1 @@
+//! Configuration (SPEC §8): keys, defaults, the `key=value` file format and precedence.

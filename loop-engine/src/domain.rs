@@ -1,0 +1,716 @@
+//! The data model of SPEC §9: runs, steps, events and artifacts, with the stable wire
+//! spellings (`UPPER` statuses, `snake_case` phases and reasons) that the store, the HTTP API
+//! and scripts rely on.
+//!
+//! Timestamps are milliseconds since the Unix epoch (`i64`): cheap to compare, to index and to
+//! store in any database, and rendered to RFC 3339 only at the edges.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMs = i64;
+
+/// The current wall-clock time in [`UnixMs`].
+pub fn now_ms() -> UnixMs {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new, time-ordered (UUIDv7) id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseEnumError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s.trim()).map(Self).map_err(|_| ParseEnumError {
+                    what: stringify!($name),
+                    value: s.to_owned(),
+                })
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies a run (UUIDv7, so ids sort by creation time).
+    RunId
+);
+uuid_id!(
+    /// Identifies a step of a run (UUIDv7).
+    StepId
+);
+
+/// A string did not name a known value of an enum of the data model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: `{value}`")]
+pub struct ParseEnumError {
+    /// What was being parsed (`RunStatus`, `StepPhase`, ...).
+    pub what: &'static str,
+    /// The rejected text.
+    pub value: String,
+}
+
+/// Declares a fieldless enum with one canonical spelling per variant, used by `Display`,
+/// `FromStr`, serde and the database alike.
+macro_rules! spelled_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The canonical spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseEnumError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(ParseEnumError { what: stringify!($name), value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+spelled_enum!(
+    /// Where a run is in its life.
+    RunStatus {
+        /// Created, waiting for a worker slot.
+        Pending => "PENDING",
+        /// Claimed by a worker; steps are being executed.
+        Running => "RUNNING",
+        /// Paused by a user at a step boundary; resumes on request.
+        Paused => "PAUSED",
+        /// Finished with the plan done (and merged, if a merge target is set).
+        Completed => "COMPLETED",
+        /// Ended by an error, a failed agent or an exhausted budget.
+        Failed => "FAILED",
+        /// Ended by a user.
+        Canceled => "CANCELED",
+    }
+);
+
+impl RunStatus {
+    /// True once the run can never change state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+}
+
+spelled_enum!(
+    /// How a run got its name.
+    NameSource {
+        /// Derived from the spec's file name or first heading.
+        SpecSlug => "spec_slug",
+        /// Asked from the naming model.
+        Haiku => "haiku",
+    }
+);
+
+spelled_enum!(
+    /// How finished work reaches the merge target branch.
+    MergeStrategy {
+        /// One squashed commit on the target.
+        Squash => "squash",
+        /// A merge commit (or fast-forward) on the target.
+        Merge => "merge",
+        /// Leave the run branch as it is.
+        None => "none",
+    }
+);
+
+spelled_enum!(
+    /// The kind of work a step does.
+    StepPhase {
+        /// The agent implements one task.
+        Implementation => "implementation",
+        /// The agent reviews one implemented task.
+        Review => "review",
+        /// The project's verification commands.
+        Verification => "verification",
+        /// The watchdog rewrote the prompt.
+        Watchdog => "watchdog",
+        /// The run branch is merged into the merge target.
+        Merge => "merge",
+        /// The naming model names the run.
+        Naming => "naming",
+    }
+);
+
+spelled_enum!(
+    /// Where a step is in its life.
+    StepStatus {
+        /// Recorded, not started.
+        Queued => "QUEUED",
+        /// Running now.
+        InProgress => "IN_PROGRESS",
+        /// Finished and accepted.
+        Succeeded => "SUCCEEDED",
+        /// Finished and rejected (see the step's `reason`).
+        Failed => "FAILED",
+        /// Failed, and another attempt follows.
+        Retrying => "RETRYING",
+        /// Stopped by a cancel.
+        Canceled => "CANCELED",
+    }
+);
+
+impl StepStatus {
+    /// True once the step will not change again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::InProgress)
+    }
+}
+
+spelled_enum!(
+    /// Where an artifact file lives.
+    ArtifactLocation {
+        /// Under `<workspace>/<log_dir>/run-<id>/`.
+        Workspace => "workspace",
+        /// Under `<global_log_dir>/runs/run-<id>/`.
+        Global => "global",
+    }
+);
+
+spelled_enum!(
+    /// What an artifact file is (SPEC §7).
+    ArtifactKind {
+        /// `prompt.txt`: the prompt snapshot.
+        Prompt => "prompt",
+        /// `run.log`: the human-readable run log.
+        RunLog => "run_log",
+        /// `report.tsv`.
+        Report => "report",
+        /// `summary.json`.
+        Summary => "summary",
+        /// `runner-notes.txt`.
+        RunnerNotes => "runner_notes",
+        /// `iter-<slug>.log`: a whole agent output.
+        IterationLog => "iteration_log",
+        /// `iter-<slug>.tail.txt`: its last 200 lines.
+        IterationTail => "iteration_tail",
+        /// `verify/verify-<slug>-<n>.log`.
+        VerifyLog => "verify_log",
+        /// `verify/verify-<slug>-failure.txt`.
+        VerifyFailure => "verify_failure",
+        /// `prompt.rewrite.<n>.txt`.
+        PromptRewrite => "prompt_rewrite",
+        /// Anything else a backend chose to record.
+        Other => "other",
+    }
+);
+
+/// Why a run ended (SPEC §6). Serialised as its text, e.g. `complete_plan` or
+/// `max_consecutive_failures:verification:3`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// No pending tasks and final verification green.
+    CompletePlan,
+    /// The reviewer answered the completion token with nothing pending.
+    CompleteReviewer,
+    /// The iteration budget ran out.
+    IterationsExhausted,
+    /// The agent kept failing after its retries.
+    ClaudeFailed,
+    /// Too many failures of one kind in a row, e.g. verification.
+    MaxConsecutiveFailures {
+        /// What kept failing (`verification`).
+        kind: String,
+        /// The configured limit that was reached.
+        limit: u32,
+    },
+    /// Any other failure (store, git, merge, config); the detail is in `RUN_FAILED`.
+    Failed,
+    /// A user canceled the run.
+    Canceled,
+}
+
+impl ExitReason {
+    /// True for the reasons that mean the plan was finished.
+    pub fn is_complete(&self) -> bool {
+        matches!(self, Self::CompletePlan | Self::CompleteReviewer)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CompletePlan => f.write_str("complete_plan"),
+            Self::CompleteReviewer => f.write_str("complete_reviewer"),
+            Self::IterationsExhausted => f.write_str("iterations_exhausted"),
+            Self::ClaudeFailed => f.write_str("claude_failed"),
+            Self::MaxConsecutiveFailures { kind, limit } => {
+                write!(f, "max_consecutive_failures:{kind}:{limit}")
+            }
+            Self::Failed => f.write_str("failed"),
+            Self::Canceled => f.write_str("canceled"),
+        }
+    }
+}
+
+impl FromStr for ExitReason {
+    type Err = ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseEnumError {
+            what: "ExitReason",
+            value: s.to_owned(),
+        };
+        Ok(match s {
+            "complete_plan" => Self::CompletePlan,
+            "complete_reviewer" => Self::CompleteReviewer,
+            "iterations_exhausted" => Self::IterationsExhausted,
+            "claude_failed" => Self::ClaudeFailed,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            other => {
+                let rest = other
+                    .strip_prefix("max_consecutive_failures:")
+                    .ok_or_else(bad)?;
+                let (kind, limit) = rest.rsplit_once(':').ok_or_else(bad)?;
+                let limit = limit.parse().map_err(|_| bad())?;
+                if kind.is_empty() {
+                    return Err(bad());
+                }
+                Self::MaxConsecutiveFailures {
+                    kind: kind.to_owned(),
+                    limit,
+                }
+            }
+        })
+    }
+}
+
+impl Serialize for ExitReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExitReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+spelled_enum!(
+    /// The type of an event (SPEC §7 report kinds and SPEC §10 control-plane events).
+    EventKind {
+        /// A run was created.
+        RunCreated => "RUN_CREATED",
+        /// A worker claimed the run and started (or resumed) it.
+        RunStarted => "RUN_STARTED",
+        /// A step began.
+        StepStarted => "STEP_STARTED",
+        /// A step ended.
+        StepFinished => "STEP_FINISHED",
+        /// The watchdog rewrote the prompt.
+        WatchdogRewrite => "WATCHDOG_REWRITE",
+        /// The run completed.
+        RunCompleted => "RUN_COMPLETED",
+        /// The run failed.
+        RunFailed => "RUN_FAILED",
+        /// The run was canceled.
+        RunCanceled => "RUN_CANCELED",
+        /// The run was paused at a step boundary.
+        RunPaused => "RUN_PAUSED",
+        /// The run was resumed.
+        RunResumed => "RUN_RESUMED",
+        /// The run was named (by the naming model or by fallback).
+        RunNamed => "RUN_NAMED",
+        /// The run's worktree and branch were prepared.
+        WorktreeReady => "WORKTREE_READY",
+        /// Spec or plan were copied into the worktree and committed.
+        SeedCommitted => "SEED_COMMITTED",
+        /// Debris of a crashed daemon was cleaned up (processes, locks, worktrees).
+        RecoveryCleanup => "RECOVERY_CLEANUP",
+        /// The run branch was merged into the merge target.
+        MergeDone => "MERGE_DONE",
+        /// report.tsv: the run started.
+        RunStart => "RUN_START",
+        /// report.tsv: the prompt was snapshotted.
+        PromptSnapshot => "PROMPT_SNAPSHOT",
+        /// report.tsv: an agent step started.
+        IterationStart => "ITERATION_START",
+        /// report.tsv: an agent step ended.
+        IterationEnd => "ITERATION_END",
+        /// report.tsv: the tail file of an agent step was written.
+        IterationTail => "ITERATION_TAIL",
+        /// report.tsv: an agent step is retried.
+        ClaudeRetry => "CLAUDE_RETRY",
+        /// The agent CLI retried an API call by itself (stream-json `api_retry`).
+        ClaudeApiRetry => "CLAUDE_API_RETRY",
+        /// report.tsv: an agent step hit its timeout.
+        IterationTimeout => "ITERATION_TIMEOUT",
+        /// report.tsv: a running step is still alive.
+        Heartbeat => "HEARTBEAT",
+        /// report.tsv: a step ran past 5 minutes.
+        WarnIterationLong => "WARN_ITERATION_LONG",
+        /// report.tsv: a step printed over 200,000 bytes.
+        WarnOutputLarge => "WARN_OUTPUT_LARGE",
+        /// report.tsv: verification started.
+        VerifyStart => "VERIFY_START",
+        /// report.tsv: one verification command started.
+        VerifyCmdStart => "VERIFY_CMD_START",
+        /// report.tsv: one verification command ended.
+        VerifyCmdEnd => "VERIFY_CMD_END",
+        /// report.tsv: verification ended.
+        VerifyEnd => "VERIFY_END",
+        /// report.tsv: verification skipped (HEAD unchanged and tree clean).
+        VerifySkip => "VERIFY_SKIP",
+        /// report.tsv: the completion token was accepted.
+        CompleteDetected => "COMPLETE_DETECTED",
+        /// report.tsv: the token was present but not in the accepted form.
+        WarnMalformedComplete => "WARN_MALFORMED_COMPLETE",
+        /// report.tsv: the agent claimed completion with tasks pending.
+        WarnCompleteWithPending => "WARN_COMPLETE_WITH_PENDING",
+        /// report.tsv: the reviewer claimed completion with tasks pending.
+        WarnReviewerCompleteWithPending => "WARN_REVIEWER_COMPLETE_WITH_PENDING",
+        /// report.tsv: the run ended (`reason=<exit reason>`).
+        RunEnd => "RUN_END",
+    }
+);
+
+/// One loop run: a spec and plan worked in its own worktree until done (SPEC §9).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// UUIDv7 id.
+    pub id: RunId,
+    /// Short human name (ASCII, at most 64 characters).
+    pub name: String,
+    /// How the name was chosen.
+    pub name_source: NameSource,
+    /// Life-cycle state.
+    pub status: RunStatus,
+    /// Why the run ended; `None` until it is terminal.
+    pub exit_reason: Option<ExitReason>,
+    /// Human-readable detail of a failure (`RUN_FAILED` reason).
+    pub failure: Option<String>,
+    /// The git root (or directory) the run belongs to.
+    pub workspace_root: PathBuf,
+    /// The spec, as resolved at creation (absolute path in the primary checkout).
+    pub spec_path: PathBuf,
+    /// The plan, as resolved at creation (absolute path in the primary checkout).
+    pub plan_path: PathBuf,
+    /// The branch the run branch starts from.
+    pub base_branch: String,
+    /// The run's own branch.
+    pub run_branch: String,
+    /// Where finished work is merged; `None` leaves the run branch alone.
+    pub merge_target_branch: Option<String>,
+    /// How finished work is merged.
+    pub merge_strategy: MergeStrategy,
+    /// The run's git worktree.
+    pub worktree_path: PathBuf,
+    /// The effective configuration (JSON object of SPEC §8 keys).
+    pub config: serde_json::Value,
+    /// Iterations started so far.
+    pub iterations_run: u32,
+    /// `tasks_done` of the plan at the last re-read.
+    pub tasks_done: u32,
+    /// `tasks_total` of the plan at the last re-read.
+    pub tasks_total: u32,
+    /// Creation time.
+    pub created_at: UnixMs,
+    /// Last change.
+    pub updated_at: UnixMs,
+    /// The worker holding the run's lease, if any.
+    pub worker_id: Option<String>,
+    /// When that lease expires.
+    pub lease_expires_at: Option<UnixMs>,
+}
+
+/// One unit of work inside a run: an agent call, a verification, a merge, ...
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// UUIDv7 id.
+    pub id: StepId,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// 1-based order of the step within its run.
+    pub seq: u32,
+    /// The iteration it belongs to (0 for steps before the first iteration, e.g. naming).
+    pub iteration: u32,
+    /// The iteration label, e.g. `3`, `3A2`, `3R1`, `3R1A2`.
+    pub label: String,
+    /// What kind of work.
+    pub phase: StepPhase,
+    /// Life-cycle state.
+    pub status: StepStatus,
+    /// 1-based attempt number (retries and watchdog rewrites increment it).
+    pub attempt: u32,
+    /// Start time.
+    pub started_at: Option<UnixMs>,
+    /// End time.
+    pub ended_at: Option<UnixMs>,
+    /// Process exit code (124 on timeout).
+    pub exit_code: Option<i32>,
+    /// Why the step failed, when it did (`interrupted`, `timeout`, ...).
+    pub reason: Option<String>,
+    /// The prompt file used.
+    pub prompt_path: Option<PathBuf>,
+    /// The whole output on disk.
+    pub output_path: Option<PathBuf>,
+    /// Git HEAD of the worktree before the step.
+    pub head_before: Option<String>,
+    /// Git HEAD of the worktree after the step.
+    pub head_after: Option<String>,
+    /// The agent process, while it runs (for recovery after a crash).
+    pub agent_pid: Option<u32>,
+    /// Start time of the agent process in clock ticks since boot (guards against pid reuse).
+    pub agent_start_time: Option<u64>,
+    /// What the agent's stream-json `result` line reported, if any.
+    pub usage: Option<AgentUsage>,
+}
+
+/// Token usage, cost and turn count from the agent's final `result` line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentUsage {
+    /// `num_turns`.
+    pub num_turns: Option<u64>,
+    /// `usage.input_tokens`.
+    pub input_tokens: Option<u64>,
+    /// `usage.output_tokens`.
+    pub output_tokens: Option<u64>,
+    /// `usage.cache_read_input_tokens`.
+    pub cache_read_input_tokens: Option<u64>,
+    /// `usage.cache_creation_input_tokens`.
+    pub cache_creation_input_tokens: Option<u64>,
+    /// `total_cost_usd`.
+    pub cost_usd: Option<f64>,
+    /// `is_error`.
+    pub is_error: bool,
+    /// `duration_api_ms`.
+    pub duration_api_ms: Option<u64>,
+}
+
+/// An event to append; the store assigns its id and per-run sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// The step it belongs to, if any.
+    pub step_id: Option<StepId>,
+    /// Event type.
+    pub kind: EventKind,
+    /// When it happened.
+    pub ts: UnixMs,
+    /// Structured detail (a JSON object).
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event of `kind` for `run_id`, stamped now.
+    pub fn new(run_id: RunId, kind: EventKind, payload: serde_json::Value) -> Self {
+        Self {
+            run_id,
+            step_id: None,
+            kind,
+            ts: now_ms(),
+            payload,
+        }
+    }
+
+    /// The same event, tied to a step.
+    pub fn with_step(mut self, step_id: StepId) -> Self {
+        self.step_id = Some(step_id);
+        self
+    }
+}
+
+/// An appended, immutable event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Per-run sequence number: 1, 2, 3, ... without gaps (the SSE `id:`).
+    pub seq: u64,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// The step it belongs to, if any.
+    pub step_id: Option<StepId>,
+    /// Event type.
+    pub kind: EventKind,
+    /// When it happened.
+    pub ts: UnixMs,
+    /// Structured detail (a JSON object).
+    pub payload: serde_json::Value,
+}
+
+/// An artifact file to record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewArtifact {
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Where it lives.
+    pub location: ArtifactLocation,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// SHA-256 of the contents, hex.
+    pub checksum: String,
+}
+
+/// A recorded artifact file. Recording the same `(run_id, location, path)` again updates the
+/// checksum instead of adding a row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Where it lives.
+    pub location: ArtifactLocation,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// SHA-256 of the contents, hex.
+    pub checksum: String,
+    /// When it was (last) recorded.
+    pub recorded_at: UnixMs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_use_upper_spellings() {
+        assert_eq!(
+            serde_json::to_string(&RunStatus::Pending).unwrap(),
+            "\"PENDING\""
+        );
+        assert_eq!(
+            serde_json::to_string(&StepStatus::InProgress).unwrap(),
+            "\"IN_PROGRESS\""
+        );
+        for s in RunStatus::ALL {
+            assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), *s);
+        }
+        for s in StepStatus::ALL {
+            assert_eq!(s.as_str().parse::<StepStatus>().unwrap(), *s);
+        }
+    }
+
+    #[test]
+    fn phases_and_sources_use_snake_case() {
+        assert_eq!(StepPhase::Implementation.as_str(), "implementation");
+        assert_eq!(NameSource::SpecSlug.as_str(), "spec_slug");
+        assert_eq!(
+            serde_json::from_str::<MergeStrategy>("\"squash\"").unwrap(),
+            MergeStrategy::Squash
+        );
+        assert!(serde_json::from_str::<MergeStrategy>("\"rebase\"").is_err());
+    }
+
+    #[test]
+    fn exit_reasons_round_trip() {
+        let all = [
+            ExitReason::CompletePlan,
+            ExitReason::CompleteReviewer,
+            ExitReason::IterationsExhausted,
+            ExitReason::ClaudeFailed,
+            ExitReason::Failed,
+            ExitReason::Canceled,
+            ExitReason::MaxConsecutiveFailures {
+                kind: "verification".into(),
+                limit: 3,
+            },
+        ];
+        for r in all {
+            let text = r.to_string();
+            assert_eq!(text.parse::<ExitReason>().unwrap(), r);
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<ExitReason>(&json).unwrap(), r);
+        }
+        assert_eq!(
+            ExitReason::MaxConsecutiveFailures {
+                kind: "verification".into(),
+                limit: 3
+            }
+            .to_string(),
+            "max_consecutive_failures:verification:3"
+        );
+        assert!("max_consecutive_failures::3".parse::<ExitReason>().is_err());
+        assert!("done".parse::<ExitReason>().is_err());
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>().unwrap(), *k);
+        }
+        assert_eq!(EventKind::RunEnd.as_str(), "RUN_END");
+    }
+
+    #[test]
+    fn run_ids_are_time_ordered() {
+        let a = RunId::new();
+        let b = RunId::new();
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<RunId>().unwrap(), a);
+        assert!("nope".parse::<RunId>().is_err());
+    }
+}

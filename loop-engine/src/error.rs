@@ -1,0 +1,89 @@
+//! Error types of loop-engine that are not tied to one backend trait (those live beside their
+//! trait in `backend/`).
+
+use std::path::PathBuf;
+
+/// Where a configuration value came from; named in every config error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// The built-in default.
+    Default,
+    /// A `key=value` file (`.loop/config`, `--config FILE`, `LOOP_CONFIG`).
+    File(PathBuf),
+    /// An override from the command line or the HTTP API.
+    Override,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("built-in defaults"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Override => f.write_str("command-line/API override"),
+        }
+    }
+}
+
+/// A configuration could not be loaded or is invalid. Every variant names what is wrong and
+/// where it came from, so users can fix it without guessing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key has a value of the wrong kind (non-number, unknown mode, ...).
+    #[error("invalid value `{value}` for config key `{key}` in {source_name}: {reason}")]
+    InvalidValue {
+        /// The key.
+        key: String,
+        /// The rejected value, as written.
+        value: String,
+        /// Where it came from.
+        source_name: ConfigSource,
+        /// What would be accepted.
+        reason: String,
+    },
+    /// A line of a config file is not `key=value`.
+    #[error("{}:{line}: cannot parse config line `{text}`: {reason}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A config file could not be read.
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An override names a key that does not exist.
+    #[error("unknown config key `{key}` in {source_name}")]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// Where it came from.
+        source_name: ConfigSource,
+    },
+    /// The spec file does not exist.
+    #[error("spec not found: `{given}` (looked at {})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    SpecNotFound {
+        /// The path as given.
+        given: String,
+        /// Every place that was tried.
+        tried: Vec<PathBuf>,
+    },
+    /// The plan file does not exist.
+    #[error("plan not found: {} (expected for spec {}; pass the plan path explicitly or create it)", expected.display(), spec.display())]
+    PlanNotFound {
+        /// The path that was expected.
+        expected: PathBuf,
+        /// The spec it belongs to.
+        spec: PathBuf,
+    },
+}

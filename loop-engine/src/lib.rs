@@ -1,0 +1,31 @@
+//! # loop-engine
+//!
+//! The agent-loop SDK. It owns the domain (runs, steps, events, artifacts), the configuration,
+//! the plan/prompt/completion logic and the run state machine, and talks to the world only
+//! through four traits:
+//!
+//! - [`Executor`](backend::Executor) runs the coding agent (default: the Claude Code CLI),
+//! - [`Store`](backend::Store) persists everything (SQLite in `loop-store`, in-memory here),
+//! - [`Vcs`](backend::Vcs) manages branches, worktrees and merges (default: the `git` CLI),
+//! - [`Notifier`](backend::Notifier) tells the outside world (default: tracing logs).
+//!
+//! Reference implementations of each live in [`impls`]; test support (scripted executor, git
+//! fixture, store contract suite, mockall mocks) lives in `testing` behind the `testing`
+//! feature.
+#![deny(missing_docs)]
+
+pub mod artifacts;
+pub mod backend;
+pub mod completion;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod impls;
+pub mod naming;
+pub mod plan;
+pub mod process;
+pub mod prompt;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use backend::{Executor, Notifier, Store, Vcs};

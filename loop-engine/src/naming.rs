@@ -1,0 +1,1 @@
+//! Naming (SPEC §9): run names, spec slugs, branch names, worktree paths, iteration slugs.

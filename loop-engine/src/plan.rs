@@ -1,0 +1,1 @@
+//! The plan file (SPEC §3): checklist counts and the first open task.

@@ -1,0 +1,1 @@
+//! Prompts (SPEC §4): implementation and reviewer prompts, custom prompt files, learnings.

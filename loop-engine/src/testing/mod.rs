@@ -1,0 +1,2 @@
+//! Test support for engine users: mocks, a scripted executor, a git fixture and the store
+//! contract suite. Enabled by the `testing` feature.
