@@ -133,6 +133,8 @@ macro_rules! spelled_enum {
     };
 }
 
+pub(crate) use spelled_enum;
+
 spelled_enum!(
     /// Where a run is in its life.
     RunStatus {
