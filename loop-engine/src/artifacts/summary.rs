@@ -1,0 +1,178 @@
+//! `summary.json` (SPEC §7): the one-glance outcome of a run, rewritten atomically at every
+//! run end so scripts can read it without parsing the report.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::files::write_atomic;
+use crate::completion::CompletionMode;
+use crate::domain::{ExitReason, RunId, UnixMs};
+
+/// The contents of `summary.json`. The keys are exactly those of SPEC §7, in that order;
+/// absent values are written as `null`, never left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The run.
+    pub run_id: RunId,
+    /// When the run started.
+    pub start_ms: UnixMs,
+    /// When the run ended.
+    pub end_ms: UnixMs,
+    /// `end_ms - start_ms`.
+    pub total_duration_ms: u64,
+    /// Iterations started.
+    pub iterations_run: u32,
+    /// The iteration in which completion was detected; `null` if the run did not complete.
+    pub completed_iteration: Option<u32>,
+    /// Mean duration of the agent steps; 0 when none ran.
+    pub avg_duration_ms: u64,
+    /// Exit code of the last agent step; `null` when no agent step ran.
+    pub last_exit_code: Option<i32>,
+    /// The completion mode that accepted the token; `null` if the run did not complete.
+    pub completion_mode: Option<CompletionMode>,
+    /// The agent model.
+    pub model: String,
+    /// Why the run ended, e.g. `complete_plan`.
+    pub exit_reason: ExitReason,
+    /// Path of `run.log`.
+    pub run_log: String,
+    /// Path of `report.tsv`.
+    pub run_report: String,
+    /// Path of `prompt.txt`.
+    pub prompt_snapshot: String,
+    /// Path of the last `iter-<slug>.tail.txt`; `null` when no agent step ran.
+    pub last_iteration_tail: Option<String>,
+    /// Path of the last `iter-<slug>.log`; `null` when no agent step ran.
+    pub last_iteration_log: Option<String>,
+}
+
+/// Writes `summary` as pretty JSON to `path`, atomically (see [`write_atomic`]).
+pub fn write_summary(path: &Path, summary: &Summary) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(summary).map_err(io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(path, &json)
+}
+
+/// Reads a `summary.json` back.
+pub fn read_summary(path: &Path) -> io::Result<Summary> {
+    let bytes = std::fs::read(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_KEYS: [&str; 16] = [
+        "run_id",
+        "start_ms",
+        "end_ms",
+        "total_duration_ms",
+        "iterations_run",
+        "completed_iteration",
+        "avg_duration_ms",
+        "last_exit_code",
+        "completion_mode",
+        "model",
+        "exit_reason",
+        "run_log",
+        "run_report",
+        "prompt_snapshot",
+        "last_iteration_tail",
+        "last_iteration_log",
+    ];
+
+    fn unfinished() -> Summary {
+        Summary {
+            run_id: RunId::new(),
+            start_ms: 1_000,
+            end_ms: 4_500,
+            total_duration_ms: 3_500,
+            iterations_run: 0,
+            completed_iteration: None,
+            avg_duration_ms: 0,
+            last_exit_code: None,
+            completion_mode: None,
+            model: "opus".into(),
+            exit_reason: ExitReason::Canceled,
+            run_log: "/r/run.log".into(),
+            run_report: "/r/report.tsv".into(),
+            prompt_snapshot: "/r/prompt.txt".into(),
+            last_iteration_tail: None,
+            last_iteration_log: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_exactly_the_spec_keys_in_order_with_nulls() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("summary.json");
+        let s = unfinished();
+        write_summary(&p, &s).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let obj = value.as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut expected = SPEC_KEYS.to_vec();
+        keys.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        for k in [
+            "completed_iteration",
+            "completion_mode",
+            "last_iteration_tail",
+            "last_iteration_log",
+            "last_exit_code",
+        ] {
+            assert!(obj[k].is_null(), "{k} should be null");
+        }
+        assert_eq!(obj["exit_reason"], "canceled");
+        assert_eq!(obj["run_id"], s.run_id.to_string());
+        // The file lists the keys in SPEC order.
+        let positions: Vec<usize> = SPEC_KEYS
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(read_summary(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn a_completed_summary_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("summary.json");
+        let s = Summary {
+            iterations_run: 4,
+            completed_iteration: Some(4),
+            avg_duration_ms: 1200,
+            last_exit_code: Some(0),
+            completion_mode: Some(CompletionMode::Trailing),
+            exit_reason: ExitReason::CompletePlan,
+            last_iteration_tail: Some("/r/iter-04.tail.txt".into()),
+            last_iteration_log: Some("/r/iter-04.log".into()),
+            ..unfinished()
+        };
+        write_summary(&p, &s).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(value["completion_mode"], "trailing");
+        assert_eq!(value["exit_reason"], "complete_plan");
+        assert_eq!(value["completed_iteration"], 4);
+        assert_eq!(read_summary(&p).unwrap(), s);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary files may remain");
+    }
+
+    #[test]
+    fn reading_garbage_is_invalid_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("summary.json");
+        std::fs::write(&p, "{").unwrap();
+        assert_eq!(
+            read_summary(&p).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}
