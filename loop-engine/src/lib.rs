@@ -4,10 +4,10 @@
 //! the plan/prompt/completion logic and the run state machine, and talks to the world only
 //! through four traits:
 //!
-//! - [`Executor`](backend::Executor) runs the coding agent (default: the Claude Code CLI),
-//! - [`Store`](backend::Store) persists everything (SQLite in `loop-store`, in-memory here),
-//! - [`Vcs`](backend::Vcs) manages branches, worktrees and merges (default: the `git` CLI),
-//! - [`Notifier`](backend::Notifier) tells the outside world (default: tracing logs).
+//! - [`Executor`] runs the coding agent (default: the Claude Code CLI),
+//! - [`Store`] persists everything (SQLite in `loop-store`, in-memory here),
+//! - [`Vcs`] manages branches, worktrees and merges (default: the `git` CLI),
+//! - [`Notifier`] tells the outside world (default: tracing logs).
 //!
 //! Reference implementations of each live in [`impls`]; test support (scripted executor, git
 //! fixture, store contract suite, mockall mocks) lives in `testing` behind the `testing`
