@@ -87,3 +87,61 @@ pub enum ConfigError {
         spec: PathBuf,
     },
 }
+
+/// Errors of the engine's public operations (create, pause, resume, cancel, queries).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The configuration is invalid; nothing was scheduled.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The run (or step) does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked up, e.g. `run 0190...`.
+        what: String,
+    },
+    /// The request does not fit the run's current state (e.g. pausing a finished run).
+    #[error("run {run_id}: {detail}")]
+    InvalidState {
+        /// The run.
+        run_id: crate::domain::RunId,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A request field is invalid.
+    #[error("invalid `{field}`: {detail}")]
+    InvalidInput {
+        /// The field (`workspace_root`, `spec_path`, ...).
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The store failed.
+    #[error("store error")]
+    Store(#[source] crate::backend::StoreError),
+    /// Git failed.
+    #[error("git error")]
+    Vcs(#[from] crate::backend::VcsError),
+    /// The engine is shutting down and accepts no new work.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    /// A `NotFound` for a run id.
+    pub fn run_not_found(id: crate::domain::RunId) -> Self {
+        Self::NotFound {
+            what: format!("run {id}"),
+        }
+    }
+}
+
+impl From<crate::backend::StoreError> for EngineError {
+    fn from(e: crate::backend::StoreError) -> Self {
+        match e {
+            crate::backend::StoreError::NotFound { what } => Self::NotFound { what },
+            other => Self::Store(other),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Recovery after a crash: runs this worker left `RUNNING` go back to the queue, interrupted
+//! steps are marked `FAILED` (`interrupted`), and agent processes that outlived their daemon
+//! are killed before anything else runs in their worktree. The plan and git are the truth;
+//! completed steps are never repeated because the driver decides from them.
+
+use std::sync::Arc;
+
+use crate::backend::RunFilter;
+use crate::domain::{EventKind, NewEvent, Run, RunStatus, StepStatus, now_ms};
+use crate::engine::core::Inner;
+use crate::error::EngineError;
+use crate::process;
+
+/// Puts this worker's orphaned runs back in the queue (their previous process is gone).
+pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
+    let running = inner
+        .store
+        .list_runs(&RunFilter {
+            statuses: vec![RunStatus::Running],
+            ..RunFilter::default()
+        })
+        .await?;
+    let mine: Vec<Run> = {
+        let active = inner.sched();
+        running
+            .into_iter()
+            .filter(|r| {
+                r.worker_id.as_deref() == Some(inner.settings.worker_id.as_str())
+                    && !active.running.contains_key(&r.id)
+            })
+            .collect()
+    };
+    for mut run in mine {
+        reclaim_steps(inner, &run).await?;
+        inner.store.release_run(run.id, &inner.settings.worker_id).await?;
+        run = inner.store.get_run(run.id).await?;
+        run.status = RunStatus::Pending;
+        inner.store.update_run(&run).await?;
+        inner
+            .emit(NewEvent::new(
+                run.id,
+                EventKind::RecoveryCleanup,
+                serde_json::json!({"run_id": run.id, "action": "requeued after restart"}),
+            ))
+            .await?;
+        tracing::info!(run_id = %run.id, "recovered run left running by a previous process");
+    }
+    inner.wake.notify_one();
+    Ok(())
+}
+
+/// Marks a run's unfinished steps `FAILED` with reason `interrupted`, killing any agent that
+/// survived its daemon (matched by pid and process start time, so a reused pid is spared).
+pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), EngineError> {
+    let steps = inner.store.list_steps(run.id).await?;
+    for mut step in steps.into_iter().filter(|s| !s.status.is_terminal()) {
+        let mut killed = None;
+        if let Some(pid) = step.agent_pid {
+            let start = step.agent_start_time;
+            let was_alive = tokio::task::spawn_blocking(move || process::kill_survivor(pid, start))
+                .await
+                .unwrap_or(false);
+            if was_alive {
+                killed = Some(pid);
+            }
+        }
+        step.status = StepStatus::Failed;
+        step.reason = Some("interrupted".into());
+        step.ended_at = Some(now_ms());
+        step.agent_pid = None;
+        step.agent_start_time = None;
+        inner.store.update_step(&step).await?;
+        inner
+            .emit(
+                NewEvent::new(
+                    run.id,
+                    EventKind::RecoveryCleanup,
+                    serde_json::json!({
+                        "run_id": run.id,
+                        "step_id": step.id,
+                        "action": "step marked failed: interrupted",
+                        "killed_agent_pid": killed,
+                    }),
+                )
+                .with_step(step.id),
+            )
+            .await?;
+    }
+    if !run.worktree_path.as_os_str().is_empty()
+        && run.worktree_path.exists()
+        && inner.vcs.remove_stale_lock(&run.worktree_path).await.unwrap_or(false)
+    {
+        inner
+            .emit(NewEvent::new(
+                run.id,
+                EventKind::RecoveryCleanup,
+                serde_json::json!({"run_id": run.id, "action": "removed stale index.lock"}),
+            ))
+            .await?;
+    }
+    Ok(())
+}
