@@ -1,0 +1,5 @@
+//! Public-API tests of loop-engine: full runs through `Engine` with real git repositories,
+//! the in-memory store and scripted agents.
+
+mod engine_runs;
+mod support;

@@ -1,0 +1,154 @@
+//! Test harness: a temp git repository with a spec and a plan, an engine wired to it, and
+//! helpers to run to the end and inspect the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use loop_engine::backend::{Executor, Store};
+use loop_engine::domain::{Event, EventKind, Run, RunId, Step};
+use loop_engine::engine::{CreateRun, Engine, EngineSettings};
+use loop_engine::impls::{GitCli, MemoryStore};
+use loop_engine::testing::GitFixture;
+
+pub const SPEC: &str = "# Widget\n\nBuild the widget.\n";
+
+pub fn plan(n: usize) -> String {
+    let mut s = String::from("# Widget plan\n\n## Tasks\n");
+    for i in 1..=n {
+        s.push_str(&format!("- [ ] Task number {i}\n"));
+    }
+    s.push_str("\n```\n- [ ] not a task (fenced)\n```\n- [ ]? Manual check\n");
+    s
+}
+
+pub struct Harness {
+    pub repo: GitFixture,
+    pub store: Arc<MemoryStore>,
+    pub engine: Engine,
+}
+
+pub struct Setup {
+    pub tasks: usize,
+    pub config: Vec<(&'static str, String)>,
+    pub commit_seed: bool,
+    pub max_concurrency: u32,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            tasks: 3,
+            config: Vec::new(),
+            commit_seed: true,
+            max_concurrency: 3,
+        }
+    }
+}
+
+impl Harness {
+    pub fn new(setup: Setup, executor: impl Executor + 'static) -> Self {
+        Self::with_executor(setup, Arc::new(executor))
+    }
+
+    pub fn with_executor(setup: Setup, executor: Arc<dyn Executor>) -> Self {
+        let repo = GitFixture::new();
+        let global = repo.root().join("global-logs");
+        let mut config = format!(
+            "# test config\nrun_naming_mode=spec_slug\nreviewer=false\nglobal_log_dir={}\nclaude_retry_backoff_sec=0\nclaude_transient_retries=0\n",
+            global.display()
+        );
+        for (k, v) in &setup.config {
+            config.push_str(&format!("{k}={v}\n"));
+        }
+        repo.write_file(".loop/config", &config);
+        repo.write_file("specs/widget.md", SPEC);
+        repo.write_file("specs/planning/widget-plan.md", &plan(setup.tasks));
+        repo.write_file(".gitignore", "logs/\n");
+        if setup.commit_seed {
+            repo.commit_all("spec and plan");
+        } else {
+            repo.commit_file(".gitignore", "logs/\n", "ignore logs");
+        }
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::builder()
+            .store_arc(store.clone())
+            .executor_arc(executor)
+            .vcs(GitCli::with_env(repo.env()))
+            .settings(EngineSettings {
+                worker_id: "test-worker".into(),
+                max_concurrency: setup.max_concurrency,
+                ..EngineSettings::default()
+            })
+            .build()
+            .expect("engine builds");
+        Self {
+            repo,
+            store,
+            engine,
+        }
+    }
+
+    pub fn request(&self) -> CreateRun {
+        CreateRun {
+            workspace_root: self.repo.path().to_path_buf(),
+            spec_path: "specs/widget.md".into(),
+            ..CreateRun::default()
+        }
+    }
+
+    pub async fn create(&self) -> Run {
+        self.engine
+            .create_run(self.request())
+            .await
+            .expect("run is created")
+            .run
+    }
+
+    /// Creates one run and drives everything to the end (with a generous time limit).
+    pub async fn run_one(&self) -> Run {
+        let run = self.create().await;
+        self.drive().await;
+        self.engine.get_run(run.id).await.expect("run exists")
+    }
+
+    pub async fn drive(&self) {
+        tokio::time::timeout(Duration::from_secs(120), self.engine.run_until_idle())
+            .await
+            .expect("runs finish in time")
+            .expect("engine runs");
+    }
+
+    pub async fn events(&self, id: RunId) -> Vec<Event> {
+        self.store.events_after(id, 0, 100_000).await.expect("events")
+    }
+
+    pub async fn kinds(&self, id: RunId) -> Vec<EventKind> {
+        self.events(id).await.into_iter().map(|e| e.kind).collect()
+    }
+
+    pub async fn steps(&self, id: RunId) -> Vec<Step> {
+        self.store.list_steps(id).await.expect("steps")
+    }
+
+    pub fn worktree_plan(&self, run: &Run) -> String {
+        std::fs::read_to_string(run.worktree_path.join("specs/planning/widget-plan.md"))
+            .expect("plan in worktree")
+    }
+
+    pub fn report_kinds(&self, run: &Run) -> Vec<String> {
+        let path = run
+            .workspace_root
+            .join("logs/loop")
+            .join(format!("run-{}", run.id))
+            .join("report.tsv");
+        let text = std::fs::read_to_string(&path).expect("report.tsv");
+        let mut lines = text.lines();
+        assert!(
+            lines.next().unwrap_or_default().starts_with("timestamp_ms\tkind"),
+            "report.tsv starts with its header"
+        );
+        lines
+            .map(|l| l.split('\t').nth(1).unwrap_or_default().to_owned())
+            .collect()
+    }
+}
