@@ -1,2 +1,5 @@
 //! Reference backends: the in-memory store, the git CLI, the agent process executors and the
 //! tracing notifier.
+
+mod git_cli;
+pub use git_cli::{GitCli, RUN_ID_TRAILER};

@@ -1,2 +1,5 @@
 //! Test support for engine users: mocks, a scripted executor, a git fixture and the store
 //! contract suite. Enabled by the `testing` feature.
+
+mod git_fixture;
+pub use git_fixture::GitFixture;
