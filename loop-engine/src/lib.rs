@@ -19,9 +19,12 @@ pub mod backend;
 pub mod completion;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod impls;
+pub mod machine;
 pub mod naming;
+pub mod outcome;
 pub mod plan;
 pub mod process;
 pub mod prompt;
@@ -29,3 +32,4 @@ pub mod prompt;
 pub mod testing;
 
 pub use backend::{Executor, Notifier, Store, Vcs};
+pub use engine::{CreateRun, Engine, EngineSettings};

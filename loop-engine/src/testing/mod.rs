@@ -3,3 +3,5 @@
 
 mod git_fixture;
 pub use git_fixture::GitFixture;
+mod scripted_executor;
+pub use scripted_executor::{Act, CustomAction, ScriptedExecutor};
