@@ -327,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn json_has_exactly_the_keys_in_order() {
+    fn json_has_exactly_the_config_keys() {
         let json = Config::default().to_json();
         let keys: Vec<&str> = json
             .as_object()
