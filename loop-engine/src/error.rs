@@ -12,6 +12,9 @@ pub enum ConfigSource {
     File(PathBuf),
     /// An override from the command line or the HTTP API.
     Override,
+    /// An already merged configuration (a stored run's config JSON, or a `Config` built in
+    /// code), where the layer that supplied a value is no longer known.
+    Effective,
 }
 
 impl std::fmt::Display for ConfigSource {
@@ -20,6 +23,7 @@ impl std::fmt::Display for ConfigSource {
             Self::Default => f.write_str("built-in defaults"),
             Self::File(p) => write!(f, "{}", p.display()),
             Self::Override => f.write_str("command-line/API override"),
+            Self::Effective => f.write_str("effective configuration"),
         }
     }
 }
@@ -68,6 +72,16 @@ pub enum ConfigError {
         /// The key.
         key: String,
         /// Where it came from.
+        source_name: ConfigSource,
+    },
+    /// A key that is optional on its own must be set because of another key's value.
+    #[error("config key `{key}` must be set: {reason} (in {source_name})")]
+    Missing {
+        /// The key that is missing.
+        key: String,
+        /// Why it is required.
+        reason: String,
+        /// The source of the value that makes it required.
         source_name: ConfigSource,
     },
     /// The spec file does not exist.
