@@ -28,7 +28,9 @@ pub struct CreateRun {
     pub plan_path: Option<PathBuf>,
     /// `--config FILE` (or `LOOP_CONFIG`).
     pub config_file: Option<PathBuf>,
-    /// Config overrides (`key`, `value`) from the command line or the API.
+    /// Config overrides as a JSON object (the HTTP API's `config_override`).
+    pub json_overrides: serde_json::Map<String, serde_json::Value>,
+    /// Config overrides (`key`, `value`) from the command line; they win over `json_overrides`.
     pub overrides: Vec<(String, String)>,
     /// An explicit run name.
     pub name: Option<String>,
@@ -118,6 +120,8 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
     let loaded = Config::load(&ConfigLayers {
         workspace_root: workspace.clone(),
         config_file: req.config_file.clone(),
+        env_config_file: None,
+        json_overrides: req.json_overrides.clone(),
         overrides: req.overrides.clone(),
     })?;
     let config = loaded.config;
