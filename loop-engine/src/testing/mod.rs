@@ -1,2 +1,4 @@
 //! Test support for engine users: mocks, a scripted executor, a git fixture and the store
 //! contract suite. Enabled by the `testing` feature.
+
+pub mod store_contract;
