@@ -209,12 +209,13 @@ pub(crate) async fn update(writer: &SqlitePool, run: &Run) -> Result<(), StoreEr
 
 /// The claim queue. A run is claimable when it is `PENDING`, or `RUNNING` without a live
 /// lease (expired, or released by its worker). The `status IN (...)` term matches the partial
-/// index `runs_claimable`, which is walked in creation order until the first run that
-/// qualifies.
+/// index `runs_claimable`, which is walked in creation order (either direction) and stops at
+/// the first run that qualifies, however long the backlog; `INDEXED BY` keeps the planner
+/// from preferring a status index plus a sort of every queued run.
 macro_rules! claim_query {
     ($order:literal) => {
         concat!(
-            "SELECT id FROM runs \
+            "SELECT id FROM runs INDEXED BY runs_claimable \
              WHERE status IN ('PENDING', 'RUNNING') \
                AND (status = 'PENDING' OR lease_expires_at IS NULL OR lease_expires_at <= ?1) \
                AND workspace_root NOT IN (SELECT value FROM json_each(?2)) \

@@ -335,8 +335,8 @@ mod locking {
         conn
     }
 
-    async fn impatient_store(path: &Path) -> SqliteStore {
-        let options = OpenOptions::default().busy_timeout(Duration::from_millis(50));
+    async fn impatient_store(path: &Path, busy_timeout_ms: u64) -> SqliteStore {
+        let options = OpenOptions::default().busy_timeout(Duration::from_millis(busy_timeout_ms));
         SqliteStore::open_with(path, &options)
             .await
             .expect("open the store")
@@ -346,7 +346,7 @@ mod locking {
     async fn a_lock_that_outlasts_the_retries_is_retryable_and_writes_nothing() {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let path = dir.path().join("loop.db");
-        let store = impatient_store(&path).await;
+        let store = impatient_store(&path, 50).await;
         let run = store_contract::sample_run("/ws/locked");
         store.create_run(&run).await.expect("create the run");
 
@@ -395,14 +395,15 @@ mod locking {
     async fn a_short_lock_is_ridden_out_by_the_internal_retries() {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let path = dir.path().join("loop.db");
-        let store = impatient_store(&path).await;
+        // Four attempts of 100 ms plus the backoffs give the lock about half a second.
+        let store = impatient_store(&path, 100).await;
         let run = store_contract::sample_run("/ws/short-lock");
         store.create_run(&run).await.expect("create the run");
 
         let mut holder = lock_holder(&path).await;
         let release = tokio::spawn(async move {
-            // Longer than one busy_timeout (50 ms), much shorter than all retries together.
-            tokio::time::sleep(Duration::from_millis(120)).await;
+            // Longer than one busy_timeout, much shorter than all retries together.
+            tokio::time::sleep(Duration::from_millis(150)).await;
             sqlx::query("ROLLBACK")
                 .execute(&mut holder)
                 .await
