@@ -2,4 +2,7 @@
 //! tracing notifier.
 
 mod git_cli;
+mod memory_store;
+
 pub use git_cli::{GitCli, RUN_ID_TRAILER};
+pub use memory_store::MemoryStore;

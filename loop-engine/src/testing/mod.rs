@@ -2,4 +2,6 @@
 //! contract suite. Enabled by the `testing` feature.
 
 mod git_fixture;
+pub mod store_contract;
+
 pub use git_fixture::GitFixture;
