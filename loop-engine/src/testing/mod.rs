@@ -2,6 +2,8 @@
 //! contract suite. Enabled by the `testing` feature.
 
 mod git_fixture;
+pub mod store_contract;
+
 pub use git_fixture::GitFixture;
 mod scripted_executor;
 pub use scripted_executor::{Act, CustomAction, ScriptedExecutor};

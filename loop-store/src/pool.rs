@@ -1,0 +1,144 @@
+//! Opening the database: connection options with every pragma, the two pools, and the
+//! embedded migrations.
+//!
+//! Pragmas are set in [`SqliteConnectOptions`], which applies them to every connection the
+//! pools ever open; a `PRAGMA` query would only reach the one pooled connection it ran on.
+//!
+//! Writes go through a pool of exactly one connection. SQLite admits one writer at a time
+//! anyway; queueing writers in-process on the pool (a fair async queue) is much cheaper than
+//! letting several connections collide on the database lock and sleep in SQLite's busy
+//! handler. Reads use a few more connections, which WAL lets run beside the writer. Other
+//! processes on the same file are still serialised by the lock and `busy_timeout`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use loop_engine::backend::StoreError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{SqliteStoreError, map_sqlx};
+
+/// Tuning of [`SqliteStore::open_with`](crate::SqliteStore::open_with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// How long a statement waits for another connection's (or process's) write lock before
+    /// failing with "database is locked". At least a few seconds in production.
+    pub busy_timeout: Duration,
+    /// Connections for reads (at least 1).
+    pub read_connections: u32,
+    /// How long a call waits for a free pooled connection before it is `Retryable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(10),
+            read_connections: 4,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl OpenOptions {
+    /// The same options with another busy timeout.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+/// The pools of one open database.
+#[derive(Clone, Debug)]
+pub(crate) struct Pools {
+    /// Exactly one connection: every write goes through it.
+    pub(crate) writer: SqlitePool,
+    /// Connections for reads.
+    pub(crate) reader: SqlitePool,
+}
+
+impl Pools {
+    pub(crate) async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn base_options(options: &OpenOptions) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .foreign_keys(true)
+        .busy_timeout(options.busy_timeout)
+        // WAL and NORMAL: a commit is one append to the log, durable against a process crash
+        // (the contract), and readers never block the writer. Only a power loss can drop the
+        // last commits, never corrupt the database.
+        .synchronous(SqliteSynchronous::Normal)
+        .statement_cache_capacity(64)
+}
+
+/// Opens (creating if missing) the database file at `path`, migrates it, and returns its pools.
+pub(crate) async fn open_file(path: &Path, options: &OpenOptions) -> Result<Pools, StoreError> {
+    let connect = base_options(options)
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect.clone())
+        .await
+        .map_err(map_sqlx)?;
+    // Migrate before the readers connect, so they never see a half-created schema.
+    migrate(&writer).await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(options.read_connections.max(1))
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(Pools { writer, reader })
+}
+
+/// Opens a private in-memory database (for tests and throwaway embeddings).
+///
+/// An in-memory database lives exactly as long as its one connection, so both roles share a
+/// single connection that the pool never closes.
+pub(crate) async fn open_memory(options: &OpenOptions) -> Result<Pools, StoreError> {
+    let connect = base_options(options).in_memory(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(map_sqlx)?;
+    migrate(&pool).await?;
+    Ok(Pools {
+        writer: pool.clone(),
+        reader: pool,
+    })
+}
+
+/// How often a failed migration is retried: a second process opening a fresh file at the
+/// same moment can fail the first attempt (both create the tables), and the retry then finds
+/// the migration applied.
+const MIGRATE_ATTEMPTS: u32 = 3;
+
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match sqlx::migrate!("../migrations").run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < MIGRATE_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "database migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(StoreError::Fatal(Box::new(SqliteStoreError::Migrate(e)))),
+        }
+    }
+}
