@@ -22,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod impls;
 pub mod naming;
+pub mod outcome;
 pub mod plan;
 pub mod process;
 pub mod prompt;
