@@ -2,12 +2,13 @@
 //! agents) is built here, so each gets an explicit working directory, its own process group,
 //! a closed stdin unless input is given, and a timeout that kills the whole group.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -294,11 +295,27 @@ pub fn signal_group(pgid: u32, signal: Signal) -> bool {
     }
 }
 
-/// True while any process of group `pgid` is alive.
-pub fn group_alive(pgid: u32) -> bool {
-    match i32::try_from(pgid) {
-        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), None).is_ok(),
+/// Sends `signal` to the single process `pid`; false when it does not exist.
+fn signal_pid(pid: u32, signal: Signal) -> bool {
+    match i32::try_from(pid) {
+        Ok(raw) if raw > 1 => kill(Pid::from_raw(raw), signal).is_ok(),
         _ => false,
+    }
+}
+
+/// True while any process of group `pgid` is alive. Zombies do not count: a killed child stays
+/// a zombie (and `kill(0)` keeps succeeding) until its parent reaps it.
+pub fn group_alive(pgid: u32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    match all_processes() {
+        Some(table) => table.iter().any(|p| p.pgrp == pgid && p.is_alive()),
+        // Without /proc the signal probe is the best we have, zombies included.
+        None => match i32::try_from(pgid) {
+            Ok(raw) => killpg(Pid::from_raw(raw), None).is_ok(),
+            Err(_) => false,
+        },
     }
 }
 
@@ -307,14 +324,503 @@ pub async fn terminate_group(pgid: u32, grace: Duration) {
     if !signal_group(pgid, Signal::SIGTERM) {
         return;
     }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        if !group_alive(pgid) {
+    if !wait_until(grace, || !group_alive(pgid)).await {
+        signal_group(pgid, Signal::SIGKILL);
+    }
+}
+
+/// Polls `done` until it holds or `limit` passes; true when it held.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How often process state is polled while waiting for processes to die.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long an agent gets after SIGINT (the Claude CLI then stops its tools) before SIGTERM.
+pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+
+/// Makes this process the "child subreaper" of its descendants: an orphan of an agent (a tool
+/// command the agent started with `setsid`, whose parent died) is re-parented to us instead of
+/// to init, so it stays findable and killable. loopd and embedders call it once at start.
+/// Re-parented orphans must then be reaped: see [`reap_orphans`].
+pub fn become_child_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+}
+
+/// One process as `/proc/<pid>/stat` describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Process id (field 1).
+    pub pid: u32,
+    /// State letter (field 3): `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: char,
+    /// Parent process id (field 4).
+    pub ppid: u32,
+    /// Process group id (field 5).
+    pub pgrp: u32,
+    /// Session id (field 6).
+    pub session: u32,
+    /// Start time in clock ticks since boot (field 22); with the pid it names one process.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
+    /// may itself contain spaces and parentheses, so the fields after it are found from the
+    /// *last* `)`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        if close < open {
+            return None;
+        }
+        let pid = text[..open].trim().parse().ok()?;
+        let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
+        // `rest[0]` is field 3, so field N is `rest[N - 3]`.
+        let field = |n: usize| rest.get(n - 3).copied();
+        Some(Self {
+            pid,
+            state: field(3)?.chars().next()?,
+            ppid: field(4)?.parse().ok()?,
+            pgrp: field(5)?.parse().ok()?,
+            session: field(6)?.parse().ok()?,
+            start_time: field(22)?.parse().ok()?,
+        })
+    }
+
+    /// False for zombies and dead processes: they run nothing and only wait to be reaped.
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// The `/proc/<pid>/stat` of `pid`, if such a process exists.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    ProcStat::parse(&text)
+}
+
+/// The start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|p| p.start_time)
+}
+
+/// Every process of the system; `None` when `/proc` cannot be read.
+pub fn all_processes() -> Option<Vec<ProcStat>> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    Some(
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            // A process can exit between the listing and the read: skipping it is right.
+            .filter_map(proc_stat)
+            .collect(),
+    )
+}
+
+/// Every process that descends from `pid` (children, their children, ...), following the
+/// parent links of `/proc`. A process whose parent already died was re-parented and is no
+/// longer found this way: [`ProcessTree`] remembers what it saw earlier.
+pub fn descendants_of(pid: u32) -> Vec<ProcStat> {
+    let table = all_processes().unwrap_or_default();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for p in table.iter().filter(|p| p.ppid == parent) {
+            if p.pid != pid && !found.iter().any(|f: &ProcStat| f.pid == p.pid) {
+                found.push(*p);
+                frontier.push(p.pid);
+            }
+        }
+    }
+    found
+}
+
+/// True when `pid` exists, is not a zombie, and started at `start_time` (so it is the same
+/// process that was recorded, not a later one that reuses the pid).
+pub fn pid_alive_with_start(pid: u32, start_time: u64) -> bool {
+    proc_stat(pid).is_some_and(|p| p.start_time == start_time && p.is_alive())
+}
+
+/// Recovery after a daemon crash: kills the recorded agent `pid` with SIGKILL, its process
+/// group and every descendant, but only if `pid` still names the same process (its start time
+/// matches). True when something was killed.
+pub fn kill_survivor(pid: u32, start_time: u64) -> bool {
+    if !pid_alive_with_start(pid, start_time) {
+        return false;
+    }
+    let mut tree = ProcessTree::with_start(pid, Some(start_time));
+    tree.kill_now();
+    true
+}
+
+/// Kills `pid`, its process group (when it leads one) and every descendant with SIGKILL, at
+/// once and without waiting. For drop paths and emergencies; [`stop_agent`] is the gentle way.
+pub fn kill_tree(pid: u32) {
+    ProcessTree::new(pid).kill_now();
+}
+
+/// Stops an agent whose process group is `pgid` (the agent's pid): SIGINT to the group first
+/// (the Claude CLI then stops its tools), SIGTERM after `grace`, SIGKILL after
+/// [`KILL_GRACE`] more, then SIGKILL to every leftover descendant, including tool commands
+/// that left the group with `setsid`. The caller should keep waiting on (reaping) the agent's
+/// own child handle meanwhile; a zombie agent counts as stopped.
+pub async fn stop_agent(pgid: u32, grace: Duration) {
+    ProcessTree::new(pgid).stop(grace).await;
+}
+
+/// Pids of processes that descend from one of our agents and may be re-parented to us (as a
+/// subreaper), with their start times. Only these are ever reaped by [`reap_orphans`], so the
+/// children tokio spawned and reaps itself are never taken from it.
+static ADOPTABLE: std::sync::Mutex<BTreeMap<u32, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn adoptable() -> std::sync::MutexGuard<'static, BTreeMap<u32, u64>> {
+    // The map stays consistent even if a holder panicked: every update is one insert/remove.
+    ADOPTABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reaps the zombies among agent descendants that were re-parented to this process (see
+/// [`become_child_subreaper`]), and forgets recorded descendants that are gone. Only pids seen
+/// as descendants of an agent are waited for, one by one, so tokio's own children are never
+/// reaped behind its back. Cheap; loopd may call it periodically. Returns how many were reaped.
+pub fn reap_orphans() -> usize {
+    let candidates: Vec<(u32, u64)> = adoptable().iter().map(|(p, s)| (*p, *s)).collect();
+    reap_pids(&candidates)
+}
+
+/// Reaps the given (pid, start time) pairs that are our zombie children; forgets the gone ones.
+fn reap_pids(candidates: &[(u32, u64)]) -> usize {
+    let me = std::process::id();
+    let mut reaped = 0;
+    for &(pid, start) in candidates {
+        match proc_stat(pid) {
+            Some(p) if p.start_time == start => {
+                if p.ppid == me && !p.is_alive() && reap_one(pid) {
+                    reaped += 1;
+                    adoptable().remove(&pid);
+                }
+            }
+            // Gone, or the pid now names another process.
+            _ => {
+                adoptable().remove(&pid);
+            }
+        }
+    }
+    reaped
+}
+
+fn reap_one(pid: u32) -> bool {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    matches!(
+        waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
+}
+
+/// The processes of one agent: its own pid (also its process group id), every descendant seen
+/// so far, and optionally a marker environment variable that identifies its orphans.
+///
+/// Descendants are found through parent links, which break when an intermediate process dies;
+/// the tree therefore remembers every descendant it has seen (pid and start time, so a reused
+/// pid is never mistaken for one) and should be refreshed while the agent runs. Orphans that
+/// were started and abandoned between two refreshes are found by the marker variable when they
+/// were re-parented to us (see [`become_child_subreaper`]).
+#[derive(Clone, Debug)]
+pub struct ProcessTree {
+    root: u32,
+    root_start: Option<u64>,
+    marker: Option<String>,
+    known: BTreeMap<u32, u64>,
+}
+
+impl ProcessTree {
+    /// The tree of `root`, whose start time is read now.
+    pub fn new(root: u32) -> Self {
+        Self::with_start(root, process_start_time(root))
+    }
+
+    /// The tree of `root`, which started at `root_start`.
+    pub fn with_start(root: u32, root_start: Option<u64>) -> Self {
+        Self {
+            root,
+            root_start,
+            marker: None,
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// Also counts as ours every process re-parented to this process whose environment holds
+    /// `KEY=VALUE` (`marker`), as the agent's environment did.
+    pub fn with_marker(mut self, marker: impl Into<String>) -> Self {
+        self.marker = Some(marker.into());
+        self
+    }
+
+    /// The agent's pid.
+    pub fn root(&self) -> u32 {
+        self.root
+    }
+
+    /// Pids of the descendants seen so far (the root excluded).
+    pub fn known(&self) -> Vec<u32> {
+        self.known.keys().copied().collect()
+    }
+
+    /// True when the root pid still names the agent (or no longer exists at all). When the
+    /// pid was reused by an unrelated process, the agent's group is empty (Linux does not
+    /// reuse a pid that is still a group id), and that process must not be signalled.
+    fn root_is_ours(&self, table: &[ProcStat]) -> bool {
+        match table.iter().find(|p| p.pid == self.root) {
+            Some(p) => self.root_start.is_none_or(|s| s == p.start_time),
+            None => true,
+        }
+    }
+
+    /// Re-reads `/proc` and records every descendant of the root, of the descendants seen
+    /// before, and every marked orphan re-parented to us. Forgets the ones that are gone.
+    pub fn refresh(&mut self) {
+        if let Some(table) = all_processes() {
+            self.refresh_from(&table);
+        }
+    }
+
+    fn refresh_from(&mut self, table: &[ProcStat]) {
+        let me = std::process::id();
+        let root_ours = self.root_is_ours(table);
+        // Forget what is gone or was replaced by another process with the same pid.
+        self.known.retain(|pid, start| {
+            table
+                .iter()
+                .any(|p| p.pid == *pid && p.start_time == *start)
+        });
+        let mut frontier: Vec<u32> = self.known.keys().copied().collect();
+        if root_ours {
+            frontier.push(self.root);
+            frontier.extend(
+                table
+                    .iter()
+                    .filter(|p| p.pgrp == self.root && p.pid != self.root)
+                    .map(|p| p.pid),
+            );
+        }
+        if let Some(marker) = &self.marker {
+            frontier.extend(
+                table
+                    .iter()
+                    .filter(|p| p.ppid == me && p.pid != self.root)
+                    .filter(|p| !self.known.contains_key(&p.pid))
+                    .filter(|p| environ_contains(p.pid, marker))
+                    .map(|p| p.pid),
+            );
+        }
+        let mut added = Vec::new();
+        while let Some(pid) = frontier.pop() {
+            if pid != self.root && !self.known.contains_key(&pid) {
+                if let Some(p) = table.iter().find(|p| p.pid == pid) {
+                    self.known.insert(pid, p.start_time);
+                    added.push((pid, p.start_time));
+                }
+            }
+            for child in table.iter().filter(|p| p.ppid == pid) {
+                if child.pid != self.root && !self.known.contains_key(&child.pid) {
+                    frontier.push(child.pid);
+                }
+            }
+        }
+        if !added.is_empty() {
+            adoptable().extend(added);
+        }
+    }
+
+    /// Live (non-zombie) processes of the agent's group plus live known descendants.
+    fn live(&self, table: &[ProcStat]) -> Vec<ProcStat> {
+        let root_ours = self.root_is_ours(table);
+        table
+            .iter()
+            .filter(|p| p.is_alive())
+            .filter(|p| {
+                (root_ours && (p.pid == self.root || p.pgrp == self.root))
+                    || self.known.get(&p.pid) == Some(&p.start_time)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// True while the agent's process group has a live member.
+    pub fn group_alive(&self) -> bool {
+        let Some(table) = all_processes() else {
+            return group_alive(self.root);
+        };
+        self.root_is_ours(&table)
+            && table
+                .iter()
+                .any(|p| p.is_alive() && (p.pid == self.root || p.pgrp == self.root))
+    }
+
+    /// True while any process of the tree (group member or known descendant) is alive.
+    pub fn any_alive(&mut self) -> bool {
+        let Some(table) = all_processes() else {
+            return group_alive(self.root);
+        };
+        self.refresh_from(&table);
+        !self.live(&table).is_empty()
+    }
+
+    /// Sends `signal` to the agent's group (when it is still ours).
+    fn signal_group(&self, signal: Signal) {
+        if let Some(table) = all_processes() {
+            if self.root_is_ours(&table) {
+                signal_group(self.root, signal);
+            }
+        }
+    }
+
+    /// Refreshes, then sends `signal` to the group and to every live process of the tree.
+    /// Returns how many processes were alive.
+    pub fn signal_all(&mut self, signal: Signal) -> usize {
+        let Some(table) = all_processes() else {
+            signal_group(self.root, signal);
+            return 0;
+        };
+        self.refresh_from(&table);
+        let live = self.live(&table);
+        if self.root_is_ours(&table) {
+            signal_group(self.root, signal);
+        }
+        for p in &live {
+            signal_pid(p.pid, signal);
+        }
+        live.len()
+    }
+
+    /// SIGKILLs everything of the tree at once, repeating while new descendants show up
+    /// (a dying shell may have forked). Does not wait for the dead to be reaped.
+    pub fn kill_now(&mut self) {
+        for _ in 0..5 {
+            if self.signal_all(Signal::SIGKILL) == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Reaps the known descendants that are zombies re-parented to us. Never touches the root:
+    /// it is the caller's child and the caller reaps it.
+    pub fn reap(&mut self) -> usize {
+        let known: Vec<(u32, u64)> = self.known.iter().map(|(p, s)| (*p, *s)).collect();
+        let reaped = reap_pids(&known);
+        self.refresh();
+        reaped
+    }
+
+    /// The gentle stop of [`stop_agent`]: SIGINT to the group, SIGTERM after `grace`, SIGKILL
+    /// after [`KILL_GRACE`], then SIGKILL to every leftover descendant, and reaping of those
+    /// re-parented to us.
+    pub async fn stop(&mut self, grace: Duration) {
+        self.refresh();
+        self.stop_group(Some(grace)).await;
+        self.kill_leftovers().await;
+    }
+
+    /// Cleanup after the agent exited by itself: whatever it left behind (group members,
+    /// descendants) gets SIGTERM, SIGKILL after [`KILL_GRACE`], and is reaped.
+    pub async fn stop_leftovers(&mut self) {
+        if !self.any_alive() {
+            self.reap();
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.stop_group(None).await;
+        self.kill_leftovers().await;
     }
-    signal_group(pgid, Signal::SIGKILL);
+
+    async fn stop_group(&mut self, interrupt_grace: Option<Duration>) {
+        if !self.group_alive() {
+            return;
+        }
+        if let Some(grace) = interrupt_grace {
+            self.signal_group(Signal::SIGINT);
+            if self.wait_group_gone(grace).await {
+                return;
+            }
+        }
+        self.signal_group(Signal::SIGTERM);
+        if self.wait_group_gone(KILL_GRACE).await {
+            return;
+        }
+        self.signal_group(Signal::SIGKILL);
+    }
+
+    /// Waits until the group has no live member, refreshing the tree meanwhile so descendants
+    /// forked during the wait are remembered. True when the group is gone.
+    async fn wait_group_gone(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.refresh();
+            if !self.group_alive() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn kill_leftovers(&mut self) {
+        self.kill_now();
+        // SIGKILL takes effect asynchronously: wait (briefly) until everything is a zombie or
+        // gone, reaping the zombies that were re-parented to us.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            self.reap();
+            // A zombie whose parent is not us is its parent's to reap.
+            let me = std::process::id();
+            let all_gone = self.known.keys().all(|pid| {
+                proc_stat(*pid).is_none_or(|p| !p.is_alive() && p.ppid != me)
+            });
+            if all_gone || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if self.any_alive() {
+                self.kill_now();
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// True when `/proc/<pid>/environ` holds the `KEY=VALUE` entry `entry`.
+fn environ_contains(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
+/// The effective user id of this process, from `/proc/self/status` (`None` if unreadable).
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_effective_uid(&status)
+}
+
+/// The effective uid (second number) of the `Uid:` line of a `/proc/<pid>/status` text.
+fn parse_effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

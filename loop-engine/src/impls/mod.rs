@@ -1,11 +1,17 @@
-//! Reference backends: the in-memory store, the git CLI, the agent process executors, the
-//! simulated agent and the tracing notifier.
+//! Reference backends: the in-memory store, the git CLI, the agent process executors (Claude
+//! CLI and command template), the simulated agent and the tracing notifier.
 
+mod agent_process;
+mod claude_executor;
+mod command_executor;
 mod git_cli;
 mod log_notifier;
 mod memory_store;
 pub(crate) mod sim_agent;
+pub mod stream_json;
 
+pub use claude_executor::ClaudeExecutor;
+pub use command_executor::{AgentCmdError, CommandExecutor, prompt_file_for};
 pub use git_cli::{GitCli, RUN_ID_TRAILER};
 pub use log_notifier::LogNotifier;
 pub use memory_store::MemoryStore;
