@@ -16,10 +16,6 @@ use crate::support::{Harness, Setup};
 const IMPL: ExecPurpose = ExecPurpose::Implementation;
 const REVIEW: ExecPurpose = ExecPurpose::Review;
 
-fn agent_calls(n: usize) -> Vec<(ExecPurpose, Act)> {
-    (0..n).map(|_| (IMPL, Act::Agent)).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_completes_without_reviewer_and_is_squash_merged() {
     let h = Harness::new(Setup::default(), SimulatedAgent::new());

@@ -15,7 +15,7 @@ use crate::backend::{
 };
 use crate::config::{Config, ExecutorKind};
 use crate::domain::{
-    Artifact, Event, EventKind, NewEvent, Run, RunId, RunStatus, Step, now_ms,
+    Artifact, Event, EventKind, NewEvent, Run, RunId, RunStatus, Step,
 };
 use crate::engine::hub::{CurrentOutput, Hub, LiveOutput};
 use crate::engine::metrics::{Metrics, MetricsSnapshot};
@@ -439,9 +439,5 @@ impl Engine {
     /// True once [`Engine::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
-    }
-
-    pub(crate) fn now() -> i64 {
-        now_ms()
     }
 }

@@ -131,8 +131,8 @@ pub(crate) struct RunDriver {
     prompt_override: Option<(String, PathBuf)>,
     last_verified: Option<(Option<String>, bool)>,
     consecutive_verify_failures: u32,
-    started: Instant,
     start_ms: i64,
+    lost_lease: Arc<std::sync::atomic::AtomicBool>,
     iter_duration_sum: u64,
     iter_count: u64,
     last_exit_code: Option<i32>,
@@ -236,8 +236,8 @@ impl RunDriver {
             prompt_override: None,
             last_verified: None,
             consecutive_verify_failures: 0,
-            started: Instant::now(),
             start_ms: now_ms(),
+            lost_lease: Arc::default(),
             iter_duration_sum: 0,
             iter_count: 0,
             last_exit_code: None,
@@ -253,6 +253,7 @@ impl RunDriver {
         let inner = self.inner.clone();
         let run_id = self.run.id;
         let cancel = self.control.cancel.clone();
+        let lost = self.lost_lease.clone();
         let lease = inner.settings.lease;
         tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(100));
@@ -267,6 +268,7 @@ impl RunDriver {
                     Ok(()) => {}
                     Err(StoreError::Conflict { detail }) => {
                         tracing::error!(%run_id, %detail, "lease lost; stopping this run here");
+                        lost.store(true, Ordering::SeqCst);
                         cancel.cancel();
                         return;
                     }
@@ -309,6 +311,9 @@ impl RunDriver {
 
     /// Step boundary: honour shutdown, cancel and pause.
     fn checkpoint(&self) -> Result<(), Stop> {
+        if self.lost_lease.load(Ordering::SeqCst) {
+            return Err(Stop::LostLease);
+        }
         if self.inner.shutdown.is_cancelled() {
             return Err(Stop::Shutdown);
         }
@@ -323,7 +328,9 @@ impl RunDriver {
 
     /// Maps a fired cancel token to the right stop.
     fn interrupted(&self) -> Stop {
-        if self.inner.shutdown.is_cancelled() {
+        if self.lost_lease.load(Ordering::SeqCst) {
+            Stop::LostLease
+        } else if self.inner.shutdown.is_cancelled() {
             Stop::Shutdown
         } else {
             Stop::Canceled
@@ -1588,7 +1595,7 @@ impl RunDriver {
                 NotificationKind::RunFailed,
             ),
         };
-        self.write_summary(&reason_text).await;
+        self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed)).await;
         let _ = self.event(None, kind, payload).await;
         let total = u64::try_from(now_ms() - self.start_ms).unwrap_or(0);
         self.inner.metrics.run_duration.record(total);
@@ -1603,20 +1610,20 @@ impl RunDriver {
         self.inner.hub.close(run_id);
     }
 
-    async fn write_summary(&self, reason: &str) {
+    async fn write_summary(&self, reason: &ExitReason) {
         let end = now_ms();
         let summary = Summary {
-            run_id: self.run.id.to_string(),
+            run_id: self.run.id,
             start_ms: self.start_ms,
             end_ms: end,
-            total_duration_ms: end - self.start_ms,
+            total_duration_ms: u64::try_from(end - self.start_ms).unwrap_or(0),
             iterations_run: self.run.iterations_run,
             completed_iteration: self.completed_iteration,
             avg_duration_ms: if self.iter_count == 0 { 0 } else { self.iter_duration_sum / self.iter_count },
             last_exit_code: self.last_exit_code,
-            completion_mode: self.completion_seen.then(|| self.cfg.completion_mode.to_string()),
+            completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
             model: self.cfg.model.clone(),
-            exit_reason: reason.to_owned(),
+            exit_reason: reason.clone(),
             run_log: self.rec.folder.run_log().display().to_string(),
             run_report: self.rec.folder.report().display().to_string(),
             prompt_snapshot: self.rec.folder.prompt().display().to_string(),

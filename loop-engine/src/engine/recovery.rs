@@ -55,8 +55,8 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
     let steps = inner.store.list_steps(run.id).await?;
     for mut step in steps.into_iter().filter(|s| !s.status.is_terminal()) {
         let mut killed = None;
-        if let Some(pid) = step.agent_pid {
-            let start = step.agent_start_time;
+        // Without a start time a recorded pid may belong to an unrelated process by now.
+        if let (Some(pid), Some(start)) = (step.agent_pid, step.agent_start_time) {
             let was_alive = tokio::task::spawn_blocking(move || process::kill_survivor(pid, start))
                 .await
                 .unwrap_or(false);

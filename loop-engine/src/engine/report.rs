@@ -100,7 +100,7 @@ impl Recorder {
             exit_code: row.exit_code,
             output_bytes: row.output_bytes,
             output_lines: row.output_lines,
-            output_path: row.output_path.as_ref().map(|p| p.display().to_string()),
+            output_path: row.output_path.clone(),
             message: row.message.clone(),
             tasks_done: Some(tasks.0),
             tasks_total: Some(tasks.1),

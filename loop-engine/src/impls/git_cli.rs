@@ -283,9 +283,14 @@ impl GitCli {
         if self.current_ref(&req.repo).await?.as_deref() == Some(target_ref.as_str()) {
             return Ok(());
         }
-        let out = self
+        let mut out = self
             .git(&req.repo, ["checkout", "--quiet", &req.target_branch, "--"])
             .await?;
+        if !out.success() && self.clear_seeded_untracked(req, &out.stderr_text()).await? {
+            out = self
+                .git(&req.repo, ["checkout", "--quiet", &req.target_branch, "--"])
+                .await?;
+        }
         if out.success() {
             Ok(())
         } else {
@@ -301,6 +306,58 @@ impl GitCli {
                 ),
             })
         }
+    }
+
+    /// A user's spec and plan are often untracked in the primary checkout when the run seeds
+    /// them into its branch; checking the target out then trips over them. Such files are
+    /// removed (and true returned) only when every one of them is byte-identical to a version
+    /// in the run branch's history, so no content of the user's is lost.
+    async fn clear_seeded_untracked(
+        &self,
+        req: &MergeRequest,
+        stderr: &str,
+    ) -> Result<bool, VcsError> {
+        if !stderr.contains("untracked working tree files would be overwritten") {
+            return Ok(false);
+        }
+        let files: Vec<&str> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix('\t'))
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect();
+        if files.is_empty() {
+            return Ok(false);
+        }
+        for file in &files {
+            let blob = self.text(&req.repo, ["hash-object", "--", file]).await?;
+            let history = self
+                .text(
+                    &req.repo,
+                    [
+                        "log",
+                        "--format=",
+                        "--raw",
+                        "--no-abbrev",
+                        &req.run_branch,
+                        "--",
+                        file,
+                    ],
+                )
+                .await?;
+            if blob.is_empty() || !history.contains(&blob) {
+                return Ok(false);
+            }
+        }
+        for file in &files {
+            let path = req.repo.join(file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                return Err(VcsError::Fatal {
+                    detail: format!("cannot remove {}: {e}", path.display()),
+                });
+            }
+        }
+        Ok(true)
     }
 
     /// Moves `target` from `old` (`None`: it must not exist yet) to `new`, failing if it moved.

@@ -10,9 +10,9 @@ use loop_engine::engine::{CreateRun, Engine, EngineSettings};
 use loop_engine::impls::{GitCli, MemoryStore};
 use loop_engine::testing::GitFixture;
 
-pub const SPEC: &str = "# Widget\n\nBuild the widget.\n";
+pub(crate) const SPEC: &str = "# Widget\n\nBuild the widget.\n";
 
-pub fn plan(n: usize) -> String {
+pub(crate) fn plan(n: usize) -> String {
     let mut s = String::from("# Widget plan\n\n## Tasks\n");
     for i in 1..=n {
         s.push_str(&format!("- [ ] Task number {i}\n"));
@@ -21,17 +21,17 @@ pub fn plan(n: usize) -> String {
     s
 }
 
-pub struct Harness {
-    pub repo: GitFixture,
-    pub store: Arc<MemoryStore>,
-    pub engine: Engine,
+pub(crate) struct Harness {
+    pub(crate) repo: GitFixture,
+    pub(crate) store: Arc<MemoryStore>,
+    pub(crate) engine: Engine,
 }
 
-pub struct Setup {
-    pub tasks: usize,
-    pub config: Vec<(&'static str, String)>,
-    pub commit_seed: bool,
-    pub max_concurrency: u32,
+pub(crate) struct Setup {
+    pub(crate) tasks: usize,
+    pub(crate) config: Vec<(&'static str, String)>,
+    pub(crate) commit_seed: bool,
+    pub(crate) max_concurrency: u32,
 }
 
 impl Default for Setup {
@@ -46,11 +46,11 @@ impl Default for Setup {
 }
 
 impl Harness {
-    pub fn new(setup: Setup, executor: impl Executor + 'static) -> Self {
+    pub(crate) fn new(setup: Setup, executor: impl Executor + 'static) -> Self {
         Self::with_executor(setup, Arc::new(executor))
     }
 
-    pub fn with_executor(setup: Setup, executor: Arc<dyn Executor>) -> Self {
+    pub(crate) fn with_executor(setup: Setup, executor: Arc<dyn Executor>) -> Self {
         let repo = GitFixture::new();
         let global = repo.root().join("global-logs");
         let mut config = format!(
@@ -88,7 +88,7 @@ impl Harness {
         }
     }
 
-    pub fn request(&self) -> CreateRun {
+    pub(crate) fn request(&self) -> CreateRun {
         CreateRun {
             workspace_root: self.repo.path().to_path_buf(),
             spec_path: "specs/widget.md".into(),
@@ -96,7 +96,7 @@ impl Harness {
         }
     }
 
-    pub async fn create(&self) -> Run {
+    pub(crate) async fn create(&self) -> Run {
         self.engine
             .create_run(self.request())
             .await
@@ -105,37 +105,37 @@ impl Harness {
     }
 
     /// Creates one run and drives everything to the end (with a generous time limit).
-    pub async fn run_one(&self) -> Run {
+    pub(crate) async fn run_one(&self) -> Run {
         let run = self.create().await;
         self.drive().await;
         self.engine.get_run(run.id).await.expect("run exists")
     }
 
-    pub async fn drive(&self) {
+    pub(crate) async fn drive(&self) {
         tokio::time::timeout(Duration::from_secs(120), self.engine.run_until_idle())
             .await
             .expect("runs finish in time")
             .expect("engine runs");
     }
 
-    pub async fn events(&self, id: RunId) -> Vec<Event> {
+    pub(crate) async fn events(&self, id: RunId) -> Vec<Event> {
         self.store.events_after(id, 0, 100_000).await.expect("events")
     }
 
-    pub async fn kinds(&self, id: RunId) -> Vec<EventKind> {
+    pub(crate) async fn kinds(&self, id: RunId) -> Vec<EventKind> {
         self.events(id).await.into_iter().map(|e| e.kind).collect()
     }
 
-    pub async fn steps(&self, id: RunId) -> Vec<Step> {
+    pub(crate) async fn steps(&self, id: RunId) -> Vec<Step> {
         self.store.list_steps(id).await.expect("steps")
     }
 
-    pub fn worktree_plan(&self, run: &Run) -> String {
+    pub(crate) fn worktree_plan(&self, run: &Run) -> String {
         std::fs::read_to_string(run.worktree_path.join("specs/planning/widget-plan.md"))
             .expect("plan in worktree")
     }
 
-    pub fn report_kinds(&self, run: &Run) -> Vec<String> {
+    pub(crate) fn report_kinds(&self, run: &Run) -> Vec<String> {
         let path = run
             .workspace_root
             .join("logs/loop")
