@@ -485,7 +485,9 @@ static ADOPTABLE: std::sync::Mutex<BTreeMap<u32, u64>> = std::sync::Mutex::new(B
 
 fn adoptable() -> std::sync::MutexGuard<'static, BTreeMap<u32, u64>> {
     // The map stays consistent even if a holder panicked: every update is one insert/remove.
-    ADOPTABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ADOPTABLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reaps the zombies among agent descendants that were re-parented to this process (see
@@ -786,9 +788,10 @@ impl ProcessTree {
             self.reap();
             // A zombie whose parent is not us is its parent's to reap.
             let me = std::process::id();
-            let all_gone = self.known.keys().all(|pid| {
-                proc_stat(*pid).is_none_or(|p| !p.is_alive() && p.ppid != me)
-            });
+            let all_gone = self
+                .known
+                .keys()
+                .all(|pid| proc_stat(*pid).is_none_or(|p| !p.is_alive() && p.ppid != me));
             if all_gone || tokio::time::Instant::now() >= deadline {
                 break;
             }

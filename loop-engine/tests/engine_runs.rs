@@ -28,7 +28,10 @@ async fn plan_completes_without_reviewer_and_is_squash_merged() {
     // The merge target holds the work in one squashed commit, checked out in the primary.
     let target = run.merge_target_branch.clone().expect("merge target");
     assert_eq!(target, "agent/widget");
-    assert_eq!(h.repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]).trim(), target);
+    assert_eq!(
+        h.repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        target
+    );
     let subjects = h.repo.log_subjects(&target);
     assert!(subjects[0].starts_with("loop: "), "{subjects:?}");
     assert!(h.repo.path().join("sim-work/task-004.txt").exists());
@@ -89,7 +92,10 @@ async fn reviewer_completes_the_plan() {
     let counts = plan::counts(&text);
     assert_eq!((counts.pending, counts.to_review, counts.done), (0, 0, 3));
     let steps = h.steps(run.id).await;
-    let reviews = steps.iter().filter(|s| s.phase == StepPhase::Review).count();
+    let reviews = steps
+        .iter()
+        .filter(|s| s.phase == StepPhase::Review)
+        .count();
     assert_eq!(reviews, 3, "one review per task");
     assert!(steps.iter().any(|s| s.label == "1R1"));
 }
@@ -107,11 +113,7 @@ async fn reviewer_sends_a_task_back() {
          git commit -qam 'Review: send back' && exit 0"
             .into(),
     );
-    let exec = ScriptedExecutor::new(vec![
-        (IMPL, Act::Agent),
-        (REVIEW, send_back),
-    ])
-    .then_agent();
+    let exec = ScriptedExecutor::new(vec![(IMPL, Act::Agent), (REVIEW, send_back)]).then_agent();
     let h = Harness::new(setup, exec);
     let run = h.run_one().await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
@@ -120,7 +122,10 @@ async fn reviewer_sends_a_task_back() {
         .iter()
         .filter(|s| s.phase == StepPhase::Implementation)
         .count();
-    assert!(impls >= 2, "the task was implemented again after the send-back");
+    assert!(
+        impls >= 2,
+        "the task was implemented again after the send-back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +214,12 @@ async fn watchdog_rewrites_the_prompt_when_nothing_moves() {
         ],
         ..Setup::default()
     };
-    let idle = || (IMPL, Act::Reply("Thinking about it. 1 tasks remain.".into()));
+    let idle = || {
+        (
+            IMPL,
+            Act::Reply("Thinking about it. 1 tasks remain.".into()),
+        )
+    };
     let exec = ScriptedExecutor::new(vec![idle(), idle(), (IMPL, Act::Agent)]);
     let h = Harness::new(setup, exec.clone());
     let run = h.run_one().await;
@@ -239,7 +249,10 @@ async fn malformed_completion_is_warned_and_never_completes_alone() {
         ..Setup::default()
     };
     let exec = ScriptedExecutor::new(vec![
-        (IMPL, Act::Reply("All done <promise>COMPLETE</promise> bye".into())),
+        (
+            IMPL,
+            Act::Reply("All done <promise>COMPLETE</promise> bye".into()),
+        ),
         (IMPL, Act::Agent),
     ]);
     let h = Harness::new(setup, exec);
@@ -256,7 +269,10 @@ async fn malformed_completion_is_warned_and_never_completes_alone() {
             .unwrap()
             .starts_with("All done <promise>")
     );
-    assert_eq!(run.iterations_run, 2, "the token alone did not complete the run");
+    assert_eq!(
+        run.iterations_run, 2,
+        "the token alone did not complete the run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +423,11 @@ async fn hung_agent_times_out_with_124_and_the_retry_succeeds() {
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
     let steps = h.steps(run.id).await;
     assert_eq!(steps[0].exit_code, Some(124));
-    assert!(h.report_kinds(&run).iter().any(|k| k == "ITERATION_TIMEOUT"));
+    assert!(
+        h.report_kinds(&run)
+            .iter()
+            .any(|k| k == "ITERATION_TIMEOUT")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,8 +534,14 @@ async fn merge_strategy_makes_a_merge_commit() {
     let h = Harness::new(setup, SimulatedAgent::new());
     let run = h.run_one().await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
-    let parents = h.repo.git(&["rev-list", "--parents", "-n", "1", "agent/widget"]);
-    assert_eq!(parents.split_whitespace().count(), 3, "a merge commit: {parents}");
+    let parents = h
+        .repo
+        .git(&["rev-list", "--parents", "-n", "1", "agent/widget"]);
+    assert_eq!(
+        parents.split_whitespace().count(),
+        3,
+        "a merge commit: {parents}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,8 +554,11 @@ async fn merge_conflict_fails_the_run_and_keeps_the_branch() {
     // The target already has a conflicting version of a file the agent writes.
     h.repo.branch("agent/widget");
     h.repo.checkout("agent/widget");
-    h.repo
-        .commit_file("sim-work/task-004.txt", "something else\n", "conflicting work");
+    h.repo.commit_file(
+        "sim-work/task-004.txt",
+        "something else\n",
+        "conflicting work",
+    );
     h.repo.checkout("main");
     let run = h.run_one().await;
     assert_eq!(run.status, RunStatus::Failed);
@@ -655,7 +684,11 @@ async fn concurrency_caps_are_honoured_with_many_runs() {
         // the merge outcome, but none runs beyond the cap.
         assert!(r.status.is_terminal(), "{:?}", r.status);
     }
-    assert!(peak.load(Ordering::SeqCst) <= 2, "peak {}", peak.load(Ordering::SeqCst));
+    assert!(
+        peak.load(Ordering::SeqCst) <= 2,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
     assert!(peak.load(Ordering::SeqCst) >= 1);
 }
 

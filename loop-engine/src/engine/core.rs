@@ -10,13 +10,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{
-    Executor, Notifier, QueueOrder, RunFilter, Store, Vcs,
-};
+use crate::backend::{Executor, Notifier, QueueOrder, RunFilter, Store, Vcs};
 use crate::config::{Config, ExecutorKind};
-use crate::domain::{
-    Artifact, Event, EventKind, NewEvent, Run, RunId, RunStatus, Step,
-};
+use crate::domain::{Artifact, Event, EventKind, NewEvent, Run, RunId, RunStatus, Step};
 use crate::engine::hub::{CurrentOutput, Hub, LiveOutput};
 use crate::engine::metrics::{Metrics, MetricsSnapshot};
 use crate::error::EngineError;
@@ -117,7 +113,10 @@ impl Inner {
         Ok(stored)
     }
 
-    pub(crate) async fn prep_lock(&self, workspace: &std::path::Path) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) async fn prep_lock(
+        &self,
+        workspace: &std::path::Path,
+    ) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.prep_locks.lock().await;
         locks
             .entry(workspace.to_path_buf())

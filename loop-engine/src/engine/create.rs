@@ -4,9 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::backend::RunFilter;
-use crate::config::{
-    Config, ConfigLayers, resolve_plan_path, resolve_spec_path,
-};
+use crate::config::{Config, ConfigLayers, resolve_plan_path, resolve_spec_path};
 use crate::domain::{
     EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
 };
@@ -167,10 +165,11 @@ impl Engine {
         };
         let (name, name_source) = match &req.name {
             Some(given) => {
-                let name = naming::sanitize_name(given).ok_or_else(|| EngineError::InvalidInput {
-                    field: "name".into(),
-                    detail: format!("`{given}` has no usable ASCII characters"),
-                })?;
+                let name =
+                    naming::sanitize_name(given).ok_or_else(|| EngineError::InvalidInput {
+                        field: "name".into(),
+                        detail: format!("`{given}` has no usable ASCII characters"),
+                    })?;
                 (name, req.name_source.unwrap_or(NameSource::SpecSlug))
             }
             None => (
@@ -253,7 +252,14 @@ impl Engine {
     /// The prompts a run with these inputs would get, without creating or running anything.
     pub fn preview_prompt(&self, req: &CreateRun) -> Result<PromptPreview, EngineError> {
         let r = resolve(req)?;
-        let paths = prompt_paths(&r.config, &r.workspace, &r.spec, Some(&r.plan), &r.workspace, None);
+        let paths = prompt_paths(
+            &r.config,
+            &r.workspace,
+            &r.spec,
+            Some(&r.plan),
+            &r.workspace,
+            None,
+        );
         let implementation = implementation_prompt_text(&r.config, &paths, &r.workspace)?;
         let reviewer = r
             .config
@@ -310,11 +316,17 @@ pub(crate) fn implementation_prompt_text(
 ) -> Result<String, EngineError> {
     let custom = match &cfg.prompt_file {
         Some(p) => {
-            let p = if p.is_absolute() { p.clone() } else { workdir.join(p) };
-            Some(std::fs::read_to_string(&p).map_err(|e| EngineError::InvalidInput {
-                field: "prompt_file".into(),
-                detail: format!("cannot read {}: {e}", p.display()),
-            })?)
+            let p = if p.is_absolute() {
+                p.clone()
+            } else {
+                workdir.join(p)
+            };
+            Some(
+                std::fs::read_to_string(&p).map_err(|e| EngineError::InvalidInput {
+                    field: "prompt_file".into(),
+                    detail: format!("cannot read {}: {e}", p.display()),
+                })?,
+            )
         }
         None => std::fs::read_to_string(workdir.join(".loop").join("prompt.txt")).ok(),
     };

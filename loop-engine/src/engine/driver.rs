@@ -12,14 +12,13 @@ use tokio::sync::{broadcast, mpsc};
 use crate::artifacts::{self, Summary};
 use crate::backend::{
     ExecContext, ExecOutcome, ExecPurpose, ExecRequest, ExecSignal, Executor, ExecutorError,
-    MergeOutcome, MergeRequest, Notification, NotificationKind, StoreError, Termination,
-    VcsError,
+    MergeOutcome, MergeRequest, Notification, NotificationKind, StoreError, Termination, VcsError,
 };
 use crate::completion::{self, Completion};
 use crate::config::Config;
 use crate::domain::{
-    ArtifactKind, EventKind, ExitReason, MergeStrategy, NameSource, NewEvent, Run,
-    RunStatus, Step, StepId, StepPhase, StepStatus, now_ms,
+    ArtifactKind, EventKind, ExitReason, MergeStrategy, NameSource, NewEvent, Run, RunStatus, Step,
+    StepId, StepPhase, StepStatus, now_ms,
 };
 use crate::engine::core::{Inner, RunControl};
 use crate::engine::create::{assign_branch, implementation_prompt_text, prompt_paths};
@@ -147,7 +146,8 @@ pub(crate) async fn drive(inner: Arc<Inner>, run: Run, control: RunControl) {
     let run_id = run.id;
     let mut driver = match RunDriver::new(inner.clone(), run, control) {
         Ok(d) => d,
-        Err((run, detail)) => {
+        Err(failed) => {
+            let (run, detail) = *failed;
             fail_unstartable(&inner, run, detail).await;
             return;
         }
@@ -171,7 +171,8 @@ pub(crate) async fn cancel_idle_run(inner: &Arc<Inner>, run: Run) -> Result<(), 
             d.finish(Err(Stop::Canceled)).await;
             Ok(())
         }
-        Err((mut run, _)) => {
+        Err(failed) => {
+            let (mut run, _) = *failed;
             run.status = RunStatus::Canceled;
             run.exit_reason = Some(ExitReason::Canceled);
             inner.store.update_run(&run).await?;
@@ -202,17 +203,24 @@ async fn fail_unstartable(inner: &Inner, mut run: Run, detail: String) {
             serde_json::json!({"run_id": run.id, "reason": detail, "exit_reason": "failed"}),
         ))
         .await;
-    let _ = inner.store.release_run(run.id, &inner.settings.worker_id).await;
+    let _ = inner
+        .store
+        .release_run(run.id, &inner.settings.worker_id)
+        .await;
     inner.hub.close(run.id);
 }
 
 impl RunDriver {
-    fn new(inner: Arc<Inner>, run: Run, control: RunControl) -> Result<Self, (Run, String)> {
+    fn new(inner: Arc<Inner>, run: Run, control: RunControl) -> Result<Self, Box<(Run, String)>> {
         let cfg = match Config::from_json(&run.config) {
             Ok(c) => c,
             Err(e) => {
-                let detail = format!("run {}: stored configuration is invalid: {}", run.id, chain(&e));
-                return Err((run, detail));
+                let detail = format!(
+                    "run {}: stored configuration is invalid: {}",
+                    run.id,
+                    chain(&e)
+                );
+                return Err(Box::new((run, detail)));
             }
         };
         let rec = Recorder::new(
@@ -455,7 +463,12 @@ impl RunDriver {
         .await
     }
 
-    async fn end_step(&self, step: &mut Step, status: StepStatus, duration_ms: u64) -> Result<(), Stop> {
+    async fn end_step(
+        &self,
+        step: &mut Step,
+        status: StepStatus,
+        duration_ms: u64,
+    ) -> Result<(), Stop> {
         step.status = status;
         step.ended_at = Some(now_ms());
         step.agent_pid = None;
@@ -488,8 +501,12 @@ impl RunDriver {
         }
         let fresh = self.step_seq == 0;
         if fresh {
-            self.report(None, EventKind::RunStart, Row::msg("", format!("run {} ({})", self.run.name, self.run.id)))
-                .await?;
+            self.report(
+                None,
+                EventKind::RunStart,
+                Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
+            )
+            .await?;
         }
         if self.run.run_branch.is_empty() {
             if self.run.name_source == NameSource::Haiku {
@@ -497,8 +514,11 @@ impl RunDriver {
             }
             assign_branch(&self.inner, &mut self.run, &self.cfg).await?;
             self.worktree = self.run.worktree_path.clone();
-            self.plan_in_worktree =
-                rebase(&self.run.plan_path, &self.run.workspace_root, &self.worktree);
+            self.plan_in_worktree = rebase(
+                &self.run.plan_path,
+                &self.run.workspace_root,
+                &self.worktree,
+            );
         }
         let wt = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
@@ -545,10 +565,11 @@ impl RunDriver {
         // The prompt snapshot is what the agent gets; written once per start.
         let text = self.implementation_prompt()?;
         let path = self.rec.folder.prompt();
-        artifacts::write_atomic(&path, text.as_bytes()).map_err(|e| {
-            Stop::failed(format!("cannot write {}: {e}", path.display()))
-        })?;
-        self.rec.record(&self.inner, ArtifactKind::Prompt, &path).await?;
+        artifacts::write_atomic(&path, text.as_bytes())
+            .map_err(|e| Stop::failed(format!("cannot write {}: {e}", path.display())))?;
+        self.rec
+            .record(&self.inner, ArtifactKind::Prompt, &path)
+            .await?;
         self.read_plan()?;
         self.save_run().await?;
         self.report(
@@ -663,7 +684,9 @@ impl RunDriver {
                         step.exit_code = Some(outcome.exit_code);
                         match judge(&outcome, self.inner.expects_result_line(&self.cfg)) {
                             Verdict::Success => naming::sanitize_name(&outcome.output_text)
-                                .ok_or_else(|| "the naming model answered no usable name".to_owned()),
+                                .ok_or_else(|| {
+                                    "the naming model answered no usable name".to_owned()
+                                }),
                             Verdict::Failure { message, .. } => Err(message),
                         }
                     }
@@ -674,20 +697,23 @@ impl RunDriver {
         };
         if self.control.cancel.is_cancelled() {
             step.reason = Some("interrupted".into());
-            self.end_step(&mut step, StepStatus::Canceled, ms(started)).await?;
+            self.end_step(&mut step, StepStatus::Canceled, ms(started))
+                .await?;
             return Err(self.interrupted());
         }
         let payload = match result {
             Ok(name) => {
                 self.run.name = name;
                 self.run.name_source = NameSource::Haiku;
-                self.end_step(&mut step, StepStatus::Succeeded, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
                 serde_json::json!({"name": self.run.name, "name_source": "haiku"})
             }
             Err(reason) => {
                 step.reason = Some(reason.clone());
                 self.run.name_source = NameSource::SpecSlug;
-                self.end_step(&mut step, StepStatus::Failed, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
                 serde_json::json!({
                     "name": self.run.name,
                     "name_source": "spec_slug",
@@ -696,7 +722,8 @@ impl RunDriver {
             }
         };
         self.save_run().await?;
-        self.event(Some(step.id), EventKind::RunNamed, payload).await
+        self.event(Some(step.id), EventKind::RunNamed, payload)
+            .await
     }
 
     fn executor(&mut self) -> Result<Arc<dyn Executor>, String> {
@@ -778,7 +805,10 @@ impl RunDriver {
             self.report(
                 None,
                 EventKind::WarnCompleteWithPending,
-                Row::msg(i.to_string(), format!("{} tasks still pending", counts.pending)),
+                Row::msg(
+                    i.to_string(),
+                    format!("{} tasks still pending", counts.pending),
+                ),
             )
             .await?;
         }
@@ -807,9 +837,18 @@ impl RunDriver {
                 None => (self.implementation_prompt()?, self.rec.folder.prompt()),
             };
             let done = self
-                .agent_step(i, None, ExecPurpose::Implementation, &prompt_text, &prompt_path, &mut attempt)
+                .agent_step(
+                    i,
+                    None,
+                    ExecPurpose::Implementation,
+                    &prompt_text,
+                    &prompt_path,
+                    &mut attempt,
+                )
                 .await?;
-            let completion = self.completion(i.to_string(), done.step_id, &done.text).await?;
+            let completion = self
+                .completion(i.to_string(), done.step_id, &done.text)
+                .await?;
             let head_after = self.head().await?;
             let (text_after, _) = self.read_plan()?;
             self.save_run().await?;
@@ -881,12 +920,19 @@ impl RunDriver {
             return Ok(false);
         }
         let iteration = self.run.iterations_run;
-        let mut step = self.new_step(iteration, &format!("{iteration}W{n}"), StepPhase::Watchdog, n);
+        let mut step = self.new_step(
+            iteration,
+            &format!("{iteration}W{n}"),
+            StepPhase::Watchdog,
+            n,
+        );
         step.prompt_path = Some(path.clone());
         step.reason = Some(signal.as_str().to_owned());
         self.start_step(&step).await?;
         self.end_step(&mut step, StepStatus::Succeeded, 0).await?;
-        self.rec.record(&self.inner, ArtifactKind::PromptRewrite, &path).await?;
+        self.rec
+            .record(&self.inner, ArtifactKind::PromptRewrite, &path)
+            .await?;
         self.event(
             step_id.or(Some(step.id)),
             EventKind::WatchdogRewrite,
@@ -902,7 +948,10 @@ impl RunDriver {
         .await?;
         Metrics::inc(&self.inner.metrics.watchdog_rewrites);
         self.rec
-            .log(format!("WATCHDOG_REWRITE signal={} rewrite={n}", signal.as_str()))
+            .log(format!(
+                "WATCHDOG_REWRITE signal={} rewrite={n}",
+                signal.as_str()
+            ))
             .await;
         self.prompt_override = Some((rewritten, path));
         self.watchdog.reset();
@@ -910,17 +959,30 @@ impl RunDriver {
     }
 
     /// Detects the completion token in an agent's answer and records what was seen.
-    async fn completion(&mut self, label: String, step: StepId, text: &str) -> Result<Completion, Stop> {
+    async fn completion(
+        &mut self,
+        label: String,
+        step: StepId,
+        text: &str,
+    ) -> Result<Completion, Stop> {
         let c = completion::detect(text, self.cfg.completion_mode);
         match &c {
             Completion::Accepted => {
                 self.completion_seen = true;
-                self.report(Some(step), EventKind::CompleteDetected, Row::msg(label, "completion token accepted"))
-                    .await?;
+                self.report(
+                    Some(step),
+                    EventKind::CompleteDetected,
+                    Row::msg(label, "completion token accepted"),
+                )
+                .await?;
             }
             Completion::Malformed { snippet } => {
-                self.report(Some(step), EventKind::WarnMalformedComplete, Row::msg(label, snippet.clone()))
-                    .await?;
+                self.report(
+                    Some(step),
+                    EventKind::WarnMalformedComplete,
+                    Row::msg(label, snippet.clone()),
+                )
+                .await?;
             }
             Completion::Absent => {}
         }
@@ -938,7 +1000,11 @@ impl RunDriver {
             if counts.to_review == 0 {
                 break;
             }
-            let text = prompt::reviewer_prompt(&self.prompt_paths(), &self.worktree, self.cfg.completion_mode);
+            let text = prompt::reviewer_prompt(
+                &self.prompt_paths(),
+                &self.worktree,
+                self.cfg.completion_mode,
+            );
             let path = self.rec.folder.root().join("prompt.review.txt");
             if let Err(e) = artifacts::write_atomic(&path, text.as_bytes()) {
                 tracing::warn!(run_id = %self.run.id, error = %e, "cannot write the reviewer prompt file");
@@ -948,7 +1014,9 @@ impl RunDriver {
                 .agent_step(i, Some(r), ExecPurpose::Review, &text, &path, &mut attempt)
                 .await?;
             let label = naming::iteration_label(i, Some(r), None);
-            let completion = self.completion(label.clone(), done.step_id, &done.text).await?;
+            let completion = self
+                .completion(label.clone(), done.step_id, &done.text)
+                .await?;
             let (_, counts) = self.read_plan()?;
             self.save_run().await?;
             if matches!(completion, Completion::Accepted) {
@@ -963,7 +1031,10 @@ impl RunDriver {
                     EventKind::WarnReviewerCompleteWithPending,
                     Row::msg(
                         label,
-                        format!("{} pending, {} awaiting review", counts.pending, counts.to_review),
+                        format!(
+                            "{} pending, {} awaiting review",
+                            counts.pending, counts.to_review
+                        ),
                     ),
                 )
                 .await?;
@@ -973,7 +1044,8 @@ impl RunDriver {
                 break;
             }
         }
-        if result.is_none() && self.head().await? != head_start && !self.cfg.verify_cmds.is_empty() {
+        if result.is_none() && self.head().await? != head_start && !self.cfg.verify_cmds.is_empty()
+        {
             // The reviewer fixed something: check it before implementation goes on.
             self.verify(i, VerifyKind::Review).await?;
         }
@@ -982,7 +1054,10 @@ impl RunDriver {
 
     // ----- agent steps ---------------------------------------------------------------------
 
-    #[expect(clippy::too_many_lines, reason = "one step's life in one place reads best")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one step's life in one place reads best"
+    )]
     async fn agent_step(
         &mut self,
         iteration: u32,
@@ -992,9 +1067,10 @@ impl RunDriver {
         prompt_path: &Path,
         attempt: &mut u32,
     ) -> Result<AgentDone, Stop> {
-        let executor = self
-            .executor()
-            .map_err(|e| Stop::Fail { reason: ExitReason::ClaudeFailed, detail: e })?;
+        let executor = self.executor().map_err(|e| Stop::Fail {
+            reason: ExitReason::ClaudeFailed,
+            detail: e,
+        })?;
         let policy = RetryPolicy {
             retries: self.cfg.claude_retries,
             backoff: Duration::from_secs(self.cfg.claude_retry_backoff_sec),
@@ -1010,7 +1086,8 @@ impl RunDriver {
             self.checkpoint()?;
             *attempt += 1;
             let show_attempt = self.cfg.claude_retries > 0 || *attempt > 1;
-            let label = naming::iteration_label(iteration, review, show_attempt.then_some(*attempt));
+            let label =
+                naming::iteration_label(iteration, review, show_attempt.then_some(*attempt));
             let slug = naming::iteration_slug(&label);
             let log_path = self.rec.folder.iteration_log(&slug);
             let tail_path = self.rec.folder.iteration_tail(&slug);
@@ -1059,7 +1136,8 @@ impl RunDriver {
                         }
                     } else {
                         step.exit_code = None;
-                        self.end_step(&mut step, StepStatus::Failed, duration).await?;
+                        self.end_step(&mut step, StepStatus::Failed, duration)
+                            .await?;
                         return Err(Stop::Fail {
                             reason: ExitReason::ClaudeFailed,
                             detail: format!("run {} step {}: {detail}", self.run.id, step.id),
@@ -1080,7 +1158,10 @@ impl RunDriver {
                     EventKind::WarnOutputLarge,
                     Row {
                         output_bytes: Some(outcome.output_bytes),
-                        ..Row::msg(label.clone(), format!("step printed {} bytes", outcome.output_bytes))
+                        ..Row::msg(
+                            label.clone(),
+                            format!("step printed {} bytes", outcome.output_bytes),
+                        )
                     },
                 )
                 .await?;
@@ -1145,16 +1226,21 @@ impl RunDriver {
                     },
                 )
                 .await?;
-                self.rec.record(&self.inner, ArtifactKind::IterationTail, &tail_path).await?;
+                self.rec
+                    .record(&self.inner, ArtifactKind::IterationTail, &tail_path)
+                    .await?;
                 self.last_iter_tail = Some(tail_path.clone());
             }
             if log_path.exists() {
-                self.rec.record(&self.inner, ArtifactKind::IterationLog, &log_path).await?;
+                self.rec
+                    .record(&self.inner, ArtifactKind::IterationLog, &log_path)
+                    .await?;
                 self.last_iter_log = Some(log_path.clone());
             }
             match verdict {
                 Verdict::Success => {
-                    self.end_step(&mut step, StepStatus::Succeeded, duration).await?;
+                    self.end_step(&mut step, StepStatus::Succeeded, duration)
+                        .await?;
                     return Ok(AgentDone {
                         step_id: step.id,
                         text: outcome.output_text,
@@ -1167,20 +1253,24 @@ impl RunDriver {
                         } else {
                             "canceled".to_owned()
                         });
-                        self.end_step(&mut step, StepStatus::Canceled, duration).await?;
+                        self.end_step(&mut step, StepStatus::Canceled, duration)
+                            .await?;
                         return Err(self.interrupted());
                     }
                     step.reason = Some(message.clone());
                     let jitter = f64::from(step.id.0.as_u128() as u16) / 65536.0;
                     match decide_retry(&policy, &mut budget, &kind, jitter) {
                         RetryDecision::Retry { delay, transient } => {
-                            self.end_step(&mut step, StepStatus::Retrying, duration).await?;
+                            self.end_step(&mut step, StepStatus::Retrying, duration)
+                                .await?;
                             Metrics::inc(&self.inner.metrics.claude_retries);
                             self.report(
                                 Some(step.id),
                                 EventKind::ClaudeRetry,
                                 Row {
-                                    duration_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                                    duration_ms: Some(
+                                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                                    ),
                                     exit_code: Some(outcome.exit_code),
                                     ..Row::msg(
                                         label.clone(),
@@ -1199,10 +1289,14 @@ impl RunDriver {
                             }
                         }
                         RetryDecision::GiveUp => {
-                            self.end_step(&mut step, StepStatus::Failed, duration).await?;
+                            self.end_step(&mut step, StepStatus::Failed, duration)
+                                .await?;
                             return Err(Stop::Fail {
                                 reason: ExitReason::ClaudeFailed,
-                                detail: format!("run {} step {} ({label}): {message}", self.run.id, step.id),
+                                detail: format!(
+                                    "run {} step {} ({label}): {message}",
+                                    self.run.id, step.id
+                                ),
                             });
                         }
                     }
@@ -1318,12 +1412,21 @@ impl RunDriver {
             VerifyKind::Review => format!("{i}-review"),
             VerifyKind::Final => format!("{i}-final"),
         };
-        if clean && let Some((h, passed)) = &self.last_verified && *h == head {
+        if clean
+            && let Some((h, passed)) = &self.last_verified
+            && *h == head
+        {
             let passed = *passed;
             self.report(
                 None,
                 EventKind::VerifySkip,
-                Row::msg(label, format!("HEAD unchanged since the last verification ({})", if passed { "passed" } else { "failed" })),
+                Row::msg(
+                    label,
+                    format!(
+                        "HEAD unchanged since the last verification ({})",
+                        if passed { "passed" } else { "failed" }
+                    ),
+                ),
             )
             .await?;
             return Ok(passed);
@@ -1333,15 +1436,29 @@ impl RunDriver {
         step.head_before = head.clone();
         self.start_step(&step).await?;
         let started = Instant::now();
-        self.report(Some(step.id), EventKind::VerifyStart, Row::msg(label.clone(), format!("{} commands", self.cfg.verify_cmds.len())))
-            .await?;
+        self.report(
+            Some(step.id),
+            EventKind::VerifyStart,
+            Row::msg(
+                label.clone(),
+                format!("{} commands", self.cfg.verify_cmds.len()),
+            ),
+        )
+        .await?;
         let mut failure = None;
         for (n, cmd) in self.cfg.verify_cmds.clone().iter().enumerate() {
             self.checkpoint()?;
             let n = u32::try_from(n + 1).unwrap_or(u32::MAX);
             let log = self.rec.folder.verify_log(&slug, n);
-            self.report(Some(step.id), EventKind::VerifyCmdStart, Row { output_path: Some(log.clone()), ..Row::msg(label.clone(), cmd.clone()) })
-                .await?;
+            self.report(
+                Some(step.id),
+                EventKind::VerifyCmdStart,
+                Row {
+                    output_path: Some(log.clone()),
+                    ..Row::msg(label.clone(), cmd.clone())
+                },
+            )
+            .await?;
             let t = Instant::now();
             let run = Cmd::new("bash", &self.worktree)
                 .args(["-lc", cmd.as_str()])
@@ -1370,7 +1487,9 @@ impl RunDriver {
                     (127, text.len() as u64)
                 }
             };
-            self.rec.record(&self.inner, ArtifactKind::VerifyLog, &log).await?;
+            self.rec
+                .record(&self.inner, ArtifactKind::VerifyLog, &log)
+                .await?;
             self.report(
                 Some(step.id),
                 EventKind::VerifyCmdEnd,
@@ -1406,7 +1525,8 @@ impl RunDriver {
             None => {
                 Metrics::inc(&self.inner.metrics.verification_pass);
                 self.consecutive_verify_failures = 0;
-                self.end_step(&mut step, StepStatus::Succeeded, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
                 if notes.exists() {
                     let _ = artifacts::write_atomic(&notes, b"");
                 }
@@ -1422,14 +1542,19 @@ impl RunDriver {
                 );
                 let failure_path = self.rec.folder.verify_failure(&slug);
                 let _ = artifacts::write_atomic(&failure_path, failure_text.as_bytes());
-                self.rec.record(&self.inner, ArtifactKind::VerifyFailure, &failure_path).await?;
+                self.rec
+                    .record(&self.inner, ArtifactKind::VerifyFailure, &failure_path)
+                    .await?;
                 let text = prompt::runner_notes_for_failure(&cmd, code, &log, &tail);
                 if let Err(e) = artifacts::write_atomic(&notes, text.as_bytes()) {
                     tracing::warn!(run_id = %self.run.id, error = %e, "cannot write runner notes");
                 }
-                self.rec.record(&self.inner, ArtifactKind::RunnerNotes, &notes).await?;
+                self.rec
+                    .record(&self.inner, ArtifactKind::RunnerNotes, &notes)
+                    .await?;
                 step.reason = Some(format!("`{cmd}` exited with {code}"));
-                self.end_step(&mut step, StepStatus::Failed, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
                 let limit = self.cfg.max_consecutive_verification_failures;
                 if limit > 0 && self.consecutive_verify_failures >= limit {
                     return Err(Stop::Fail {
@@ -1479,12 +1604,15 @@ impl RunDriver {
             Ok(outcome) => {
                 let (what, commit) = match &outcome {
                     MergeOutcome::Merged { commit } => ("merged", Some(commit.clone())),
-                    MergeOutcome::AlreadyMerged { commit } => ("already_merged", Some(commit.clone())),
+                    MergeOutcome::AlreadyMerged { commit } => {
+                        ("already_merged", Some(commit.clone()))
+                    }
                     MergeOutcome::NothingToMerge => ("nothing_to_merge", None),
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
-                self.end_step(&mut step, StepStatus::Succeeded, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
                 self.event(
                     Some(step.id),
                     EventKind::MergeDone,
@@ -1508,7 +1636,8 @@ impl RunDriver {
                 );
                 step.reason = Some(chain(&e));
                 step.exit_code = Some(1);
-                self.end_step(&mut step, StepStatus::Failed, ms(started)).await?;
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
                 Err(Stop::failed(detail))
             }
         }
@@ -1525,7 +1654,11 @@ impl RunDriver {
         let run_id = self.run.id;
         let (status, exit_reason, detail) = match &result {
             Ok(reason) => (RunStatus::Completed, Some(reason.clone()), None),
-            Err(Stop::Fail { reason, detail }) => (RunStatus::Failed, Some(reason.clone()), Some(detail.clone())),
+            Err(Stop::Fail { reason, detail }) => (
+                RunStatus::Failed,
+                Some(reason.clone()),
+                Some(detail.clone()),
+            ),
             Err(Stop::Canceled) => (RunStatus::Canceled, Some(ExitReason::Canceled), None),
             Err(Stop::Paused) => (RunStatus::Paused, None, None),
             Err(Stop::Shutdown) => (RunStatus::Pending, None, None),
@@ -1563,20 +1696,33 @@ impl RunDriver {
         match status {
             RunStatus::Paused => {
                 let _ = self
-                    .event(None, EventKind::RunPaused, serde_json::json!({"run_id": run_id, "at": "step_boundary"}))
+                    .event(
+                        None,
+                        EventKind::RunPaused,
+                        serde_json::json!({"run_id": run_id, "at": "step_boundary"}),
+                    )
                     .await;
                 self.rec.log("RUN_PAUSED".into()).await;
                 return;
             }
             RunStatus::Pending => {
-                self.rec.log("engine shutting down; run returns to the queue".into()).await;
+                self.rec
+                    .log("engine shutting down; run returns to the queue".into())
+                    .await;
                 return;
             }
             _ => {}
         }
-        let reason_text = exit_reason.as_ref().map(ToString::to_string).unwrap_or_default();
+        let reason_text = exit_reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let _ = self
-            .report(None, EventKind::RunEnd, Row::msg("", format!("reason={reason_text}")))
+            .report(
+                None,
+                EventKind::RunEnd,
+                Row::msg("", format!("reason={reason_text}")),
+            )
             .await;
         let (kind, payload, note) = match status {
             RunStatus::Completed => (
@@ -1595,7 +1741,8 @@ impl RunDriver {
                 NotificationKind::RunFailed,
             ),
         };
-        self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed)).await;
+        self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed))
+            .await;
         let _ = self.event(None, kind, payload).await;
         let total = u64::try_from(now_ms() - self.start_ms).unwrap_or(0);
         self.inner.metrics.run_duration.record(total);
@@ -1619,7 +1766,10 @@ impl RunDriver {
             total_duration_ms: u64::try_from(end - self.start_ms).unwrap_or(0),
             iterations_run: self.run.iterations_run,
             completed_iteration: self.completed_iteration,
-            avg_duration_ms: if self.iter_count == 0 { 0 } else { self.iter_duration_sum / self.iter_count },
+            avg_duration_ms: self
+                .iter_duration_sum
+                .checked_div(self.iter_count)
+                .unwrap_or(0),
             last_exit_code: self.last_exit_code,
             completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
             model: self.cfg.model.clone(),
@@ -1627,11 +1777,18 @@ impl RunDriver {
             run_log: self.rec.folder.run_log().display().to_string(),
             run_report: self.rec.folder.report().display().to_string(),
             prompt_snapshot: self.rec.folder.prompt().display().to_string(),
-            last_iteration_tail: self.last_iter_tail.as_ref().map(|p| p.display().to_string()),
+            last_iteration_tail: self
+                .last_iter_tail
+                .as_ref()
+                .map(|p| p.display().to_string()),
             last_iteration_log: self.last_iter_log.as_ref().map(|p| p.display().to_string()),
         };
         let path = self.rec.folder.summary();
-        if let Err(e) = self.rec.create_dirs().and_then(|()| artifacts::write_summary(&path, &summary)) {
+        if let Err(e) = self
+            .rec
+            .create_dirs()
+            .and_then(|()| artifacts::write_summary(&path, &summary))
+        {
             tracing::warn!(run_id = %self.run.id, error = %e, "cannot write summary.json");
             return;
         }
@@ -1640,7 +1797,9 @@ impl RunDriver {
             (ArtifactKind::Report, self.rec.folder.report()),
             (ArtifactKind::RunLog, self.rec.folder.run_log()),
         ] {
-            if p.exists() && let Err(e) = self.rec.record(&self.inner, kind, &p).await {
+            if p.exists()
+                && let Err(e) = self.rec.record(&self.inner, kind, &p).await
+            {
                 tracing::warn!(run_id = %self.run.id, error = %chain(&e), "cannot record artifact");
             }
         }

@@ -32,7 +32,10 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
     };
     for mut run in mine {
         reclaim_steps(inner, &run).await?;
-        inner.store.release_run(run.id, &inner.settings.worker_id).await?;
+        inner
+            .store
+            .release_run(run.id, &inner.settings.worker_id)
+            .await?;
         run = inner.store.get_run(run.id).await?;
         run.status = RunStatus::Pending;
         inner.store.update_run(&run).await?;
@@ -88,7 +91,11 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
     }
     if !run.worktree_path.as_os_str().is_empty()
         && run.worktree_path.exists()
-        && inner.vcs.remove_stale_lock(&run.worktree_path).await.unwrap_or(false)
+        && inner
+            .vcs
+            .remove_stale_lock(&run.worktree_path)
+            .await
+            .unwrap_or(false)
     {
         inner
             .emit(NewEvent::new(

@@ -41,7 +41,12 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn new(run_id: RunId, workspace: &Path, cfg: &Config, global: Option<&Path>) -> Self {
+    pub(crate) fn new(
+        run_id: RunId,
+        workspace: &Path,
+        cfg: &Config,
+        global: Option<&Path>,
+    ) -> Self {
         let folder = RunFolder::workspace(workspace, &cfg.log_dir, run_id);
         let mirror = match cfg.artifact_mode {
             ArtifactMode::Mirror => {
@@ -110,7 +115,11 @@ impl Recorder {
         let line = format!(
             "{} iter={} {}",
             kind.as_str(),
-            if row.iteration.is_empty() { "-" } else { &row.iteration },
+            if row.iteration.is_empty() {
+                "-"
+            } else {
+                &row.iteration
+            },
             row.message
         );
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -120,7 +129,9 @@ impl Recorder {
         .await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log"),
+            Ok(Err(e)) => {
+                tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log")
+            }
             Err(e) => tracing::warn!(run_id = %self.run_id, error = %e, "report writer panicked"),
         }
         Ok(())
@@ -129,7 +140,8 @@ impl Recorder {
     /// Appends a line to run.log only.
     pub(crate) async fn log(&self, line: String) {
         let path = self.folder.run_log();
-        let res = tokio::task::spawn_blocking(move || artifacts::RunLog::append(&path, &line)).await;
+        let res =
+            tokio::task::spawn_blocking(move || artifacts::RunLog::append(&path, &line)).await;
         if let Ok(Err(e)) = res {
             tracing::warn!(run_id = %self.run_id, error = %e, "cannot write run.log");
         }

@@ -45,10 +45,8 @@ impl Engine {
             }
         }
         let grace = inner.settings.stop_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 remaining = tasks.len(),
@@ -92,7 +90,11 @@ async fn fill(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Result<(), EngineE
             for c in s.running.values() {
                 *per_ws.entry(c.workspace.clone()).or_insert(0usize) += 1;
             }
-            (s.running.len(), s.running.keys().copied().collect::<Vec<_>>(), per_ws)
+            (
+                s.running.len(),
+                s.running.keys().copied().collect::<Vec<_>>(),
+                per_ws,
+            )
         };
         let ceiling = usize::try_from(inner.settings.max_concurrency).unwrap_or(usize::MAX);
         if running >= ceiling {

@@ -93,7 +93,9 @@ impl SimulatedAgent {
 
     async fn commit(&self, workdir: &Path, message: &str) -> Result<Option<String>, String> {
         self.git(workdir, &["add", "-A"]).await?;
-        let staged = self.git(workdir, &["diff", "--cached", "--name-only"]).await?;
+        let staged = self
+            .git(workdir, &["diff", "--cached", "--name-only"])
+            .await?;
         if staged.is_empty() {
             return Ok(None);
         }
@@ -164,10 +166,15 @@ impl SimulatedAgent {
             .ok_or_else(|| "cannot mark the task reviewed".to_owned())?;
         std::fs::write(plan_path, updated.as_bytes())
             .map_err(|e| format!("cannot write plan: {e}"))?;
-        let commit = self.commit(workdir, &format!("Review: {}", task.text)).await?;
+        let commit = self
+            .commit(workdir, &format!("Review: {}", task.text))
+            .await?;
         let counts = plan::counts(&updated);
         let text = if counts.to_review > 0 {
-            format!("Reviewed {}. {} awaiting review.", task.text, counts.to_review)
+            format!(
+                "Reviewed {}. {} awaiting review.",
+                task.text, counts.to_review
+            )
         } else if counts.pending > 0 {
             "Review complete. Returning to implementation.".to_owned()
         } else {
@@ -184,8 +191,10 @@ impl SimulatedAgent {
                 commit: None,
             }),
             purpose => {
-                let plan_path = Self::plan_from_prompt(&req.prompt, &req.workdir)
-                    .ok_or_else(|| "no plan with checklist items is named in the prompt".to_owned())?;
+                let plan_path =
+                    Self::plan_from_prompt(&req.prompt, &req.workdir).ok_or_else(|| {
+                        "no plan with checklist items is named in the prompt".to_owned()
+                    })?;
                 if purpose == ExecPurpose::Review {
                     self.review(&req.workdir, &plan_path).await
                 } else {
@@ -260,14 +269,27 @@ pub(crate) fn canceled_outcome(started: Instant) -> ExecOutcome {
 
 #[async_trait]
 impl Executor for SimulatedAgent {
-    async fn execute(&self, req: ExecRequest, ctx: ExecContext) -> Result<ExecOutcome, ExecutorError> {
+    async fn execute(
+        &self,
+        req: ExecRequest,
+        ctx: ExecContext,
+    ) -> Result<ExecOutcome, ExecutorError> {
         let started = Instant::now();
         if !wait_or_cancel(self.delay, &ctx).await {
             return Ok(canceled_outcome(started));
         }
         match self.act(&req).await {
             Ok(r) => finish_outcome(&req, &ctx, &r.text, 0, started).await,
-            Err(e) => finish_outcome(&req, &ctx, &format!("simulated agent failed: {e}"), 1, started).await,
+            Err(e) => {
+                finish_outcome(
+                    &req,
+                    &ctx,
+                    &format!("simulated agent failed: {e}"),
+                    1,
+                    started,
+                )
+                .await
+            }
         }
     }
 }

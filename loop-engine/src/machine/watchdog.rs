@@ -109,9 +109,9 @@ impl Watchdog {
         if let Some(steps) = tail(cfg.repeat_task_steps) {
             let first = steps[0].open_task_before.as_ref();
             if first.is_some()
-                && steps
-                    .iter()
-                    .all(|s| s.open_task_before.as_ref() == first && s.open_task_after.as_ref() == first)
+                && steps.iter().all(|s| {
+                    s.open_task_before.as_ref() == first && s.open_task_after.as_ref() == first
+                })
             {
                 return Some(WatchdogSignal::RepeatedTask);
             }
@@ -166,7 +166,10 @@ mod tests {
     fn no_commit_and_no_plan_change_for_n_steps_is_no_progress() {
         let idle = StepObservation::default();
         check(&[idle.clone(), idle.clone()], None);
-        check(&[idle.clone(), idle.clone(), idle], Some(WatchdogSignal::NoProgress));
+        check(
+            &[idle.clone(), idle.clone(), idle],
+            Some(WatchdogSignal::NoProgress),
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl std::fmt::Debug for Act {
             Self::Agent => f.write_str("Agent"),
             Self::Reply(t) => write!(f, "Reply({t:?})"),
             Self::Fail { code, .. } => write!(f, "Fail({code})"),
-            Self::Result { is_error, status, .. } => write!(f, "Result({is_error}, {status:?})"),
+            Self::Result {
+                is_error, status, ..
+            } => write!(f, "Result({is_error}, {status:?})"),
             Self::Hang => f.write_str("Hang"),
             Self::ShellThenAgent(c) => write!(f, "ShellThenAgent({c:?})"),
             Self::Custom(_) => f.write_str("Custom"),
@@ -188,7 +190,11 @@ impl Drop for ScriptedExecutor {
 
 #[async_trait]
 impl Executor for ScriptedExecutor {
-    async fn execute(&self, req: ExecRequest, ctx: ExecContext) -> Result<ExecOutcome, ExecutorError> {
+    async fn execute(
+        &self,
+        req: ExecRequest,
+        ctx: ExecContext,
+    ) -> Result<ExecOutcome, ExecutorError> {
         let started = Instant::now();
         let Some(act) = self.next_act(&req) else {
             return Err(ExecutorError::Fatal {

@@ -119,7 +119,10 @@ impl Harness {
     }
 
     pub(crate) async fn events(&self, id: RunId) -> Vec<Event> {
-        self.store.events_after(id, 0, 100_000).await.expect("events")
+        self.store
+            .events_after(id, 0, 100_000)
+            .await
+            .expect("events")
     }
 
     pub(crate) async fn kinds(&self, id: RunId) -> Vec<EventKind> {
@@ -144,7 +147,10 @@ impl Harness {
         let text = std::fs::read_to_string(&path).expect("report.tsv");
         let mut lines = text.lines();
         assert!(
-            lines.next().unwrap_or_default().starts_with("timestamp_ms\tkind"),
+            lines
+                .next()
+                .unwrap_or_default()
+                .starts_with("timestamp_ms\tkind"),
             "report.tsv starts with its header"
         );
         lines
