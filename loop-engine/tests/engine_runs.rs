@@ -712,3 +712,141 @@ impl loop_engine::backend::Executor for CountingAgent {
         out
     }
 }
+
+/// A harness whose agent is a real shell script run by the built-in command executor.
+fn script_harness(
+    script_body: &str,
+    extra: Vec<(&'static str, String)>,
+) -> (Harness, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let script = dir.join("agent.sh");
+    std::fs::write(&script, script_body).unwrap();
+    let mut config = vec![
+        ("executor", "command".to_owned()),
+        (
+            "agent_cmd",
+            format!("sh {} {{prompt_file}}", script.display()),
+        ),
+    ];
+    config.extend(extra);
+    let h = Harness::without_executor(Setup {
+        tasks: 1,
+        config,
+        ..Setup::default()
+    });
+    (h, dir)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie is dead for our purposes: it only waits to be reaped.
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+async fn wait_for_file(path: &std::path::Path) -> String {
+    for _ in 0..200 {
+        if let Ok(t) = std::fs::read_to_string(path)
+            && !t.trim().is_empty()
+        {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_timeout_kills_its_whole_tree_with_124() {
+    let pidfile = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let body = format!(
+        "setsid sleep 300 >/dev/null 2>&1 < /dev/null &\necho $! > {}\necho working\nsleep 300\n",
+        pidfile.display()
+    );
+    let (h, _dir) = script_harness(&body, vec![("claude_timeout_sec", "1".into())]);
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.exit_reason, Some(ExitReason::ClaudeFailed));
+    let steps = h.steps(run.id).await;
+    let agent = steps
+        .iter()
+        .find(|s| s.phase == StepPhase::Implementation)
+        .unwrap();
+    assert_eq!(agent.exit_code, Some(124));
+    let grandchild: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for _ in 0..100 {
+        if !pid_alive(grandchild) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pid_alive(grandchild),
+        "setsid grandchild {grandchild} survived the timeout"
+    );
+    assert!(
+        h.report_kinds(&run)
+            .iter()
+            .any(|k| k == "ITERATION_TIMEOUT")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_cancel_kills_its_whole_tree() {
+    let pidfile = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let body = format!(
+        "setsid sleep 300 >/dev/null 2>&1 < /dev/null &\necho $! > {}\nsleep 300\n",
+        pidfile.display()
+    );
+    let (h, _dir) = script_harness(&body, vec![]);
+    let run = h.create().await;
+    let engine = h.engine.clone();
+    let driving = tokio::spawn(async move { engine.run_until_idle().await });
+    let grandchild: u32 = wait_for_file(&pidfile).await.trim().parse().unwrap();
+    assert!(pid_alive(grandchild));
+    h.engine.cancel(run.id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), driving)
+        .await
+        .expect("cancel is prompt")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.engine.get_run(run.id).await.unwrap().status,
+        RunStatus::Canceled
+    );
+    for _ in 0..100 {
+        if !pid_alive(grandchild) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !pid_alive(grandchild),
+        "setsid grandchild {grandchild} survived the cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_script_completes_the_plan() {
+    // A minimal "agent": tick the first open task with sed and commit.
+    let body = "set -e\nplan=specs/planning/widget-plan.md\nsed -i '0,/- \\[ \\]/s//- [x]/' \"$plan\"\ngit add -A\ngit -c user.name=a -c user.email=a@b commit -qm 'agent: tick a task'\nif grep -q -- '- \\[ \\] Task' \"$plan\"; then echo 'Completed a task.'; else echo '<promise>COMPLETE</promise>'; fi\n";
+    let (h, _dir) = script_harness(body, vec![]);
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    assert_eq!(run.exit_reason, Some(ExitReason::CompletePlan));
+    let subjects = h.repo.log_subjects(&run.run_branch);
+    assert!(
+        subjects.iter().any(|s| s == "agent: tick a task"),
+        "{subjects:?}"
+    );
+}

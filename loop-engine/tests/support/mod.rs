@@ -50,7 +50,16 @@ impl Harness {
         Self::with_executor(setup, Arc::new(executor))
     }
 
+    /// The engine picks its executor from the run's config (`executor=command`, ...).
+    pub(crate) fn without_executor(setup: Setup) -> Self {
+        Self::build(setup, None)
+    }
+
     pub(crate) fn with_executor(setup: Setup, executor: Arc<dyn Executor>) -> Self {
+        Self::build(setup, Some(executor))
+    }
+
+    fn build(setup: Setup, executor: Option<Arc<dyn Executor>>) -> Self {
         let repo = GitFixture::new();
         let global = repo.root().join("global-logs");
         let mut config = format!(
@@ -70,9 +79,11 @@ impl Harness {
             repo.commit_file(".gitignore", "logs/\n", "ignore logs");
         }
         let store = Arc::new(MemoryStore::new());
-        let engine = Engine::builder()
-            .store_arc(store.clone())
-            .executor_arc(executor)
+        let mut builder = Engine::builder().store_arc(store.clone());
+        if let Some(executor) = executor {
+            builder = builder.executor_arc(executor);
+        }
+        let engine = builder
             .vcs(GitCli::with_env(repo.env()))
             .settings(EngineSettings {
                 worker_id: "test-worker".into(),
