@@ -138,6 +138,21 @@ impl EventCursor<'_> {
             }
         }
     }
+
+    /// True when the event numbered `last` ends the run.
+    async fn last_sent_is_terminal(&self) -> Result<bool, Stop> {
+        let events = self
+            .engine
+            .events_after(self.run_id, self.last - 1, 1)
+            .await
+            .map_err(|e| {
+                tracing::warn!(run_id = %self.run_id, error = %chain(&e), "cannot read events for a stream; ending it");
+                Stop::Store
+            })?;
+        Ok(events
+            .first()
+            .is_some_and(|e| e.seq == self.last && is_terminal_kind(e.kind)))
+    }
 }
 
 /// Streams the events of `run_id` after `after` into `sink` until the run is terminal.
@@ -167,6 +182,10 @@ async fn stream_events(
     settings: &SseSettings,
 ) -> Result<(), Stop> {
     cur.replay().await?;
+    if !cur.finished && cur.last > 0 {
+        // A client resuming right after the final event gets nothing new, and is done.
+        cur.finished = cur.last_sent_is_terminal().await?;
+    }
     if cur.finished {
         return Ok(());
     }
