@@ -1,0 +1,225 @@
+//! Who may talk to the daemon: a bearer token on every route but `GET /health`, compared in
+//! constant time, and DNS-rebinding guards (a browser page on another origin must not reach a
+//! daemon on localhost by pointing its own host name at 127.0.0.1).
+
+use std::net::SocketAddr;
+
+use hyper::header::{AUTHORIZATION, HOST, ORIGIN};
+use hyper::{HeaderMap, Method, StatusCode};
+
+use crate::error::ApiError;
+
+/// What a request is checked against.
+#[derive(Clone, Debug)]
+pub(crate) struct Guard {
+    /// The bearer token.
+    pub(crate) token: String,
+    /// Accept any `Host` header (the daemon listens beyond loopback on purpose).
+    pub(crate) allow_remote: bool,
+    /// The listener's port, part of every accepted `Host` and `Origin`.
+    pub(crate) port: u16,
+}
+
+/// Compares two byte strings in time that depends only on their lengths, never on where they
+/// differ, so the token cannot be guessed byte by byte from response times.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    // Walk the expected bytes even when the lengths differ, so the loop does not stop early.
+    for (i, x) in a.iter().enumerate() {
+        let y = b.get(i).copied().unwrap_or(!*x);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+impl Guard {
+    /// Checks `Host`, `Origin` and (except for `GET /health`) the bearer token.
+    pub(crate) fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<(), ApiError> {
+        self.check_host(headers)?;
+        self.check_origin(headers)?;
+        if method == Method::GET && path == "/health" {
+            return Ok(());
+        }
+        let given = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let message = match given {
+            None => "missing bearer token: send `Authorization: Bearer <token>`",
+            Some(t) if constant_time_eq(self.token.as_bytes(), t.as_bytes()) => return Ok(()),
+            Some(_) => "wrong bearer token",
+        };
+        tracing::warn!(%method, path, %peer, reason = message, "refused an unauthenticated request");
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+    }
+
+    fn loopback_hosts(&self) -> [String; 3] {
+        let p = self.port;
+        [
+            format!("127.0.0.1:{p}"),
+            format!("localhost:{p}"),
+            format!("[::1]:{p}"),
+        ]
+    }
+
+    fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.allow_remote {
+            return Ok(());
+        }
+        let host = headers.get(HOST).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        match host {
+            Some(h) if self.loopback_hosts().iter().any(|ok| ok.eq_ignore_ascii_case(&h)) => Ok(()),
+            Some(h) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!(
+                    "Host `{h}` is not accepted: use 127.0.0.1:{p} or localhost:{p} (or start the daemon with remote access allowed)",
+                    p = self.port
+                ),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "missing Host header",
+            )),
+        }
+    }
+
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(origin) = headers.get(ORIGIN) else {
+            return Ok(());
+        };
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        let accepted = self
+            .loopback_hosts()
+            .iter()
+            .any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
+        if accepted {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!("Origin `{origin}` is not allowed"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn guard(allow_remote: bool) -> Guard {
+        Guard {
+            token: "s3cret".into(),
+            allow_remote,
+            port: 7700,
+        }
+    }
+
+    fn headers(pairs: &[(hyper::header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:5555".parse().unwrap()
+    }
+
+    #[test]
+    fn constant_time_eq_compares_contents_and_lengths() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn token_is_required_except_for_health() {
+        let g = guard(false);
+        let host = (HOST, "127.0.0.1:7700");
+        assert!(g.check(&Method::GET, "/health", &headers(&[host.clone()]), peer()).is_ok());
+        let e = g
+            .check(&Method::GET, "/runs", &headers(&[host.clone()]), peer())
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        let e = g
+            .check(
+                &Method::GET,
+                "/runs",
+                &headers(&[host.clone(), (AUTHORIZATION, "Bearer nope")]),
+                peer(),
+            )
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert!(!e.message.contains("s3cret"));
+        assert!(g
+            .check(
+                &Method::GET,
+                "/runs",
+                &headers(&[host, (AUTHORIZATION, "Bearer s3cret")]),
+                peer()
+            )
+            .is_ok());
+        // POST /health is not the health route.
+        let e = g
+            .check(&Method::POST, "/health", &headers(&[(HOST, "localhost:7700")]), peer())
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn foreign_hosts_are_refused_unless_remote_is_allowed() {
+        for host in ["evil.example:7700", "127.0.0.1:80", "localhost"] {
+            let e = guard(false)
+                .check(&Method::GET, "/health", &headers(&[(HOST, host)]), peer())
+                .unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{host}");
+            assert!(e.message.contains(host));
+        }
+        for host in ["127.0.0.1:7700", "LOCALHOST:7700", "[::1]:7700"] {
+            assert!(guard(false)
+                .check(&Method::GET, "/health", &headers(&[(HOST, host)]), peer())
+                .is_ok());
+        }
+        assert!(guard(true)
+            .check(&Method::GET, "/health", &headers(&[(HOST, "evil.example:7700")]), peer())
+            .is_ok());
+        assert!(guard(false).check(&Method::GET, "/health", &HeaderMap::new(), peer()).is_err());
+    }
+
+    #[test]
+    fn foreign_origins_are_refused_even_with_remote_allowed() {
+        let e = guard(true)
+            .check(
+                &Method::GET,
+                "/health",
+                &headers(&[(HOST, "127.0.0.1:7700"), (ORIGIN, "http://evil.example")]),
+                peer(),
+            )
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(guard(false)
+            .check(
+                &Method::GET,
+                "/health",
+                &headers(&[(HOST, "127.0.0.1:7700"), (ORIGIN, "http://localhost:7700")]),
+                peer(),
+            )
+            .is_ok());
+    }
+}

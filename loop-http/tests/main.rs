@@ -1,0 +1,9 @@
+//! Tests of loop-http through the network: a real server on `127.0.0.1:0` in front of a real
+//! engine (in-memory store, simulated agent, temporary git repository), driven by the typed
+//! client and by raw requests. One binary with modules.
+
+mod client;
+mod routes;
+mod security;
+mod streams;
+mod support;

@@ -1,0 +1,84 @@
+//! Token auth and the DNS-rebinding guards.
+
+use loop_engine::domain::RunId;
+
+use crate::support::{Server, Setup, TOKEN, code};
+
+fn routes(id: RunId) -> Vec<(&'static str, String)> {
+    vec![
+        ("GET", "/runs".into()),
+        ("POST", "/runs".into()),
+        ("POST", "/prompt".into()),
+        ("GET", "/metrics".into()),
+        ("GET", format!("/runs/{id}")),
+        ("POST", format!("/runs/{id}/pause")),
+        ("POST", format!("/runs/{id}/resume")),
+        ("POST", format!("/runs/{id}/cancel")),
+        ("GET", format!("/runs/{id}/steps")),
+        ("GET", format!("/runs/{id}/artifacts")),
+        ("GET", format!("/runs/{id}/steps/1/log")),
+        ("GET", format!("/runs/{id}/events")),
+        ("GET", format!("/runs/{id}/output")),
+        ("GET", "/nope".into()),
+        ("POST", "/health".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_health_needs_the_token() {
+    let server = Server::with(Setup {
+        scheduler: false,
+        ..Setup::default()
+    })
+    .await;
+    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    for (method, path) in routes(id) {
+        for headers in [vec![], vec![("authorization", "Bearer wrong-token")], vec![("authorization", TOKEN)]] {
+            let (status, _, body) = server.raw(method, &path, &headers, None).await;
+            assert_eq!(status, 401, "{method} {path} with {headers:?}");
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(code(&json), "unauthorized");
+            assert!(!String::from_utf8_lossy(&body).contains(TOKEN));
+        }
+    }
+    let (status, _, body) = server.raw("GET", "/health", &[], None).await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["running"], 0);
+    // The run is untouched by all of the above.
+    assert_eq!(server.client.get_run(id).await.expect("run").status, loop_engine::domain::RunStatus::Pending);
+    let anonymous = loop_http::Client::new(&format!("http://{}", server.addr), None).expect("client");
+    let e = anonymous.get_run(id).await.expect_err("no token");
+    assert!(matches!(e, loop_http::ClientError::Unauthorized { .. }), "{e}");
+    assert!(e.to_string().contains("LOOPD_TOKEN"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_and_origins_are_refused() {
+    let server = Server::with(Setup {
+        scheduler: false,
+        ..Setup::default()
+    })
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let port = server.addr.port();
+    let evil_host = format!("evil.example:{port}");
+    for path in ["/health", "/runs"] {
+        let (status, _, body) = server
+            .raw("GET", path, &[("host", &evil_host), ("authorization", &auth)], None)
+            .await;
+        assert_eq!(status, 403, "{path}");
+        assert!(String::from_utf8_lossy(&body).contains("evil.example"));
+        let (status, _, _) = server
+            .raw("GET", path, &[("origin", "http://evil.example"), ("authorization", &auth)], None)
+            .await;
+        assert_eq!(status, 403, "{path}");
+    }
+    let localhost = format!("localhost:{port}");
+    let origin = format!("http://localhost:{port}");
+    let (status, _, _) = server
+        .raw("GET", "/runs", &[("host", &localhost), ("origin", &origin), ("authorization", &auth)], None)
+        .await;
+    assert_eq!(status, 200);
+}
