@@ -1,20 +1,28 @@
-//! loopctl: the agent-loop command-line client. Wiring only: parse, call the client, render.
+//! loopctl: the agent-loop command-line client. Parses arguments, talks to loopd through
+//! `loop_http::Client`, renders, and maps every failure to one documented exit code.
+
+mod cli;
+mod commands;
+mod exit;
+mod render;
 
 use clap::Parser;
 
-/// Command-line client for loopd.
-#[derive(Debug, Parser)]
-#[command(name = "loopctl", version, about)]
-struct Args {
-    /// Daemon address.
-    #[arg(long, env = "LOOPD_ADDR", default_value = "http://127.0.0.1:7700")]
-    addr: String,
-}
-
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::bail!(
-        "loopctl cannot reach {} yet: the control plane is not built in this version",
-        args.addr
-    )
+fn main() {
+    let code = match cli::Cli::try_parse() {
+        Ok(cli) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(commands::dispatch(cli)),
+            Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+        },
+        Err(e) => {
+            // Help and version are not errors.
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    std::process::exit(exit::report(code));
 }

@@ -190,8 +190,8 @@ pub const KEY_SPECS: &[KeySpec] = &[
     spec("claude_bin", ValueKind::Text, "the Claude Code executable"),
     spec(
         "executor",
-        ValueKind::Choice(&["claude", "command"]),
-        "which agent runs the steps: the Claude CLI or the agent_cmd template",
+        ValueKind::Choice(&["claude", "command", "simulate"]),
+        "which agent runs the steps: the Claude CLI, the agent_cmd template, or the built-in simulation",
     ),
     spec(
         "agent_cmd",

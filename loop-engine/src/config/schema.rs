@@ -21,6 +21,8 @@ spelled_enum!(
         Claude => "claude",
         /// Any agent CLI, started from the `agent_cmd` template.
         Command => "command",
+        /// The built-in simulated agent: works the plan without any model (demos, rehearsals).
+        Simulate => "simulate",
     }
 );
 

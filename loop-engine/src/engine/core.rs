@@ -92,6 +92,7 @@ impl Inner {
         }
         match cfg.executor {
             ExecutorKind::Claude => Ok(Arc::new(ClaudeExecutor::new(cfg.claude_bin.clone()))),
+            ExecutorKind::Simulate => Ok(Arc::new(crate::impls::SimulatedAgent::new())),
             ExecutorKind::Command => {
                 let template = cfg.agent_cmd.as_deref().unwrap_or_default();
                 CommandExecutor::new(template)
