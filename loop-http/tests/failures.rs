@@ -22,7 +22,14 @@ async fn a_failing_store_degrades_health_and_a_panic_is_a_500() {
 
     let health = client.health().await.expect("health answers");
     assert_eq!(health.status, "degraded");
-    assert!(health.problem.as_deref().unwrap_or_default().contains("disk on fire"), "{health:?}");
+    assert!(
+        health
+            .problem
+            .as_deref()
+            .unwrap_or_default()
+            .contains("disk on fire"),
+        "{health:?}"
+    );
 
     let e = client.metrics().await.expect_err("metrics need the store");
     assert!(
@@ -31,10 +38,19 @@ async fn a_failing_store_degrades_health_and_a_panic_is_a_500() {
     );
 
     for _ in 0..2 {
-        let e = client.get_run(RunId::new()).await.expect_err("the handler panics");
-        assert!(matches!(&e, ClientError::Api { status: 500, code, .. } if code == "internal"), "{e}");
+        let e = client
+            .get_run(RunId::new())
+            .await
+            .expect_err("the handler panics");
+        assert!(
+            matches!(&e, ClientError::Api { status: 500, code, .. } if code == "internal"),
+            "{e}"
+        );
     }
-    assert_eq!(client.health().await.expect("still serving").status, "degraded");
+    assert_eq!(
+        client.health().await.expect("still serving").status,
+        "degraded"
+    );
     shutdown.cancel();
 }
 
@@ -44,7 +60,9 @@ async fn serve_refuses_an_empty_token() {
         .store(loop_engine::impls::MemoryStore::new())
         .build()
         .expect("engine");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let e = loop_http::serve(
         listener,
         engine,

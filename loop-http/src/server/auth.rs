@@ -187,11 +187,21 @@ mod tests {
         let g = guard(false);
         let host = (HOST, "127.0.0.1:7700");
         assert!(
-            g.check(&Method::GET, "/health", &headers(std::slice::from_ref(&host)), peer())
-                .is_ok()
+            g.check(
+                &Method::GET,
+                "/health",
+                &headers(std::slice::from_ref(&host)),
+                peer()
+            )
+            .is_ok()
         );
         let e = g
-            .check(&Method::GET, "/runs", &headers(std::slice::from_ref(&host)), peer())
+            .check(
+                &Method::GET,
+                "/runs",
+                &headers(std::slice::from_ref(&host)),
+                peer(),
+            )
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         let e = g

@@ -547,10 +547,7 @@ mod tests {
     use loop_engine::impls::MemoryStore;
 
     fn engine() -> Engine {
-        Engine::builder()
-            .store(MemoryStore::new())
-            .build()
-            .unwrap()
+        Engine::builder().store(MemoryStore::new()).build().unwrap()
     }
 
     fn drain(rx: &mut mpsc::Receiver<Result<Bytes, io::Error>>) -> Vec<String> {
@@ -627,7 +624,10 @@ mod tests {
         let step = StepId::new();
         let euro = "€".as_bytes();
         cur.start(step, None).await.ok().unwrap();
-        cur.live(chunk(step, 0, &[b"a", &euro[..1]].concat())).await.ok().unwrap();
+        cur.live(chunk(step, 0, &[b"a", &euro[..1]].concat()))
+            .await
+            .ok()
+            .unwrap();
         cur.live(chunk(step, 2, &euro[1..])).await.ok().unwrap();
         let next = StepId::new();
         // A dangling partial character is flushed (lossily) when its step ends.
@@ -635,9 +635,21 @@ mod tests {
         cur.live(chunk(next, 0, b"x")).await.ok().unwrap();
         let frames = drain(&mut rx);
         assert_eq!(frames.len(), 6, "{frames:?}");
-        assert!(frames[1].ends_with(":0\nevent: output\ndata: a\n\n"), "{}", frames[1]);
-        assert!(frames[2].ends_with(":1\nevent: output\ndata: €\n\n"), "{}", frames[2]);
-        assert!(frames[3].ends_with(":4\nevent: output\ndata: \u{FFFD}\n\n"), "{}", frames[3]);
+        assert!(
+            frames[1].ends_with(":0\nevent: output\ndata: a\n\n"),
+            "{}",
+            frames[1]
+        );
+        assert!(
+            frames[2].ends_with(":1\nevent: output\ndata: €\n\n"),
+            "{}",
+            frames[2]
+        );
+        assert!(
+            frames[3].ends_with(":4\nevent: output\ndata: \u{FFFD}\n\n"),
+            "{}",
+            frames[3]
+        );
         assert!(frames[4].contains("event: step"));
         assert!(frames[5].ends_with(&format!("id: {next}:0\nevent: output\ndata: x\n\n")));
     }
