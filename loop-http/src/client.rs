@@ -103,7 +103,9 @@ impl Client {
             return Err(invalid("no host"));
         }
         if authority.contains('@') || prefix.contains(['?', '#']) {
-            return Err(invalid("user info, queries and fragments are not supported"));
+            return Err(invalid(
+                "user info, queries and fragments are not supported",
+            ));
         }
         let has_port = match authority.rfind(']') {
             Some(bracket) => authority[bracket..].contains(':'),
@@ -114,7 +116,8 @@ impl Client {
         } else {
             format!("{authority}:80")
         };
-        HeaderValue::from_str(&authority).map_err(|_| invalid("the host has invalid characters"))?;
+        HeaderValue::from_str(&authority)
+            .map_err(|_| invalid("the host has invalid characters"))?;
         Ok(Self {
             authority,
             prefix: prefix.to_owned(),
@@ -364,7 +367,12 @@ impl Client {
     /// `GET /runs/{id}/steps/{seq}/log`, chunk by chunk.
     pub async fn step_log_stream(&self, id: RunId, seq: u32) -> Result<ByteStream, ClientError> {
         let resp = self
-            .send(Method::GET, &format!("/runs/{id}/steps/{seq}/log"), None, &[])
+            .send(
+                Method::GET,
+                &format!("/runs/{id}/steps/{seq}/log"),
+                None,
+                &[],
+            )
             .await?;
         Ok(ByteStream {
             body: resp.into_body(),
@@ -551,7 +559,10 @@ impl EventStream {
             return Ok(None);
         };
         let addr = self.sse.body.addr.clone();
-        let bad = |detail: String| ClientError::Protocol { addr: addr.clone(), detail };
+        let bad = |detail: String| ClientError::Protocol {
+            addr: addr.clone(),
+            detail,
+        };
         let seq = msg
             .id
             .as_deref()
@@ -611,7 +622,10 @@ impl OutputStream {
                 return Ok(None);
             };
             let addr = self.sse.body.addr.clone();
-            let bad = |detail: String| ClientError::Protocol { addr: addr.clone(), detail };
+            let bad = |detail: String| ClientError::Protocol {
+                addr: addr.clone(),
+                detail,
+            };
             match msg.event.as_str() {
                 "step" => {
                     let marker: crate::api::StepMarker = serde_json::from_str(&msg.data)

@@ -17,4 +17,4 @@ pub mod server;
 
 pub use client::{Client, ClientError};
 pub use error::ApiError;
-pub use server::{ServerOptions, serve};
+pub use server::{ServerOptions, auth, serve};

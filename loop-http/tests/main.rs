@@ -3,6 +3,7 @@
 //! client and by raw requests. One binary with modules.
 
 mod client;
+mod failures;
 mod routes;
 mod security;
 mod streams;

@@ -20,25 +20,42 @@ async fn runs_can_be_paused_resumed_and_canceled() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     server.wait_status(id, RunStatus::Running).await;
     server.client.pause(id).await.expect("pause");
     let paused = server.wait_status(id, RunStatus::Paused).await;
     assert!(paused.tasks_done < 3, "paused before the end");
     // Pausing a paused run is a no-op.
-    assert_eq!(server.client.pause(id).await.expect("pause again").status, RunStatus::Paused);
+    assert_eq!(
+        server.client.pause(id).await.expect("pause again").status,
+        RunStatus::Paused
+    );
     let resumed = server.client.resume(id).await.expect("resume");
-    assert!(matches!(resumed.status, RunStatus::Pending | RunStatus::Running));
+    assert!(matches!(
+        resumed.status,
+        RunStatus::Pending | RunStatus::Running
+    ));
     server.wait_status(id, RunStatus::Running).await;
     server.client.cancel(id).await.expect("cancel");
     let canceled = server.wait_status(id, RunStatus::Canceled).await;
     assert_eq!(canceled.exit_reason.as_deref(), Some("canceled"));
     for action in ["pause", "resume", "cancel"] {
-        let (status, json) = server.authed("POST", &format!("/runs/{id}/{action}"), None).await;
+        let (status, json) = server
+            .authed("POST", &format!("/runs/{id}/{action}"), None)
+            .await;
         assert_eq!(status, 409, "{action}: {json}");
         assert_eq!(code(&json), "invalid_state");
         let msg = message(&json);
-        assert!(msg.contains(&id.to_string()) && msg.contains("CANCELED"), "{msg}");
+        assert!(
+            msg.contains(&id.to_string()) && msg.contains("CANCELED"),
+            "{msg}"
+        );
     }
 }
 
@@ -49,10 +66,26 @@ async fn runs_are_listed_and_filtered() {
         ..Setup::default()
     })
     .await;
-    let a = server.client.create_run(&server.request()).await.expect("create").run.id;
-    let b = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let a = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
+    let b = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     server.client.cancel(a).await.expect("cancel");
-    let all = server.client.list_runs(&ListQuery::default()).await.expect("list");
+    let all = server
+        .client
+        .list_runs(&ListQuery::default())
+        .await
+        .expect("list");
     assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b, a]);
     let pending = server
         .client
@@ -74,7 +107,9 @@ async fn runs_are_listed_and_filtered() {
         .await
         .expect("list");
     assert_eq!(one.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
-    let (status, json) = server.authed("GET", "/runs?status=PENDING,BOGUS", None).await;
+    let (status, json) = server
+        .authed("GET", "/runs?status=PENDING,BOGUS", None)
+        .await;
     assert_eq!(status, 400);
     assert!(message(&json).contains("BOGUS"), "{json}");
     let (status, json) = server.authed("GET", "/runs?limit=5000", None).await;
@@ -82,10 +117,29 @@ async fn runs_are_listed_and_filtered() {
     let (status, json) = server.authed("GET", &format!("/runs/{b}"), None).await;
     assert_eq!(status, 200);
     for field in [
-        "id", "name", "name_source", "status", "exit_reason", "failure", "workspace_root",
-        "spec_path", "plan_path", "base_branch", "run_branch", "merge_target_branch",
-        "merge_strategy", "worktree_path", "iterations_run", "tasks_done", "tasks_total",
-        "created_at", "created_at_ms", "updated_at", "updated_at_ms", "last_step", "config",
+        "id",
+        "name",
+        "name_source",
+        "status",
+        "exit_reason",
+        "failure",
+        "workspace_root",
+        "spec_path",
+        "plan_path",
+        "base_branch",
+        "run_branch",
+        "merge_target_branch",
+        "merge_strategy",
+        "worktree_path",
+        "iterations_run",
+        "tasks_done",
+        "tasks_total",
+        "created_at",
+        "created_at_ms",
+        "updated_at",
+        "updated_at_ms",
+        "last_step",
+        "config",
     ] {
         assert!(json.get(field).is_some(), "missing {field}: {json}");
     }
@@ -100,8 +154,16 @@ async fn the_prompt_preview_names_the_spec_and_plan() {
         ..Setup::default()
     })
     .await;
-    let preview = server.client.prompt(&server.request()).await.expect("prompt");
-    assert!(preview.implementation.contains("specs/widget.md"), "{}", preview.implementation);
+    let preview = server
+        .client
+        .prompt(&server.request())
+        .await
+        .expect("prompt");
+    assert!(
+        preview.implementation.contains("specs/widget.md"),
+        "{}",
+        preview.implementation
+    );
     assert!(preview.implementation.contains("widget-plan.md"));
     assert_eq!(preview.reviewer, None);
     let mut req = server.request();
@@ -122,8 +184,14 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
     .await;
     let ws = server.repo.path().display().to_string();
 
-    let (status, json) = server.authed("POST", "/runs", Some(b"{not json".to_vec())).await;
-    assert_eq!((status.as_u16(), code(&json).as_str()), (400, "invalid_json"), "{json}");
+    let (status, json) = server
+        .authed("POST", "/runs", Some(b"{not json".to_vec()))
+        .await;
+    assert_eq!(
+        (status.as_u16(), code(&json).as_str()),
+        (400, "invalid_json"),
+        "{json}"
+    );
 
     let (status, json) = server
         .authed(
@@ -191,7 +259,9 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
     assert!(msg.contains("iterations") && msg.contains("lots"), "{msg}");
 
     let unknown = RunId::new();
-    let (status, json) = server.authed("GET", &format!("/runs/{unknown}"), None).await;
+    let (status, json) = server
+        .authed("GET", &format!("/runs/{unknown}"), None)
+        .await;
     assert_eq!(status, 404);
     assert!(message(&json).contains(&unknown.to_string()), "{json}");
     let e = server.client.steps(unknown).await.expect_err("unknown run");
@@ -210,24 +280,47 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
 
     let (status, json) = server.authed("DELETE", "/runs", None).await;
     assert_eq!(status, 405, "{json}");
-    let (status, _) = server.authed("GET", &format!("/runs/{unknown}/pause"), None).await;
+    let (status, _) = server
+        .authed("GET", &format!("/runs/{unknown}/pause"), None)
+        .await;
     assert_eq!(status, 405);
     let (status, json) = server.authed("GET", "/nope", None).await;
     assert_eq!(status, 404);
     assert_eq!(code(&json), "no_route");
 
     // Steps and logs that do not exist name the run and the step.
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
-    let (status, json) = server.authed("GET", &format!("/runs/{id}/steps/7/log"), None).await;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
+    let (status, json) = server
+        .authed("GET", &format!("/runs/{id}/steps/7/log"), None)
+        .await;
     assert_eq!(status, 404);
     let msg = message(&json);
-    assert!(msg.contains(&id.to_string()) && msg.contains("step 7"), "{msg}");
-    let (status, _) = server.authed("GET", &format!("/runs/{id}/steps/x/log"), None).await;
+    assert!(
+        msg.contains(&id.to_string()) && msg.contains("step 7"),
+        "{msg}"
+    );
+    let (status, _) = server
+        .authed("GET", &format!("/runs/{id}/steps/x/log"), None)
+        .await;
     assert_eq!(status, 400);
 
     let health = server.client.health().await.expect("health after all that");
     assert_eq!(health.status, "ok");
     assert_eq!(health.worker_id, "http-test");
     // Nothing above created a run except the last one.
-    assert_eq!(server.client.list_runs(&ListQuery::default()).await.expect("list").len(), 1);
+    assert_eq!(
+        server
+            .client
+            .list_runs(&ListQuery::default())
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
 }

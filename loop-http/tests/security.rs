@@ -31,9 +31,19 @@ async fn every_route_but_health_needs_the_token() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     for (method, path) in routes(id) {
-        for headers in [vec![], vec![("authorization", "Bearer wrong-token")], vec![("authorization", TOKEN)]] {
+        for headers in [
+            vec![],
+            vec![("authorization", "Bearer wrong-token")],
+            vec![("authorization", TOKEN)],
+        ] {
             let (status, _, body) = server.raw(method, &path, &headers, None).await;
             assert_eq!(status, 401, "{method} {path} with {headers:?}");
             let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
@@ -47,10 +57,17 @@ async fn every_route_but_health_needs_the_token() {
     assert_eq!(json["status"], "ok");
     assert_eq!(json["running"], 0);
     // The run is untouched by all of the above.
-    assert_eq!(server.client.get_run(id).await.expect("run").status, loop_engine::domain::RunStatus::Pending);
-    let anonymous = loop_http::Client::new(&format!("http://{}", server.addr), None).expect("client");
+    assert_eq!(
+        server.client.get_run(id).await.expect("run").status,
+        loop_engine::domain::RunStatus::Pending
+    );
+    let anonymous =
+        loop_http::Client::new(&format!("http://{}", server.addr), None).expect("client");
     let e = anonymous.get_run(id).await.expect_err("no token");
-    assert!(matches!(e, loop_http::ClientError::Unauthorized { .. }), "{e}");
+    assert!(
+        matches!(e, loop_http::ClientError::Unauthorized { .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("LOOPD_TOKEN"), "{e}");
 }
 
@@ -66,19 +83,38 @@ async fn foreign_hosts_and_origins_are_refused() {
     let evil_host = format!("evil.example:{port}");
     for path in ["/health", "/runs"] {
         let (status, _, body) = server
-            .raw("GET", path, &[("host", &evil_host), ("authorization", &auth)], None)
+            .raw(
+                "GET",
+                path,
+                &[("host", &evil_host), ("authorization", &auth)],
+                None,
+            )
             .await;
         assert_eq!(status, 403, "{path}");
         assert!(String::from_utf8_lossy(&body).contains("evil.example"));
         let (status, _, _) = server
-            .raw("GET", path, &[("origin", "http://evil.example"), ("authorization", &auth)], None)
+            .raw(
+                "GET",
+                path,
+                &[("origin", "http://evil.example"), ("authorization", &auth)],
+                None,
+            )
             .await;
         assert_eq!(status, 403, "{path}");
     }
     let localhost = format!("localhost:{port}");
     let origin = format!("http://localhost:{port}");
     let (status, _, _) = server
-        .raw("GET", "/runs", &[("host", &localhost), ("origin", &origin), ("authorization", &auth)], None)
+        .raw(
+            "GET",
+            "/runs",
+            &[
+                ("host", &localhost),
+                ("origin", &origin),
+                ("authorization", &auth),
+            ],
+            None,
+        )
         .await;
     assert_eq!(status, 200);
 }

@@ -55,7 +55,11 @@ async fn a_run_streams_its_events_and_output_to_completion() {
         ..Setup::default()
     })
     .await;
-    let created = server.client.create_run(&server.request()).await.expect("create");
+    let created = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create");
     let id = created.run.id;
     assert_eq!(created.run.status, RunStatus::Pending);
     assert_eq!(created.run.tasks_total, 3);
@@ -66,14 +70,20 @@ async fn a_run_streams_its_events_and_output_to_completion() {
     let k = kinds(&events);
     assert_eq!(k.first(), Some(&"RUN_CREATED"), "{k:?}");
     assert_eq!(k.last(), Some(&"RUN_COMPLETED"), "{k:?}");
-    assert!(k.contains(&"RUN_STARTED") && k.contains(&"STEP_STARTED"), "{k:?}");
+    assert!(
+        k.contains(&"RUN_STARTED") && k.contains(&"STEP_STARTED"),
+        "{k:?}"
+    );
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     assert_eq!(events[0].data["run_id"], id.to_string());
     assert_eq!(events[0].data["payload"]["name"], "widget");
 
     let items = all_output(&mut output).await;
-    assert!(matches!(items.first(), Some(OutputItem::Step { .. })), "{items:?}");
+    assert!(
+        matches!(items.first(), Some(OutputItem::Step { .. })),
+        "{items:?}"
+    );
     let text = text(&items);
     assert!(text.contains("Completed Task number 1."), "{text}");
     assert!(text.contains("<promise>COMPLETE</promise>"), "{text}");
@@ -91,9 +101,18 @@ async fn a_run_streams_its_events_and_output_to_completion() {
     assert!(run.created_at.ends_with('Z'));
 
     let metrics = server.client.metrics().await.expect("metrics");
-    assert!(metrics.contains("loop_runs{status=\"COMPLETED\"} 1\n"), "{metrics}");
-    assert!(metrics.contains("loop_runs{status=\"FAILED\"} 0\n"), "{metrics}");
-    assert!(metrics.contains("loop_run_duration_ms_count 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("loop_runs{status=\"COMPLETED\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("loop_runs{status=\"FAILED\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("loop_run_duration_ms_count 1\n"),
+        "{metrics}"
+    );
 
     // The step log of an agent step holds its answer, streamed from disk.
     let steps = server.client.steps(id).await.expect("steps");
@@ -104,12 +123,18 @@ async fn a_run_streams_its_events_and_output_to_completion() {
     let log = server.client.step_log(id, agent.seq).await.expect("log");
     assert!(String::from_utf8_lossy(&log).contains("Completed Task number"));
     let artifacts = server.client.artifacts(id).await.expect("artifacts");
-    assert!(artifacts.iter().any(|a| a.kind == "report"), "{artifacts:?}");
+    assert!(
+        artifacts.iter().any(|a| a.kind == "report"),
+        "{artifacts:?}"
+    );
 
     // The output of a finished run is its last logged step, then the end.
     let mut late = server.client.output(id).await.expect("output stream");
     let late = all_output(&mut late).await;
-    assert!(super_text_contains(&late, "<promise>COMPLETE</promise>"), "{late:?}");
+    assert!(
+        super_text_contains(&late, "<promise>COMPLETE</promise>"),
+        "{late:?}"
+    );
 }
 
 fn super_text_contains(items: &[OutputItem], needle: &str) -> bool {
@@ -119,7 +144,13 @@ fn super_text_contains(items: &[OutputItem], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_with_last_event_id_returns_exactly_the_rest() {
     let server = Server::start().await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     server.wait_status(id, RunStatus::Completed).await;
     let full = all_events(&mut server.client.events(id, None).await.expect("events")).await;
     let n = full.len() as u64;
@@ -136,11 +167,19 @@ async fn resuming_with_last_event_id_returns_exactly_the_rest() {
     // `?after=` works like the header.
     let auth = format!("Bearer {TOKEN}");
     let (status, _, body) = server
-        .raw("GET", &format!("/runs/{id}/events?after={}", n - 1), &[("authorization", &auth)], None)
+        .raw(
+            "GET",
+            &format!("/runs/{id}/events?after={}", n - 1),
+            &[("authorization", &auth)],
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let body = String::from_utf8_lossy(&body);
-    assert!(body.starts_with(&format!("id: {n}\nevent: RUN_COMPLETED\ndata: {{")), "{body}");
+    assert!(
+        body.starts_with(&format!("id: {n}\nevent: RUN_COMPLETED\ndata: {{")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,25 +189,48 @@ async fn bad_last_event_ids_are_refused() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     let auth = format!("Bearer {TOKEN}");
     let path = format!("/runs/{id}/events");
     let (status, _, body) = server
-        .raw("GET", &path, &[("authorization", &auth), ("last-event-id", "abc")], None)
+        .raw(
+            "GET",
+            &path,
+            &[("authorization", &auth), ("last-event-id", "abc")],
+            None,
+        )
         .await;
     assert_eq!(status, 400);
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert!(message(&json).contains("`abc`"), "{json}");
     let (status, _, body) = server
-        .raw("GET", &path, &[("authorization", &auth), ("last-event-id", "99")], None)
+        .raw(
+            "GET",
+            &path,
+            &[("authorization", &auth), ("last-event-id", "99")],
+            None,
+        )
         .await;
     assert_eq!(status, 400);
     let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let msg = message(&json);
     assert!(msg.contains("99") && msg.contains("last event 1"), "{msg}");
     assert_eq!(code(&json), "bad_request");
-    let e = server.client.events(id, Some(2)).await.expect_err("too large");
-    assert!(matches!(e, loop_http::ClientError::Api { status: 400, .. }), "{e}");
+    let e = server
+        .client
+        .events(id, Some(2))
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(e, loop_http::ClientError::Api { status: 400, .. }),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,19 +241,42 @@ async fn idle_streams_send_keepalives_and_end_when_the_run_ends() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     let mut events = server.client.events(id, None).await.expect("events");
     let mut output = server.client.output(id).await.expect("output");
     let first = events.next().await.expect("event").expect("an event");
     assert_eq!(first.kind, "RUN_CREATED");
     // Nothing happens to a pending run without a scheduler: only keep-alives arrive.
-    assert!(tokio::time::timeout(Duration::from_millis(450), events.next()).await.is_err());
-    assert!(events.keepalives() >= 2, "{} keep-alives", events.keepalives());
-    assert!(tokio::time::timeout(Duration::from_millis(250), output.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(450), events.next())
+            .await
+            .is_err()
+    );
+    assert!(
+        events.keepalives() >= 2,
+        "{} keep-alives",
+        events.keepalives()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(250), output.next())
+            .await
+            .is_err()
+    );
     assert!(output.keepalives() >= 1);
     server.client.cancel(id).await.expect("cancel");
     let rest = all_events(&mut events).await;
-    assert_eq!(kinds(&rest).last(), Some(&"RUN_CANCELED"), "{:?}", kinds(&rest));
+    assert_eq!(
+        kinds(&rest).last(),
+        Some(&"RUN_CANCELED"),
+        "{:?}",
+        kinds(&rest)
+    );
     assert_eq!(events.last_event_id(), rest.last().map(|e| e.seq));
     // The output stream notices the end at its next keep-alive.
     let items = all_output(&mut output).await;
@@ -205,7 +290,13 @@ async fn shutdown_ends_streams_and_the_server() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     let mut events = server.client.events(id, None).await.expect("events");
     assert_eq!(events.next().await.expect("event").expect("one").seq, 1);
     server.shutdown.cancel();

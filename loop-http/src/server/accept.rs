@@ -38,6 +38,13 @@ pub struct ServerOptions {
     pub keepalive: Duration,
 }
 
+impl Default for ServerOptions {
+    /// The defaults with an empty token, which [`serve`] refuses: set one.
+    fn default() -> Self {
+        Self::new(String::new())
+    }
+}
+
 impl ServerOptions {
     /// Options with `token` and the defaults: loopback only, 1 MiB bodies, 15 s keep-alive.
     pub fn new(token: impl Into<String>) -> Self {

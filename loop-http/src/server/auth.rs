@@ -20,9 +20,21 @@ pub(crate) struct Guard {
     pub(crate) port: u16,
 }
 
+/// Bytes of randomness in a generated token.
+const TOKEN_BYTES: usize = 32;
+
+/// A new random API token: 32 bytes from the operating system's generator (`/dev/urandom`),
+/// hex-encoded (64 characters).
+pub fn generate_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Compares two byte strings in time that depends only on their lengths, never on where they
 /// differ, so the token cannot be guessed byte by byte from response times.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     // Walk the expected bytes even when the lengths differ, so the loop does not stop early.
     for (i, x) in a.iter().enumerate() {
@@ -57,7 +69,11 @@ impl Guard {
             Some(_) => "wrong bearer token",
         };
         tracing::warn!(%method, path, %peer, reason = message, "refused an unauthenticated request");
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            message,
+        ))
     }
 
     fn loopback_hosts(&self) -> [String; 3] {
@@ -73,9 +89,18 @@ impl Guard {
         if self.allow_remote {
             return Ok(());
         }
-        let host = headers.get(HOST).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let host = headers
+            .get(HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         match host {
-            Some(h) if self.loopback_hosts().iter().any(|ok| ok.eq_ignore_ascii_case(&h)) => Ok(()),
+            Some(h)
+                if self
+                    .loopback_hosts()
+                    .iter()
+                    .any(|ok| ok.eq_ignore_ascii_case(&h)) =>
+            {
+                Ok(())
+            }
             Some(h) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden_host",
@@ -139,6 +164,15 @@ mod tests {
     }
 
     #[test]
+    fn generated_tokens_are_long_hex_and_differ() {
+        let a = generate_token().unwrap();
+        let b = generate_token().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn constant_time_eq_compares_contents_and_lengths() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
@@ -152,9 +186,22 @@ mod tests {
     fn token_is_required_except_for_health() {
         let g = guard(false);
         let host = (HOST, "127.0.0.1:7700");
-        assert!(g.check(&Method::GET, "/health", &headers(&[host.clone()]), peer()).is_ok());
+        assert!(
+            g.check(
+                &Method::GET,
+                "/health",
+                &headers(std::slice::from_ref(&host)),
+                peer()
+            )
+            .is_ok()
+        );
         let e = g
-            .check(&Method::GET, "/runs", &headers(&[host.clone()]), peer())
+            .check(
+                &Method::GET,
+                "/runs",
+                &headers(std::slice::from_ref(&host)),
+                peer(),
+            )
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         let e = g
@@ -167,17 +214,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         assert!(!e.message.contains("s3cret"));
-        assert!(g
-            .check(
+        assert!(
+            g.check(
                 &Method::GET,
                 "/runs",
                 &headers(&[host, (AUTHORIZATION, "Bearer s3cret")]),
                 peer()
             )
-            .is_ok());
+            .is_ok()
+        );
         // POST /health is not the health route.
         let e = g
-            .check(&Method::POST, "/health", &headers(&[(HOST, "localhost:7700")]), peer())
+            .check(
+                &Method::POST,
+                "/health",
+                &headers(&[(HOST, "localhost:7700")]),
+                peer(),
+            )
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     }
@@ -192,14 +245,27 @@ mod tests {
             assert!(e.message.contains(host));
         }
         for host in ["127.0.0.1:7700", "LOCALHOST:7700", "[::1]:7700"] {
-            assert!(guard(false)
-                .check(&Method::GET, "/health", &headers(&[(HOST, host)]), peer())
-                .is_ok());
+            assert!(
+                guard(false)
+                    .check(&Method::GET, "/health", &headers(&[(HOST, host)]), peer())
+                    .is_ok()
+            );
         }
-        assert!(guard(true)
-            .check(&Method::GET, "/health", &headers(&[(HOST, "evil.example:7700")]), peer())
-            .is_ok());
-        assert!(guard(false).check(&Method::GET, "/health", &HeaderMap::new(), peer()).is_err());
+        assert!(
+            guard(true)
+                .check(
+                    &Method::GET,
+                    "/health",
+                    &headers(&[(HOST, "evil.example:7700")]),
+                    peer()
+                )
+                .is_ok()
+        );
+        assert!(
+            guard(false)
+                .check(&Method::GET, "/health", &HeaderMap::new(), peer())
+                .is_err()
+        );
     }
 
     #[test]
@@ -213,13 +279,15 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.status, StatusCode::FORBIDDEN);
-        assert!(guard(false)
-            .check(
-                &Method::GET,
-                "/health",
-                &headers(&[(HOST, "127.0.0.1:7700"), (ORIGIN, "http://localhost:7700")]),
-                peer(),
-            )
-            .is_ok());
+        assert!(
+            guard(false)
+                .check(
+                    &Method::GET,
+                    "/health",
+                    &headers(&[(HOST, "127.0.0.1:7700"), (ORIGIN, "http://localhost:7700")]),
+                    peer(),
+                )
+                .is_ok()
+        );
     }
 }

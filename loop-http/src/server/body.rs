@@ -62,7 +62,11 @@ pub(crate) fn stream(body: ChannelBody) -> RespBody {
 }
 
 /// A response with a body and a content type.
-pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: RespBody) -> Response<RespBody> {
+pub(crate) fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: RespBody,
+) -> Response<RespBody> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -74,7 +78,9 @@ pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: Re
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<RespBody> {
     match serde_json::to_vec(value) {
         Ok(bytes) => with_type(status, "application/json", full(bytes)),
-        Err(e) => error(&ApiError::internal(format!("cannot encode the answer: {e}"))),
+        Err(e) => error(&ApiError::internal(format!(
+            "cannot encode the answer: {e}"
+        ))),
     }
 }
 

@@ -2,7 +2,7 @@
 //! fires. Declarations and re-exports only; the logic lives in the named files.
 
 mod accept;
-mod auth;
+pub mod auth;
 mod body;
 mod routes;
 mod sse;

@@ -87,7 +87,10 @@ fn allow(method: &Method, path: &str, allowed: &[Method]) -> Result<(), ApiError
         Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{method} is not allowed on {path} (allowed: {})", names.join(", ")),
+            format!(
+                "{method} is not allowed on {path} (allowed: {})",
+                names.join(", ")
+            ),
         ))
     }
 }
@@ -125,7 +128,8 @@ async fn route(
         }
         ["prompt"] => {
             allow(method, &path, &[Method::POST])?;
-            let req: CreateRunRequest = read_json(&parts.headers, body, state.opts.max_body_bytes).await?;
+            let req: CreateRunRequest =
+                read_json(&parts.headers, body, state.opts.max_body_bytes).await?;
             let preview = engine.preview_prompt(&req.to_engine())?;
             Ok(body::json(
                 StatusCode::OK,
@@ -222,19 +226,17 @@ async fn resource(engine: &Engine, run: &Run) -> Result<RunResource, ApiError> {
 }
 
 async fn health(engine: &Engine) -> Response<RespBody> {
-    let problem = match tokio::time::timeout(
-        HEALTH_STORE_TIMEOUT,
-        engine.store().count_runs_by_status(),
-    )
-    .await
-    {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(format!("store check failed: {}", chain(&e))),
-        Err(_) => Some(format!(
-            "store check did not answer within {} ms",
-            HEALTH_STORE_TIMEOUT.as_millis()
-        )),
-    };
+    let problem =
+        match tokio::time::timeout(HEALTH_STORE_TIMEOUT, engine.store().count_runs_by_status())
+            .await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("store check failed: {}", chain(&e))),
+            Err(_) => Some(format!(
+                "store check did not answer within {} ms",
+                HEALTH_STORE_TIMEOUT.as_millis()
+            )),
+        };
     body::json(
         StatusCode::OK,
         &Health {
@@ -414,7 +416,11 @@ async fn collect_limited(mut body: Incoming, max: usize) -> Result<Option<Bytes>
     Ok((total <= max).then(|| Bytes::from(buf)))
 }
 
-async fn step_log(engine: &Engine, run_id: RunId, seq: &str) -> Result<Response<RespBody>, ApiError> {
+async fn step_log(
+    engine: &Engine,
+    run_id: RunId,
+    seq: &str,
+) -> Result<Response<RespBody>, ApiError> {
     let seq: u32 = seq.parse().map_err(|_| {
         ApiError::bad_request(format!("step `{seq}` is not a step number of run {run_id}"))
     })?;
@@ -477,7 +483,10 @@ fn sse_settings(state: &State) -> SseSettings {
 /// `Last-Event-ID` (header) or `?after=`: the last event the client has.
 fn resume_point(headers: &HeaderMap, query: &str) -> Result<u64, ApiError> {
     let given = match headers.get("last-event-id") {
-        Some(v) => Some(("Last-Event-ID", String::from_utf8_lossy(v.as_bytes()).into_owned())),
+        Some(v) => Some((
+            "Last-Event-ID",
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )),
         None => query::parse(query)
             .into_iter()
             .find(|(k, _)| k == "after")
@@ -561,7 +570,12 @@ mod tests {
         assert!(list_filter("limit=1001").is_err());
         assert!(list_filter("limit=0").is_err());
         assert!(list_filter("limit=x").is_err());
-        assert!(list_filter("colour=red").unwrap_err().message.contains("colour"));
+        assert!(
+            list_filter("colour=red")
+                .unwrap_err()
+                .message
+                .contains("colour")
+        );
         let e = list_filter("before=nope").unwrap_err();
         assert!(e.message.contains("`nope`"));
     }

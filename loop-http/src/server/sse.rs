@@ -345,7 +345,9 @@ impl OutputCursor<'_> {
             let sent = self.step.as_ref().map_or(0, |s| s.sent);
             let want = match until {
                 Some(u) if u <= sent => return Ok(()),
-                Some(u) => usize::try_from(u - sent).unwrap_or(FILE_CHUNK).min(FILE_CHUNK),
+                Some(u) => usize::try_from(u - sent)
+                    .unwrap_or(FILE_CHUNK)
+                    .min(FILE_CHUNK),
                 None => FILE_CHUNK,
             };
             let n = match file.read(&mut buf[..want]).await {
@@ -541,6 +543,116 @@ async fn stream_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loop_engine::backend::OutputStream;
+    use loop_engine::impls::MemoryStore;
+
+    fn engine() -> Engine {
+        Engine::builder().store(MemoryStore::new()).build().unwrap()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Result<Bytes, io::Error>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.push(String::from_utf8(item.unwrap().to_vec()).unwrap());
+        }
+        out
+    }
+
+    fn chunk(step_id: StepId, offset: u64, data: &[u8]) -> LiveOutput {
+        LiveOutput {
+            step_id,
+            offset,
+            stream: OutputStream::Stdout,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_is_dropped() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = Sink::new(tx, Duration::from_millis(30));
+        assert!(sink.send("a".into()).await.is_ok());
+        let started = std::time::Instant::now();
+        assert!(matches!(sink.send("b".into()).await, Err(Stop::Client)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn output_gaps_are_filled_from_the_log_and_repeats_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("iter.log");
+        std::fs::write(&log, "hello world\n").unwrap();
+        let engine = engine();
+        let (tx, mut rx) = mpsc::channel(64);
+        let sink = Sink::new(tx, Duration::from_secs(1));
+        let mut cur = OutputCursor {
+            engine: &engine,
+            run_id: RunId::new(),
+            sink: &sink,
+            step: None,
+        };
+        let step = StepId::new();
+        cur.start(step, Some(log.clone())).await.ok().unwrap();
+        // A chunk past what was sent: the missing bytes come from the file first.
+        cur.live(chunk(step, 6, b"world\n")).await.ok().unwrap();
+        // A repeat of bytes already sent is skipped; an overlap sends only the new part.
+        cur.live(chunk(step, 0, b"hello ")).await.ok().unwrap();
+        cur.live(chunk(step, 6, b"world\nmore")).await.ok().unwrap();
+        let frames = drain(&mut rx);
+        assert_eq!(
+            frames,
+            vec![
+                format!("id: {step}:0\nevent: step\ndata: {{\"step_id\":\"{step}\"}}\n\n"),
+                format!("id: {step}:0\nevent: output\ndata: hello \n\n"),
+                format!("id: {step}:6\nevent: output\ndata: world\ndata: \n\n"),
+                format!("id: {step}:12\nevent: output\ndata: more\n\n"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_character_split_across_chunks_arrives_whole() {
+        let engine = engine();
+        let (tx, mut rx) = mpsc::channel(64);
+        let sink = Sink::new(tx, Duration::from_secs(1));
+        let mut cur = OutputCursor {
+            engine: &engine,
+            run_id: RunId::new(),
+            sink: &sink,
+            step: None,
+        };
+        let step = StepId::new();
+        let euro = "€".as_bytes();
+        cur.start(step, None).await.ok().unwrap();
+        cur.live(chunk(step, 0, &[b"a", &euro[..1]].concat()))
+            .await
+            .ok()
+            .unwrap();
+        cur.live(chunk(step, 2, &euro[1..])).await.ok().unwrap();
+        let next = StepId::new();
+        // A dangling partial character is flushed (lossily) when its step ends.
+        cur.live(chunk(step, 4, &euro[..2])).await.ok().unwrap();
+        cur.live(chunk(next, 0, b"x")).await.ok().unwrap();
+        let frames = drain(&mut rx);
+        assert_eq!(frames.len(), 6, "{frames:?}");
+        assert!(
+            frames[1].ends_with(":0\nevent: output\ndata: a\n\n"),
+            "{}",
+            frames[1]
+        );
+        assert!(
+            frames[2].ends_with(":1\nevent: output\ndata: €\n\n"),
+            "{}",
+            frames[2]
+        );
+        assert!(
+            frames[3].ends_with(":4\nevent: output\ndata: \u{FFFD}\n\n"),
+            "{}",
+            frames[3]
+        );
+        assert!(frames[4].contains("event: step"));
+        assert!(frames[5].ends_with(&format!("id: {next}:0\nevent: output\ndata: x\n\n")));
+    }
 
     #[test]
     fn output_frames_split_lines_into_data_fields() {

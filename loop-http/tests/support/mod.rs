@@ -94,20 +94,11 @@ impl Server {
                 e.run().await.expect("scheduler runs");
             })
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let shutdown = CancellationToken::new();
         let opts = ServerOptions {
             keepalive: setup.keepalive,
             ..ServerOptions::new(TOKEN)
         };
-        let serve = tokio::spawn(loop_http::serve(
-            listener,
-            engine.clone(),
-            opts,
-            shutdown.clone(),
-        ));
-        let client = Client::new(&format!("http://{addr}"), Some(TOKEN.into())).expect("client");
+        let (addr, client, shutdown, serve) = serve_engine(engine.clone(), opts).await;
         Self {
             repo,
             engine,
@@ -128,7 +119,11 @@ impl Server {
     }
 
     /// Polls the run until `done` holds (30 s at most).
-    pub(crate) async fn wait_for(&self, id: RunId, done: impl Fn(&RunResource) -> bool) -> RunResource {
+    pub(crate) async fn wait_for(
+        &self,
+        id: RunId,
+        done: impl Fn(&RunResource) -> bool,
+    ) -> RunResource {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let run = self.client.get_run(id).await.expect("get run");
@@ -159,12 +154,7 @@ impl Server {
         let resp = self.raw_response(method, path, headers, body).await;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, headers, bytes)
     }
 
@@ -209,6 +199,25 @@ impl Server {
         });
         (status, json)
     }
+}
+
+/// Serves `engine` on a fresh loopback port; returns the address, a client with the token,
+/// the shutdown token and the server task.
+pub(crate) async fn serve_engine(
+    engine: Engine,
+    opts: ServerOptions,
+) -> (
+    SocketAddr,
+    Client,
+    CancellationToken,
+    JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let shutdown = CancellationToken::new();
+    let serve = tokio::spawn(loop_http::serve(listener, engine, opts, shutdown.clone()));
+    let client = Client::new(&format!("http://{addr}"), Some(TOKEN.into())).expect("client");
+    (addr, client, shutdown, serve)
 }
 
 impl Drop for Server {

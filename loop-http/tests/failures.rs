@@ -1,0 +1,76 @@
+//! A failing store and a panicking handler: the server degrades, answers 500 for the request
+//! at hand, and keeps serving.
+
+use loop_engine::Engine;
+use loop_engine::backend::{MockStore, StoreError};
+use loop_engine::domain::RunId;
+use loop_http::{ClientError, ServerOptions};
+
+use crate::support::{TOKEN, serve_engine};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_degrades_health_and_a_panic_is_a_500() {
+    let mut store = MockStore::new();
+    store
+        .expect_count_runs_by_status()
+        .returning(|| Err(StoreError::Fatal("disk on fire".into())));
+    store
+        .expect_get_run()
+        .returning(|_| panic!("handler bug triggered on purpose"));
+    let engine = Engine::builder().store(store).build().expect("engine");
+    let (_addr, client, shutdown, _serve) = serve_engine(engine, ServerOptions::new(TOKEN)).await;
+
+    let health = client.health().await.expect("health answers");
+    assert_eq!(health.status, "degraded");
+    assert!(
+        health
+            .problem
+            .as_deref()
+            .unwrap_or_default()
+            .contains("disk on fire"),
+        "{health:?}"
+    );
+
+    let e = client.metrics().await.expect_err("metrics need the store");
+    assert!(
+        matches!(&e, ClientError::Api { status: 500, code, message } if code == "store_error" && message.contains("disk on fire")),
+        "{e}"
+    );
+
+    for _ in 0..2 {
+        let e = client
+            .get_run(RunId::new())
+            .await
+            .expect_err("the handler panics");
+        assert!(
+            matches!(&e, ClientError::Api { status: 500, code, .. } if code == "internal"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        client.health().await.expect("still serving").status,
+        "degraded"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_empty_token() {
+    let engine = Engine::builder()
+        .store(loop_engine::impls::MemoryStore::new())
+        .build()
+        .expect("engine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let e = loop_http::serve(
+        listener,
+        engine,
+        ServerOptions::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("no token");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("token"));
+}
