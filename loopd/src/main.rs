@@ -1,23 +1,188 @@
-//! loopd: the agent-loop daemon. Wiring only: configuration, tracing, backends, server.
+//! loopd: the agent-loop daemon. Wiring only: arguments, data dir, token, tracing, backends,
+//! the engine's scheduler and the HTTP server, and signals for a clean shutdown.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use clap::Parser;
+use loop_engine::backend::QueueOrder;
+use loop_engine::{Engine, EngineSettings};
+use loop_http::server::{ServerOptions, serve};
+use loop_store::SqliteStore;
+use tokio_util::sync::CancellationToken;
 
 /// The agent-loop daemon: runs coding-agent loops in git worktrees behind a localhost API.
 #[derive(Debug, Parser)]
 #[command(name = "loopd", version, about)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on (loopback only unless --allow-remote).
     #[arg(long, env = "LOOPD_LISTEN", default_value = "127.0.0.1:7700")]
-    listen: String,
-    /// Directory for the database, the artifact mirror and the token.
+    listen: SocketAddr,
+    /// Directory for the database, the artifact mirror and the token
+    /// [default: $XDG_DATA_HOME/loopd or ~/.local/share/loopd].
     #[arg(long, env = "LOOPD_DATA_DIR")]
-    data_dir: Option<std::path::PathBuf>,
+    data_dir: Option<PathBuf>,
+    /// Allow listening on a non-loopback address (the token is then the only protection).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Runs executing at once (a run's own max_concurrency can only lower it).
+    #[arg(long, env = "LOOPD_MAX_CONCURRENCY", default_value_t = 3)]
+    max_concurrency: u32,
+    /// Queue order of pending runs: fifo or newest_first.
+    #[arg(long, env = "LOOPD_QUEUE_POLICY", default_value = "fifo")]
+    queue_policy: String,
+    /// Seconds running agents get to stop at shutdown.
+    #[arg(long, default_value_t = 10)]
+    stop_grace_sec: u64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("loopd"));
+    }
+    let home = std::env::var_os("HOME").context("neither LOOPD_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/loopd"))
+}
+
+/// The token: `LOOPD_TOKEN`, else `<data-dir>/token`, else a new one written there (0600).
+fn load_token(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("LOOPD_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let path = data_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let token = loop_http::auth::generate_token().context("cannot generate a token")?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(token.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new API token");
+    Ok(token)
+}
+
+fn worker_id(data_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", data_dir.display())
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop loopd with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::bail!(
-        "loopd cannot serve {} yet: the control plane is not built in this version",
-        args.listen
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        bail!(
+            "refusing to listen on {} (not a loopback address); pass --allow-remote to expose the API beyond this machine",
+            args.listen
+        );
+    }
+    let queue_policy = match args.queue_policy.as_str() {
+        "fifo" => QueueOrder::Fifo,
+        "newest_first" => QueueOrder::NewestFirst,
+        other => bail!("invalid --queue-policy `{other}`: expected fifo or newest_first"),
+    };
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    // One daemon per data dir: the lock lives as long as the process.
+    let lock_path = data_dir.join("loopd.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another loopd is already running with data dir {} (lock {} is held)",
+            data_dir.display(),
+            lock_path.display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("cannot listen on {} (is another loopd running there?)", args.listen)
+    })?;
+    let token = load_token(&data_dir)?;
+    if let Err(e) = loop_engine::process::become_child_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned agent tools may survive a cancel");
+    }
+    let store = SqliteStore::open(&data_dir.join("loopd.db"))
+        .await
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+    let engine = Engine::builder()
+        .store(store)
+        .settings(EngineSettings {
+            worker_id: worker_id(&data_dir),
+            max_concurrency: args.max_concurrency.max(1),
+            queue_policy,
+            global_log_dir: Some(data_dir.clone()),
+            stop_grace: Duration::from_secs(args.stop_grace_sec),
+            ..EngineSettings::default()
+        })
+        .build()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "loopd listening");
+    let scheduler = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run().await })
+    };
+    let server = serve(
+        listener,
+        engine.clone(),
+        ServerOptions {
+            token,
+            allow_remote: args.allow_remote,
+            ..ServerOptions::default()
+        },
+        shutdown.clone(),
+    );
+    let served = server.await;
+    engine.shutdown();
+    match scheduler.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "scheduler stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "scheduler task failed"),
+    }
+    drop(lock);
+    served.context("server failed")
 }
