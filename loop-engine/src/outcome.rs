@@ -100,7 +100,10 @@ pub fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict {
         Some(Termination::Canceled) => {
             return Verdict::failure(
                 FailureKind::Canceled,
-                format!("agent was canceled after {secs} s (exit {})", outcome.exit_code),
+                format!(
+                    "agent was canceled after {secs} s (exit {})",
+                    outcome.exit_code
+                ),
             );
         }
         Some(Termination::Exited | Termination::Signaled) | None => {}
@@ -145,7 +148,9 @@ fn judge_result(result: &AgentResult, outcome: &ExecOutcome) -> Verdict {
     if !result.is_error {
         return Verdict::Success;
     }
-    let status = result.api_error_status.or_else(|| api_status_in(&result.text));
+    let status = result
+        .api_error_status
+        .or_else(|| api_status_in(&result.text));
     if let Some(verdict) = status.and_then(classify_status) {
         return verdict;
     }
@@ -430,9 +435,11 @@ mod tests {
         let v = judge(&o, true);
         assert_eq!(kind(&v), Some(&FailureKind::RootRefused));
         assert!(message(&v).contains("IS_SANDBOX=1"));
-        assert!(message(&v).starts_with(
-            "the Claude CLI refuses --dangerously-skip-permissions when run as root"
-        ));
+        assert!(
+            message(&v).starts_with(
+                "the Claude CLI refuses --dangerously-skip-permissions when run as root"
+            )
+        );
 
         o.stderr_tail = "Error: connect ECONNREFUSED 127.0.0.1:443".into();
         assert_eq!(

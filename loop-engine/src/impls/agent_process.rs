@@ -269,9 +269,9 @@ impl Collector<'_> {
             }
             OutputStream::Stderr => self.stderr_tail.push(data),
         }
-        self.peak_retained = self.peak_retained.max(
-            self.stdout_tail.retained() + self.stderr_tail.retained() + self.lines.retained(),
-        );
+        self.peak_retained = self
+            .peak_retained
+            .max(self.stdout_tail.retained() + self.stderr_tail.retained() + self.lines.retained());
     }
 
     /// The stream ended: its last line counts even without a newline.
@@ -306,7 +306,10 @@ fn on_line(line: &[u8], result: &mut Option<AgentResult>, ctx: &ExecContext) {
     }
 }
 
-async fn read_some<R: AsyncRead + Unpin>(reader: Option<&mut R>, buf: &mut [u8]) -> io::Result<usize> {
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: Option<&mut R>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match reader {
         Some(r) => r.read(buf).await,
         None => Ok(0),
@@ -385,9 +388,7 @@ pub(crate) async fn run_agent(
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| spawn_error(&program, key, e))?;
+    let mut child = command.spawn().map_err(|e| spawn_error(&program, key, e))?;
     let Some(pid) = child.id() else {
         return Err(fatal(format!("`{program}` exited before it started"), None));
     };
@@ -471,6 +472,7 @@ pub(crate) async fn run_agent(
         let running = status.is_none() && stopped_by.is_none();
         let idle_at = req.idle_timeout.map(|t| last_output + t);
         let stopping = stop.is_some();
+        let draining = status.is_some() && leftovers_swept && !stopping;
         tokio::select! {
             biased;
             () = ctx.cancel.cancelled(), if running => {
@@ -515,12 +517,24 @@ pub(crate) async fn run_agent(
                 stop = None;
             }
             () = &mut feed, if !fed => fed = true,
-            _ = refresh.tick(), if running => guard.tree.refresh(),
+            _ = refresh.tick(), if running || draining => {
+                if draining {
+                    // Something still holds the pipes: a leftover the sweep could not see yet
+                    // (caught between fork and exec, say). Look again.
+                    if guard.tree.any_alive() {
+                        guard.tree.kill_now();
+                    }
+                    guard.tree.reap();
+                } else {
+                    guard.tree.refresh();
+                }
+            }
             () = sleep_until(drain_deadline), if drain_deadline.is_some() && !stopping => break,
             else => break,
         }
     }
     guard.armed = false;
+    guard.tree.reap();
     drop(stdout);
     drop(stderr);
     if out_open {
@@ -535,7 +549,9 @@ pub(crate) async fn run_agent(
     sink.log.shutdown().await.map_err(log_error)?;
 
     let (exit_code, termination) = match (stopped_by, status) {
-        (Some(t @ (Termination::TimedOut | Termination::IdleTimedOut)), _) => (TIMEOUT_EXIT_CODE, t),
+        (Some(t @ (Termination::TimedOut | Termination::IdleTimedOut)), _) => {
+            (TIMEOUT_EXIT_CODE, t)
+        }
         (Some(t), _) => (CANCEL_EXIT_CODE, t),
         (None, Some(s)) => {
             use std::os::unix::process::ExitStatusExt;
@@ -610,7 +626,11 @@ mod tests {
         }
     }
 
-    fn context() -> (ExecContext, UnboundedReceiver<ExecSignal>, CancellationToken) {
+    fn context() -> (
+        ExecContext,
+        UnboundedReceiver<ExecSignal>,
+        CancellationToken,
+    ) {
         let cancel = CancellationToken::new();
         let (output, _) = tokio::sync::broadcast::channel(16);
         let (signals, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -661,10 +681,10 @@ mod tests {
 
     async fn read_pid(path: &Path) -> u32 {
         for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(path) {
-                if let Ok(pid) = text.trim().parse() {
-                    return pid;
-                }
+            if let Ok(text) = std::fs::read_to_string(path)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -682,7 +702,9 @@ mod tests {
     }
 
     /// Samples VmRSS until `stop` is set; returns the highest value seen.
-    fn sample_rss(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    fn sample_rss(
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<u64> {
         std::thread::spawn(move || {
             let mut peak = rss_kib();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -726,7 +748,11 @@ mod tests {
         assert_eq!(run.outcome.exit_code, TIMEOUT_EXIT_CODE);
         assert_eq!(run.outcome.termination, Some(Termination::IdleTimedOut));
         assert!(run.outcome.output_text.contains("tick 6"));
-        assert!(run.outcome.duration_ms >= 900, "{}", run.outcome.duration_ms);
+        assert!(
+            run.outcome.duration_ms >= 900,
+            "{}",
+            run.outcome.duration_ms
+        );
     }
 
     #[tokio::test]
@@ -742,7 +768,11 @@ mod tests {
         assert_eq!(run.outcome.exit_code, CANCEL_EXIT_CODE);
         assert_eq!(run.outcome.termination, Some(Termination::Canceled));
         // SIGINT ends `sh` and `sleep` at once: no escalation needed.
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(dies(spawned_pid(&mut rx)).await);
     }
 
@@ -758,7 +788,11 @@ mod tests {
         let run = run_sh(&format!("{GRANDCHILD}; sleep 300"), &req, &ctx).await;
         assert_eq!(run.outcome.termination, Some(Termination::TimedOut));
         let gc = read_pid(&dir.path().join("gc.pid")).await;
-        assert!(vanishes(gc).await, "grandchild {gc} survived: {:?}", proc_stat(gc));
+        assert!(
+            vanishes(gc).await,
+            "grandchild {gc} survived: {:?}",
+            proc_stat(gc)
+        );
     }
 
     #[tokio::test]
@@ -769,16 +803,17 @@ mod tests {
         let (ctx, _rx, cancel) = context();
         let gc_file = dir.path().join("gc.pid");
         let script = format!("{GRANDCHILD}; sleep 300");
-        let (run, gc) = tokio::join!(
-            run_sh(&script, &req, &ctx),
-            async {
-                let gc = read_pid(&gc_file).await;
-                cancel.cancel();
-                gc
-            }
-        );
+        let (run, gc) = tokio::join!(run_sh(&script, &req, &ctx), async {
+            let gc = read_pid(&gc_file).await;
+            cancel.cancel();
+            gc
+        });
         assert_eq!(run.outcome.termination, Some(Termination::Canceled));
-        assert!(vanishes(gc).await, "grandchild {gc} survived: {:?}", proc_stat(gc));
+        assert!(
+            vanishes(gc).await,
+            "grandchild {gc} survived: {:?}",
+            proc_stat(gc)
+        );
     }
 
     #[tokio::test]
@@ -795,7 +830,11 @@ mod tests {
         assert_eq!(run.outcome.output_text, "spawned\n");
         assert!(started.elapsed() < Duration::from_secs(8));
         let gc = read_pid(&dir.path().join("gc.pid")).await;
-        assert!(vanishes(gc).await, "grandchild {gc} survived: {:?}", proc_stat(gc));
+        assert!(
+            vanishes(gc).await,
+            "grandchild {gc} survived: {:?}",
+            proc_stat(gc)
+        );
     }
 
     #[tokio::test]
@@ -812,7 +851,11 @@ mod tests {
         let pid = spawned_pid(&mut rx);
         let gc = read_pid(&gc_file).await;
         assert!(dies(pid).await);
-        assert!(dies(gc).await, "grandchild {gc} survived: {:?}", proc_stat(gc));
+        assert!(
+            dies(gc).await,
+            "grandchild {gc} survived: {:?}",
+            proc_stat(gc)
+        );
     }
 
     #[tokio::test]
@@ -821,7 +864,12 @@ mod tests {
         let req = request(dir.path());
         let (ctx, _rx, _) = context();
         let mut chunks = ctx.output.subscribe();
-        let run = run_sh("echo out; sleep 0.1; echo err >&2; sleep 0.1; printf tail", &req, &ctx).await;
+        let run = run_sh(
+            "echo out; sleep 0.1; echo err >&2; sleep 0.1; printf tail",
+            &req,
+            &ctx,
+        )
+        .await;
         assert_eq!(run.outcome.output_bytes, 12);
         assert_eq!(run.outcome.output_lines, 3);
         assert_eq!(run.outcome.output_text, "out\ntail");
@@ -853,7 +901,10 @@ mod tests {
             std::fs::read(&req.log_path).unwrap(),
             b"\xff\xfea\x80b\n{\xff}\n\xc3"
         );
-        assert_eq!(run.outcome.output_text, "\u{fffd}\u{fffd}a\u{fffd}b\n{\u{fffd}}\n\u{fffd}");
+        assert_eq!(
+            run.outcome.output_text,
+            "\u{fffd}\u{fffd}a\u{fffd}b\n{\u{fffd}}\n\u{fffd}"
+        );
         assert_eq!(run.outcome.output_lines, 3);
         assert!(run.outcome.result.is_none());
     }
@@ -875,7 +926,10 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let peak = sampler.join().unwrap();
         let growth_mib = peak.saturating_sub(before) / 1024;
-        eprintln!("100 MiB of output: peak RSS growth {growth_mib} MiB, retained {} bytes", run.peak_retained);
+        eprintln!(
+            "100 MiB of output: peak RSS growth {growth_mib} MiB, retained {} bytes",
+            run.peak_retained
+        );
 
         assert_eq!(run.outcome.exit_code, 0);
         assert_eq!(run.outcome.output_bytes, size);

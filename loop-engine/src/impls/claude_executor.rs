@@ -129,7 +129,13 @@ fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool
         return is_exec(&workdir.join(program));
     }
     std::env::split_paths(OsStr::new(path_var.unwrap_or_default()))
-        .map(|dir| if dir.as_os_str().is_empty() { workdir.to_owned() } else { workdir.join(dir) })
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                workdir.to_owned()
+            } else {
+                workdir.join(dir)
+            }
+        })
         .any(|dir| is_exec(&dir.join(program)))
 }
 
@@ -385,7 +391,10 @@ EOF"#;
 
     #[test]
     fn effective_env_prefers_the_last_override() {
-        let env = vec![("K_TEST_X".into(), "a".into()), ("K_TEST_X".into(), "b".into())];
+        let env = vec![
+            ("K_TEST_X".into(), "a".into()),
+            ("K_TEST_X".into(), "b".into()),
+        ];
         assert_eq!(effective_env(&env, "K_TEST_X").as_deref(), Some("b"));
         assert_eq!(effective_env(&[], "K_TEST_UNSET_XYZ"), None);
     }
@@ -396,11 +405,23 @@ EOF"#;
         let bin = fake_claude(dir.path(), "");
         assert!(program_exists(&bin, None, dir.path()));
         assert!(program_exists("./claude", None, dir.path()));
-        assert!(program_exists("claude", dir.path().to_str(), Path::new("/")));
-        assert!(program_exists("sh", Some("/nope:/usr/bin:/bin"), Path::new("/")));
+        assert!(program_exists(
+            "claude",
+            dir.path().to_str(),
+            Path::new("/")
+        ));
+        assert!(program_exists(
+            "sh",
+            Some("/nope:/usr/bin:/bin"),
+            Path::new("/")
+        ));
         assert!(!program_exists("sh", Some("/nope"), Path::new("/")));
         assert!(!program_exists("", Some("/bin"), Path::new("/")));
         std::fs::write(dir.path().join("plain"), "").unwrap();
-        assert!(!program_exists("plain", dir.path().to_str(), Path::new("/")));
+        assert!(!program_exists(
+            "plain",
+            dir.path().to_str(),
+            Path::new("/")
+        ));
     }
 }

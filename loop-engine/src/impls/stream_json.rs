@@ -255,8 +255,7 @@ mod tests {
 
     #[test]
     fn error_subtype_without_is_error_counts_as_error() {
-        let StreamLine::Result(r) =
-            parse_line(br#"{"type":"result","subtype":"error_max_turns"}"#)
+        let StreamLine::Result(r) = parse_line(br#"{"type":"result","subtype":"error_max_turns"}"#)
         else {
             panic!("not a result");
         };
@@ -304,7 +303,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_line(br#"{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}"#),
+            parse_line(
+                br#"{"type":"assistant","message":{"content":[{"type":"text","text":"hi"}]}}"#
+            ),
             StreamLine::Other {
                 kind: Some("assistant".into())
             }
