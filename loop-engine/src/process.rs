@@ -629,11 +629,12 @@ impl ProcessTree {
         }
         let mut added = Vec::new();
         while let Some(pid) = frontier.pop() {
-            if pid != self.root && !self.known.contains_key(&pid) {
-                if let Some(p) = table.iter().find(|p| p.pid == pid) {
-                    self.known.insert(pid, p.start_time);
-                    added.push((pid, p.start_time));
-                }
+            if pid != self.root
+                && !self.known.contains_key(&pid)
+                && let Some(p) = table.iter().find(|p| p.pid == pid)
+            {
+                self.known.insert(pid, p.start_time);
+                added.push((pid, p.start_time));
             }
             for child in table.iter().filter(|p| p.ppid == pid) {
                 if child.pid != self.root && !self.known.contains_key(&child.pid) {
@@ -682,10 +683,10 @@ impl ProcessTree {
 
     /// Sends `signal` to the agent's group (when it is still ours).
     fn signal_group(&self, signal: Signal) {
-        if let Some(table) = all_processes() {
-            if self.root_is_ours(&table) {
-                signal_group(self.root, signal);
-            }
+        if let Some(table) = all_processes()
+            && self.root_is_ours(&table)
+        {
+            signal_group(self.root, signal);
         }
     }
 
@@ -865,6 +866,203 @@ mod tests {
         assert_eq!(out.code, TIMEOUT_EXIT_CODE);
         assert!(out.timed_out);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn parses_stat_with_an_awkward_command_name() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[0] = "S".into(); // field 3
+        fields[1] = "10".into(); // ppid
+        fields[2] = "20".into(); // pgrp
+        fields[3] = "30".into(); // session
+        fields[19] = "987654".into(); // field 22
+        let text = format!("4242 (a (b) c) ) {}\n", fields.join(" "));
+        assert_eq!(
+            ProcStat::parse(&text),
+            Some(ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 10,
+                pgrp: 20,
+                session: 30,
+                start_time: 987_654,
+            })
+        );
+        assert_eq!(ProcStat::parse("4242 (x) S 1 2"), None);
+        assert_eq!(ProcStat::parse("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_facts() {
+        let me = std::process::id();
+        let start = process_start_time(me).unwrap();
+        assert_eq!(process_start_time(me), Some(start));
+        assert!(pid_alive_with_start(me, start));
+        assert!(!pid_alive_with_start(me, start + 1));
+        assert_eq!(
+            parse_effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
+            Some(0)
+        );
+        assert!(effective_uid().is_some());
+    }
+
+    /// Waits (up to 5 s) until `done` holds.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        wait_until(Duration::from_secs(5), &mut done).await
+    }
+
+    fn spawn_sh(script: &str) -> tokio::process::Child {
+        Cmd::new("sh", "/")
+            .args(["-c", script])
+            .to_tokio()
+            .spawn()
+            .unwrap()
+    }
+
+    async fn first_line(child: &mut tokio::process::Child) -> u32 {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        tokio::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        line.trim().parse().unwrap()
+    }
+
+    fn dead(pid: u32) -> bool {
+        proc_stat(pid).is_none_or(|p| !p.is_alive())
+    }
+
+    #[tokio::test]
+    async fn zombies_do_not_keep_a_group_alive() {
+        let mut child = spawn_sh("sleep 30");
+        let pid = child.id().unwrap();
+        assert!(group_alive(pid));
+        assert!(signal_group(pid, Signal::SIGKILL));
+        assert!(eventually(|| !group_alive(pid)).await);
+        // Not reaped yet: the zombie still answers signals, but runs nothing.
+        assert!(proc_stat(pid).is_some_and(|p| p.state == 'Z'));
+        assert!(killpg(Pid::from_raw(pid as i32), None).is_ok());
+        child.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn descendants_and_kill_tree() {
+        let mut child = spawn_sh("sleep 30 & sleep 30 & echo ready; wait");
+        let pid = child.id().unwrap();
+        let mut line = String::new();
+        {
+            use tokio::io::AsyncBufReadExt;
+            tokio::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .await
+                .unwrap();
+        }
+        let kids = descendants_of(pid);
+        assert_eq!(kids.len(), 2, "{kids:?}");
+        assert!(kids.iter().all(|k| k.ppid == pid && k.pgrp == pid));
+        kill_tree(pid);
+        child.wait().await.unwrap();
+        assert!(eventually(|| kids.iter().all(|k| dead(k.pid))).await);
+    }
+
+    #[tokio::test]
+    async fn stop_agent_escalates_to_kill() {
+        // Ignored signals are inherited: neither the shell nor its sleeps die of INT or TERM.
+        let mut child = spawn_sh("trap '' INT TERM; sleep 30 & sleep 30");
+        let pid = child.id().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let kids = descendants_of(pid);
+        assert_eq!(kids.len(), 2);
+        let started = std::time::Instant::now();
+        let (status, ()) = tokio::join!(child.wait(), stop_agent(pid, Duration::from_millis(100)));
+        assert!(started.elapsed() >= KILL_GRACE);
+        assert_eq!(exit_code_of(status.unwrap()), 128 + 9);
+        assert!(!group_alive(pid));
+        assert!(eventually(|| kids.iter().all(|k| dead(k.pid))).await);
+    }
+
+    #[tokio::test]
+    async fn stop_agent_interrupts_first() {
+        let mut child = spawn_sh("trap 'echo interrupted; exit 7' INT; sleep 30 & wait");
+        let pid = child.id().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, ()) = tokio::join!(child.wait(), stop_agent(pid, Duration::from_secs(3)));
+        assert_eq!(exit_code_of(status.unwrap()), 7);
+        let mut out = String::new();
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, "interrupted\n");
+    }
+
+    #[tokio::test]
+    async fn kill_survivor_checks_the_start_time() {
+        let mut child = spawn_sh("setsid sleep 300 & echo $!; sleep 300");
+        let pid = child.id().unwrap();
+        let grandchild = first_line(&mut child).await;
+        let start = process_start_time(pid).unwrap();
+        assert!(!kill_survivor(pid, start + 1));
+        assert!(pid_alive_with_start(pid, start));
+        assert!(kill_survivor(pid, start));
+        child.wait().await.unwrap();
+        assert!(eventually(|| dead(grandchild)).await);
+        assert!(!pid_alive_with_start(pid, start));
+        assert!(!kill_survivor(pid, start));
+    }
+
+    #[tokio::test]
+    async fn orphans_are_found_and_reaped() {
+        become_child_subreaper().unwrap();
+        let me = std::process::id();
+
+        // Seen as a descendant while its parent lived.
+        let mut child = spawn_sh("setsid sleep 300 & echo $!; sleep 0.3");
+        let pid = child.id().unwrap();
+        let seen = first_line(&mut child).await;
+        let mut tree = ProcessTree::new(pid);
+        tree.refresh();
+        assert!(tree.known().contains(&seen));
+        child.wait().await.unwrap();
+        assert!(eventually(|| proc_stat(seen).is_some_and(|p| p.ppid == me)).await);
+
+        // Never seen: recognised by the marker in its environment once re-parented to us.
+        let mut child = Cmd::new("sh", "/")
+            .args(["-c", "setsid sleep 300 & echo $!"])
+            .env("LOOP_TEST_MARKER", "m-1")
+            .to_tokio()
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let unseen = first_line(&mut child).await;
+        child.wait().await.unwrap();
+        assert!(eventually(|| proc_stat(unseen).is_some_and(|p| p.ppid == me)).await);
+        // Until `setsid` has run and exec'ed `sleep`, it is still in the shell's group (and so
+        // rightly found without the marker).
+        assert!(
+            eventually(|| std::fs::read(format!("/proc/{unseen}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"sleep\0")))
+            .await
+        );
+        let mut marked = ProcessTree::new(pid).with_marker("LOOP_TEST_MARKER=m-1");
+        marked.refresh();
+        assert_eq!(marked.known(), [unseen]);
+        let mut unmarked = ProcessTree::new(pid).with_marker("LOOP_TEST_MARKER=other");
+        unmarked.refresh();
+        assert!(unmarked.known().is_empty());
+
+        // Killed, they become our zombies; reaping removes them for good.
+        marked.kill_now();
+        tree.kill_now();
+        assert!(eventually(|| !tree.any_alive() && !marked.any_alive()).await);
+        assert!(proc_stat(seen).is_some_and(|p| p.state == 'Z'));
+        assert!(reap_orphans() >= 2);
+        assert!(proc_stat(seen).is_none());
+        assert!(proc_stat(unseen).is_none());
     }
 
     #[tokio::test]

@@ -472,6 +472,7 @@ pub(crate) async fn run_agent(
         let running = status.is_none() && stopped_by.is_none();
         let idle_at = req.idle_timeout.map(|t| last_output + t);
         let stopping = stop.is_some();
+        let draining = status.is_some() && leftovers_swept && !stopping;
         tokio::select! {
             biased;
             () = ctx.cancel.cancelled(), if running => {
@@ -516,12 +517,24 @@ pub(crate) async fn run_agent(
                 stop = None;
             }
             () = &mut feed, if !fed => fed = true,
-            _ = refresh.tick(), if running => guard.tree.refresh(),
+            _ = refresh.tick(), if running || draining => {
+                if draining {
+                    // Something still holds the pipes: a leftover the sweep could not see yet
+                    // (caught between fork and exec, say). Look again.
+                    if guard.tree.any_alive() {
+                        guard.tree.kill_now();
+                    }
+                    guard.tree.reap();
+                } else {
+                    guard.tree.refresh();
+                }
+            }
             () = sleep_until(drain_deadline), if drain_deadline.is_some() && !stopping => break,
             else => break,
         }
     }
     guard.armed = false;
+    guard.tree.reap();
     drop(stdout);
     drop(stderr);
     if out_open {
@@ -668,10 +681,10 @@ mod tests {
 
     async fn read_pid(path: &Path) -> u32 {
         for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(path) {
-                if let Ok(pid) = text.trim().parse() {
-                    return pid;
-                }
+            if let Ok(text) = std::fs::read_to_string(path)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -51,7 +51,7 @@ impl CommandExecutor {
             template: template.to_owned(),
             reason: reason.to_owned(),
         };
-        let words = split_words(template).map_err(|reason| error(reason))?;
+        let words = split_words(template).map_err(error)?;
         match words.first() {
             None => Err(error("it is empty")),
             Some(first) if first.is_empty() => Err(error("the program (first word) is empty")),
