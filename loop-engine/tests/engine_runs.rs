@@ -29,7 +29,7 @@ async fn plan_completes_without_reviewer_and_is_squash_merged() {
     let target = run.merge_target_branch.clone().expect("merge target");
     assert_eq!(target, "agent/widget");
     assert_eq!(
-        h.repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        h.repo.git(["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
         target
     );
     let subjects = h.repo.log_subjects(&target);
@@ -445,7 +445,7 @@ async fn budget_runs_out_as_iterations_exhausted() {
     // Nothing was merged.
     assert!(
         !h.repo
-            .git(&["branch", "--list", "agent/widget"])
+            .git(["branch", "--list", "agent/widget"])
             .contains("agent/widget")
     );
 }
@@ -536,7 +536,7 @@ async fn merge_strategy_makes_a_merge_commit() {
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
     let parents = h
         .repo
-        .git(&["rev-list", "--parents", "-n", "1", "agent/widget"]);
+        .git(["rev-list", "--parents", "-n", "1", "agent/widget"]);
     assert_eq!(
         parents.split_whitespace().count(),
         3,
@@ -567,7 +567,7 @@ async fn merge_conflict_fails_the_run_and_keeps_the_branch() {
     assert!(failure.contains(&run.run_branch), "{failure}");
     assert!(
         h.repo
-            .git(&["branch", "--list", &run.run_branch])
+            .git(["branch", "--list", &run.run_branch])
             .contains(&run.run_branch),
         "run branch kept"
     );
@@ -718,9 +718,9 @@ fn script_harness(
     script_body: &str,
     extra: Vec<(&'static str, String)>,
 ) -> (Harness, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap().keep();
+    let dir = tempfile::tempdir().expect("temp files").keep();
     let script = dir.join("agent.sh");
-    std::fs::write(&script, script_body).unwrap();
+    std::fs::write(&script, script_body).expect("temp files");
     let mut config = vec![
         ("executor", "command".to_owned()),
         (

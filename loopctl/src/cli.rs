@@ -9,7 +9,12 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "loopctl", version, about, propagate_version = true)]
 pub(crate) struct Cli {
     /// Daemon address.
-    #[arg(long, global = true, env = "LOOPD_ADDR", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOOPD_ADDR",
+        default_value = "http://127.0.0.1:7700"
+    )]
     pub(crate) addr: String,
     /// API token [default: $LOOPD_TOKEN, else the token file in $LOOPD_DATA_DIR or the
     /// default data dir].

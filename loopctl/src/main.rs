@@ -19,7 +19,11 @@ fn main() {
         },
         Err(e) => {
             // Help and version are not errors.
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }

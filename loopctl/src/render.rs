@@ -125,7 +125,11 @@ fn usage_text(step: &StepResource) -> String {
     if let Some(c) = u.cost_usd {
         parts.push(format!("${c:.4}"));
     }
-    if parts.is_empty() { "-".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The `inspect` view: the run's state, its steps, its artifacts.
@@ -139,29 +143,45 @@ pub(crate) fn inspect(
         ("id", run.id.to_string()),
         ("name", format!("{} ({})", run.name, run.name_source)),
         ("status", status(run.status, colour)),
-        ("exit reason", run.exit_reason.clone().unwrap_or_else(|| "-".into())),
+        (
+            "exit reason",
+            run.exit_reason.clone().unwrap_or_else(|| "-".into()),
+        ),
     ];
     if let Some(f) = &run.failure {
         kv.push(("failure", f.clone()));
     }
     kv.extend([
-        ("tasks", format!("{}/{} done", run.tasks_done, run.tasks_total)),
+        (
+            "tasks",
+            format!("{}/{} done", run.tasks_done, run.tasks_total),
+        ),
         ("iterations", run.iterations_run.to_string()),
         ("workspace", run.workspace_root.display().to_string()),
         ("spec", run.spec_path.display().to_string()),
         ("plan", run.plan_path.display().to_string()),
-        ("branches", format!(
-            "{} from {} -> {} ({})",
-            if run.run_branch.is_empty() { "-" } else { &run.run_branch },
-            run.base_branch,
-            run.merge_target_branch.as_deref().unwrap_or("-"),
-            run.merge_strategy
-        )),
-        ("worktree", if run.worktree_path.as_os_str().is_empty() {
-            "-".into()
-        } else {
-            run.worktree_path.display().to_string()
-        }),
+        (
+            "branches",
+            format!(
+                "{} from {} -> {} ({})",
+                if run.run_branch.is_empty() {
+                    "-"
+                } else {
+                    &run.run_branch
+                },
+                run.base_branch,
+                run.merge_target_branch.as_deref().unwrap_or("-"),
+                run.merge_strategy
+            ),
+        ),
+        (
+            "worktree",
+            if run.worktree_path.as_os_str().is_empty() {
+                "-".into()
+            } else {
+                run.worktree_path.display().to_string()
+            },
+        ),
         ("created", run.created_at.clone()),
         ("updated", run.updated_at.clone()),
     ]);
@@ -175,7 +195,10 @@ pub(crate) fn inspect(
                 s.phase,
                 s.status,
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
-                s.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                s.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             ),
         ));
     }
@@ -200,10 +223,15 @@ pub(crate) fn inspect(
                 ]
             })
             .collect();
-        out.push_str(&table(&["#", "LABEL", "PHASE", "STATUS", "EXIT", "TIME", "USAGE"], &rows));
+        out.push_str(&table(
+            &["#", "LABEL", "PHASE", "STATUS", "EXIT", "TIME", "USAGE"],
+            &rows,
+        ));
     }
-    let local: Vec<&ArtifactResource> =
-        artifacts.iter().filter(|a| a.location == "workspace").collect();
+    let local: Vec<&ArtifactResource> = artifacts
+        .iter()
+        .filter(|a| a.location == "workspace")
+        .collect();
     if !local.is_empty() {
         out.push_str("\nartifacts:\n");
         let rows: Vec<Vec<String>> = local

@@ -42,7 +42,8 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("loopd"));
     }
-    let home = std::env::var_os("HOME").context("neither LOOPD_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME")
+        .context("neither LOOPD_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/share/loopd"))
 }
 
@@ -84,7 +85,10 @@ fn worker_id(data_dir: &Path) -> String {
 
 async fn shutdown_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop loopd with SIGKILL");
         return;
     };
@@ -137,9 +141,14 @@ async fn main() -> anyhow::Result<()> {
             lock_path.display()
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
-        format!("cannot listen on {} (is another loopd running there?)", args.listen)
-    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another loopd running there?)",
+                args.listen
+            )
+        })?;
     let token = load_token(&data_dir)?;
     if let Err(e) = loop_engine::process::become_child_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned agent tools may survive a cancel");
@@ -160,7 +169,9 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "loopd listening");
     let scheduler = {
         let engine = engine.clone();

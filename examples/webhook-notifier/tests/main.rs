@@ -12,11 +12,11 @@ use webhook_notifier::WebhookNotifier;
 async fn receive(listener: tokio::net::TcpListener, n: usize) -> Vec<serde_json::Value> {
     let mut bodies = Vec::new();
     for _ in 0..n {
-        let (mut sock, _) = listener.accept().await.unwrap();
+        let (mut sock, _) = listener.accept().await.expect("test server");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let body = loop {
-            let read = sock.read(&mut chunk).await.unwrap();
+            let read = sock.read(&mut chunk).await.expect("test server");
             assert!(read > 0, "connection closed early");
             buf.extend_from_slice(&chunk[..read]);
             let text = String::from_utf8_lossy(&buf).to_string();
@@ -26,9 +26,9 @@ async fn receive(listener: tokio::net::TcpListener, n: usize) -> Vec<serde_json:
                     .find_map(|l| {
                         l.to_ascii_lowercase()
                             .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
+                            .map(|v| v.trim().parse().expect("test server"))
                     })
-                    .unwrap();
+                    .expect("test server");
                 if body.len() >= len {
                     assert!(head.starts_with("POST /hook "), "{head}");
                     break body[..len].to_owned();
@@ -37,8 +37,8 @@ async fn receive(listener: tokio::net::TcpListener, n: usize) -> Vec<serde_json:
         };
         sock.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
             .await
-            .unwrap();
-        bodies.push(serde_json::from_str(&body).unwrap());
+            .expect("test server");
+        bodies.push(serde_json::from_str(&body).expect("test server"));
     }
     bodies
 }

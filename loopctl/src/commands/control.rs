@@ -20,7 +20,11 @@ fn show(ctx: &Ctx, run: &RunResource, what: &str) -> anyhow::Result<()> {
 
 pub(crate) async fn pause(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
     let run = ctx.client.pause(parse_id(id)?).await?;
-    let what = if run.status == RunStatus::Paused { "paused" } else { "pausing at the next step boundary" };
+    let what = if run.status == RunStatus::Paused {
+        "paused"
+    } else {
+        "pausing at the next step boundary"
+    };
     show(ctx, &run, what)
 }
 
@@ -31,13 +35,20 @@ pub(crate) async fn resume(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
 
 pub(crate) async fn cancel(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
     let run = ctx.client.cancel(parse_id(id)?).await?;
-    let what = if run.status == RunStatus::Canceled { "canceled" } else { "canceling" };
+    let what = if run.status == RunStatus::Canceled {
+        "canceled"
+    } else {
+        "canceling"
+    };
     show(ctx, &run, what)
 }
 
 /// Follows the run's events until the stream ends (the run is terminal), reconnecting with
 /// the last event id if the daemon goes away meanwhile.
-pub(crate) async fn wait_terminal(ctx: &Ctx, id: loop_engine::domain::RunId) -> anyhow::Result<RunResource> {
+pub(crate) async fn wait_terminal(
+    ctx: &Ctx,
+    id: loop_engine::domain::RunId,
+) -> anyhow::Result<RunResource> {
     let mut last = None;
     loop {
         let run = ctx.client.get_run(id).await?;
@@ -53,7 +64,9 @@ pub(crate) async fn wait_terminal(ctx: &Ctx, id: loop_engine::domain::RunId) -> 
                 }
             },
             Err(loop_http::ClientError::Connect { .. }) => {
-                ctx.client.wait_ready(std::time::Duration::from_secs(60)).await?;
+                ctx.client
+                    .wait_ready(std::time::Duration::from_secs(60))
+                    .await?;
             }
             Err(e) => return Err(e.into()),
         }

@@ -51,7 +51,8 @@ async fn create_project(dir: &Path, real: bool) -> anyhow::Result<()> {
         "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n",
     );
     if !real {
-        config.push_str("# The built-in simulated agent: no model, no network.\nexecutor=simulate\n");
+        config
+            .push_str("# The built-in simulated agent: no model, no network.\nexecutor=simulate\n");
     }
     std::fs::write(dir.join(".loop/config"), config)?;
     git(dir, &["init", "-q", "-b", "main"]).await?;
@@ -83,7 +84,9 @@ async fn start_daemon(dir: &Path) -> anyhow::Result<(tokio::process::Child, Clie
         .to_tokio();
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = cmd.spawn().with_context(|| format!("cannot start {}", loopd.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", loopd.display()))?;
     let client = Client::new(&format!("http://127.0.0.1:{port}"), Some(token))?;
     client.wait_ready(Duration::from_secs(10)).await?;
     Ok((child, client))
@@ -103,14 +106,19 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     if a.real {
         out("agent: the Claude CLI configured for loopd (claude_bin)");
     } else {
-        out("agent: SIMULATION: the built-in simulated agent works the plan (no model, no network)");
+        out(
+            "agent: SIMULATION: the built-in simulated agent works the plan (no model, no network)",
+        );
     }
 
     let shared = Client::new(&cli.addr, token(cli.token.clone()))?;
     let (daemon, client) = match shared.wait_ready(Duration::from_millis(600)).await {
         Ok(_) => (None, shared),
         Err(_) => {
-            out(&format!("no loopd at {}: starting a private one for the demo", cli.addr));
+            out(&format!(
+                "no loopd at {}: starting a private one for the demo",
+                cli.addr
+            ));
             let (child, client) = start_daemon(&dir).await?;
             (Some(child), client)
         }
@@ -148,7 +156,10 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         dir.join("logs/loop").join(format!("run-{id}")).display()
     ));
     if let Some(target) = &run.merge_target_branch {
-        out(&format!("the work is on branch {target} in {}", dir.display()));
+        out(&format!(
+            "the work is on branch {target} in {}",
+            dir.display()
+        ));
     }
     if let Some(mut child) = daemon {
         let _ = child.start_kill();

@@ -71,7 +71,9 @@ pub(crate) fn parse_id(text: &str) -> anyhow::Result<RunId> {
     text.parse::<RunId>().map_err(|_| {
         anyhow::Error::new(exit::Verdict {
             code: exit::USAGE,
-            message: format!("`{text}` is not a run id (a UUID, as printed by `loopctl run` or `loopctl list`)"),
+            message: format!(
+                "`{text}` is not a run id (a UUID, as printed by `loopctl run` or `loopctl list`)"
+            ),
         })
     })
 }

@@ -19,7 +19,11 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    }
 }
 
 /// Builds the request: the workspace is the git root of the current directory (or
@@ -74,14 +78,20 @@ pub(crate) fn request(a: &RunArgs) -> anyhow::Result<CreateRunRequest> {
         .as_deref()
         .map(|s| {
             s.parse::<MergeStrategy>().map_err(|_| {
-                usage(format!("--merge-strategy `{s}`: expected squash, merge or none"))
+                usage(format!(
+                    "--merge-strategy `{s}`: expected squash, merge or none"
+                ))
             })
         })
         .transpose()?;
     let config_file = a
         .config
         .clone()
-        .or_else(|| std::env::var_os("LOOP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("LOOP_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .map(|p| absolute(&cwd, &p));
     Ok(CreateRunRequest {
         spec_path: a.spec.clone(),

@@ -80,7 +80,13 @@ fn status_of(run: &RunResource, colour: bool) -> String {
         .as_ref()
         .map(|s| (s.label.clone(), s.phase.clone()))
         .unwrap_or_default();
-    render::status_line(run, &iteration, &phase, now_ms() - run.created_at_ms, colour)
+    render::status_line(
+        run,
+        &iteration,
+        &phase,
+        now_ms() - run.created_at_ms,
+        colour,
+    )
 }
 
 pub(crate) async fn tail(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
