@@ -20,6 +20,14 @@ use crate::process::{Cmd, CmdOutput, ProcessError};
 /// The trailer that marks a run's merge commit on the target branch.
 pub const RUN_ID_TRAILER: &str = "Loop-Run-Id";
 
+/// The identity of commits the engine makes when git has none configured.
+const FALLBACK_IDENTITY: [(&str, &str); 4] = [
+    ("GIT_AUTHOR_NAME", "agent-loop"),
+    ("GIT_AUTHOR_EMAIL", "agent-loop@localhost"),
+    ("GIT_COMMITTER_NAME", "agent-loop"),
+    ("GIT_COMMITTER_EMAIL", "agent-loop@localhost"),
+];
+
 /// Upper bound for one git command; a hung git (a credential helper, a huge checkout on a dead
 /// disk) must not stall a run forever.
 const GIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -81,6 +89,24 @@ impl GitCli {
     /// Runs git in `dir`. A non-zero exit is returned as output, except for lock contention
     /// (`Retryable`) and "not a git repository" (`NotFound`), which no caller can handle
     /// differently.
+    /// True when git has a user name and email for `dir` (config or environment).
+    async fn has_identity(&self, dir: &Path) -> bool {
+        let env_has = |k: &str| {
+            self.env.iter().any(|(key, v)| key == k && !v.is_empty())
+                || std::env::var_os(k).is_some_and(|v| !v.is_empty())
+        };
+        if env_has("GIT_AUTHOR_EMAIL") && env_has("GIT_COMMITTER_EMAIL") {
+            return true;
+        }
+        let mut cmd = Cmd::new("git", dir)
+            .args(["config", "user.email"])
+            .timeout(Some(GIT_TIMEOUT));
+        for (key, value) in &self.env {
+            cmd = cmd.env(key, value);
+        }
+        matches!(cmd.output().await, Ok(out) if out.success() && !out.stdout_text().is_empty())
+    }
+
     async fn git<I, S>(&self, dir: &Path, args: I) -> Result<CmdOutput, VcsError>
     where
         I: IntoIterator<Item = S>,
@@ -103,6 +129,14 @@ impl GitCli {
         }
         for (key, value) in &self.env {
             cmd = cmd.env(key, value);
+        }
+        let first = args.first().and_then(|a| a.to_str());
+        if matches!(first, Some("commit" | "commit-tree")) && !self.has_identity(dir).await {
+            // A fresh machine may have no git identity at all; commits the engine makes (seed,
+            // merge) must not fail for that. The user's own identity always wins when set.
+            for (key, value) in FALLBACK_IDENTITY {
+                cmd = cmd.env(key, value);
+            }
         }
         let out = cmd.output().await.map_err(|e| match e {
             ProcessError::NotFound { .. } => VcsError::Fatal {
