@@ -1,0 +1,257 @@
+//! The real loopd binary: single instance per data dir, the token file, and runs that survive
+//! a SIGTERM and a `kill -9` of the daemon (they resume at the next start and complete, each
+//! task committed once).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loop_engine::domain::{RunStatus, StepStatus};
+use loop_engine::process::Cmd;
+use loop_engine::testing::GitFixture;
+use loop_http::Client;
+use loop_http::api::CreateRunRequest;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const TOKEN: &str = "loopd-test-token";
+
+/// A slow agent: ticks the first open task, commits, answers; `sleep` makes each step take
+/// long enough to be interrupted.
+const AGENT: &str = r#"#!/bin/sh
+set -e
+sleep "${AGENT_SLEEP:-1}"
+plan=specs/planning/widget-plan.md
+task=$(grep -m1 -- '- \[ \]' "$plan" | sed 's/- \[ \] //')
+[ -n "$task" ] || { echo '<promise>COMPLETE</promise>'; exit 0; }
+sed -i '0,/- \[ \]/s//- [x]/' "$plan"
+echo "$task" >> work.txt
+git add -A
+git -c user.name=agent -c user.email=agent@localhost commit -qm "Implement: $task"
+if grep -q -- '- \[ \]' "$plan"; then echo "Completed $task."; else echo '<promise>COMPLETE</promise>'; fi
+"#;
+
+struct Daemon {
+    child: tokio::process::Child,
+    client: Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn start(data: &Path, port: u16) -> Daemon {
+    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_loopd"), data)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(["--stop-grace-sec", "5"])
+        .env("LOOPD_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .to_tokio();
+    cmd.stdout(std::process::Stdio::null());
+    let child = cmd.spawn().expect("loopd starts");
+    let client =
+        Client::new(&format!("http://127.0.0.1:{port}"), Some(TOKEN.into())).expect("client");
+    client
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("loopd becomes ready");
+    Daemon { child, client }
+}
+
+fn repo_with_agent(tasks: usize) -> (GitFixture, PathBuf) {
+    let repo = GitFixture::new();
+    let script = repo.root().join("agent.sh");
+    std::fs::write(&script, AGENT).expect("script");
+    repo.write_file(
+        ".loop/config",
+        &format!(
+            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\n",
+            script.display()
+        ),
+    );
+    repo.write_file(".gitignore", "logs/\n");
+    repo.write_file("specs/widget.md", "# Widget\n");
+    let plan: String = (1..=tasks).map(|i| format!("- [ ] task {i}\n")).collect();
+    repo.write_file("specs/planning/widget-plan.md", &plan);
+    repo.commit_all("spec and plan");
+    (repo, script)
+}
+
+fn create_request(repo: &GitFixture) -> CreateRunRequest {
+    CreateRunRequest {
+        spec_path: "specs/widget.md".into(),
+        plan_path: None,
+        workspace_root: repo.path().to_path_buf(),
+        config_override: None,
+        config_file: None,
+        cwd: None,
+        name: None,
+        name_source: None,
+        merge_target_branch: None,
+        merge_strategy: None,
+    }
+}
+
+async fn wait_for_step_running(client: &Client, id: loop_engine::domain::RunId) {
+    for _ in 0..200 {
+        if let Ok(steps) = client.steps(id).await
+            && steps
+                .iter()
+                .any(|s| s.status == "IN_PROGRESS" && s.phase == "implementation")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no agent step started");
+}
+
+async fn wait_terminal(client: &Client, id: loop_engine::domain::RunId) -> RunStatus {
+    for _ in 0..600 {
+        let run = client.get_run(id).await.expect("run");
+        if run.status.is_terminal() {
+            return run.status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("run did not finish");
+}
+
+fn signal(child: &tokio::process::Child, sig: Signal) {
+    let pid = child.id().expect("pid");
+    kill(Pid::from_raw(i32::try_from(pid).expect("pid fits")), sig).expect("signal sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_data_dir_fails_at_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut first = start(data.path(), free_port()).await;
+    let second = Cmd::new(env!("CARGO_BIN_EXE_loopd"), data.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .timeout(Some(Duration::from_secs(10)))
+        .output()
+        .await
+        .expect("runs");
+    assert_ne!(second.code, 0);
+    assert!(
+        second
+            .stderr_text()
+            .contains("another loopd is already running"),
+        "{}",
+        second.stderr_text()
+    );
+    signal(&first.child, Signal::SIGTERM);
+    let status = first.child.wait().await.expect("exits");
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_is_generated_with_mode_0600_and_required() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_loopd"), data.path())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data.path())
+        .env_remove("LOOPD_TOKEN")
+        .to_tokio();
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("starts");
+    let anonymous = Client::new(&format!("http://127.0.0.1:{port}"), None).expect("client");
+    anonymous
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("ready");
+    let token_path = data.path().join("token");
+    let mode = std::fs::metadata(&token_path)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let err = anonymous
+        .list_runs(&Default::default())
+        .await
+        .expect_err("401");
+    assert!(
+        matches!(err, loop_http::ClientError::Unauthorized { .. }),
+        "{err:?}"
+    );
+    let token = std::fs::read_to_string(&token_path).expect("read");
+    let authed = Client::new(&format!("http://127.0.0.1:{port}"), Some(token)).expect("client");
+    authed
+        .list_runs(&Default::default())
+        .await
+        .expect("the file's token works");
+    signal(&child, Signal::SIGTERM);
+    child.wait().await.expect("exits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_survive_sigterm_and_kill_9_of_the_daemon() {
+    let (repo, _script) = repo_with_agent(3);
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+
+    let mut d = start(data.path(), port).await;
+    let run = d
+        .client
+        .create_run(&create_request(&repo))
+        .await
+        .expect("created")
+        .run;
+    wait_for_step_running(&d.client, run.id).await;
+    // A clean stop mid-step: the agent is stopped, the run goes back to the queue.
+    signal(&d.child, Signal::SIGTERM);
+    let status = d.child.wait().await.expect("exits");
+    assert!(status.success(), "{status:?}");
+
+    let mut d = start(data.path(), port).await;
+    wait_for_step_running(&d.client, run.id).await;
+    // A crash mid-step: nothing gets to clean up.
+    signal(&d.child, Signal::SIGKILL);
+    let _ = d.child.wait().await;
+
+    let mut d = start(data.path(), port).await;
+    assert_eq!(wait_terminal(&d.client, run.id).await, RunStatus::Completed);
+    let steps = d.client.steps(run.id).await.expect("steps");
+    let interrupted = steps
+        .iter()
+        .filter(|s| s.reason.as_deref() == Some("interrupted"))
+        .count();
+    assert!(
+        interrupted >= 2,
+        "both interruptions are on record: {steps:#?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.status != StepStatus::InProgress.as_str())
+    );
+    // Every task is committed exactly once on the run branch.
+    let log = repo.git(["log", "--format=%s", &format!("run/widget")]);
+    for i in 1..=3 {
+        let n = log
+            .lines()
+            .filter(|l| *l == format!("Implement: task {i}"))
+            .count();
+        assert_eq!(n, 1, "task {i} committed once:\n{log}");
+    }
+    // Events are gap-free.
+    let mut events = d.client.events(run.id, None).await.expect("events");
+    let mut expected = 1;
+    while let Some(ev) = events.next().await.expect("event") {
+        assert_eq!(ev.seq, expected);
+        expected += 1;
+    }
+    signal(&d.child, Signal::SIGTERM);
+    d.child.wait().await.expect("exits");
+}
