@@ -61,7 +61,7 @@ pub(crate) enum Command {
 pub(crate) struct RunArgs {
     /// The spec (as given, relative to the workspace, or under specs_dir).
     pub(crate) spec: PathBuf,
-    /// The plan [default: <plans_dir>/<spec stem>-plan.md].
+    /// The plan (default: `<plans_dir>/<spec stem>-plan.md`).
     pub(crate) plan: Option<PathBuf>,
     /// A key=value config file [default: $LOOP_CONFIG].
     #[arg(long)]

@@ -237,7 +237,7 @@ async fn runs_survive_sigterm_and_kill_9_of_the_daemon() {
             .all(|s| s.status != StepStatus::InProgress.as_str())
     );
     // Every task is committed exactly once on the run branch.
-    let log = repo.git(["log", "--format=%s", &format!("run/widget")]);
+    let log = repo.git(["log", "--format=%s", "run/widget"]);
     for i in 1..=3 {
         let n = log
             .lines()

@@ -1,6 +1,6 @@
 //! custom-executor: a template `Executor` for an agent CLI that loop-engine does not know.
 //!
-//! Copy this file, change [`ScriptAgent::command`] to build your CLI's command line, and pass
+//! Copy this file, change `ScriptAgent::command` to build your CLI's command line, and pass
 //! the executor to `Engine::builder().executor(...)`. The contract to keep (see the
 //! `Executor` trait docs): write the whole output to `req.log_path`, honour the timeout and
 //! `ctx.cancel`, and return the answer text in `ExecOutcome::output_text` so completion
