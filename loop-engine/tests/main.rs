@@ -3,3 +3,4 @@
 
 mod engine_runs;
 mod support;
+mod tidy;

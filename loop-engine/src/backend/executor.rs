@@ -65,6 +65,8 @@ pub enum OutputStream {
 pub struct OutputChunk {
     /// The step that printed it.
     pub step_id: StepId,
+    /// Byte offset of `data` in the step's log file (stdout and stderr interleaved as written).
+    pub offset: u64,
     /// The stream.
     pub stream: OutputStream,
     /// Raw bytes (not necessarily UTF-8, not necessarily whole lines).
@@ -208,8 +210,9 @@ pub enum ExecutorError {
 /// # Contract
 /// - **One invocation per call.** The executor does not retry: retries and their backoff are the
 ///   engine's decision, made from the returned [`ExecOutcome`].
-/// - **Output** is written to `req.log_path` as it arrives and published on `ctx.output`; it is
-///   never held whole in memory.
+/// - **Output** is written to `req.log_path` as it arrives and published on `ctx.output` with
+///   its byte offset in that file (so a follower that lagged can fill the gap from the file);
+///   it is never held whole in memory.
 /// - **Timeouts**: past `req.timeout` or `req.idle_timeout` the agent and every process it
 ///   started are stopped and the outcome has exit code 124.
 /// - **Cancellation**: when `ctx.cancel` fires the agent and its descendants are stopped and the

@@ -1363,6 +1363,8 @@ impl RunDriver {
         }
         // The executor dropped its sender; the forwarder drains what is left and ends.
         let _ = forward.await;
+        // Orphans of the agent re-parented to us (we are a subreaper) must not stay zombies.
+        crate::process::reap_orphans();
         result
     }
 
@@ -1806,27 +1808,23 @@ impl RunDriver {
     }
 }
 
-/// Forwards executor output to the run's live channel, adding byte offsets.
+/// Forwards executor output to the run's live channel. Offsets come from the executor, so a
+/// lag here only leaves a gap that followers fill from the log file.
 async fn forward_output(
     mut rx: broadcast::Receiver<crate::backend::OutputChunk>,
     tx: broadcast::Sender<LiveOutput>,
 ) {
-    let mut offset = 0u64;
     loop {
         match rx.recv().await {
             Ok(chunk) => {
-                let len = chunk.data.len() as u64;
                 let _ = tx.send(LiveOutput {
                     step_id: chunk.step_id,
-                    offset,
+                    offset: chunk.offset,
                     stream: chunk.stream,
                     data: chunk.data,
                 });
-                offset += len;
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Live followers re-read the log file when they see a gap in offsets.
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }

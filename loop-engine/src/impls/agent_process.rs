@@ -251,6 +251,7 @@ impl Collector<'_> {
         // No receivers is normal (nobody follows the output).
         let _ = self.ctx.output.send(OutputChunk {
             step_id: self.req.step_id,
+            offset: self.bytes,
             stream,
             data: Bytes::copy_from_slice(data),
         });

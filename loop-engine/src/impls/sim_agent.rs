@@ -228,6 +228,7 @@ pub(crate) async fn finish_outcome(
         })?;
     let _ = ctx.output.send(OutputChunk {
         step_id: req.step_id,
+        offset: 0,
         stream: OutputStream::Stdout,
         data: Bytes::from(line.clone()),
     });
