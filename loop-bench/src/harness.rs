@@ -276,6 +276,11 @@ pub(crate) async fn workspace(dir: &Path, tasks: usize, config: &str) -> anyhow:
         ("user.name", "loop bench"),
         ("user.email", "bench@localhost"),
         ("commit.gpgsign", "false"),
+        // `git commit` may start a detached `git maintenance` that keeps the agent's output
+        // pipe open: loopd then (rightly) waits for it, the bare shell loop does not. Both
+        // arms must run the same agent, so neither gets background maintenance.
+        ("maintenance.auto", "false"),
+        ("gc.auto", "0"),
     ] {
         git(dir, &["config", k, v]).await?;
     }
