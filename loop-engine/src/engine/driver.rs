@@ -139,6 +139,8 @@ pub(crate) struct RunDriver {
     last_iter_tail: Option<PathBuf>,
     completed_iteration: Option<u32>,
     completion_seen: bool,
+    /// HEAD of the worktree as last read, while nothing that may move it has run since.
+    known_head: Option<Option<String>>,
 }
 
 /// Entry point of a run's task: drives the run and records how it ended.
@@ -250,6 +252,7 @@ impl RunDriver {
             iter_count: 0,
             last_exit_code: None,
             last_iter_log: None,
+            known_head: None,
             last_iter_tail: None,
             completed_iteration: None,
             completion_seen: false,
@@ -358,14 +361,31 @@ impl RunDriver {
         Ok((text, counts))
     }
 
-    async fn head(&self) -> Result<Option<String>, Stop> {
-        Ok(self.inner.vcs.head(&self.worktree).await?)
+    /// HEAD of the worktree. Every read is a `git rev-parse` process on the path between two
+    /// agent calls, so the value is remembered until something that may move HEAD runs (an
+    /// agent, a verification command, the naming model, a merge) or a new iteration starts
+    /// (a user may have committed while the run was paused): an iteration then reads it
+    /// twice instead of four times.
+    async fn head(&mut self) -> Result<Option<String>, Stop> {
+        if let Some(head) = &self.known_head {
+            return Ok(head.clone());
+        }
+        let head = self.inner.vcs.head(&self.worktree).await?;
+        self.known_head = Some(head.clone());
+        Ok(head)
+    }
+
+    /// Forgets the remembered HEAD: something that may move it is about to run.
+    fn forget_head(&mut self) {
+        self.known_head = None;
     }
 
     async fn execute(&mut self) -> Result<ExitReason, Stop> {
         self.checkpoint()?;
         self.load_history().await?;
         self.prepare().await?;
+        // Preparing may have committed the seed.
+        self.forget_head();
         let first = self.run.iterations_run.max(1);
         for iteration in first..=self.cfg.iterations {
             self.checkpoint()?;
@@ -679,6 +699,7 @@ impl RunDriver {
                     env: self.agent_env(),
                 };
                 let ctx = ExecContext::detached(self.control.cancel.child_token());
+                self.forget_head();
                 match executor.execute(req, ctx).await {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
@@ -769,6 +790,7 @@ impl RunDriver {
     // ----- the loop ------------------------------------------------------------------------
 
     async fn iteration(&mut self, i: u32) -> Result<Option<ExitReason>, Stop> {
+        self.forget_head();
         let reviewer = self.cfg.reviewer;
         if reviewer && let Some(done) = self.review_pass(i).await? {
             return Ok(Some(done));
@@ -1119,7 +1141,9 @@ impl RunDriver {
                 env: self.agent_env(),
             };
             let started = Instant::now();
+            self.forget_head();
             let result = self.run_agent(&executor, req, &mut step).await;
+            self.forget_head();
             let duration = ms(started);
             self.inner.hub.set_current_output(self.run.id, None);
             let outcome = match result {
@@ -1450,6 +1474,7 @@ impl RunDriver {
         let mut failure = None;
         for (n, cmd) in self.cfg.verify_cmds.clone().iter().enumerate() {
             self.checkpoint()?;
+            self.forget_head();
             let n = u32::try_from(n + 1).unwrap_or(u32::MAX);
             let log = self.rec.folder.verify_log(&slug, n);
             self.report(
@@ -1473,6 +1498,8 @@ impl RunDriver {
                     return Err(self.interrupted());
                 }
             };
+            // The command may have committed.
+            self.forget_head();
             let (code, bytes) = match out {
                 Ok(o) => {
                     let mut all = o.stdout;
@@ -1602,6 +1629,7 @@ impl RunDriver {
                 self.run.name, self.run.tasks_done, self.run.tasks_total
             ),
         };
+        self.forget_head();
         match self.inner.vcs.merge(&req).await {
             Ok(outcome) => {
                 let (what, commit) = match &outcome {
