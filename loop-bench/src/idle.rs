@@ -79,15 +79,24 @@ pub(crate) async fn history(
         ensure!(started.elapsed() < limit, "runs still open after {limit:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let done = daemon
-        .client
-        .list_runs(&ListQuery {
-            statuses: vec![RunStatus::Completed],
-            limit: Some(u32::try_from(count + 10).unwrap_or(u32::MAX)),
-            ..ListQuery::default()
-        })
-        .await?;
-    Ok(done.len())
+    // The API pages at most 1,000 runs at a time.
+    let mut done = 0;
+    let mut before = None;
+    loop {
+        let page = daemon
+            .client
+            .list_runs(&ListQuery {
+                statuses: vec![RunStatus::Completed],
+                limit: Some(1000),
+                before,
+                ..ListQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        done += page.len();
+    }
+    Ok(done)
 }
 
 pub(crate) async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {

@@ -74,6 +74,16 @@ pub(crate) struct Ctx {
     pub(crate) tmp: tempfile::TempDir,
 }
 
+/// Records a benchmark that could not finish as a missed row and goes on with the others, so
+/// one failure still leaves every other figure in the report.
+fn ran(report: &mut Report, bench: &str, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        let detail = format!("{e:#}").replace('\n', " ");
+        report.check(bench, "benchmark ran to the end", false, "failed".into());
+        report.notes.push(format!("{bench} failed: {detail}"));
+    }
+}
+
 /// Prints one line of progress or results.
 pub(crate) fn say(line: &str) {
     #[expect(clippy::print_stdout, reason = "the benchmark's table is its output")]
@@ -126,34 +136,32 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     ));
     let all = which == "all";
     if all || which == "overhead" {
-        overhead::run(&ctx, &mut report)
-            .await
-            .context("overhead benchmark")?;
+        let result = overhead::run(&ctx, &mut report).await;
+        ran(&mut report, "overhead", result);
     }
     if all || which == "idle" {
-        idle::run(&ctx, &mut report)
-            .await
-            .context("idle benchmark")?;
+        let result = idle::run(&ctx, &mut report).await;
+        ran(&mut report, "idle", result);
     }
     if all || which == "scale" {
-        scale::run(&ctx, &mut report)
-            .await
-            .context("store scale benchmark")?;
+        let result = scale::run(&ctx, &mut report).await;
+        ran(&mut report, "scale", result);
     }
     if all || which == "fanout" {
-        fanout::run(&ctx, &mut report)
-            .await
-            .context("fan-out benchmark")?;
+        let result = fanout::run(&ctx, &mut report).await;
+        ran(&mut report, "fanout", result);
     }
     if all || which == "output" {
-        output::run(&ctx, &mut report)
-            .await
-            .context("large output benchmark")?;
+        let result = output::run(&ctx, &mut report).await;
+        ran(&mut report, "output", result);
     }
     let elapsed = started.elapsed().as_secs_f64();
     say("");
     say(&report.table());
     say(&format!("total: {elapsed:.0} s"));
+    for n in &report.notes {
+        say(n);
+    }
     let out = common
         .out
         .or_else(|| (all && !ctx.quick).then(|| PathBuf::from("BENCHMARKS.md")));
@@ -163,5 +171,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", out.display()))?;
         say(&format!("wrote {}", out.display()));
     }
+    let failed = report.notes.iter().any(|n| n.contains(" failed: "));
+    anyhow::ensure!(!failed, "a benchmark failed (see above)");
     Ok(())
 }
