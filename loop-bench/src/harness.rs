@@ -100,6 +100,26 @@ pub(crate) struct ProcSample {
     pub(crate) switches: u64,
     /// Threads.
     pub(crate) threads: u64,
+    /// Context switches per thread id, so a window counts only the threads that lived through
+    /// it (an exiting thread takes its counters with it).
+    pub(crate) per_thread: std::collections::HashMap<String, u64>,
+}
+
+impl ProcSample {
+    /// Context switches between `self` and a later sample, over the threads present in both
+    /// plus the whole count of threads born in between; and how many threads exited.
+    pub(crate) fn switches_until(&self, later: &Self) -> (u64, u64) {
+        let mut n = 0;
+        for (tid, after) in &later.per_thread {
+            n += after.saturating_sub(self.per_thread.get(tid).copied().unwrap_or(0));
+        }
+        let exited = self
+            .per_thread
+            .keys()
+            .filter(|t| !later.per_thread.contains_key(*t))
+            .count() as u64;
+        (n, exited)
+    }
 }
 
 impl Daemon {
@@ -176,14 +196,18 @@ impl Daemon {
             for t in tasks.flatten() {
                 s.threads += 1;
                 let text = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                let mut mine = 0;
                 for line in text.lines() {
                     if let Some(v) = line
                         .strip_prefix("voluntary_ctxt_switches:")
                         .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
                     {
-                        s.switches += v.trim().parse::<u64>().unwrap_or(0);
+                        mine += v.trim().parse::<u64>().unwrap_or(0);
                     }
                 }
+                s.switches += mine;
+                s.per_thread
+                    .insert(t.file_name().to_string_lossy().into_owned(), mine);
             }
         }
         s
@@ -334,6 +358,18 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn switches_count_surviving_and_new_threads_only() {
+        let sample = |pairs: &[(&str, u64)]| ProcSample {
+            per_thread: pairs.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect(),
+            ..ProcSample::default()
+        };
+        let before = sample(&[("1", 10), ("2", 50)]);
+        let after = sample(&[("1", 12), ("3", 4)]);
+        assert_eq!(before.switches_until(&after), (6, 1));
+        assert_eq!(after.switches_until(&after), (0, 0));
     }
 
     #[test]

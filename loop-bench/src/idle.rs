@@ -20,9 +20,10 @@ struct Idle {
     threads: u64,
 }
 
-async fn idle_window(daemon: &Daemon, window: Duration) -> Idle {
-    // Let the last request's work (and any lazy start-up work) finish first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+async fn idle_window(daemon: &Daemon, settle: Duration, window: Duration) -> Idle {
+    // Let the last request's work finish first, and tokio's blocking-pool threads reach
+    // their 10 s keep-alive and exit (a one-off after activity, not an idle timer).
+    tokio::time::sleep(settle).await;
     let before = daemon.sample();
     let started = Instant::now();
     tokio::time::sleep(window).await;
@@ -32,7 +33,7 @@ async fn idle_window(daemon: &Daemon, window: Duration) -> Idle {
         rss_mib: daemon.rss_kib() as f64 / 1024.0,
         // USER_HZ is 100 on Linux: one tick is 10 ms of CPU.
         cpu_pct: (after.cpu_ticks - before.cpu_ticks) as f64 / 100.0 / secs * 100.0,
-        switches: after.switches - before.switches,
+        switches: before.switches_until(&after).0,
         threads: after.threads,
     }
 }
@@ -112,11 +113,12 @@ pub(crate) async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         &["--max-concurrency", "4"],
     )
     .await?;
-    let fresh = idle_window(&daemon, window).await;
+    let settle = Duration::from_millis(if ctx.quick { 500 } else { 12_000 });
+    let fresh = idle_window(&daemon, settle, window).await;
     let started = Instant::now();
     let completed = history(ctx, &daemon, runs, "idle").await?;
     let took = started.elapsed().as_secs_f64();
-    let aged = idle_window(&daemon, window).await;
+    let aged = idle_window(&daemon, settle, window).await;
     let bench = "idle";
     report.at_most(bench, "RSS after start", fresh.rss_mib, 16.0, "MiB");
     report.info(bench, "threads", format!("{}", fresh.threads));
