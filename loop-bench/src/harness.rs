@@ -91,7 +91,7 @@ pub(crate) struct Daemon {
 }
 
 /// CPU time and context switches of a process (all its threads) at one moment.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ProcSample {
     /// utime + stime in clock ticks (USER_HZ, 100 per second on Linux).
     pub(crate) cpu_ticks: u64,
