@@ -2,4 +2,5 @@
 //! the in-memory store and scripted agents.
 
 mod engine_runs;
+mod real_claude;
 mod support;

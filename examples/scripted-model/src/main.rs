@@ -98,7 +98,10 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let err = format!("{:#}", load(Some(&path)).unwrap_err());
         assert!(err.contains("invalid script"), "{err}");
-        let missing = format!("{:#}", load(Some(&dir.path().join("nope.json"))).unwrap_err());
+        let missing = format!(
+            "{:#}",
+            load(Some(&dir.path().join("nope.json"))).unwrap_err()
+        );
         assert!(missing.contains("cannot read the script"), "{missing}");
     }
 }

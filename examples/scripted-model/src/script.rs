@@ -295,7 +295,10 @@ mod tests {
             script.next_turn(1, &naming),
             Turn::Text("scripted widget run".into())
         );
-        assert_eq!(script.next_turn(2, &req("@a @b\nimplement")), Turn::PlanAgent);
+        assert_eq!(
+            script.next_turn(2, &req("@a @b\nimplement")),
+            Turn::PlanAgent
+        );
     }
 
     #[test]

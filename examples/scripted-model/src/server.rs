@@ -282,7 +282,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
 }
 
 /// Answers one `POST /v1/messages`.
-fn messages(shared: &Arc<Shared>, body: &[u8], record: &mut RecordedRequest) -> (Response<Body>, String) {
+fn messages(
+    shared: &Arc<Shared>,
+    body: &[u8],
+    record: &mut RecordedRequest,
+) -> (Response<Body>, String) {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return (
             json_response(
@@ -399,7 +403,12 @@ fn expand(
     }
 }
 
-fn respond(shared: &Arc<Shared>, req: &MessagesRequest, id: &str, answer: Answer) -> Response<Body> {
+fn respond(
+    shared: &Arc<Shared>,
+    req: &MessagesRequest,
+    id: &str,
+    answer: Answer,
+) -> Response<Body> {
     let model = req.model().to_owned();
     let input_tokens = req.estimated_input_tokens();
     let (content, delay) = match answer {
@@ -416,7 +425,11 @@ fn respond(shared: &Arc<Shared>, req: &MessagesRequest, id: &str, answer: Answer
             return res;
         }
         Answer::Stall => {
-            return stall(shared, req.stream().then(|| reply::message_start(id, &model, input_tokens)));
+            return stall(
+                shared,
+                req.stream()
+                    .then(|| reply::message_start(id, &model, input_tokens)),
+            );
         }
         Answer::Content(c) => (c, Duration::ZERO),
         Answer::Slow(c, d) => (c, d),

@@ -207,7 +207,10 @@ async fn tool_calls_then_their_continuation() {
     assert_eq!(starts[0]["content_block"]["type"], "tool_use");
     assert_eq!(starts[0]["content_block"]["name"], "Bash");
     assert_eq!(starts[1]["content_block"]["name"], "Write");
-    let id = starts[0]["content_block"]["id"].as_str().unwrap().to_owned();
+    let id = starts[0]["content_block"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let input = events
         .iter()
         .find(|(n, d)| n == "content_block_delta" && d["index"] == 0)
@@ -258,7 +261,10 @@ async fn rules_answer_matching_requests_first() {
         "Give a short, memorable label for a coding run that implements the specification below.",
         false,
     );
-    assert_eq!(text_of(post(server.addr(), &naming).await.json()), "widget maker");
+    assert_eq!(
+        text_of(post(server.addr(), &naming).await.json()),
+        "widget maker"
+    );
     let notes = json!({"model": "m", "messages": [
         {"role": "user", "content": "<system-reminder>\n# TOP PRIORITY: verification failed\n</system-reminder>"},
         {"role": "user", "content": "@specs/w.md\nimplement"}

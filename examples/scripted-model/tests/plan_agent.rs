@@ -35,9 +35,7 @@ fn implementation_prompt() -> String {
 }
 
 fn reviewer_prompt() -> String {
-    format!(
-        "@specs/widget.md @{PLAN}\n\nYou are a senior reviewer in an automated coding loop."
-    )
+    format!("@specs/widget.md @{PLAN}\n\nYou are a senior reviewer in an automated coding loop.")
 }
 
 /// Plays one CLI turn: asks the server, runs the Bash call in `repo`, sends the result back
@@ -59,13 +57,17 @@ async fn cli_turn(server: &ModelServer, repo: &GitFixture, prompt: &str) -> Stri
         .expect("a content block");
     assert_eq!(start["content_block"]["type"], "tool_use", "{events:?}");
     assert_eq!(start["content_block"]["name"], "Bash");
-    let id = start["content_block"]["id"].as_str().unwrap().to_owned();
+    let id = start["content_block"]["id"]
+        .as_str()
+        .expect("tool_use id")
+        .to_owned();
     let input: Value = events
         .iter()
         .find(|(n, _)| n == "content_block_delta")
-        .map(|(_, d)| serde_json::from_str(d["delta"]["partial_json"].as_str().unwrap()).unwrap())
-        .unwrap();
-    let command = input["command"].as_str().unwrap();
+        .and_then(|(_, d)| d["delta"]["partial_json"].as_str())
+        .map(|json| serde_json::from_str(json).expect("tool input is JSON"))
+        .expect("an input_json_delta");
+    let command = input["command"].as_str().expect("a Bash command");
     let mut cmd = Cmd::new("bash", repo.path())
         .arg("-c")
         .arg(command)
@@ -73,7 +75,7 @@ async fn cli_turn(server: &ModelServer, repo: &GitFixture, prompt: &str) -> Stri
     for (k, v) in repo.env() {
         cmd = cmd.env(k, v);
     }
-    let out = cmd.output().await.unwrap();
+    let out = cmd.output().await.expect("bash runs");
     let output = format!("{}{}", out.stdout_text(), out.stderr_text());
     let follow_up = json!({"model": "m", "stream": true, "messages": [
         first_user,
@@ -90,7 +92,7 @@ async fn cli_turn(server: &ModelServer, repo: &GitFixture, prompt: &str) -> Stri
 }
 
 fn plan(repo: &GitFixture) -> String {
-    std::fs::read_to_string(repo.path().join(PLAN)).unwrap()
+    std::fs::read_to_string(repo.path().join(PLAN)).expect("plan file")
 }
 
 #[tokio::test]
@@ -103,18 +105,22 @@ async fn implements_reviews_and_completes_the_plan() {
     let text = plan(&repo);
     assert!(text.contains("- [x] Task number 1\n"), "{text}");
     assert!(text.contains("  - [ ] Task number 2\n"), "{text}");
-    assert!(text.contains("- [ ] fenced, not a task"), "fences are left alone");
+    assert!(
+        text.contains("- [ ] fenced, not a task"),
+        "fences are left alone"
+    );
     assert_eq!(repo.log_subjects("main")[0], "Task number 1");
     assert!(repo.path().join("scripted-work/task-1.md").exists());
-    assert_eq!(repo.git(["status", "--porcelain"]).trim(), "", "all committed");
+    assert_eq!(
+        repo.git(["status", "--porcelain"]).trim(),
+        "",
+        "all committed"
+    );
 
     let review = cli_turn(&server, &repo, &reviewer_prompt()).await;
     assert_eq!(review, "Review complete. Returning to implementation.");
     assert!(plan(&repo).contains("- [R] Task number 1\n"));
-    assert_eq!(
-        repo.log_subjects("main")[0],
-        "Review: accept Task number 1"
-    );
+    assert_eq!(repo.log_subjects("main")[0], "Review: accept Task number 1");
 
     assert_eq!(
         cli_turn(&server, &repo, &implementation_prompt()).await,
@@ -127,7 +133,10 @@ async fn implements_reviews_and_completes_the_plan() {
     );
     let text = plan(&repo);
     assert!(text.contains("* [x] Task number 3\n"), "{text}");
-    assert!(text.contains("- [ ]? Manual check"), "manual items are never ticked");
+    assert!(
+        text.contains("- [ ]? Manual check"),
+        "manual items are never ticked"
+    );
 
     assert_eq!(
         cli_turn(&server, &repo, &reviewer_prompt()).await,
@@ -163,10 +172,7 @@ async fn fixes_a_failing_check_without_ticking() {
         std::fs::read_to_string(repo.path().join("fixed.txt")).unwrap(),
         "ok\n"
     );
-    assert_eq!(
-        repo.log_subjects("main")[0],
-        "Fix the failing verification"
-    );
+    assert_eq!(repo.log_subjects("main")[0], "Fix the failing verification");
     assert_eq!(plan(&repo), plan_text(), "nothing ticked");
     server.shutdown().await;
 }
@@ -190,7 +196,10 @@ async fn a_prompt_without_paths_gets_an_explanation() {
         &json!({"model": "m", "stream": false, "messages": [{"role": "user", "content": "hello"}]}),
     )
     .await;
-    let text = res.json()["content"][0]["text"].as_str().unwrap().to_owned();
+    let text = res.json()["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(text.contains("cannot find the plan"), "{text}");
     server.shutdown().await;
 }
