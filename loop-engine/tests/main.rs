@@ -2,5 +2,6 @@
 //! the in-memory store and scripted agents.
 
 mod engine_runs;
+mod real_claude;
 mod support;
 mod tidy;
