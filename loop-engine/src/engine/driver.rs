@@ -1140,7 +1140,10 @@ impl RunDriver {
                             .await?;
                         return Err(Stop::Fail {
                             reason: ExitReason::ClaudeFailed,
-                            detail: format!("run {} step {}: {detail}", self.run.id, step.id),
+                            detail: format!(
+                                "run {} step {} ({label}): {detail}",
+                                self.run.id, step.id
+                            ),
                         });
                     }
                 }
