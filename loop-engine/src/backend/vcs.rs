@@ -126,6 +126,20 @@ pub trait Vcs: Send + Sync {
     /// True when `dir` has no staged, unstaged or untracked changes.
     async fn is_clean(&self, dir: &Path) -> Result<bool, VcsError>;
 
+    /// Checks that the worktree at `dir` still has `branch` checked out and that `since` (a
+    /// commit the branch held earlier) is still in its history: an agent that switched branches
+    /// or rewrote history gets `Conflict` saying which. The default accepts everything, for
+    /// backends that cannot tell.
+    async fn check_branch(
+        &self,
+        dir: &Path,
+        branch: &str,
+        since: Option<String>,
+    ) -> Result<(), VcsError> {
+        let _ = (dir, branch, since);
+        Ok(())
+    }
+
     /// The contents of `path` (relative to the repository root) at `rev`, `None` if absent.
     async fn show_file(
         &self,

@@ -1152,6 +1152,30 @@ impl RunDriver {
             step.exit_code = Some(outcome.exit_code);
             step.head_after = self.head().await?;
             step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+            // An agent that left the run branch or rewrote its history would have its work
+            // (or earlier steps' work) silently dropped by the merge: stop here instead.
+            match self
+                .inner
+                .vcs
+                .check_branch(
+                    &self.worktree,
+                    &self.run.run_branch,
+                    step.head_before.clone(),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(VcsError::Conflict { detail }) => {
+                    step.reason = Some(detail.clone());
+                    self.end_step(&mut step, StepStatus::Failed, duration)
+                        .await?;
+                    return Err(Stop::failed(format!(
+                        "run {} step {} ({label}): {detail}",
+                        self.run.id, step.id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
             if outcome.output_bytes > self.cfg.warn_output_bytes {
                 self.report(
                     Some(step.id),

@@ -672,6 +672,41 @@ impl Vcs for GitCli {
         Ok(status.is_empty())
     }
 
+    async fn check_branch(
+        &self,
+        dir: &Path,
+        branch: &str,
+        since: Option<String>,
+    ) -> Result<(), VcsError> {
+        let expected = format!("refs/heads/{branch}");
+        let current = self.current_ref(dir).await?;
+        if current.as_deref() != Some(expected.as_str()) {
+            let now = current
+                .as_deref()
+                .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r).to_owned())
+                .unwrap_or_else(|| "a detached HEAD".to_owned());
+            return Err(VcsError::Conflict {
+                detail: format!(
+                    "the worktree {} has {now} checked out instead of the run branch {branch}; \
+                     work committed there is not part of the run",
+                    dir.display()
+                ),
+            });
+        }
+        if let Some(since) = since
+            && let Some(head) = self.head(dir).await?
+            && !self.is_ancestor(dir, &since, &head).await?
+        {
+            return Err(VcsError::Conflict {
+                detail: format!(
+                    "the history of the run branch {branch} was rewritten: {since} is no longer \
+                     an ancestor of its head {head}; the lost commits are still in the reflog"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     async fn show_file(
         &self,
         repo: &Path,
