@@ -1609,6 +1609,17 @@ impl RunDriver {
         if self.run.merge_strategy == MergeStrategy::None {
             return Ok(());
         }
+        // The merge takes the run branch only: uncommitted work in the worktree would be
+        // dropped from the target without a word.
+        if !self.inner.vcs.is_clean(&self.worktree).await? {
+            return Err(Stop::failed(format!(
+                "run {}: the worktree {} has uncommitted changes; nothing was merged into \
+                 {target} and the run branch {} is kept: commit or discard them and merge by hand",
+                self.run.id,
+                self.worktree.display(),
+                self.run.run_branch
+            )));
+        }
         let iteration = self.run.iterations_run;
         let mut step = self.new_step(iteration, "merge", StepPhase::Merge, 1);
         step.head_before = self.head().await?;
