@@ -850,3 +850,65 @@ async fn real_agent_script_completes_the_plan() {
         "{subjects:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haiku_naming_asks_the_naming_model_and_names_the_branch() {
+    let setup = Setup {
+        tasks: 1,
+        config: vec![
+            ("run_naming_mode", "haiku".into()),
+            ("run_naming_model", "tiny-model".into()),
+        ],
+        ..Setup::default()
+    };
+    let exec = ScriptedExecutor::new(vec![
+        (
+            ExecPurpose::Naming,
+            Act::Reply("\"Brave New Widget\"".into()),
+        ),
+        (IMPL, Act::Agent),
+    ]);
+    let h = Harness::new(setup, exec.clone());
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    assert_eq!(run.name, "Brave New Widget");
+    assert_eq!(run.name_source, loop_engine::domain::NameSource::Haiku);
+    assert_eq!(run.run_branch, "run/brave-new-widget");
+    let naming = &exec.received()[0];
+    assert_eq!(naming.model, "tiny-model");
+    // The naming agent never works in the user's checkout.
+    assert_ne!(naming.workdir, h.repo.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haiku_naming_falls_back_to_the_spec_slug_and_says_why() {
+    let setup = Setup {
+        tasks: 1,
+        config: vec![("run_naming_mode", "haiku".into())],
+        ..Setup::default()
+    };
+    let exec = ScriptedExecutor::new(vec![
+        (
+            ExecPurpose::Naming,
+            Act::Fail {
+                code: 1,
+                stderr: "model unavailable".into(),
+            },
+        ),
+        (IMPL, Act::Agent),
+    ]);
+    let h = Harness::new(setup, exec);
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    assert_eq!(run.name, "widget");
+    assert_eq!(run.name_source, loop_engine::domain::NameSource::SpecSlug);
+    assert_eq!(run.run_branch, "run/widget");
+    let named = h
+        .events(run.id)
+        .await
+        .into_iter()
+        .find(|e| e.kind == EventKind::RunNamed)
+        .expect("RUN_NAMED");
+    assert_eq!(named.payload["name_source"], "spec_slug");
+    assert!(named.payload["fallback_reason"].as_str().is_some());
+}

@@ -28,7 +28,9 @@ const FIRST_PROBE_DELAY: Duration = Duration::from_millis(200);
 #[non_exhaustive]
 pub enum ClientError {
     /// The daemon could not be reached.
-    #[error("cannot reach the daemon at {addr} (is loopd running?)")]
+    #[error(
+        "cannot reach the daemon at {addr} (is loopd running? start it with `loopd`; pass its token with --token or LOOPD_TOKEN)"
+    )]
     Connect {
         /// The address tried.
         addr: String,

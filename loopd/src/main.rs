@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -36,44 +37,6 @@ struct Args {
     /// Seconds running agents get to stop at shutdown.
     #[arg(long, default_value_t = 10)]
     stop_grace_sec: u64,
-}
-
-fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(x).join("loopd"));
-    }
-    let home = std::env::var_os("HOME")
-        .context("neither LOOPD_DATA_DIR, XDG_DATA_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/loopd"))
-}
-
-/// The token: `LOOPD_TOKEN`, else `<data-dir>/token`, else a new one written there (0600).
-fn load_token(data_dir: &Path) -> anyhow::Result<String> {
-    if let Ok(t) = std::env::var("LOOPD_TOKEN")
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
-    }
-    let path = data_dir.join("token");
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-    let token = loop_http::auth::generate_token().context("cannot generate a token")?;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(token.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new API token");
-    Ok(token)
 }
 
 fn worker_id(data_dir: &Path) -> String {
@@ -122,7 +85,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => default_data_dir()?,
+        None => loop_http::auth::default_data_dir()
+            .context("neither --data-dir, LOOPD_DATA_DIR, XDG_DATA_HOME nor HOME is set")?,
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -149,7 +113,14 @@ async fn main() -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let token = load_token(&data_dir)?;
+    let (token, generated) =
+        loop_http::auth::load_or_create_token(&data_dir, std::env::var("LOOPD_TOKEN").ok())
+            .with_context(|| {
+                format!("cannot read or create the token in {}", data_dir.display())
+            })?;
+    if generated {
+        tracing::info!(path = %loop_http::auth::token_path(&data_dir).display(), "generated a new API token");
+    }
     if let Err(e) = loop_engine::process::become_child_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned agent tools may survive a cancel");
     }

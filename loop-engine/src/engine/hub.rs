@@ -94,9 +94,38 @@ impl Hub {
         self.with(run_id, |ch| (ch.output.subscribe(), ch.current.clone()))
     }
 
-    /// Drops a finished run's channels; followers see the channel close.
+    /// Drops a finished run's channels (followers see the channel close), and every other
+    /// entry nobody listens to: a follower that subscribed to an already finished run must
+    /// not leave its entry behind forever.
     pub(crate) fn close(&self, run_id: RunId) {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.remove(&run_id);
+        runs.retain(|_, ch| {
+            ch.events.receiver_count() > 0 || ch.output.receiver_count() > 0 || ch.current.is_some()
+        });
+    }
+
+    /// Number of runs with channels (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_a_run_also_drops_entries_nobody_listens_to() {
+        let hub = Hub::default();
+        let (a, b, c) = (RunId::new(), RunId::new(), RunId::new());
+        let _rx_a = hub.subscribe_events(a);
+        drop(hub.subscribe_events(b));
+        let rx_c = hub.subscribe_events(c);
+        assert_eq!(hub.len(), 3);
+        hub.close(c);
+        assert_eq!(hub.len(), 1, "b had no listener, c was closed");
+        drop(rx_c);
     }
 }

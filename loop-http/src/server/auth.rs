@@ -3,6 +3,7 @@
 //! daemon on localhost by pointing its own host name at 127.0.0.1).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use hyper::header::{AUTHORIZATION, HOST, ORIGIN};
 use hyper::{HeaderMap, Method, StatusCode};
@@ -289,5 +290,86 @@ mod tests {
                 )
                 .is_ok()
         );
+    }
+}
+
+/// The daemon's default data dir: `$LOOPD_DATA_DIR`, else `$XDG_DATA_HOME/loopd`, else
+/// `~/.local/share/loopd`; `None` when none of these variables is set.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("LOOPD_DATA_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(x) = var("XDG_DATA_HOME") {
+        return Some(PathBuf::from(x).join("loopd"));
+    }
+    var("HOME").map(|h| PathBuf::from(h).join(".local/share/loopd"))
+}
+
+/// The token file inside a data dir.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("token")
+}
+
+/// The daemon's token: `from_env` (`LOOPD_TOKEN`) when set, else the token file of
+/// `data_dir`, else a new token written there with mode 0600. Returns the token and whether
+/// it was generated now.
+pub fn load_or_create_token(
+    data_dir: &Path,
+    from_env: Option<String>,
+) -> std::io::Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(t) = from_env.filter(|t| !t.trim().is_empty()) {
+        return Ok((t.trim().to_owned(), false));
+    }
+    let path = token_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), false)),
+        Ok(_) => std::fs::remove_file(&path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = generate_token()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok((token, true))
+}
+
+/// A client's token: `flag` (`--token`), else `LOOPD_TOKEN`, else the token file of the
+/// default data dir.
+pub fn client_token(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("LOOPD_TOKEN").ok())
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| std::fs::read_to_string(token_path(&default_data_dir()?)).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::*;
+
+    #[test]
+    fn token_is_created_once_with_mode_0600_and_env_wins() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, created) = load_or_create_token(dir.path(), None).unwrap();
+        assert!(created);
+        assert_eq!(first.len(), 64);
+        let mode = std::fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, created) = load_or_create_token(dir.path(), None).unwrap();
+        assert_eq!((again.as_str(), created), (first.as_str(), false));
+        let (env, _) = load_or_create_token(dir.path(), Some(" from-env ".into())).unwrap();
+        assert_eq!(env, "from-env");
     }
 }

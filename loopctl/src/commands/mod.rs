@@ -7,7 +7,6 @@ mod logs;
 mod run;
 mod tail;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,27 +43,9 @@ pub(crate) fn out_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The default data dir of loopd: `$LOOPD_DATA_DIR`, else `$XDG_DATA_HOME/loopd`, else
-/// `~/.local/share/loopd`.
-pub(crate) fn data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("LOOPD_DATA_DIR").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(x).join("loopd"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/loopd"))
-}
-
 /// `--token`, else `$LOOPD_TOKEN`, else the token file of the data dir.
 pub(crate) fn token(flag: Option<String>) -> Option<String> {
-    flag.or_else(|| std::env::var("LOOPD_TOKEN").ok())
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| {
-            let path = data_dir()?.join("token");
-            std::fs::read_to_string(path).ok()
-        })
-        .map(|t| t.trim().to_owned())
+    loop_http::auth::client_token(flag)
 }
 
 pub(crate) fn parse_id(text: &str) -> anyhow::Result<RunId> {
