@@ -396,8 +396,16 @@ impl RunDriver {
                 .count(),
         )
         .unwrap_or(u32::MAX);
+        // A verification cut short by a crash or a stop (recovery marks it `interrupted`)
+        // says nothing about the code: counting it as failed would make every later
+        // verification at that HEAD a skipped failure, and the run would never complete.
+        let verdicts = steps.iter().filter(|s| {
+            s.phase == StepPhase::Verification
+                && s.reason.as_deref() != Some("interrupted")
+                && matches!(s.status, StepStatus::Failed | StepStatus::Succeeded)
+        });
         let mut consecutive = 0;
-        for s in steps.iter().filter(|s| s.phase == StepPhase::Verification) {
+        for s in verdicts.clone() {
             match s.status {
                 StepStatus::Failed => consecutive += 1,
                 StepStatus::Succeeded => consecutive = 0,
@@ -405,11 +413,7 @@ impl RunDriver {
             }
         }
         self.consecutive_verify_failures = consecutive;
-        if let Some(v) = steps
-            .iter()
-            .rev()
-            .find(|s| s.phase == StepPhase::Verification && s.status.is_terminal())
-        {
+        if let Some(v) = verdicts.last() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
         // A watchdog rewrite stays in force after a restart.
