@@ -131,7 +131,9 @@ impl GitCli {
             cmd = cmd.env(key, value);
         }
         let first = args.first().and_then(|a| a.to_str());
-        if matches!(first, Some("commit" | "commit-tree")) && !self.has_identity(dir).await {
+        if matches!(first, Some("commit" | "commit-tree" | "stash"))
+            && !self.has_identity(dir).await
+        {
             // A fresh machine may have no git identity at all; commits the engine makes (seed,
             // merge) must not fail for that. The user's own identity always wins when set.
             for (key, value) in FALLBACK_IDENTITY {
@@ -670,6 +672,25 @@ impl Vcs for GitCli {
             )
             .await?;
         Ok(status.is_empty())
+    }
+
+    async fn stash_changes(&self, dir: &Path, message: &str) -> Result<bool, VcsError> {
+        if self.is_clean(dir).await? {
+            return Ok(false);
+        }
+        self.run(
+            dir,
+            [
+                "stash",
+                "push",
+                "--include-untracked",
+                "--quiet",
+                "-m",
+                message,
+            ],
+        )
+        .await?;
+        Ok(true)
     }
 
     async fn check_branch(
