@@ -91,6 +91,26 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             )
             .await?;
     }
+    if interrupted_any {
+        // Agents whose pid was never recorded are found by the run id in their environment.
+        let id = run.id.to_string();
+        let killed = tokio::task::spawn_blocking(move || process::kill_run_survivors(&id))
+            .await
+            .unwrap_or_default();
+        if !killed.is_empty() {
+            inner
+                .emit(NewEvent::new(
+                    run.id,
+                    EventKind::RecoveryCleanup,
+                    serde_json::json!({
+                        "run_id": run.id,
+                        "action": "killed unrecorded agent processes of the run",
+                        "killed_pids": killed,
+                    }),
+                ))
+                .await?;
+        }
+    }
     if !run.worktree_path.as_os_str().is_empty()
         && run.worktree_path.exists()
         && inner
