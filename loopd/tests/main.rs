@@ -13,6 +13,8 @@ use loop_http::api::CreateRunRequest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod chaos;
+
 const TOKEN: &str = "loopd-test-token";
 
 /// A slow agent: ticks the first open task, commits, answers; `sleep` makes each step take
