@@ -4,5 +4,6 @@
 mod agent_faults;
 mod config_faults;
 mod engine_runs;
+mod real_claude;
 mod support;
 mod tidy;
