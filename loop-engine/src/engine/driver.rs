@@ -399,7 +399,7 @@ impl RunDriver {
         // A verification cut short by a crash or a stop (recovery marks it `interrupted`)
         // says nothing about the code: counting it as failed would make every later
         // verification at that HEAD a skipped failure, and the run would never complete.
-        let verdicts = steps.iter().filter(|s| {
+        let mut verdicts = steps.iter().filter(|s| {
             s.phase == StepPhase::Verification
                 && s.reason.as_deref() != Some("interrupted")
                 && matches!(s.status, StepStatus::Failed | StepStatus::Succeeded)
@@ -413,7 +413,7 @@ impl RunDriver {
             }
         }
         self.consecutive_verify_failures = consecutive;
-        if let Some(v) = verdicts.last() {
+        if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
         // A watchdog rewrite stays in force after a restart.
