@@ -93,7 +93,7 @@ async fn broken_lines_and_bad_templates_are_refused_before_anything_runs() {
     for (extra, must_contain) in [
         (
             "this line has no equals sign\n",
-            "this line has no equals sign",
+            ".loop/config:7: cannot parse",
         ),
         ("executor=command\n", "agent_cmd"),
         (
