@@ -13,6 +13,7 @@ use loop_http::api::CreateRunRequest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod chaos;
 mod real_claude;
 
 const TOKEN: &str = "loopd-test-token";
