@@ -166,7 +166,9 @@ pub trait Vcs: Send + Sync {
         message: &str,
     ) -> Result<Option<String>, VcsError>;
 
-    /// Removes a stale `index.lock` of the worktree at `dir`; true if one was removed.
+    /// Removes the stale locks a killed git leaves in the worktree at `dir` (`index.lock`,
+    /// `HEAD.lock`, the lock of its checked-out branch); true if one was removed. Call it only
+    /// when no git process works in that worktree.
     async fn remove_stale_lock(&self, dir: &Path) -> Result<bool, VcsError>;
 
     /// Brings the run branch into the target (see [`MergeRequest`]), leaving the target checked

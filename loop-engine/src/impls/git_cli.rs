@@ -276,14 +276,37 @@ impl GitCli {
     /// Removes the `index.lock` of the worktree at `dir`, returning its path if there was one.
     async fn remove_index_lock(&self, dir: &Path) -> Result<Option<PathBuf>, VcsError> {
         let out = self.run(dir, ["rev-parse", "--absolute-git-dir"]).await?;
-        let lock = path_from_stdout(&out.stdout).join("index.lock");
-        match tokio::fs::remove_file(&lock).await {
-            Ok(()) => Ok(Some(lock)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(VcsError::Fatal {
-                detail: format!("cannot remove stale lock {}: {e}", lock.display()),
-            }),
+        let git_dir = path_from_stdout(&out.stdout);
+        let mut locks = vec![git_dir.join("index.lock"), git_dir.join("HEAD.lock")];
+        // A git killed mid-commit also leaves the lock of the branch it was moving. Only this
+        // worktree's own branch is touched: other worktrees' git may be working right now.
+        let branch = self.git(dir, ["symbolic-ref", "-q", "HEAD"]).await?;
+        if branch.success() {
+            let common = self
+                .run(
+                    dir,
+                    ["rev-parse", "--path-format=absolute", "--git-common-dir"],
+                )
+                .await?;
+            let common = path_from_stdout(&common.stdout);
+            let name = branch.stdout_text();
+            if name.starts_with("refs/heads/") && !name.contains("..") {
+                locks.push(common.join(format!("{name}.lock")));
+            }
         }
+        let mut removed = None;
+        for lock in locks {
+            match tokio::fs::remove_file(&lock).await {
+                Ok(()) => removed = Some(lock),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(VcsError::Fatal {
+                        detail: format!("cannot remove stale lock {}: {e}", lock.display()),
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The commit of this run's merge on `target`, if it already holds one.
