@@ -5,5 +5,6 @@ mod agent_faults;
 mod config_faults;
 mod engine_runs;
 mod real_claude;
+mod store_faults;
 mod support;
 mod tidy;
