@@ -46,7 +46,9 @@ pub enum ConfigError {
         reason: String,
     },
     /// A line of a config file is not `key=value`.
-    #[error("{}:{line}: cannot parse config line `{text}`: {reason}", path.display())]
+    // The line itself is left out of the message: a config file given by path may be any
+    // file (`config_file` over HTTP), and its contents must not be echoed back.
+    #[error("{}:{line}: cannot parse config line: {reason}", path.display())]
     Syntax {
         /// The file.
         path: PathBuf,

@@ -460,7 +460,44 @@ pub fn kill_survivor(pid: u32, start_time: u64) -> bool {
     }
     let mut tree = ProcessTree::with_start(pid, Some(start_time));
     tree.kill_now();
+    wait_gone(&mut tree);
     true
+}
+
+/// Recovery after a daemon crash, for agents whose pid never reached the store (the daemon
+/// died between spawning and recording it): kills every process whose environment carries
+/// `LOOP_RUN_ID=<run_id>` (what the engine gives each agent), with its tree, and waits until
+/// they are gone. Returns the pids found.
+pub fn kill_run_survivors(run_id: &str) -> Vec<u32> {
+    let needle = format!("LOOP_RUN_ID={run_id}");
+    let me = std::process::id();
+    let found: Vec<ProcStat> = all_processes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.pid != me && p.is_alive())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/environ", p.pid))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect();
+    for p in &found {
+        let mut tree = ProcessTree::with_start(p.pid, Some(p.start_time));
+        tree.kill_now();
+        wait_gone(&mut tree);
+    }
+    found.into_iter().map(|p| p.pid).collect()
+}
+
+/// Waits (2 s at most) until a killed tree is gone: a process dies only when the kernel
+/// delivers the SIGKILL, and until then it may still create files (a git `index.lock`).
+fn wait_gone(tree: &mut ProcessTree) {
+    for _ in 0..200 {
+        tree.refresh();
+        if !tree.any_alive() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Kills `pid`, its process group (when it leads one) and every descendant with SIGKILL, at

@@ -1,6 +1,10 @@
 //! Public-API tests of loop-engine: full runs through `Engine` with real git repositories,
 //! the in-memory store and scripted agents.
 
+mod agent_faults;
+mod config_faults;
 mod engine_runs;
+mod real_claude;
+mod store_faults;
 mod support;
 mod tidy;

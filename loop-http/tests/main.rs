@@ -4,6 +4,7 @@
 
 mod client;
 mod failures;
+mod fuzz;
 mod routes;
 mod security;
 mod streams;

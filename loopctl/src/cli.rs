@@ -42,15 +42,15 @@ pub(crate) enum Command {
     /// Cancel a run (stops its agent).
     Cancel(IdArg),
     /// Follow a run's live agent output with a status line.
-    Tail(IdArg),
+    Tail(TailArgs),
     /// Wait until a run ends (exit 0 completed, 1 failed, 2 canceled).
     Wait(IdArg),
     /// Print a stored agent step log.
     Logs(LogsArgs),
     /// Print the prompt a run would get, without running anything.
     Prompt(RunArgs),
-    /// Create a sample project and run it through the daemon (a simulation unless a real
-    /// agent is configured), showing live progress.
+    /// Create a sample project and run it through the daemon, showing live progress: the real
+    /// Claude CLI against a local scripted model when the CLI is installed, else a simulation.
     Demo(DemoArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
@@ -128,6 +128,15 @@ pub(crate) struct IdArg {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// The run id.
+    pub(crate) id: String,
+    /// Print the agent's output as it is (no stream-json rendering).
+    #[arg(long)]
+    pub(crate) raw: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
     /// The run id.
     pub(crate) id: String,
@@ -138,13 +147,12 @@ pub(crate) struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Where to create the sample project [default: a new temp folder].
+    /// Where to create the sample project (default: a new temp folder).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
-    /// Use the real Claude CLI (needs a model API reachable through ANTHROPIC_BASE_URL);
-    /// without it the run uses the built-in simulated agent.
+    /// Use the built-in simulated agent even when the Claude CLI is installed.
     #[arg(long)]
-    pub(crate) real: bool,
+    pub(crate) simulate: bool,
 }
 
 #[derive(Debug, Args)]

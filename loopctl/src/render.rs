@@ -266,3 +266,192 @@ pub(crate) fn status_line(
         duration_ms(elapsed_ms)
     )
 }
+
+/// Turns the agent's stream-json output into readable lines: assistant text, one line per tool
+/// call and tool result, the final result with turns and cost. Lines that are not JSON are
+/// kept as they are. `feed` takes raw text in any chunking and returns what is complete.
+#[derive(Debug, Default)]
+pub(crate) struct AgentView {
+    partial: String,
+}
+
+fn first_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if line.chars().count() > max {
+        let cut: String = line.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        line.to_owned()
+    }
+}
+
+impl AgentView {
+    /// Renders the complete lines in `chunk` (and any earlier partial line).
+    pub(crate) fn feed(&mut self, chunk: &str) -> String {
+        self.partial.push_str(chunk);
+        let mut out = String::new();
+        while let Some(pos) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=pos).collect();
+            out.push_str(&Self::line(line.trim_end_matches(['\n', '\r'])));
+        }
+        out
+    }
+
+    /// Renders one line of agent output.
+    pub(crate) fn line(line: &str) -> String {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return format!("{line}\n");
+        };
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let mut out = String::new();
+        match kind {
+            "system" => match v.get("subtype").and_then(|s| s.as_str()) {
+                Some("init") => out.push_str(&format!(
+                    "· agent started (model {})\n",
+                    v.get("model").and_then(|m| m.as_str()).unwrap_or("?")
+                )),
+                Some("api_retry") => out.push_str(&format!(
+                    "· API retry {} of {} after {} ({} ms)\n",
+                    v.get("attempt")
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    v.get("max_retries")
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    v.get("error").and_then(|e| e.as_str()).unwrap_or("error"),
+                    v.get("retry_delay_ms")
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                )),
+                _ => {}
+            },
+            "assistant" | "user" => {
+                let blocks = v
+                    .pointer("/message/content")
+                    .and_then(|c| c.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                for b in blocks {
+                    match b.get("type").and_then(|t| t.as_str()) {
+                        Some("text") => {
+                            let text = b.get("text").and_then(|t| t.as_str()).unwrap_or("");
+                            if !text.trim().is_empty() {
+                                out.push_str(text.trim_end());
+                                out.push('\n');
+                            }
+                        }
+                        Some("tool_use") => {
+                            let name = b.get("name").and_then(|n| n.as_str()).unwrap_or("tool");
+                            let input = b.get("input").cloned().unwrap_or_default();
+                            let what = input
+                                .get("description")
+                                .or_else(|| input.get("command"))
+                                .or_else(|| input.get("file_path"))
+                                .and_then(|d| d.as_str())
+                                .map(|d| first_line(d, 100))
+                                .unwrap_or_default();
+                            out.push_str(&format!("→ {name}: {what}\n"));
+                        }
+                        Some("tool_result") => {
+                            let content = match b.get("content") {
+                                Some(serde_json::Value::String(s)) => s.clone(),
+                                Some(serde_json::Value::Array(parts)) => parts
+                                    .iter()
+                                    .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                                    .collect::<Vec<_>>()
+                                    .join("\n"),
+                                _ => String::new(),
+                            };
+                            let n = content.lines().count();
+                            out.push_str(&format!(
+                                "← {}{}\n",
+                                first_line(&content, 100),
+                                if n > 1 {
+                                    format!(" (+{} lines)", n - 1)
+                                } else {
+                                    String::new()
+                                }
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "result" => {
+                let err = v.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false);
+                out.push_str(&format!(
+                    "{} done in {} turns{}{}\n",
+                    if err { "✗" } else { "✓" },
+                    v.get("num_turns")
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "?".into()),
+                    v.get("total_cost_usd")
+                        .and_then(|c| c.as_f64())
+                        .map(|c| format!(", ${c:.4}"))
+                        .unwrap_or_default(),
+                    v.get("api_error_status")
+                        .and_then(|s| s.as_u64())
+                        .map(|s| format!(", API error {s}"))
+                        .unwrap_or_default(),
+                ));
+            }
+            _ => out.push_str(&format!("{line}\n")),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_json_becomes_readable_lines() {
+        let mut v = AgentView::default();
+        let init = r#"{"type":"system","subtype":"init","model":"opus"}"#;
+        let tool = r#"{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"git commit -m x\nmore","description":"commit the task"}}]}}"#;
+        let result_block = r#"{"type":"user","message":{"content":[{"type":"tool_result","content":"line one\nline two\nline three"}]}}"#;
+        let text = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Completed X. 2 tasks remain."}]}}"#;
+        let done = r#"{"type":"result","is_error":false,"num_turns":3,"total_cost_usd":0.0123,"result":"ok"}"#;
+        let all = format!("{init}\n{tool}\n{result_block}\n{text}\n{done}\nplain text line\n");
+        // Arbitrary chunking must not matter.
+        let (a, b) = all.split_at(37);
+        let rendered = v.feed(a) + &v.feed(b);
+        assert_eq!(
+            rendered,
+            "· agent started (model opus)\n\
+             → Bash: commit the task\n\
+             ← line one (+2 lines)\n\
+             Completed X. 2 tasks remain.\n\
+             ✓ done in 3 turns, $0.0123\n\
+             plain text line\n"
+        );
+    }
+
+    #[test]
+    fn api_errors_and_retries_are_shown() {
+        let retry = r#"{"type":"system","subtype":"api_retry","attempt":1,"max_retries":2,"retry_delay_ms":500,"error":"overloaded"}"#;
+        assert_eq!(
+            AgentView::line(retry),
+            "· API retry 1 of 2 after overloaded (500 ms)\n"
+        );
+        let failed = r#"{"type":"result","is_error":true,"num_turns":1,"api_error_status":401}"#;
+        assert_eq!(
+            AgentView::line(failed),
+            "✗ done in 1 turns, API error 401\n"
+        );
+    }
+
+    #[test]
+    fn tables_align_and_status_lines_read_well() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+        assert_eq!(duration_ms(450), "450ms");
+        assert_eq!(duration_ms(187_000), "3m07s");
+        assert_eq!(duration_ms(3_720_000), "1h02m");
+    }
+}

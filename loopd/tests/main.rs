@@ -13,6 +13,9 @@ use loop_http::api::CreateRunRequest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod chaos;
+mod real_claude;
+
 const TOKEN: &str = "loopd-test-token";
 
 /// A slow agent: ticks the first open task, commits, answers; `sleep` makes each step take
@@ -51,13 +54,22 @@ async fn start(data: &Path, port: u16) -> Daemon {
         .env("RUST_LOG", "warn")
         .to_tokio();
     cmd.stdout(std::process::Stdio::null());
-    let child = cmd.spawn().expect("loopd starts");
+    // Keep the daemon's own words: if it does not come up, the test says why.
+    let log_path = data.join(format!("loopd-{port}.stderr"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("stderr file");
+    cmd.stderr(log);
+    let mut child = cmd.spawn().expect("loopd starts");
     let client =
         Client::new(&format!("http://127.0.0.1:{port}"), Some(TOKEN.into())).expect("client");
-    client
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("loopd becomes ready");
+    if let Err(e) = client.wait_ready(Duration::from_secs(60)).await {
+        let status = child.try_wait();
+        let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("loopd did not become ready: {e}; process: {status:?}; its stderr:\n{stderr}");
+    }
     Daemon { child, client }
 }
 

@@ -126,6 +126,30 @@ pub trait Vcs: Send + Sync {
     /// True when `dir` has no staged, unstaged or untracked changes.
     async fn is_clean(&self, dir: &Path) -> Result<bool, VcsError>;
 
+    /// Puts the uncommitted changes of the worktree at `dir` (untracked files included) aside
+    /// in a git stash labelled `message`, leaving the tree at HEAD; true when there was
+    /// something to put aside. Used at recovery: a step cut short by a crash never committed,
+    /// so its half-done edits must not count as done, yet they stay recoverable. The default
+    /// does nothing, for backends that cannot.
+    async fn stash_changes(&self, dir: &Path, message: &str) -> Result<bool, VcsError> {
+        let _ = (dir, message);
+        Ok(false)
+    }
+
+    /// Checks that the worktree at `dir` still has `branch` checked out and that `since` (a
+    /// commit the branch held earlier) is still in its history: an agent that switched branches
+    /// or rewrote history gets `Conflict` saying which. The default accepts everything, for
+    /// backends that cannot tell.
+    async fn check_branch(
+        &self,
+        dir: &Path,
+        branch: &str,
+        since: Option<String>,
+    ) -> Result<(), VcsError> {
+        let _ = (dir, branch, since);
+        Ok(())
+    }
+
     /// The contents of `path` (relative to the repository root) at `rev`, `None` if absent.
     async fn show_file(
         &self,
@@ -142,7 +166,9 @@ pub trait Vcs: Send + Sync {
         message: &str,
     ) -> Result<Option<String>, VcsError>;
 
-    /// Removes a stale `index.lock` of the worktree at `dir`; true if one was removed.
+    /// Removes the stale locks a killed git leaves in the worktree at `dir` (`index.lock`,
+    /// `HEAD.lock`, the lock of its checked-out branch); true if one was removed. Call it only
+    /// when no git process works in that worktree.
     async fn remove_stale_lock(&self, dir: &Path) -> Result<bool, VcsError>;
 
     /// Brings the run branch into the target (see [`MergeRequest`]), leaving the target checked

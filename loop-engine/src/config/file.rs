@@ -83,10 +83,23 @@ impl KeyValueFile {
                 }
             };
             let Some(spec) = key_spec(key) else {
-                let warning = format!(
-                    "{}:{number}: unknown config key `{key}` (ignored)",
-                    path.display()
-                );
+                // Only a plausible key name is echoed: the file may be any file named by
+                // path, whose contents must not come back in an answer.
+                let plausible = key.len() <= 64
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                let warning = if plausible {
+                    format!(
+                        "{}:{number}: unknown config key `{key}` (ignored)",
+                        path.display()
+                    )
+                } else {
+                    format!(
+                        "{}:{number}: not a config key name (line ignored)",
+                        path.display()
+                    )
+                };
                 tracing::warn!(key, file = %path.display(), line = number, "unknown config key (ignored)");
                 warnings.push(warning);
                 continue;
@@ -255,6 +268,16 @@ mod tests {
             other => panic!("unexpected error {other:?}"),
         }
         assert!(err.to_string().starts_with("/w/.loop/config:3:"), "{err}");
+    }
+
+    #[test]
+    fn foreign_file_contents_are_not_echoed() {
+        let err = KeyValueFile::parse("/etc/shadow", "root:$6$hash:19000\n").unwrap_err();
+        assert!(!err.to_string().contains("$6$hash"), "{err}");
+        let file = KeyValueFile::parse("/x", "Secret-Token-123=1\nsome_key=2\n").unwrap();
+        let warnings = file.warnings.join("\n");
+        assert!(!warnings.contains("Secret-Token-123"), "{warnings}");
+        assert!(warnings.contains("`some_key`"), "{warnings}");
     }
 
     #[test]

@@ -263,6 +263,14 @@ impl Config {
                 source_name: source_of("executor"),
             });
         }
+        // A template that cannot be split into words would only fail when the first agent
+        // step starts; refuse it with the other config errors, before anything runs.
+        if self.executor == ExecutorKind::Command
+            && let Some(template) = &self.agent_cmd
+            && let Err(e) = crate::impls::CommandExecutor::new(template)
+        {
+            return Err(invalid("agent_cmd", template.clone(), &e.reason));
+        }
         Ok(())
     }
 

@@ -416,8 +416,16 @@ impl RunDriver {
                 .count(),
         )
         .unwrap_or(u32::MAX);
+        // A verification cut short by a crash or a stop (recovery marks it `interrupted`)
+        // says nothing about the code: counting it as failed would make every later
+        // verification at that HEAD a skipped failure, and the run would never complete.
+        let mut verdicts = steps.iter().filter(|s| {
+            s.phase == StepPhase::Verification
+                && s.reason.as_deref() != Some("interrupted")
+                && matches!(s.status, StepStatus::Failed | StepStatus::Succeeded)
+        });
         let mut consecutive = 0;
-        for s in steps.iter().filter(|s| s.phase == StepPhase::Verification) {
+        for s in verdicts.clone() {
             match s.status {
                 StepStatus::Failed => consecutive += 1,
                 StepStatus::Succeeded => consecutive = 0,
@@ -425,11 +433,7 @@ impl RunDriver {
             }
         }
         self.consecutive_verify_failures = consecutive;
-        if let Some(v) = steps
-            .iter()
-            .rev()
-            .find(|s| s.phase == StepPhase::Verification && s.status.is_terminal())
-        {
+        if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
         // A watchdog rewrite stays in force after a restart.
@@ -1164,7 +1168,10 @@ impl RunDriver {
                             .await?;
                         return Err(Stop::Fail {
                             reason: ExitReason::ClaudeFailed,
-                            detail: format!("run {} step {}: {detail}", self.run.id, step.id),
+                            detail: format!(
+                                "run {} step {} ({label}): {detail}",
+                                self.run.id, step.id
+                            ),
                         });
                     }
                 }
@@ -1176,6 +1183,30 @@ impl RunDriver {
             step.exit_code = Some(outcome.exit_code);
             step.head_after = self.head().await?;
             step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+            // An agent that left the run branch or rewrote its history would have its work
+            // (or earlier steps' work) silently dropped by the merge: stop here instead.
+            match self
+                .inner
+                .vcs
+                .check_branch(
+                    &self.worktree,
+                    &self.run.run_branch,
+                    step.head_before.clone(),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(VcsError::Conflict { detail }) => {
+                    step.reason = Some(detail.clone());
+                    self.end_step(&mut step, StepStatus::Failed, duration)
+                        .await?;
+                    return Err(Stop::failed(format!(
+                        "run {} step {} ({label}): {detail}",
+                        self.run.id, step.id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
             if outcome.output_bytes > self.cfg.warn_output_bytes {
                 self.report(
                     Some(step.id),
@@ -1611,6 +1642,17 @@ impl RunDriver {
         };
         if self.run.merge_strategy == MergeStrategy::None {
             return Ok(());
+        }
+        // The merge takes the run branch only: uncommitted work in the worktree would be
+        // dropped from the target without a word.
+        if !self.inner.vcs.is_clean(&self.worktree).await? {
+            return Err(Stop::failed(format!(
+                "run {}: the worktree {} has uncommitted changes; nothing was merged into \
+                 {target} and the run branch {} is kept: commit or discard them and merge by hand",
+                self.run.id,
+                self.worktree.display(),
+                self.run.run_branch
+            )));
         }
         let iteration = self.run.iterations_run;
         let mut step = self.new_step(iteration, "merge", StepPhase::Merge, 1);

@@ -56,7 +56,9 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
 /// survived its daemon (matched by pid and process start time, so a reused pid is spared).
 pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), EngineError> {
     let steps = inner.store.list_steps(run.id).await?;
+    let mut interrupted_any = false;
     for mut step in steps.into_iter().filter(|s| !s.status.is_terminal()) {
+        interrupted_any = true;
         let mut killed = None;
         // Without a start time a recorded pid may belong to an unrelated process by now.
         if let (Some(pid), Some(start)) = (step.agent_pid, step.agent_start_time) {
@@ -89,6 +91,26 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             )
             .await?;
     }
+    if interrupted_any {
+        // Agents whose pid was never recorded are found by the run id in their environment.
+        let id = run.id.to_string();
+        let killed = tokio::task::spawn_blocking(move || process::kill_run_survivors(&id))
+            .await
+            .unwrap_or_default();
+        if !killed.is_empty() {
+            inner
+                .emit(NewEvent::new(
+                    run.id,
+                    EventKind::RecoveryCleanup,
+                    serde_json::json!({
+                        "run_id": run.id,
+                        "action": "killed unrecorded agent processes of the run",
+                        "killed_pids": killed,
+                    }),
+                ))
+                .await?;
+        }
+    }
     if !run.worktree_path.as_os_str().is_empty()
         && run.worktree_path.exists()
         && inner
@@ -104,6 +126,34 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
                 serde_json::json!({"run_id": run.id, "action": "removed stale index.lock"}),
             ))
             .await?;
+    }
+    // An interrupted step never committed: its half-done edits (say, a task ticked in the
+    // plan but not committed) would otherwise count as done on resume and be left out of the
+    // merge. They are stashed, so the step re-runs from the last commit and nothing is lost.
+    if interrupted_any && !run.worktree_path.as_os_str().is_empty() && run.worktree_path.exists() {
+        let message = format!(
+            "loop: uncommitted changes of run {} interrupted by a crash",
+            run.id
+        );
+        match inner.vcs.stash_changes(&run.worktree_path, &message).await {
+            Ok(true) => {
+                inner
+                    .emit(NewEvent::new(
+                        run.id,
+                        EventKind::RecoveryCleanup,
+                        serde_json::json!({
+                            "run_id": run.id,
+                            "action": "stashed the uncommitted changes of the interrupted step",
+                            "stash_message": message,
+                        }),
+                    ))
+                    .await?;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot stash the changes of an interrupted step");
+            }
+        }
     }
     Ok(())
 }

@@ -131,7 +131,9 @@ impl GitCli {
             cmd = cmd.env(key, value);
         }
         let first = args.first().and_then(|a| a.to_str());
-        if matches!(first, Some("commit" | "commit-tree")) && !self.has_identity(dir).await {
+        if matches!(first, Some("commit" | "commit-tree" | "stash"))
+            && !self.has_identity(dir).await
+        {
             // A fresh machine may have no git identity at all; commits the engine makes (seed,
             // merge) must not fail for that. The user's own identity always wins when set.
             for (key, value) in FALLBACK_IDENTITY {
@@ -274,14 +276,37 @@ impl GitCli {
     /// Removes the `index.lock` of the worktree at `dir`, returning its path if there was one.
     async fn remove_index_lock(&self, dir: &Path) -> Result<Option<PathBuf>, VcsError> {
         let out = self.run(dir, ["rev-parse", "--absolute-git-dir"]).await?;
-        let lock = path_from_stdout(&out.stdout).join("index.lock");
-        match tokio::fs::remove_file(&lock).await {
-            Ok(()) => Ok(Some(lock)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(VcsError::Fatal {
-                detail: format!("cannot remove stale lock {}: {e}", lock.display()),
-            }),
+        let git_dir = path_from_stdout(&out.stdout);
+        let mut locks = vec![git_dir.join("index.lock"), git_dir.join("HEAD.lock")];
+        // A git killed mid-commit also leaves the lock of the branch it was moving. Only this
+        // worktree's own branch is touched: other worktrees' git may be working right now.
+        let branch = self.git(dir, ["symbolic-ref", "-q", "HEAD"]).await?;
+        if branch.success() {
+            let common = self
+                .run(
+                    dir,
+                    ["rev-parse", "--path-format=absolute", "--git-common-dir"],
+                )
+                .await?;
+            let common = path_from_stdout(&common.stdout);
+            let name = branch.stdout_text();
+            if name.starts_with("refs/heads/") && !name.contains("..") {
+                locks.push(common.join(format!("{name}.lock")));
+            }
         }
+        let mut removed = None;
+        for lock in locks {
+            match tokio::fs::remove_file(&lock).await {
+                Ok(()) => removed = Some(lock),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(VcsError::Fatal {
+                        detail: format!("cannot remove stale lock {}: {e}", lock.display()),
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The commit of this run's merge on `target`, if it already holds one.
@@ -670,6 +695,60 @@ impl Vcs for GitCli {
             )
             .await?;
         Ok(status.is_empty())
+    }
+
+    async fn stash_changes(&self, dir: &Path, message: &str) -> Result<bool, VcsError> {
+        if self.is_clean(dir).await? {
+            return Ok(false);
+        }
+        self.run(
+            dir,
+            [
+                "stash",
+                "push",
+                "--include-untracked",
+                "--quiet",
+                "-m",
+                message,
+            ],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn check_branch(
+        &self,
+        dir: &Path,
+        branch: &str,
+        since: Option<String>,
+    ) -> Result<(), VcsError> {
+        let expected = format!("refs/heads/{branch}");
+        let current = self.current_ref(dir).await?;
+        if current.as_deref() != Some(expected.as_str()) {
+            let now = current
+                .as_deref()
+                .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r).to_owned())
+                .unwrap_or_else(|| "a detached HEAD".to_owned());
+            return Err(VcsError::Conflict {
+                detail: format!(
+                    "the worktree {} has {now} checked out instead of the run branch {branch}; \
+                     work committed there is not part of the run",
+                    dir.display()
+                ),
+            });
+        }
+        if let Some(since) = since
+            && let Some(head) = self.head(dir).await?
+            && !self.is_ancestor(dir, &since, &head).await?
+        {
+            return Err(VcsError::Conflict {
+                detail: format!(
+                    "the history of the run branch {branch} was rewritten: {since} is no longer \
+                     an ancestor of its head {head}; the lost commits are still in the reflog"
+                ),
+            });
+        }
+        Ok(())
     }
 
     async fn show_file(

@@ -1,7 +1,9 @@
 //! `loopctl demo`: a first run anyone can try. Creates a small sample project (a spec and a
-//! 3-task plan in a fresh git repository), starts a private loopd if none is reachable, runs
-//! the plan with the built-in simulated agent (clearly labelled; `--real` uses the configured
-//! Claude CLI instead) and shows live progress to the end and where the artifacts are.
+//! 3-task plan in a fresh git repository), starts a private loopd if none is reachable, and
+//! runs the plan with live progress to the end, then shows where the artifacts are. The agent
+//! is the real Claude CLI talking to a scripted model server on 127.0.0.1 (no network, no API
+//! key) when the CLI is installed (`CLAUDE_BIN` or `claude` on PATH), else the built-in
+//! simulated agent, clearly labelled as a simulation.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,19 +42,67 @@ async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_project(dir: &Path, real: bool) -> anyhow::Result<()> {
+/// How the demo's agent runs.
+enum Agent {
+    /// The built-in simulated agent.
+    Simulated,
+    /// The real CLI through a wrapper script that points it at the scripted model.
+    RealCli { wrapper: PathBuf },
+}
+
+/// The Claude CLI, if installed: `CLAUDE_BIN`, else `claude` on `PATH`.
+fn find_claude() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("CLAUDE_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("claude"))
+        .find(|p| p.is_file())
+}
+
+/// A script that runs the CLI against the scripted model (and nothing else).
+fn write_wrapper(dir: &Path, claude: &Path, base_url: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join(".loop/claude-demo.sh");
+    let body = format!(
+        "#!/bin/sh
+# The demo's agent: the real Claude CLI, talking only to the local scripted model.
+         export ANTHROPIC_BASE_URL='{base_url}'
+export ANTHROPIC_API_KEY='demo-key'
+         export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
+export CLAUDE_CODE_MAX_RETRIES=1
+         exec '{}' \"$@\"\n",
+        claude.display()
+    );
+    std::fs::write(&wrapper, body)
+        .with_context(|| format!("cannot write {}", wrapper.display()))?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(wrapper)
+}
+
+async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("specs/planning"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::create_dir_all(dir.join(".loop"))?;
     std::fs::write(dir.join("specs/greeter.md"), SPEC)?;
     std::fs::write(dir.join("specs/planning/greeter-plan.md"), PLAN)?;
     std::fs::write(dir.join(".gitignore"), "logs/\n")?;
     let mut config = String::from(
         "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n",
     );
-    if !real {
-        config
-            .push_str("# The built-in simulated agent: no model, no network.\nexecutor=simulate\n");
+    match agent {
+        Agent::Simulated => {
+            config.push_str(
+                "# The built-in simulated agent: no model, no network.\nexecutor=simulate\n",
+            );
+        }
+        Agent::RealCli { wrapper } => {
+            config.push_str(&format!(
+                "# The real Claude CLI against a local scripted model.\nexecutor=claude\nclaude_bin={}\nclaude_timeout_sec=120\nclaude_retries=1\n",
+                wrapper.display()
+            ));
+        }
     }
     std::fs::write(dir.join(".loop/config"), config)?;
     git(dir, &["init", "-q", "-b", "main"]).await?;
@@ -62,7 +112,10 @@ async fn create_project(dir: &Path, real: bool) -> anyhow::Result<()> {
 }
 
 /// Starts a private loopd (the binary next to this one) on a free port.
-async fn start_daemon(dir: &Path) -> anyhow::Result<(tokio::process::Child, Client)> {
+async fn start_daemon(
+    dir: &Path,
+    sandbox: bool,
+) -> anyhow::Result<(tokio::process::Child, Client)> {
     let exe = std::env::current_exe().context("cannot find loopctl's own path")?;
     let loopd = exe.with_file_name("loopd");
     if !loopd.exists() {
@@ -80,8 +133,11 @@ async fn start_daemon(dir: &Path) -> anyhow::Result<(tokio::process::Child, Clie
     let mut cmd = Cmd::new(&loopd, dir)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(&data)
-        .env("LOOPD_TOKEN", &token)
-        .to_tokio();
+        .env("LOOPD_TOKEN", &token);
+    if sandbox {
+        cmd = cmd.env("IS_SANDBOX", "1");
+    }
+    let mut cmd = cmd.to_tokio();
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let child = cmd
@@ -101,27 +157,58 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
             .context("cannot create a temp folder")?
             .keep(),
     };
-    create_project(&dir, a.real).await?;
+    std::fs::create_dir_all(dir.join(".loop"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let claude = if a.simulate { None } else { find_claude() };
+    // The scripted model lives as long as the demo: it answers the CLI like a model would.
+    let model = match &claude {
+        Some(_) => Some(
+            scripted_model::ModelServer::start(scripted_model::Script::plan_agent())
+                .context("cannot start the scripted model server")?,
+        ),
+        None => None,
+    };
+    let agent = match (&claude, &model) {
+        (Some(bin), Some(m)) => Agent::RealCli {
+            wrapper: write_wrapper(&dir, bin, &m.base_url())?,
+        },
+        _ => Agent::Simulated,
+    };
+    create_project(&dir, &agent).await?;
     out(&format!("sample project: {}", dir.display()));
-    if a.real {
-        out("agent: the Claude CLI configured for loopd (claude_bin)");
-    } else {
-        out(
-            "agent: SIMULATION: the built-in simulated agent works the plan (no model, no network)",
-        );
+    let root = loop_engine::process::effective_uid() == Some(0);
+    match (&agent, &claude, &model) {
+        (Agent::RealCli { .. }, Some(bin), Some(m)) => {
+            out(&format!(
+                "agent: the real Claude CLI ({}) against a scripted model at {} (no network, no API key)",
+                bin.display(),
+                m.base_url()
+            ));
+            if root {
+                out(
+                    "running as root: the demo's private loopd gets IS_SANDBOX=1 so the CLI accepts --dangerously-skip-permissions; its agent only talks to the local scripted model",
+                );
+            }
+        }
+        _ => out(
+            "agent: SIMULATION: the built-in simulated agent works the plan (no model, no network; install the Claude CLI to see the real one)",
+        ),
     }
+    let real = matches!(agent, Agent::RealCli { .. });
 
     let shared = Client::new(&cli.addr, token(cli.token.clone()))?;
-    let (daemon, client) = match shared.wait_ready(Duration::from_millis(600)).await {
-        Ok(_) => (None, shared),
-        Err(_) => {
-            out(&format!(
-                "no loopd at {}: starting a private one for the demo",
-                cli.addr
-            ));
-            let (child, client) = start_daemon(&dir).await?;
-            (Some(child), client)
-        }
+    // A shared daemon runs agents with its own environment; the real-CLI demo as root needs
+    // IS_SANDBOX=1, so it always gets a private daemon then.
+    let use_shared = !(real && root) && shared.wait_ready(Duration::from_millis(600)).await.is_ok();
+    let (daemon, client) = if use_shared {
+        (None, shared)
+    } else {
+        out(&format!(
+            "starting a private loopd for the demo (none used at {})",
+            cli.addr
+        ));
+        let (child, client) = start_daemon(&dir, real && root).await?;
+        (Some(child), client)
     };
     let ctx = Ctx {
         client,
@@ -145,7 +232,7 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         .await?;
     let id = created.run.id;
     out(&format!("run {id} ({})", created.run.name));
-    crate::commands::tail::follow(&ctx, id).await?;
+    crate::commands::tail::follow(&ctx, id, false).await?;
     let run = ctx.client.get_run(id).await?;
     let steps = ctx.client.steps(id).await?;
     let artifacts = ctx.client.artifacts(id).await?;
@@ -165,6 +252,7 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
+    drop(model);
     if !run.status.is_terminal() || run.status != loop_engine::domain::RunStatus::Completed {
         bail!("the demo run ended {}", run.status);
     }

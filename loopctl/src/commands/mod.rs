@@ -90,7 +90,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Resume(a) => control::resume(&ctx, &a.id).await,
                 Command::Cancel(a) => control::cancel(&ctx, &a.id).await,
                 Command::Wait(a) => control::wait(&ctx, &a.id).await,
-                Command::Tail(a) => tail::tail(&ctx, &a.id).await,
+                Command::Tail(a) => tail::tail(&ctx, &a.id, a.raw).await,
                 Command::Logs(a) => logs::logs(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }

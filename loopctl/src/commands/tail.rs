@@ -89,19 +89,20 @@ fn status_of(run: &RunResource, colour: bool) -> String {
     )
 }
 
-pub(crate) async fn tail(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn tail(ctx: &Ctx, id: &str, raw: bool) -> anyhow::Result<()> {
     let id = parse_id(id)?;
-    follow(ctx, id).await
+    follow(ctx, id, raw).await
 }
 
-/// Prints the run's output until it ends.
-pub(crate) async fn follow(ctx: &Ctx, id: RunId) -> anyhow::Result<()> {
+/// Prints the run's output until it ends: readable (stream-json rendered) or `raw`.
+pub(crate) async fn follow(ctx: &Ctx, id: RunId, raw: bool) -> anyhow::Result<()> {
     let mut screen = Screen {
         tty: std::io::stdout().is_terminal(),
         colour: ctx.colour,
         status_shown: false,
     };
     let mut printed = Printed::default();
+    let mut view = render::AgentView::default();
     let mut stdout = std::io::stdout();
     loop {
         let run = ctx.client.get_run(id).await?;
@@ -131,7 +132,14 @@ pub(crate) async fn follow(ctx: &Ctx, id: RunId) -> anyhow::Result<()> {
                 })) => {
                     let fresh = printed.fresh(step_id, offset, &text);
                     if !fresh.is_empty() {
-                        screen.text(&mut stdout, fresh);
+                        let shown = if raw {
+                            fresh.to_owned()
+                        } else {
+                            view.feed(fresh)
+                        };
+                        if !shown.is_empty() {
+                            screen.text(&mut stdout, &shown);
+                        }
                     }
                 }
                 Ok(None) => break true,
