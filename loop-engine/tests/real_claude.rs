@@ -18,7 +18,7 @@
     reason = "the scenarios print their wall times for the test log"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use loop_engine::domain::{EventKind, ExitReason, Run, RunStatus, StepPhase, StepStatus};
@@ -32,29 +32,15 @@ use crate::support::{Harness, Setup};
 const CHILD_ENV: &str = "LOOP_REAL_CLAUDE_CHILD";
 const TEST_NAME: &str = "real_claude::real_claude_end_to_end";
 
-/// The Claude CLI to run, if there is one.
-fn find_claude() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("CLAUDE_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        return bin.is_file().then_some(bin);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("claude"))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_claude_end_to_end() {
-    let Some(claude) = find_claude() else {
-        let why = "the Claude CLI was not found (set CLAUDE_BIN or put `claude` on PATH; \
-                   bin/install-claude installs the pinned version)";
-        assert!(
-            std::env::var("LOOP_REQUIRE_CLAUDE").as_deref() != Ok("1"),
-            "LOOP_REQUIRE_CLAUDE=1 but {why}"
-        );
-        eprintln!("real_claude: skipped: {why}");
-        return;
+    let claude = match scripted_model::cli::claude_for_test() {
+        scripted_model::cli::ClaudeForTest::Found(bin) => bin,
+        scripted_model::cli::ClaudeForTest::Skip(why) => {
+            eprintln!("real_claude: skipped: {why}");
+            return;
+        }
+        scripted_model::cli::ClaudeForTest::Required(why) => panic!("{why}"),
     };
     let root = process::effective_uid() == Some(0);
     let sandbox_ok = std::env::var("IS_SANDBOX").as_deref() == Ok("1");
@@ -108,28 +94,16 @@ async fn rerun_with_sandbox(claude: &Path) {
 /// A shell script that points the CLI at `server`, isolates it from the user's settings and
 /// git configuration, and execs it.
 fn wrapper(dir: &Path, claude: &Path, server: &ModelServer, is_sandbox: &str) -> String {
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home).expect("wrapper home");
     let path = dir.join("claude-wrapper.sh");
-    let script = format!(
-        "#!/bin/sh\n\
-         unset ANTHROPIC_AUTH_TOKEN CLAUDE_CODE_OAUTH_TOKEN CLAUDE_CODE_USE_BEDROCK CLAUDE_CODE_USE_VERTEX\n\
-         export ANTHROPIC_BASE_URL='{url}'\n\
-         export ANTHROPIC_API_KEY=test\n\
-         export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n\
-         export IS_SANDBOX='{is_sandbox}'\n\
-         export HOME='{home}'\n\
-         export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null\n\
-         export GIT_AUTHOR_NAME='Scripted Model' GIT_AUTHOR_EMAIL=model@example.invalid\n\
-         export GIT_COMMITTER_NAME='Scripted Model' GIT_COMMITTER_EMAIL=model@example.invalid\n\
-         exec '{claude}' \"$@\"\n",
-        url = server.base_url(),
-        home = home.display(),
-        claude = claude.display(),
-    );
-    std::fs::write(&path, script).expect("wrapper script written");
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("wrapper script made executable");
+    scripted_model::cli::Wrapper {
+        claude: claude.to_path_buf(),
+        base_url: server.base_url(),
+        home: Some(dir.join("home")),
+        isolated_git: true,
+        exports: vec![("IS_SANDBOX".into(), is_sandbox.into())],
+    }
+    .write(&path)
+    .expect("wrapper script written");
     path.to_string_lossy().into_owned()
 }
 

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 pub mod plan_agent;
 mod reply;
 pub mod request;

@@ -50,35 +50,17 @@ enum Agent {
     RealCli { wrapper: PathBuf },
 }
 
-/// The Claude CLI, if installed: `CLAUDE_BIN`, else `claude` on `PATH`.
-fn find_claude() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("CLAUDE_BIN").filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        return bin.is_file().then_some(bin);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("claude"))
-        .find(|p| p.is_file())
-}
-
 /// A script that runs the CLI against the scripted model (and nothing else).
 fn write_wrapper(dir: &Path, claude: &Path, base_url: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     let wrapper = dir.join(".loop/claude-demo.sh");
-    let body = format!(
-        "#!/bin/sh
-# The demo's agent: the real Claude CLI, talking only to the local scripted model.
-         export ANTHROPIC_BASE_URL='{base_url}'
-export ANTHROPIC_API_KEY='demo-key'
-         export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
-export CLAUDE_CODE_MAX_RETRIES=1
-         exec '{}' \"$@\"\n",
-        claude.display()
-    );
-    std::fs::write(&wrapper, body)
-        .with_context(|| format!("cannot write {}", wrapper.display()))?;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    scripted_model::cli::Wrapper {
+        claude: claude.to_path_buf(),
+        base_url: base_url.to_owned(),
+        exports: vec![("CLAUDE_CODE_MAX_RETRIES".into(), "1".into())],
+        ..scripted_model::cli::Wrapper::default()
+    }
+    .write(&wrapper)
+    .with_context(|| format!("cannot write {}", wrapper.display()))?;
     Ok(wrapper)
 }
 
@@ -159,7 +141,11 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join(".loop"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let claude = if a.simulate { None } else { find_claude() };
+    let claude = if a.simulate {
+        None
+    } else {
+        scripted_model::cli::find_claude()
+    };
     // The scripted model lives as long as the demo: it answers the CLI like a model would.
     let model = match &claude {
         Some(_) => Some(
