@@ -15,6 +15,7 @@ use async_trait::async_trait;
 
 use crate::backend::{MergeOutcome, MergeRequest, Vcs, VcsError, WorktreeReport};
 use crate::domain::MergeStrategy;
+use crate::impls::git_refs::{HeadFile, RefFiles};
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The trailer that marks a run's merge commit on the target branch.
@@ -225,6 +226,13 @@ impl GitCli {
 
     /// The full ref HEAD points to in `dir`; `None` when detached.
     async fn current_ref(&self, dir: &Path) -> Result<Option<String>, VcsError> {
+        // The files answer in microseconds; git only when they cannot tell.
+        if let Some(head) = RefFiles::locate(dir).and_then(|f| f.head_file()) {
+            return Ok(match head {
+                HeadFile::Symbolic(r) => Some(r),
+                HeadFile::Detached(_) => None,
+            });
+        }
         let out = self.git(dir, ["symbolic-ref", "--quiet", "HEAD"]).await?;
         match out.code {
             0 => Ok(Some(out.stdout_text())),
@@ -244,6 +252,23 @@ impl GitCli {
             0 => Ok(true),
             1 => Ok(false),
             _ => Err(failed(dir, &os_args(args), &out)),
+        }
+    }
+
+    /// True when `since` is an ancestor of `head` on `full_ref`: read from the branch's reflog
+    /// when it shows plain commits (the usual case after an agent step), else asked of git.
+    async fn moved_forward(
+        &self,
+        dir: &Path,
+        full_ref: &str,
+        since: &str,
+        head: &str,
+    ) -> Result<bool, VcsError> {
+        let from_reflog =
+            RefFiles::locate(dir).and_then(|f| f.moved_forward_by_commits(full_ref, since, head));
+        match from_reflog {
+            Some(forward) => Ok(forward),
+            None => self.is_ancestor(dir, since, head).await,
         }
     }
 
@@ -672,6 +697,10 @@ impl Vcs for GitCli {
     }
 
     async fn head(&self, dir: &Path) -> Result<Option<String>, VcsError> {
+        // Read between every two agent calls: the files answer without a process.
+        if let Some(id) = RefFiles::locate(dir).and_then(|f| f.head_commit()) {
+            return Ok(Some(id));
+        }
         let args = ["rev-parse", "--verify", "--quiet", "HEAD"];
         let out = self.git(dir, args).await?;
         match out.code {
@@ -739,7 +768,7 @@ impl Vcs for GitCli {
         }
         if let Some(since) = since
             && let Some(head) = self.head(dir).await?
-            && !self.is_ancestor(dir, &since, &head).await?
+            && !self.moved_forward(dir, &expected, &since, &head).await?
         {
             return Err(VcsError::Conflict {
                 detail: format!(
@@ -1147,6 +1176,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn head_and_branch_checks_read_from_files_agree_with_git() {
+        let fx = GitFixture::new();
+        let wt = fx.root().join("repo.run-a");
+        let vcs = cli(&fx);
+        vcs.prepare_worktree(fx.path(), &wt, "run/a", "main")
+            .await
+            .unwrap();
+        let start = vcs.head(&wt).await.unwrap().unwrap();
+        assert_eq!(start, fx.git_in(&wt, ["rev-parse", "HEAD"]));
+        assert!(
+            RefFiles::locate(&wt).is_some(),
+            "the plain layout is read from files"
+        );
+        // Two agent commits: the reflog shows plain commits, so no git process is needed.
+        for n in 0..2 {
+            std::fs::write(wt.join(format!("f{n}.txt")), "x").unwrap();
+            fx.git_in(&wt, ["add", "-A"]);
+            fx.git_in(&wt, ["commit", "-q", "-m", "tick"]);
+        }
+        let head = vcs.head(&wt).await.unwrap().unwrap();
+        assert_eq!(head, fx.git_in(&wt, ["rev-parse", "HEAD"]));
+        let files = RefFiles::locate(&wt).unwrap();
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/a", &start, &head),
+            Some(true)
+        );
+        vcs.check_branch(&wt, "run/a", Some(start.clone()))
+            .await
+            .unwrap();
+        // An amend rewrites history: the reflog cannot vouch, git says no.
+        fx.git_in(&wt, ["commit", "-q", "--amend", "-m", "tick again"]);
+        let detail = conflict_detail(vcs.check_branch(&wt, "run/a", Some(head.clone())).await);
+        assert!(detail.contains("was rewritten"), "{detail}");
+        // Packed refs are not read from files; git answers and agrees.
+        fx.git_in(&wt, ["pack-refs", "--all"]);
+        let packed = vcs.head(&wt).await.unwrap().unwrap();
+        assert_eq!(packed, fx.git_in(&wt, ["rev-parse", "HEAD"]));
+        vcs.check_branch(&wt, "run/a", Some(start.clone()))
+            .await
+            .unwrap();
+        // A detached HEAD is not the run branch.
+        fx.git_in(&wt, ["checkout", "-q", "--detach"]);
+        let detail = conflict_detail(vcs.check_branch(&wt, "run/a", Some(start)).await);
+        assert!(detail.contains("a detached HEAD"), "{detail}");
+    }
+
+    #[tokio::test]
     async fn default_branch_is_the_checked_out_branch() {
         let fx = GitFixture::new();
         assert_eq!(cli(&fx).default_branch(fx.path()).await.unwrap(), "main");
@@ -1503,7 +1579,8 @@ mod tests {
         let fx = GitFixture::new();
         let mut env = fx.env();
         env.push(("PATH".to_owned(), "/nonexistent-loop-path".to_owned()));
-        let result = GitCli::with_env(env).head(fx.path()).await;
+        // `head` may answer from the ref files; `is_clean` always needs git.
+        let result = GitCli::with_env(env).is_clean(fx.path()).await;
         match result {
             Err(VcsError::Fatal { detail }) => {
                 assert!(detail.contains("git is not installed"), "{detail}");

@@ -5,6 +5,7 @@ mod agent_process;
 mod claude_executor;
 mod command_executor;
 mod git_cli;
+mod git_refs;
 mod log_notifier;
 mod memory_store;
 pub(crate) mod sim_agent;

@@ -1,0 +1,324 @@
+//! Reading refs straight from a repository's files, so the questions the driver asks after
+//! every agent step (which branch is checked out, which commit is HEAD, did the branch only
+//! move forward) cost a few file reads instead of a `git` process each.
+//!
+//! Only the plain, common layout is understood: a `.git` directory or a linked worktree's
+//! `.git` file, a symbolic `HEAD`, loose refs under `refs/heads/`, and reflog lines written by
+//! `git commit`. Anything else (packed or reftable refs, symbolic refs pointing at symbolic
+//! refs, an unborn branch, a history moved by anything but a commit) makes the reader answer
+//! `None`, and the caller asks `git` itself. A `None` is never a "no": it only means "ask git".
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The reflog lines walked back at most before giving up and asking git.
+const MAX_REFLOG_STEPS: usize = 10_000;
+
+/// The biggest reflog read (bytes); a longer one is left to git.
+const MAX_REFLOG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What `HEAD` of a worktree holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeadFile {
+    /// `ref: refs/heads/x`: the full ref name.
+    Symbolic(String),
+    /// A detached HEAD: the commit id.
+    Detached(String),
+}
+
+/// The git directories of one worktree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RefFiles {
+    /// The worktree's own git dir (`HEAD`, the index): `.git` or `.git/worktrees/<name>`.
+    git_dir: PathBuf,
+    /// The repository's shared dir (refs, reflogs, objects).
+    common_dir: PathBuf,
+}
+
+impl RefFiles {
+    /// Finds the git dirs of the worktree whose top level is `worktree`. `None` when `worktree`
+    /// is not the top of a checkout in the plain layout (e.g. a subdirectory, a bare
+    /// repository, reftable refs).
+    pub(crate) fn locate(worktree: &Path) -> Option<Self> {
+        let dot_git = worktree.join(".git");
+        let meta = fs::symlink_metadata(&dot_git).ok()?;
+        let git_dir = if meta.is_dir() {
+            dot_git
+        } else if meta.is_file() {
+            let text = fs::read_to_string(&dot_git).ok()?;
+            let target = text.strip_prefix("gitdir:")?.trim();
+            if target.is_empty() {
+                return None;
+            }
+            worktree.join(target)
+        } else {
+            return None;
+        };
+        let common_dir = match fs::read_to_string(git_dir.join("commondir")) {
+            Ok(text) => {
+                let rel = text.trim();
+                if rel.is_empty() {
+                    return None;
+                }
+                git_dir.join(rel)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => git_dir.clone(),
+            Err(_) => return None,
+        };
+        // A reftable repository keeps its refs in a binary table, not in files.
+        if common_dir.join("reftable").exists() {
+            return None;
+        }
+        Some(Self {
+            git_dir,
+            common_dir,
+        })
+    }
+
+    /// What `HEAD` holds, or `None` when it cannot be read or parsed.
+    pub(crate) fn head_file(&self) -> Option<HeadFile> {
+        let text = fs::read_to_string(self.git_dir.join("HEAD")).ok()?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        if let Some(target) = text.strip_prefix("ref:") {
+            let target = target.trim();
+            // Only branches: other symbolic targets may be per-worktree refs or chains.
+            return is_branch_ref(target).then(|| HeadFile::Symbolic(target.to_owned()));
+        }
+        is_object_id(text).then(|| HeadFile::Detached(text.to_owned()))
+    }
+
+    /// The commit a loose branch ref points to; `None` when the ref is not a loose file
+    /// holding an object id (packed, symbolic, unborn: ask git).
+    pub(crate) fn loose_ref(&self, full_ref: &str) -> Option<String> {
+        if !is_branch_ref(full_ref) {
+            return None;
+        }
+        let text = fs::read_to_string(self.common_dir.join(full_ref)).ok()?;
+        let id = text.trim_end_matches(['\n', '\r']);
+        is_object_id(id).then(|| id.to_owned())
+    }
+
+    /// The commit HEAD resolves to, when the files tell it plainly.
+    pub(crate) fn head_commit(&self) -> Option<String> {
+        match self.head_file()? {
+            HeadFile::Symbolic(r) => self.loose_ref(&r),
+            HeadFile::Detached(id) => Some(id),
+        }
+    }
+
+    /// `Some(true)` when the branch's reflog shows it moved from `since` to `head` by commits
+    /// only (each a child of the one before, so `since` is an ancestor of `head`). `None` when
+    /// the reflog cannot tell (missing, too long, or the branch moved by a reset, an amend,
+    /// a rebase or a direct ref write): the caller asks git.
+    pub(crate) fn moved_forward_by_commits(
+        &self,
+        full_ref: &str,
+        since: &str,
+        head: &str,
+    ) -> Option<bool> {
+        if since == head {
+            return Some(true);
+        }
+        if !is_branch_ref(full_ref) || !is_object_id(since) || !is_object_id(head) {
+            return None;
+        }
+        let path = self.common_dir.join("logs").join(full_ref);
+        if fs::metadata(&path).ok()?.len() > MAX_REFLOG_BYTES {
+            return None;
+        }
+        let text = fs::read_to_string(&path).ok()?;
+        let mut want = head;
+        for line in text.lines().rev().take(MAX_REFLOG_STEPS) {
+            let entry = ReflogEntry::parse(line)?;
+            if entry.new != want || !entry.makes_child() {
+                return None;
+            }
+            if entry.old == since {
+                return Some(true);
+            }
+            want = entry.old;
+        }
+        None
+    }
+}
+
+/// One line of a reflog: `<old> <new> <ident> <time> <tz>\t<message>`.
+struct ReflogEntry<'a> {
+    old: &'a str,
+    new: &'a str,
+    message: &'a str,
+}
+
+impl<'a> ReflogEntry<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let (head, message) = line.split_once('\t')?;
+        let mut words = head.splitn(3, ' ');
+        let old = words.next()?;
+        let new = words.next()?;
+        (is_object_id(old) && is_object_id(new)).then_some(Self { old, new, message })
+    }
+
+    /// True for the entries `git commit` writes, whose new commit has the old one as its
+    /// first parent. An amend, a reset or a rebase is not one of them.
+    fn makes_child(&self) -> bool {
+        self.message.starts_with("commit: ") || self.message.starts_with("commit (merge): ")
+    }
+}
+
+/// A full branch ref name git could have written as a plain file.
+fn is_branch_ref(name: &str) -> bool {
+    name.strip_prefix("refs/heads/").is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.starts_with('/')
+            && !rest.ends_with('/')
+            && !rest.ends_with(".lock")
+            && rest.split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.starts_with('.')
+            })
+            && !rest.contains(['\\', '\0', ' ', '~', '^', ':', '?', '*', '['])
+    })
+}
+
+/// A SHA-1 or SHA-256 object id in lowercase hex.
+fn is_object_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const B: &str = "2222222222222222222222222222222222222222";
+    const C: &str = "3333333333333333333333333333333333333333";
+    const ZERO: &str = "0000000000000000000000000000000000000000";
+
+    fn line(old: &str, new: &str, msg: &str) -> String {
+        format!("{old} {new} A U Thor <a@example.com> 1700000000 +0000\t{msg}\n")
+    }
+
+    fn repo_with_reflog(lines: &[String]) -> (tempfile::TempDir, RefFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        fs::create_dir_all(git.join("logs/refs/heads/run")).unwrap();
+        fs::write(git.join("logs/refs/heads/run/x"), lines.concat()).unwrap();
+        let files = RefFiles::locate(dir.path()).unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn locates_a_linked_worktree_through_its_git_file_and_commondir() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main");
+        let wt_git = main.join(".git/worktrees/wt");
+        fs::create_dir_all(&wt_git).unwrap();
+        fs::create_dir_all(main.join(".git/refs/heads/run")).unwrap();
+        fs::write(wt_git.join("commondir"), "../..\n").unwrap();
+        fs::write(wt_git.join("HEAD"), "ref: refs/heads/run/x\n").unwrap();
+        fs::write(main.join(".git/refs/heads/run/x"), format!("{A}\n")).unwrap();
+        let wt = dir.path().join("wt");
+        fs::create_dir_all(&wt).unwrap();
+        fs::write(wt.join(".git"), format!("gitdir: {}\n", wt_git.display())).unwrap();
+        let files = RefFiles::locate(&wt).unwrap();
+        assert_eq!(
+            files.head_file(),
+            Some(HeadFile::Symbolic("refs/heads/run/x".into()))
+        );
+        assert_eq!(files.head_commit().as_deref(), Some(A));
+    }
+
+    #[test]
+    fn unborn_packed_or_odd_heads_are_left_to_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        fs::create_dir_all(git.join("refs/heads")).unwrap();
+        fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let files = RefFiles::locate(dir.path()).unwrap();
+        // Unborn (or packed): no loose file.
+        assert_eq!(files.head_commit(), None);
+        fs::write(git.join("refs/heads/main"), "ref: refs/heads/other\n").unwrap();
+        assert_eq!(files.head_commit(), None, "a symbolic chain");
+        fs::write(git.join("HEAD"), "ref: refs/bisect/bad\n").unwrap();
+        assert_eq!(files.head_file(), None, "not a branch");
+        fs::write(git.join("HEAD"), format!("{B}\n")).unwrap();
+        assert_eq!(files.head_file(), Some(HeadFile::Detached(B.into())));
+        assert_eq!(files.head_commit().as_deref(), Some(B));
+        fs::create_dir_all(git.join("reftable")).unwrap();
+        assert_eq!(RefFiles::locate(dir.path()), None);
+        assert_eq!(RefFiles::locate(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn a_chain_of_commits_is_forward_and_anything_else_asks_git() {
+        let lines = [
+            line(ZERO, A, "branch: Created from HEAD"),
+            line(A, B, "commit: one"),
+            line(B, C, "commit (merge): two"),
+        ];
+        let (_dir, files) = repo_with_reflog(&lines);
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", A, C),
+            Some(true)
+        );
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", B, C),
+            Some(true)
+        );
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", C, C),
+            Some(true)
+        );
+        // `since` not in the chain before the branch was created: ask git.
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", ZERO, C),
+            None
+        );
+        // The reflog does not end at head (a direct ref write): ask git.
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", A, B),
+            None
+        );
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/../x", A, C),
+            None
+        );
+
+        let amended = [
+            line(A, B, "commit: one"),
+            line(B, C, "commit (amend): one again"),
+        ];
+        let (_dir, files) = repo_with_reflog(&amended);
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", B, C),
+            None
+        );
+        let reset = [
+            line(A, B, "commit: one"),
+            line(B, A, "reset: moving to HEAD~1"),
+        ];
+        let (_dir, files) = repo_with_reflog(&reset);
+        assert_eq!(
+            files.moved_forward_by_commits("refs/heads/run/x", B, A),
+            None
+        );
+    }
+
+    #[test]
+    fn branch_ref_names_are_checked_before_they_become_paths() {
+        assert!(is_branch_ref("refs/heads/run/a-b_c.1"));
+        for bad in [
+            "refs/heads/",
+            "refs/heads/../x",
+            "refs/heads/a/./b",
+            "refs/heads/.hidden",
+            "refs/heads/a.lock",
+            "refs/tags/v1",
+            "HEAD",
+        ] {
+            assert!(!is_branch_ref(bad), "{bad}");
+        }
+        assert!(is_object_id(A));
+        assert!(!is_object_id("ABCDEF1111111111111111111111111111111111"));
+        assert!(!is_object_id("abc"));
+    }
+}
