@@ -26,7 +26,14 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// rename. Missing parent directories are created. On error the temporary file is removed and
 /// the old `path` (if any) is left untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with(path, |file| file.write_all(bytes))
+    replace_with(path, true, |file| file.write_all(bytes))
+}
+
+/// Replaces `path` with `bytes` atomically like [`write_atomic`], without syncing to disk: for
+/// files derived from others (a log's tail) that a crash may lose but never tear. It keeps
+/// two `fsync` calls off the path between two agent calls.
+pub fn write_derived(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with(path, false, |file| file.write_all(bytes))
 }
 
 /// The SHA-256 of a file's contents, as 64 lowercase hex digits. Streams the file in 64 KiB
@@ -68,7 +75,8 @@ pub fn mirror_file(
     })?;
     let dst = dst_folder.root().join(rel);
     let mut src = File::open(file)?;
-    replace_with(&dst, |out| io::copy(&mut src, out).map(drop))?;
+    // A mirror is a copy of a file that is itself not synced (agent logs are streamed).
+    replace_with(&dst, false, |out| io::copy(&mut src, out).map(drop))?;
     Ok(dst)
 }
 
@@ -112,8 +120,13 @@ pub fn describe(
     })
 }
 
-/// Writes a temporary sibling of `path` with `fill`, syncs it and renames it over `path`.
-fn replace_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+/// Writes a temporary sibling of `path` with `fill`, syncs it when `durable` and renames it
+/// over `path`.
+fn replace_with(
+    path: &Path,
+    durable: bool,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -136,11 +149,14 @@ fn replace_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> 
     let result = (|| {
         let mut file = File::create_new(&temp)?;
         fill(&mut file)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&temp, path)
     })();
     match result {
+        Ok(()) if !durable => Ok(()),
         Ok(()) => {
             // The rename is durable only once the directory entry is; failing to sync a
             // directory (some filesystems refuse) does not undo the write, so it is ignored.
@@ -194,7 +210,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.txt");
         write_atomic(&p, b"old").unwrap();
-        let err = replace_with(&p, |_| Err(io::Error::other("boom"))).unwrap_err();
+        let err = replace_with(&p, true, |_| Err(io::Error::other("boom"))).unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(names(dir.path()), vec!["a.txt"]);

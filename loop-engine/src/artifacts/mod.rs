@@ -20,7 +20,7 @@ mod run_log;
 mod summary;
 mod tail;
 
-pub use files::{ArtifactFile, describe, mirror_file, sha256_file, write_atomic};
+pub use files::{ArtifactFile, describe, mirror_file, sha256_file, write_atomic, write_derived};
 pub use layout::RunFolder;
 pub use report::{
     REPORT_COLUMNS, ReportRow, ReportWriter, parse_report, read_report, sanitize_field,

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::files::write_atomic;
+use super::files::write_derived;
 
 /// How many lines `iter-<slug>.tail.txt` keeps.
 pub const DEFAULT_TAIL_LINES: usize = 200;
@@ -62,10 +62,11 @@ pub fn tail_of_text(text: &str, n: usize) -> &str {
     }
 }
 
-/// Writes the last `n` lines of `log` to `tail_path`, atomically.
+/// Writes the last `n` lines of `log` to `tail_path`, atomically (not synced: the tail is
+/// derived from the log and rewritten after every step).
 pub fn write_tail(log: &Path, tail_path: &Path, n: usize) -> io::Result<()> {
     let tail = tail_lines(log, n)?;
-    write_atomic(tail_path, tail.as_bytes())
+    write_derived(tail_path, tail.as_bytes())
 }
 
 /// Scans `buf` backwards for line breaks, counting down `remaining`; returns the index where
