@@ -758,6 +758,11 @@ impl ProcessTree {
     /// Reaps the known descendants that are zombies re-parented to us. Never touches the root:
     /// it is the caller's child and the caller reaps it.
     pub fn reap(&mut self) -> usize {
+        if self.known.is_empty() {
+            // Nothing was ever seen to descend from the agent: nothing to reap, and no reason
+            // to read all of `/proc` on the path between two agent calls.
+            return 0;
+        }
         let known: Vec<(u32, u64)> = self.known.iter().map(|(p, s)| (*p, *s)).collect();
         let reaped = reap_pids(&known);
         self.refresh();
@@ -776,8 +781,19 @@ impl ProcessTree {
     /// Cleanup after the agent exited by itself: whatever it left behind (group members,
     /// descendants) gets SIGTERM, SIGKILL after [`KILL_GRACE`], and is reaped.
     pub async fn stop_leftovers(&mut self) {
-        if !self.any_alive() {
-            self.reap();
+        // The common case, an agent that left nothing behind, costs one read of `/proc`.
+        let Some(table) = all_processes() else {
+            if !group_alive(self.root) {
+                return;
+            }
+            self.stop_group(None).await;
+            self.kill_leftovers().await;
+            return;
+        };
+        self.refresh_from(&table);
+        if self.live(&table).is_empty() {
+            let known: Vec<(u32, u64)> = self.known.iter().map(|(p, s)| (*p, *s)).collect();
+            reap_pids(&known);
             return;
         }
         self.stop_group(None).await;

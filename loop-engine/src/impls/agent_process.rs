@@ -442,7 +442,11 @@ pub(crate) async fn run_agent(
     let mut stop: Option<StopFuture> = None;
     let mut leftovers_swept = false;
     let mut drain_deadline: Option<Instant> = None;
-    let mut refresh = tokio::time::interval(REFRESH_EVERY);
+    // No read of `/proc` at the start: the agent has not forked anything yet.
+    let mut refresh = tokio::time::interval_at(
+        started + REFRESH_EVERY,
+        REFRESH_EVERY,
+    );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
