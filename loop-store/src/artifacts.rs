@@ -2,7 +2,7 @@
 
 use loop_engine::backend::StoreError;
 use loop_engine::domain::{Artifact, NewArtifact, RunId, now_ms};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 
 use crate::columns::{self, path_text};
 use crate::error::{is_foreign_key_violation, map_sqlx};
@@ -23,7 +23,7 @@ fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
 /// Inserts the artifact or, when its `(run, location, path)` is known, updates kind,
 /// checksum and time in place: one atomic statement either way.
 pub(crate) async fn record(
-    writer: &SqlitePool,
+    conn: &mut SqliteConnection,
     artifact: &NewArtifact,
 ) -> Result<Artifact, StoreError> {
     let result = sqlx::query(
@@ -40,8 +40,9 @@ pub(crate) async fn record(
     .bind(path_text(&artifact.path, "artifact.path")?.to_owned())
     .bind(&artifact.checksum)
     .bind(now_ms())
-    // `fetch_all` runs the statement to its end, so it is committed before this returns.
-    .fetch_all(writer)
+    // `fetch_all` runs the statement to its end, so (in autocommit mode) it is committed
+    // before this returns.
+    .fetch_all(&mut *conn)
     .await;
     let rows = match result {
         Ok(rows) => rows,

@@ -18,7 +18,9 @@
 //! # }
 //! ```
 
+mod append_queue;
 mod artifacts;
+mod batch;
 mod columns;
 mod error;
 mod events;

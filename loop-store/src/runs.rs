@@ -3,7 +3,7 @@
 
 use loop_engine::backend::{ClaimRequest, QueueOrder, RunFilter, StoreError};
 use loop_engine::domain::{Run, RunId, RunStatus, now_ms};
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 
 use crate::columns::{self, add_arg, json_text, path_text};
 use crate::error::map_sqlx;
@@ -184,7 +184,7 @@ pub(crate) async fn list(reader: &SqlitePool, filter: &RunFilter) -> Result<Vec<
     rows.iter().map(run_from_row).collect()
 }
 
-pub(crate) async fn update(writer: &SqlitePool, run: &Run) -> Result<(), StoreError> {
+pub(crate) async fn update(conn: &mut SqliteConnection, run: &Run) -> Result<(), StoreError> {
     let mut args = SqliteArguments::default();
     add_mutable_columns(&mut args, run)?;
     add_arg(&mut args, now_ms())?;
@@ -198,7 +198,7 @@ pub(crate) async fn update(writer: &SqlitePool, run: &Run) -> Result<(), StoreEr
          WHERE id = ?",
         args,
     )
-    .execute(writer)
+    .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     if result.rows_affected() == 0 {

@@ -2,7 +2,7 @@
 
 use loop_engine::backend::StoreError;
 use loop_engine::domain::{RunId, Step, StepId};
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 
 use crate::columns::{self, add_arg, int_value, json_text, path_text_opt};
 use crate::error::{is_foreign_key_violation, map_sqlx};
@@ -79,7 +79,7 @@ fn add_columns(args: &mut SqliteArguments, step: &Step) -> Result<(), StoreError
     Ok(())
 }
 
-pub(crate) async fn insert(writer: &SqlitePool, step: &Step) -> Result<(), StoreError> {
+pub(crate) async fn insert(conn: &mut SqliteConnection, step: &Step) -> Result<(), StoreError> {
     let mut args = SqliteArguments::default();
     add_columns(&mut args, step)?;
     add_arg(&mut args, step.id.to_string())?;
@@ -91,7 +91,7 @@ pub(crate) async fn insert(writer: &SqlitePool, step: &Step) -> Result<(), Store
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         args,
     )
-    .execute(writer)
+    .execute(&mut *conn)
     .await;
     match result {
         Ok(_) => Ok(()),
@@ -101,7 +101,7 @@ pub(crate) async fn insert(writer: &SqlitePool, step: &Step) -> Result<(), Store
     }
 }
 
-pub(crate) async fn update(writer: &SqlitePool, step: &Step) -> Result<(), StoreError> {
+pub(crate) async fn update(conn: &mut SqliteConnection, step: &Step) -> Result<(), StoreError> {
     let mut args = SqliteArguments::default();
     add_columns(&mut args, step)?;
     add_arg(&mut args, step.id.to_string())?;
@@ -114,7 +114,7 @@ pub(crate) async fn update(writer: &SqlitePool, step: &Step) -> Result<(), Store
          WHERE id = ?",
         args,
     )
-    .execute(writer)
+    .execute(&mut *conn)
     .await
     .map_err(map_sqlx)?;
     if result.rows_affected() == 0 {

@@ -1,29 +1,40 @@
 //! `SqliteStore`: the [`Store`] implementation over one SQLite file, delegating each method to
-//! its table's module and retrying the ones that met a busy database.
+//! its table's module (appends through the group-commit queue, batches to one transaction) and
+//! retrying the ones that met a busy database.
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use loop_engine::Store;
-use loop_engine::backend::{ClaimRequest, RunFilter, StoreError};
+use loop_engine::backend::{BatchOutcome, ClaimRequest, RunFilter, StoreError, StoreWrite};
 use loop_engine::domain::{
     Artifact, Event, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, UnixMs,
 };
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqlitePool;
 
+use crate::append_queue::AppendQueue;
+use crate::error::map_sqlx;
 use crate::pool::{self, OpenOptions, Pools};
-use crate::{artifacts, events, runs, steps};
+use crate::{artifacts, batch, events, runs, steps};
 
 /// A [`Store`] in an SQLite database (WAL mode), migrated on open.
 ///
 /// Cloning is cheap and shares the connections. Several `SqliteStore`s, in one process or in
 /// several, may open the same file: SQLite's lock and `busy_timeout` serialise their writes,
 /// and claiming and event numbering stay correct across them.
+///
+/// Concurrent [`Store::append_event`] calls on one store (and its clones) are committed in
+/// groups: while one group is written, the next one queues, and it is then written as one
+/// statement (see the `append_queue` module). [`Store::write_batch`] is one transaction.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pools: Pools,
+    appends: Arc<AppendQueue>,
 }
 
 /// How many times a call that met a busy or locked database is tried in all. SQLite already
@@ -38,7 +49,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 /// Runs `op` until it returns anything but [`StoreError::Retryable`], at most [`ATTEMPTS`]
 /// times. Retrying is safe because a `Retryable` write was not applied (busy and locked
 /// errors abort the statement or transaction, and a pool timeout never reached SQLite).
-async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T, StoreError>
+pub(crate) async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -73,15 +84,28 @@ impl SqliteStore {
     pub async fn open_with(path: &Path, options: &OpenOptions) -> Result<Self, StoreError> {
         let pools = pool::open_file(path, options).await?;
         tracing::debug!(path = %path.display(), "opened sqlite store");
-        Ok(Self { pools })
+        Ok(Self::with_pools(pools))
     }
 
     /// A fresh, migrated database that lives in memory until the store (and every clone) is
     /// dropped. For tests and throwaway embeddings.
     pub async fn open_in_memory() -> Result<Self, StoreError> {
-        Ok(Self {
-            pools: pool::open_memory(&OpenOptions::default()).await?,
-        })
+        Ok(Self::with_pools(
+            pool::open_memory(&OpenOptions::default()).await?,
+        ))
+    }
+
+    fn with_pools(pools: Pools) -> Self {
+        Self {
+            pools,
+            appends: Arc::default(),
+        }
+    }
+
+    /// How many statements `append_event` has written so far through this store and its
+    /// clones (a group of concurrent appends is one), for diagnostics and tests.
+    pub fn append_statements(&self) -> u64 {
+        self.appends.statements()
     }
 
     /// Closes every connection, waiting for calls in flight (of this store and its clones)
@@ -100,6 +124,11 @@ impl SqliteStore {
     pub fn write_pool(&self) -> &SqlitePool {
         &self.pools.writer
     }
+
+    /// The writer connection, waited for in the pool's fair queue.
+    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        self.pools.writer.acquire().await.map_err(map_sqlx)
+    }
 }
 
 #[async_trait]
@@ -117,7 +146,10 @@ impl Store for SqliteStore {
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
-        retry("update_run", || runs::update(&self.pools.writer, run)).await
+        retry("update_run", || async {
+            runs::update(&mut *self.writer().await?, run).await
+        })
+        .await
     }
 
     async fn claim_next_run(&self, req: &ClaimRequest) -> Result<Option<Run>, StoreError> {
@@ -147,11 +179,17 @@ impl Store for SqliteStore {
     }
 
     async fn insert_step(&self, step: &Step) -> Result<(), StoreError> {
-        retry("insert_step", || steps::insert(&self.pools.writer, step)).await
+        retry("insert_step", || async {
+            steps::insert(&mut *self.writer().await?, step).await
+        })
+        .await
     }
 
     async fn update_step(&self, step: &Step) -> Result<(), StoreError> {
-        retry("update_step", || steps::update(&self.pools.writer, step)).await
+        retry("update_step", || async {
+            steps::update(&mut *self.writer().await?, step).await
+        })
+        .await
     }
 
     async fn get_step(&self, id: StepId) -> Result<Step, StoreError> {
@@ -163,7 +201,8 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
-        retry("append_event", || events::append(&self.pools.writer, event)).await
+        // The queue retries a busy database itself.
+        self.appends.append(&self.pools.writer, event).await
     }
 
     async fn events_after(
@@ -186,8 +225,8 @@ impl Store for SqliteStore {
     }
 
     async fn record_artifact(&self, artifact: &NewArtifact) -> Result<Artifact, StoreError> {
-        retry("record_artifact", || {
-            artifacts::record(&self.pools.writer, artifact)
+        retry("record_artifact", || async {
+            artifacts::record(&mut *self.writer().await?, artifact).await
         })
         .await
     }
@@ -204,6 +243,10 @@ impl Store for SqliteStore {
             runs::count_by_status(&self.pools.reader)
         })
         .await
+    }
+
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError> {
+        retry("write_batch", || batch::write(&self.pools.writer, writes)).await
     }
 }
 

@@ -59,6 +59,12 @@ mod contract {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_batches_are_gap_free() {
+        let (_dir, _path, store) = fresh().await;
+        store_contract::concurrent_batches(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_claims_never_share_a_run() {
         let (_dir, _path, store) = fresh().await;
         store_contract::concurrent_claims(Arc::new(store)).await;
@@ -314,6 +320,309 @@ mod processes {
     }
 }
 
+mod group_commit {
+    //! Concurrent `append_event` calls share statements; each still gets its own answer.
+
+    use loop_engine::domain::{Event, RunId, StepId};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Starts one task per `(run, task)` that appends `per_task` events to `run` one by one
+    /// and returns the results in call order.
+    fn appenders(
+        store: &SqliteStore,
+        runs: &[RunId],
+        tasks_per_run: u64,
+        per_task: u64,
+    ) -> Vec<(RunId, u64, tokio::task::JoinHandle<Vec<Event>>)> {
+        let mut handles = Vec::new();
+        for &run in runs {
+            for task in 0..tasks_per_run {
+                let store = store.clone();
+                let handle = tokio::spawn(async move {
+                    let mut appended = Vec::new();
+                    for i in 0..per_task {
+                        let event = loop_engine::domain::NewEvent {
+                            payload: json!({ "task": task, "i": i }),
+                            ..store_contract::sample_event(run, i)
+                        };
+                        appended.push(store.append_event(&event).await.expect("append"));
+                    }
+                    appended
+                });
+                handles.push((run, task, handle));
+            }
+        }
+        handles
+    }
+
+    async fn new_runs(store: &SqliteStore, n: usize) -> Vec<RunId> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let run = store_contract::sample_run("/ws/group");
+            store.create_run(&run).await.expect("create a run");
+            ids.push(run.id);
+        }
+        ids
+    }
+
+    /// Checks that every run holds exactly the events its appenders got back, numbered
+    /// 1..=n without gaps, each task's in call order.
+    async fn assert_runs_gap_free(
+        store: &SqliteStore,
+        results: Vec<(RunId, u64, Vec<Event>)>,
+        per_run: u64,
+    ) {
+        let mut by_run: std::collections::HashMap<RunId, Vec<Event>> = Default::default();
+        for (run, task, appended) in results {
+            assert!(
+                appended.windows(2).all(|w| w[0].seq < w[1].seq),
+                "task {task} of run {run}: appends must be numbered in call order"
+            );
+            for (i, event) in appended.iter().enumerate() {
+                assert_eq!(event.run_id, run);
+                assert_eq!(event.payload, json!({ "task": task, "i": i }));
+            }
+            by_run.entry(run).or_default().extend(appended);
+        }
+        for (run, mut appended) in by_run {
+            appended.sort_by_key(|e| e.seq);
+            let stored = store.events_after(run, 0, 100_000).await.expect("read");
+            assert_eq!(
+                stored, appended,
+                "run {run}: the stored events must be exactly the returned ones"
+            );
+            assert_eq!(
+                stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                (1..=per_run).collect::<Vec<_>>(),
+                "run {run}: seqs must be gap-free"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_appenders_across_runs_are_all_ok_and_gap_free() {
+        let (_dir, _path, store) = fresh().await;
+        let runs = new_runs(&store, 6).await;
+        let handles = appenders(&store, &runs, 4, 60);
+        let mut results = Vec::new();
+        for (run, task, handle) in handles {
+            results.push((run, task, handle.await.expect("the appending task")));
+        }
+        assert_runs_gap_free(&store, results, 4 * 60).await;
+    }
+
+    /// On one thread every appender queues its event before the drain task first runs, so
+    /// each round of 32 appends must be one statement, not 32.
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_appends_share_statements() {
+        let (_dir, _path, store) = fresh().await;
+        let runs = new_runs(&store, 4).await;
+        let before = store.append_statements();
+        let handles = appenders(&store, &runs, 8, 20);
+        let mut results = Vec::new();
+        for (run, task, handle) in handles {
+            results.push((run, task, handle.await.expect("the appending task")));
+        }
+        let statements = store.append_statements() - before;
+        assert!(
+            statements <= 40,
+            "640 appends by 32 concurrent callers took {statements} statements"
+        );
+        assert_runs_gap_free(&store, results, 8 * 20).await;
+    }
+
+    /// Events naming an unknown step or run, queued in the same group as good ones, fail
+    /// alone with their own NotFound; the good ones are appended gap-free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_event_among_good_concurrent_ones_fails_alone() {
+        let (_dir, _path, store) = fresh().await;
+        let runs = new_runs(&store, 2).await;
+        let unknown_step = StepId::new();
+        let unknown_run = RunId::new();
+        for round in 0..3u64 {
+            let mut good = Vec::new();
+            for i in 0..10u64 {
+                let store = store.clone();
+                let run = runs[usize::try_from(i % 2).expect("small")];
+                good.push(tokio::spawn(async move {
+                    store
+                        .append_event(&store_contract::sample_event(run, round * 100 + i))
+                        .await
+                }));
+            }
+            let bad_step = {
+                let store = store.clone();
+                let event = store_contract::sample_event(runs[0], 99).with_step(unknown_step);
+                tokio::spawn(async move { store.append_event(&event).await })
+            };
+            let bad_run = {
+                let store = store.clone();
+                let event = store_contract::sample_event(unknown_run, 98);
+                tokio::spawn(async move { store.append_event(&event).await })
+            };
+            for handle in good {
+                handle
+                    .await
+                    .expect("the appending task")
+                    .expect("a good event must be appended whatever its group holds");
+            }
+            match bad_step.await.expect("the appending task") {
+                Err(StoreError::NotFound { what }) => {
+                    assert!(what.contains(&unknown_step.to_string()))
+                }
+                other => panic!("an event naming an unknown step must be NotFound, got {other:?}"),
+            }
+            match bad_run.await.expect("the appending task") {
+                Err(StoreError::NotFound { what }) => {
+                    assert!(what.contains(&unknown_run.to_string()))
+                }
+                other => panic!("an event of an unknown run must be NotFound, got {other:?}"),
+            }
+        }
+        for run in runs {
+            let stored = store.events_after(run, 0, 100).await.expect("read");
+            assert_eq!(
+                stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                (1..=15).collect::<Vec<u64>>(),
+                "the rejected events must use up no seq"
+            );
+        }
+    }
+
+    /// Callers that drop their append while it is queued lose nothing of the others: every
+    /// remaining call is answered Ok, and the stored events are gap-free and unique.
+    #[tokio::test(flavor = "current_thread")]
+    async fn dropped_callers_do_not_disturb_the_others() {
+        let (_dir, _path, store) = fresh().await;
+        let runs = new_runs(&store, 1).await;
+        let run = runs[0];
+        let mut handles = Vec::new();
+        for i in 0..40u64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                store
+                    .append_event(&store_contract::sample_event(run, i))
+                    .await
+            }));
+        }
+        // Let every task queue its event, then drop half of the callers.
+        tokio::task::yield_now().await;
+        let mut kept = Vec::new();
+        for (i, handle) in handles.into_iter().enumerate() {
+            if i % 2 == 0 {
+                handle.abort();
+            } else {
+                kept.push(handle);
+            }
+        }
+        let mut returned = Vec::new();
+        for handle in kept {
+            returned.push(
+                handle
+                    .await
+                    .expect("a kept task")
+                    .expect("a kept caller's append"),
+            );
+        }
+        // An append queued now is written after every event queued before it, dropped or
+        // not, so afterwards the log is complete; it continues the numbering.
+        let last = store
+            .append_event(&store_contract::sample_event(run, 1_000))
+            .await
+            .expect("append afterwards");
+        let stored = store.events_after(run, 0, 100).await.expect("read");
+        let n = u64::try_from(stored.len()).expect("small");
+        assert_eq!(
+            stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<u64>>(),
+            "the stored seqs must be gap-free"
+        );
+        assert_eq!(stored.last(), Some(&last));
+        let mut payloads: Vec<String> = stored.iter().map(|e| e.payload.to_string()).collect();
+        payloads.sort();
+        payloads.dedup();
+        assert_eq!(payloads.len(), stored.len(), "no event may be stored twice");
+        for event in &returned {
+            assert!(
+                stored.contains(event),
+                "a kept caller's event {event:?} must be stored as returned"
+            );
+        }
+    }
+}
+
+mod batches {
+    //! `write_batch` specifics of SQLite: dropped batches and big groups of events.
+
+    use loop_engine::backend::StoreWrite;
+
+    use super::*;
+
+    /// A batch whose future is dropped at any point is applied entirely or not at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_batch_is_all_or_nothing() {
+        let (_dir, _path, store) = fresh().await;
+        let run = store_contract::sample_run("/ws/dropped-batch");
+        store.create_run(&run).await.expect("create the run");
+        let mut expected_events = 0;
+        for round in 0..30u32 {
+            let step = store_contract::sample_step(run.id, round + 1);
+            let mut batch = vec![StoreWrite::InsertStep(step.clone())];
+            for i in 0..20 {
+                batch.push(StoreWrite::AppendEvent(
+                    store_contract::sample_event(run.id, i).with_step(step.id),
+                ));
+                // Not consecutive appends: many statements, many points to be dropped at.
+                batch.push(StoreWrite::UpdateStep(step.clone()));
+            }
+            let task = {
+                let store = store.clone();
+                tokio::spawn(async move { store.write_batch(&batch).await })
+            };
+            // Vary the moment of the drop from "before it started" to "after it finished".
+            tokio::time::sleep(std::time::Duration::from_micros(u64::from(round) * 150)).await;
+            task.abort();
+            let _ = task.await;
+            // A write queues behind whatever the dropped batch left on the writer connection
+            // (its commit or its rollback), so the reads below see the outcome.
+            store.update_run(&run).await.expect("update the run");
+            let inserted = store.get_step(step.id).await.is_ok();
+            let events = store.last_event_seq(run.id).await.expect("last seq");
+            if inserted {
+                expected_events += 20;
+            }
+            assert_eq!(
+                events, expected_events,
+                "round {round}: the batch must be applied entirely or not at all"
+            );
+        }
+    }
+
+    /// More consecutive appends than one statement takes are split and still numbered in
+    /// batch order.
+    #[tokio::test]
+    async fn a_batch_of_many_events_is_numbered_in_order() {
+        let (_dir, _path, store) = fresh().await;
+        let run = store_contract::sample_run("/ws/big-batch");
+        store.create_run(&run).await.expect("create the run");
+        let batch: Vec<StoreWrite> = (0..1_500)
+            .map(|i| StoreWrite::AppendEvent(store_contract::sample_event(run.id, i)))
+            .collect();
+        let outcome = store.write_batch(&batch).await.expect("write the batch");
+        assert_eq!(
+            outcome.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=1_500).collect::<Vec<u64>>()
+        );
+        for event in &outcome.events {
+            assert_eq!(event.payload, serde_json::json!({ "n": event.seq - 1 }));
+        }
+        let stored = store.events_after(run.id, 0, 2_000).await.expect("read");
+        assert_eq!(stored, outcome.events);
+    }
+}
+
 mod locking {
     use std::time::Duration;
 
@@ -389,6 +698,52 @@ mod locking {
             .await
             .expect("append after the lock is gone");
         assert_eq!(next.seq, 1);
+    }
+
+    /// A group of queued appends and a batch that meet a lock outlasting every retry are all
+    /// Retryable, and none of them was applied.
+    #[tokio::test]
+    async fn grouped_appends_and_batches_blocked_past_the_retries_are_retryable() {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let path = dir.path().join("loop.db");
+        let store = impatient_store(&path, 30).await;
+        let run = store_contract::sample_run("/ws/locked-group");
+        store.create_run(&run).await.expect("create the run");
+
+        let mut holder = lock_holder(&path).await;
+        let mut appends = Vec::new();
+        for i in 0..5 {
+            let store = store.clone();
+            appends.push(tokio::spawn(async move {
+                store
+                    .append_event(&store_contract::sample_event(run.id, i))
+                    .await
+            }));
+        }
+        let batch = store
+            .write_batch(&[
+                loop_engine::backend::StoreWrite::AppendEvent(store_contract::sample_event(
+                    run.id, 9,
+                )),
+                loop_engine::backend::StoreWrite::UpdateRun(run.clone()),
+            ])
+            .await;
+        assert!(
+            matches!(batch, Err(StoreError::Retryable(_))),
+            "a batch blocked past every retry must be Retryable, got {batch:?}"
+        );
+        for append in appends {
+            let appended = append.await.expect("the appending task");
+            assert!(
+                matches!(appended, Err(StoreError::Retryable(_))),
+                "every append of a blocked group must be Retryable, got {appended:?}"
+            );
+        }
+        sqlx::query("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .expect("release the lock");
+        assert_eq!(store.last_event_seq(run.id).await.expect("last seq"), 0);
     }
 
     #[tokio::test]

@@ -92,16 +92,46 @@ pub struct RunFilter {
     pub before: Option<RunId>,
 }
 
+/// One write of a [`Store::write_batch`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreWrite {
+    /// Same as [`Store::update_run`].
+    UpdateRun(Run),
+    /// Same as [`Store::insert_step`].
+    InsertStep(Step),
+    /// Same as [`Store::update_step`].
+    UpdateStep(Step),
+    /// Same as [`Store::append_event`].
+    AppendEvent(NewEvent),
+    /// Same as [`Store::record_artifact`].
+    RecordArtifact(NewArtifact),
+}
+
+/// What a [`Store::write_batch`] created, in batch order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchOutcome {
+    /// The appended events with their sequence numbers, in the order of the batch.
+    pub events: Vec<Event>,
+    /// The recorded artifacts, in the order of the batch.
+    pub artifacts: Vec<Artifact>,
+}
+
 /// Durable storage for the engine.
 ///
 /// # Contract
 /// - **Durability**: when a write method returns `Ok`, the write survives a crash of the
-///   process. When it returns an error, nothing of it was applied (writes are atomic).
-/// - **Ordering**: writes made by one caller are applied in call order; the engine persists a
-///   step or event before it starts the next one.
-/// - **Events** are append-only. [`Store::append_event`] assigns the run's next sequence
-///   number: the first event of a run gets 1, and the numbers of one run have no gaps and no
-///   duplicates even when several tasks append at once.
+///   process. When it returns an error, nothing of it was applied (writes are atomic). A
+///   [`Store::write_batch`] is one such write: all of its writes or none of them.
+/// - **Ordering**: writes made by one caller are applied in call order, and the writes of a
+///   batch in batch order (a later write of a batch sees the earlier ones, e.g. an event may
+///   name a step the same batch inserts); the engine persists a step or event before it starts
+///   the next one.
+/// - **Events** are append-only. [`Store::append_event`] (and an append inside a batch)
+///   assigns the run's next sequence number: the first event of a run gets 1, and the numbers
+///   of one run have no gaps and no duplicates even when several tasks append or write
+///   batches at once. The events of one batch get consecutive numbers in batch order unless
+///   another caller appends to the same run at the same moment (the numbers then interleave,
+///   still in each caller's order).
 /// - **Claiming**: a run is claimable when it is `PENDING`, or `RUNNING` with its lease expired
 ///   (its worker died). [`Store::claim_next_run`] atomically marks the chosen run `RUNNING`
 ///   and gives it to one worker with a lease; two concurrent claims never get the same run.
@@ -181,4 +211,16 @@ pub trait Store: Send + Sync {
 
     /// How many runs are in each status (statuses with no runs may be left out).
     async fn count_runs_by_status(&self) -> Result<Vec<(RunStatus, u64)>, StoreError>;
+
+    /// Applies `writes` in order as one atomic unit: all of them or none. It saves the
+    /// engine a round trip (and a commit) per write when several belong together, e.g. the
+    /// bookkeeping between two agent calls.
+    ///
+    /// Each write is validated exactly as its single method would validate it and fails with
+    /// the same error (an unknown run or step is [`StoreError::NotFound`], a duplicate step is
+    /// [`StoreError::Conflict`]). The error of the first failing write is returned and nothing
+    /// of the batch is applied: no event of a failed batch uses up a sequence number. An empty
+    /// batch is a no-op that returns an empty [`BatchOutcome`]. A dropped call is applied
+    /// entirely or not at all, like any write.
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError>;
 }

@@ -4,14 +4,18 @@
 //! event numbers, artifact upserts, newest-first listing) so that engine tests written against
 //! it stay true for the real store; the store contract suite runs against both. Everything
 //! lives behind one `std::sync::Mutex` that is never held across an `.await` (no method awaits
-//! while holding it), so every method is atomic and cancellation-safe by construction.
+//! while holding it), so every method is atomic and cancellation-safe by construction. A batch
+//! applies its writes one by one under the lock and undoes them if a later one fails, before
+//! the lock is released.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use crate::backend::{ClaimRequest, QueueOrder, RunFilter, Store, StoreError};
+use crate::backend::{
+    BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
+};
 use crate::domain::{
     Artifact, Event, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, UnixMs, now_ms,
 };
@@ -41,8 +45,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied write behind (every method
-        // validates before it mutates), so the data behind a poisoned lock is still consistent.
+        // A panic while holding the lock cannot leave a half-applied write behind (every write
+        // validates before it mutates, and nothing between the writes of a batch can panic),
+        // so the data behind a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -80,6 +85,164 @@ impl Inner {
             .values()
             .any(|s| s.run_id == run_id && s.seq == seq && s.id != except)
     }
+
+    // The writes shared by the single methods and `write_batch`. Each validates before it
+    // mutates, so a failed write changed nothing, and returns how to take back a successful
+    // one, so that a batch can be undone when a later write of it fails.
+
+    fn update_run(&mut self, run: &Run) -> Result<Undo, StoreError> {
+        let stored = self.run_mut(run.id)?;
+        let updated = Run {
+            // Creation time orders the queue and the listings, and the lease belongs to the
+            // claim/renew/release methods: neither changes through an update.
+            created_at: stored.created_at,
+            worker_id: stored.worker_id.clone(),
+            lease_expires_at: stored.lease_expires_at,
+            updated_at: now_ms(),
+            ..run.clone()
+        };
+        Ok(Undo::Run(std::mem::replace(stored, updated)))
+    }
+
+    fn insert_step(&mut self, step: &Step) -> Result<Undo, StoreError> {
+        self.run(step.run_id)?;
+        if self.steps.contains_key(&step.id) {
+            return Err(StoreError::Conflict {
+                detail: format!("step {} already exists", step.id),
+            });
+        }
+        if self.seq_taken(step.run_id, step.seq, step.id) {
+            return Err(StoreError::Conflict {
+                detail: format!("run {} already has a step {}", step.run_id, step.seq),
+            });
+        }
+        self.steps.insert(step.id, step.clone());
+        Ok(Undo::InsertedStep(step.id))
+    }
+
+    fn update_step(&mut self, step: &Step) -> Result<Undo, StoreError> {
+        let run_id = match self.steps.get(&step.id) {
+            Some(stored) => stored.run_id,
+            None => return Err(StoreError::step_not_found(step.id)),
+        };
+        if self.seq_taken(run_id, step.seq, step.id) {
+            return Err(StoreError::Conflict {
+                detail: format!("run {run_id} already has a step {}", step.seq),
+            });
+        }
+        // A step never moves to another run.
+        let updated = Step {
+            run_id,
+            ..step.clone()
+        };
+        match self.steps.insert(step.id, updated) {
+            Some(old) => Ok(Undo::Step(old)),
+            None => Err(StoreError::step_not_found(step.id)),
+        }
+    }
+
+    fn append_event(&mut self, event: &NewEvent) -> Result<(Event, Undo), StoreError> {
+        self.run(event.run_id)?;
+        if let Some(step_id) = event.step_id
+            && !self.steps.contains_key(&step_id)
+        {
+            return Err(StoreError::step_not_found(step_id));
+        }
+        let events = self.events.entry(event.run_id).or_default();
+        let appended = Event {
+            seq: events.len() as u64 + 1,
+            run_id: event.run_id,
+            step_id: event.step_id,
+            kind: event.kind,
+            ts: event.ts,
+            payload: event.payload.clone(),
+        };
+        events.push(appended.clone());
+        Ok((appended, Undo::AppendedEvent(event.run_id)))
+    }
+
+    fn record_artifact(&mut self, artifact: &NewArtifact) -> Result<(Artifact, Undo), StoreError> {
+        self.run(artifact.run_id)?;
+        let recorded_at = now_ms();
+        let next_id = self.last_artifact_id + 1;
+        let artifacts = self.artifacts.entry(artifact.run_id).or_default();
+        if let Some((index, existing)) = artifacts
+            .iter_mut()
+            .enumerate()
+            .find(|(_, a)| a.location == artifact.location && a.path == artifact.path)
+        {
+            let old = existing.clone();
+            existing.kind = artifact.kind;
+            existing.checksum.clone_from(&artifact.checksum);
+            existing.recorded_at = recorded_at;
+            return Ok((existing.clone(), Undo::Artifact(index, old)));
+        }
+        let recorded = Artifact {
+            id: next_id,
+            run_id: artifact.run_id,
+            kind: artifact.kind,
+            location: artifact.location,
+            path: artifact.path.clone(),
+            checksum: artifact.checksum.clone(),
+            recorded_at,
+        };
+        artifacts.push(recorded.clone());
+        self.last_artifact_id = next_id;
+        Ok((recorded, Undo::RecordedArtifact(artifact.run_id)))
+    }
+
+    /// Takes back one applied write. Undos run newest first, so each finds the state its
+    /// write left behind.
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Run(old) => {
+                self.runs.insert(old.id, old);
+            }
+            Undo::InsertedStep(id) => {
+                self.steps.remove(&id);
+            }
+            Undo::Step(old) => {
+                self.steps.insert(old.id, old);
+            }
+            Undo::AppendedEvent(run_id) => {
+                if let Some(events) = self.events.get_mut(&run_id) {
+                    events.pop();
+                }
+            }
+            Undo::Artifact(index, old) => {
+                if let Some(slot) = self
+                    .artifacts
+                    .get_mut(&old.run_id)
+                    .and_then(|a| a.get_mut(index))
+                {
+                    *slot = old;
+                }
+            }
+            Undo::RecordedArtifact(run_id) => {
+                if let Some(artifacts) = self.artifacts.get_mut(&run_id) {
+                    artifacts.pop();
+                }
+                self.last_artifact_id -= 1;
+            }
+        }
+    }
+}
+
+/// How to take back one write of a batch (see [`Inner::undo`]).
+#[derive(Debug)]
+enum Undo {
+    /// Put back the run as it was before an update.
+    Run(Run),
+    /// Remove an inserted step.
+    InsertedStep(StepId),
+    /// Put back the step as it was before an update.
+    Step(Step),
+    /// Remove the last event of the run.
+    AppendedEvent(RunId),
+    /// Put back the artifact at this index of its run as it was before it was recorded again.
+    Artifact(usize, Artifact),
+    /// Remove the last artifact of the run and give its id back.
+    RecordedArtifact(RunId),
 }
 
 #[async_trait]
@@ -125,19 +288,7 @@ impl Store for MemoryStore {
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let stored = inner.run_mut(run.id)?;
-        let updated = Run {
-            // Creation time orders the queue and the listings, and the lease belongs to the
-            // claim/renew/release methods: neither changes through an update.
-            created_at: stored.created_at,
-            worker_id: stored.worker_id.clone(),
-            lease_expires_at: stored.lease_expires_at,
-            updated_at: now_ms(),
-            ..run.clone()
-        };
-        *stored = updated;
-        Ok(())
+        self.lock().update_run(run).map(drop)
     }
 
     async fn claim_next_run(&self, req: &ClaimRequest) -> Result<Option<Run>, StoreError> {
@@ -193,40 +344,11 @@ impl Store for MemoryStore {
     }
 
     async fn insert_step(&self, step: &Step) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        inner.run(step.run_id)?;
-        if inner.steps.contains_key(&step.id) {
-            return Err(StoreError::Conflict {
-                detail: format!("step {} already exists", step.id),
-            });
-        }
-        if inner.seq_taken(step.run_id, step.seq, step.id) {
-            return Err(StoreError::Conflict {
-                detail: format!("run {} already has a step {}", step.run_id, step.seq),
-            });
-        }
-        inner.steps.insert(step.id, step.clone());
-        Ok(())
+        self.lock().insert_step(step).map(drop)
     }
 
     async fn update_step(&self, step: &Step) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let run_id = match inner.steps.get(&step.id) {
-            Some(stored) => stored.run_id,
-            None => return Err(StoreError::step_not_found(step.id)),
-        };
-        if inner.seq_taken(run_id, step.seq, step.id) {
-            return Err(StoreError::Conflict {
-                detail: format!("run {run_id} already has a step {}", step.seq),
-            });
-        }
-        // A step never moves to another run.
-        let updated = Step {
-            run_id,
-            ..step.clone()
-        };
-        inner.steps.insert(step.id, updated);
-        Ok(())
+        self.lock().update_step(step).map(drop)
     }
 
     async fn get_step(&self, id: StepId) -> Result<Step, StoreError> {
@@ -251,24 +373,7 @@ impl Store for MemoryStore {
     }
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
-        let mut inner = self.lock();
-        inner.run(event.run_id)?;
-        if let Some(step_id) = event.step_id
-            && !inner.steps.contains_key(&step_id)
-        {
-            return Err(StoreError::step_not_found(step_id));
-        }
-        let events = inner.events.entry(event.run_id).or_default();
-        let appended = Event {
-            seq: events.len() as u64 + 1,
-            run_id: event.run_id,
-            step_id: event.step_id,
-            kind: event.kind,
-            ts: event.ts,
-            payload: event.payload.clone(),
-        };
-        events.push(appended.clone());
-        Ok(appended)
+        self.lock().append_event(event).map(|(event, _)| event)
     }
 
     async fn events_after(
@@ -296,32 +401,9 @@ impl Store for MemoryStore {
     }
 
     async fn record_artifact(&self, artifact: &NewArtifact) -> Result<Artifact, StoreError> {
-        let mut inner = self.lock();
-        inner.run(artifact.run_id)?;
-        let recorded_at = now_ms();
-        let next_id = inner.last_artifact_id + 1;
-        let artifacts = inner.artifacts.entry(artifact.run_id).or_default();
-        if let Some(existing) = artifacts
-            .iter_mut()
-            .find(|a| a.location == artifact.location && a.path == artifact.path)
-        {
-            existing.kind = artifact.kind;
-            existing.checksum.clone_from(&artifact.checksum);
-            existing.recorded_at = recorded_at;
-            return Ok(existing.clone());
-        }
-        let recorded = Artifact {
-            id: next_id,
-            run_id: artifact.run_id,
-            kind: artifact.kind,
-            location: artifact.location,
-            path: artifact.path.clone(),
-            checksum: artifact.checksum.clone(),
-            recorded_at,
-        };
-        artifacts.push(recorded.clone());
-        inner.last_artifact_id = next_id;
-        Ok(recorded)
+        self.lock()
+            .record_artifact(artifact)
+            .map(|(artifact, _)| artifact)
     }
 
     async fn list_artifacts(&self, run_id: RunId) -> Result<Vec<Artifact>, StoreError> {
@@ -339,6 +421,40 @@ impl Store for MemoryStore {
         let mut counts: Vec<(RunStatus, u64)> = counts.into_iter().collect();
         counts.sort_by_key(|(status, _)| *status);
         Ok(counts)
+    }
+
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError> {
+        let mut inner = self.lock();
+        let mut outcome = BatchOutcome::default();
+        let mut undo = Vec::with_capacity(writes.len());
+        for write in writes {
+            let applied = match write {
+                StoreWrite::UpdateRun(run) => inner.update_run(run),
+                StoreWrite::InsertStep(step) => inner.insert_step(step),
+                StoreWrite::UpdateStep(step) => inner.update_step(step),
+                StoreWrite::AppendEvent(event) => inner.append_event(event).map(|(event, undo)| {
+                    outcome.events.push(event);
+                    undo
+                }),
+                StoreWrite::RecordArtifact(artifact) => {
+                    inner.record_artifact(artifact).map(|(artifact, undo)| {
+                        outcome.artifacts.push(artifact);
+                        undo
+                    })
+                }
+            };
+            match applied {
+                Ok(u) => undo.push(u),
+                Err(e) => {
+                    // Still under the lock: nobody saw the partial batch.
+                    for u in undo.into_iter().rev() {
+                        inner.undo(u);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(outcome)
     }
 }
 
@@ -358,6 +474,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_appends_concurrently_without_gaps() {
         store_contract::concurrent_appends(Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_store_batches_concurrently_without_gaps() {
+        store_contract::concurrent_batches(Arc::new(MemoryStore::new())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

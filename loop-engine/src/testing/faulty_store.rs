@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use crate::backend::{ClaimRequest, RunFilter, Store, StoreError};
+use crate::backend::{BatchOutcome, ClaimRequest, RunFilter, Store, StoreError, StoreWrite};
 use crate::domain::{
     Artifact, Event, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, UnixMs,
 };
@@ -136,5 +136,38 @@ impl Store for FaultyStore {
     async fn count_runs_by_status(&self) -> Result<Vec<(RunStatus, u64)>, StoreError> {
         self.check()?;
         self.inner.count_runs_by_status().await
+    }
+    async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError> {
+        self.check()?;
+        self.inner.write_batch(writes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::impls::MemoryStore;
+    use crate::testing::store_contract::{sample_event, sample_run};
+
+    #[tokio::test]
+    async fn batches_fail_while_failing_and_apply_after_recovery() {
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = FaultyStore::new(Arc::clone(&inner));
+        let run = sample_run("/ws/faulty");
+        store.create_run(&run).await.unwrap();
+        let batch = [StoreWrite::AppendEvent(sample_event(run.id, 1))];
+
+        store.fail();
+        assert!(matches!(
+            store.write_batch(&batch).await,
+            Err(StoreError::Fatal(_))
+        ));
+        assert_eq!(store.refused(), 1);
+        assert_eq!(inner.last_event_seq(run.id).await.unwrap(), 0);
+
+        store.recover();
+        let outcome = store.write_batch(&batch).await.unwrap();
+        assert_eq!(outcome.events.len(), 1);
+        assert_eq!(inner.last_event_seq(run.id).await.unwrap(), 1);
     }
 }

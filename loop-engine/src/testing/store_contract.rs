@@ -2,7 +2,7 @@
 //! taking the store under test and panicking with a message that names the broken rule.
 //!
 //! Every implementation runs the same suite ([`run_all`], [`concurrent_appends`],
-//! [`concurrent_claims`]), so the in-memory store cannot drift from the SQLite one and a new
+//! [`concurrent_batches`], [`concurrent_claims`]), so the in-memory store cannot drift from the SQLite one and a new
 //! backend knows exactly what it has to do.
 //!
 //! The functions can share one store: each works in its own workspace, compares counts before
@@ -16,11 +16,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::backend::{ClaimRequest, QueueOrder, RunFilter, Store, StoreError};
+use crate::backend::{
+    BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
+};
 use crate::domain::{
-    AgentUsage, ArtifactKind, ArtifactLocation, EventKind, ExitReason, MergeStrategy, NameSource,
-    NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus, UnixMs,
-    now_ms,
+    AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
+    NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
+    UnixMs, now_ms,
 };
 
 /// A clock value for claiming checks; leases are relative to it, not to the wall clock.
@@ -176,6 +178,10 @@ pub async fn run_all(store: &dyn Store) {
     events_after_returns_the_tail(store).await;
     event_errors(store).await;
     interleaved_appends(store).await;
+    batch_applies_in_order(store).await;
+    batch_is_atomic(store).await;
+    empty_batch_is_a_no_op(store).await;
+    interleaved_batches(store).await;
     artifacts_upsert_by_location_and_path(store).await;
     claim_takes_pending_and_sets_the_lease(store).await;
     claim_never_takes_paused_or_terminal_runs(store).await;
@@ -1283,4 +1289,393 @@ pub async fn count_runs_by_status(store: &dyn Store) {
             "store contract: count_runs_by_status must count {status} runs"
         );
     }
+}
+
+#[track_caller]
+fn assert_not_found_naming<T: Debug>(what: &str, id: &str, result: Result<T, StoreError>) {
+    match result {
+        Err(StoreError::NotFound { what: found }) if found.contains(id) => {}
+        other => panic!("store contract: {what} must be NotFound naming {id}, got {other:?}"),
+    }
+}
+
+/// A batch applies its writes in order (an event may name a step the same batch inserts),
+/// returns the events and artifacts it created in batch order exactly as they read back, and
+/// its events' seqs continue gap-free between single appends and other batches.
+pub async fn batch_applies_in_order(store: &dyn Store) {
+    let a = sample_run(&workspace("batch"));
+    let b = sample_run(&workspace("batch"));
+    create(store, &a).await;
+    create(store, &b).await;
+    let s1 = sample_step(a.id, 1);
+    ok("insert_step", store.insert_step(&s1).await);
+    let first = ok(
+        "append_event",
+        store.append_event(&sample_event(a.id, 1)).await,
+    );
+    assert_eq!(first.seq, 1);
+
+    let s2 = full_step(a.id, 2);
+    let s1_done = Step {
+        status: StepStatus::Succeeded,
+        ended_at: Some(T0 + 9),
+        exit_code: Some(0),
+        ..s1.clone()
+    };
+    let log = sample_artifact(a.id, "/logs/batch/iter-1.log");
+    let log_again = NewArtifact {
+        kind: ArtifactKind::IterationTail,
+        checksum: "1".repeat(64),
+        ..log.clone()
+    };
+    let a_running = Run {
+        status: RunStatus::Running,
+        iterations_run: 5,
+        tasks_done: 2,
+        ..a.clone()
+    };
+    let batch = vec![
+        StoreWrite::InsertStep(s2.clone()),
+        StoreWrite::AppendEvent(sample_event(a.id, 2).with_step(s2.id)),
+        StoreWrite::UpdateStep(s1_done.clone()),
+        StoreWrite::AppendEvent(sample_event(b.id, 1)),
+        StoreWrite::RecordArtifact(log.clone()),
+        StoreWrite::AppendEvent(sample_event(a.id, 3)),
+        StoreWrite::RecordArtifact(log_again.clone()),
+        StoreWrite::UpdateRun(a_running.clone()),
+        StoreWrite::AppendEvent(sample_event(a.id, 4)),
+    ];
+    let outcome = ok("write_batch", store.write_batch(&batch).await);
+
+    assert_eq!(
+        outcome
+            .events
+            .iter()
+            .map(|e| (e.run_id, e.seq))
+            .collect::<Vec<_>>(),
+        vec![(a.id, 2), (b.id, 1), (a.id, 3), (a.id, 4)],
+        "store contract: a batch's events come back in batch order with the runs' next seqs"
+    );
+    let stored_a = ok("events_after", store.events_after(a.id, 1, 100).await);
+    let stored_b = ok("events_after", store.events_after(b.id, 0, 100).await);
+    let batched_a: Vec<Event> = outcome
+        .events
+        .iter()
+        .filter(|e| e.run_id == a.id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        stored_a, batched_a,
+        "store contract: write_batch must return the events exactly as events_after reads them"
+    );
+    assert_eq!(
+        stored_b,
+        vec![outcome.events[1].clone()],
+        "store contract: a batch's event of another run must land in that run"
+    );
+    assert_eq!(
+        outcome.events[0].step_id,
+        Some(s2.id),
+        "store contract: an event may name a step inserted earlier in the same batch"
+    );
+
+    assert_eq!(
+        outcome.artifacts.len(),
+        2,
+        "store contract: write_batch must return every recorded artifact"
+    );
+    assert_eq!(
+        outcome.artifacts[0].id, outcome.artifacts[1].id,
+        "store contract: re-recording a path inside a batch must keep its artifact id"
+    );
+    assert_eq!(
+        (&outcome.artifacts[0].checksum, outcome.artifacts[0].kind),
+        (&log.checksum, log.kind),
+        "store contract: each artifact comes back as recorded at its place in the batch"
+    );
+    assert_eq!(
+        ok("list_artifacts", store.list_artifacts(a.id).await),
+        vec![outcome.artifacts[1].clone()],
+        "store contract: the artifact must read back as the batch's last record of it"
+    );
+
+    assert_eq!(
+        ok("get_step", store.get_step(s2.id).await),
+        s2,
+        "store contract: a batch's inserted step must read back"
+    );
+    assert_eq!(
+        ok("get_step", store.get_step(s1.id).await),
+        s1_done,
+        "store contract: a batch's step update must be applied"
+    );
+    let stored_run = ok("get_run", store.get_run(a.id).await);
+    assert_eq!(
+        (
+            stored_run.status,
+            stored_run.iterations_run,
+            stored_run.tasks_done
+        ),
+        (RunStatus::Running, 5, 2),
+        "store contract: a batch's run update must be applied"
+    );
+
+    let single = ok(
+        "append_event",
+        store.append_event(&sample_event(a.id, 5)).await,
+    );
+    assert_eq!(
+        single.seq, 5,
+        "store contract: single appends continue after a batch without a gap"
+    );
+    let next = ok(
+        "write_batch",
+        store
+            .write_batch(&[
+                StoreWrite::AppendEvent(sample_event(a.id, 6)),
+                StoreWrite::AppendEvent(sample_event(a.id, 7)),
+            ])
+            .await,
+    );
+    assert_eq!(
+        next.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![6, 7],
+        "store contract: a batch continues after single appends without a gap"
+    );
+    assert_eq!(ok("last_event_seq", store.last_event_seq(a.id).await), 7);
+}
+
+/// A batch that fails applies nothing: the error is the first failing write's (the same
+/// variant as the single method's), none of the earlier writes is visible, and its events
+/// use up no seq.
+pub async fn batch_is_atomic(store: &dyn Store) {
+    let run = sample_run(&workspace("batch-atomic"));
+    create(store, &run).await;
+    let s1 = sample_step(run.id, 1);
+    ok("insert_step", store.insert_step(&s1).await);
+    ok(
+        "append_event",
+        store.append_event(&sample_event(run.id, 1)).await,
+    );
+
+    let s2 = sample_step(run.id, 2);
+    let s1_changed = Step {
+        status: StepStatus::InProgress,
+        ..s1.clone()
+    };
+    let renamed = Run {
+        name: "renamed".to_owned(),
+        iterations_run: 9,
+        ..run.clone()
+    };
+    let unknown_step = StepId::new();
+    let unknown_run = RunId::new();
+    let ghost_step = sample_step(run.id, 7);
+    let ghost_run = sample_run(&workspace("batch-atomic"));
+    let cases: Vec<(&str, Vec<StoreWrite>, String)> = vec![
+        (
+            "an event naming an unknown step",
+            vec![
+                StoreWrite::InsertStep(s2.clone()),
+                StoreWrite::AppendEvent(sample_event(run.id, 2).with_step(s2.id)),
+                StoreWrite::AppendEvent(sample_event(run.id, 3).with_step(unknown_step)),
+                StoreWrite::UpdateRun(renamed.clone()),
+            ],
+            unknown_step.to_string(),
+        ),
+        (
+            "an event of an unknown run",
+            vec![
+                StoreWrite::AppendEvent(sample_event(run.id, 2)),
+                StoreWrite::UpdateStep(s1_changed.clone()),
+                StoreWrite::AppendEvent(sample_event(unknown_run, 1)),
+            ],
+            unknown_run.to_string(),
+        ),
+        (
+            "an update of an unknown step",
+            vec![
+                StoreWrite::UpdateRun(renamed.clone()),
+                StoreWrite::RecordArtifact(sample_artifact(run.id, "/logs/atomic.log")),
+                StoreWrite::UpdateStep(ghost_step.clone()),
+            ],
+            ghost_step.id.to_string(),
+        ),
+        (
+            "an update of an unknown run",
+            vec![
+                StoreWrite::AppendEvent(sample_event(run.id, 2)),
+                StoreWrite::AppendEvent(sample_event(run.id, 3)),
+                StoreWrite::UpdateRun(ghost_run.clone()),
+            ],
+            ghost_run.id.to_string(),
+        ),
+        (
+            "an artifact of an unknown run",
+            vec![
+                StoreWrite::InsertStep(s2.clone()),
+                StoreWrite::UpdateStep(s1_changed.clone()),
+                StoreWrite::RecordArtifact(sample_artifact(unknown_run, "/x")),
+            ],
+            unknown_run.to_string(),
+        ),
+        (
+            "a step of an unknown run, before a later unknown step",
+            vec![
+                StoreWrite::AppendEvent(sample_event(run.id, 2)),
+                StoreWrite::UpdateRun(renamed.clone()),
+                StoreWrite::InsertStep(sample_step(unknown_run, 1)),
+                StoreWrite::AppendEvent(sample_event(run.id, 3).with_step(unknown_step)),
+            ],
+            unknown_run.to_string(),
+        ),
+    ];
+    for (what, batch, names) in cases {
+        let result = store.write_batch(&batch).await;
+        assert_not_found_naming(&format!("a batch with {what}"), &names, result);
+        assert_batch_left_nothing(store, &run, &s1, &s2, what).await;
+    }
+
+    assert_conflict(
+        "a batch inserting a step with an existing id",
+        store
+            .write_batch(&[
+                StoreWrite::AppendEvent(sample_event(run.id, 2)),
+                StoreWrite::InsertStep(s2.clone()),
+                StoreWrite::InsertStep(Step {
+                    seq: 3,
+                    ..s1.clone()
+                }),
+            ])
+            .await,
+    );
+    assert_batch_left_nothing(store, &run, &s1, &s2, "a duplicate step").await;
+
+    let next = ok(
+        "append_event",
+        store.append_event(&sample_event(run.id, 2)).await,
+    );
+    assert_eq!(
+        next.seq, 2,
+        "store contract: the events of failed batches must not use up seqs"
+    );
+}
+
+/// Checks that none of the writes `batch_is_atomic` tried is visible.
+async fn assert_batch_left_nothing(store: &dyn Store, run: &Run, s1: &Step, s2: &Step, what: &str) {
+    assert_eq!(
+        ok("last_event_seq", store.last_event_seq(run.id).await),
+        1,
+        "store contract: a failed batch ({what}) must append no event"
+    );
+    assert_eq!(
+        ok("list_steps", store.list_steps(run.id).await),
+        vec![s1.clone()],
+        "store contract: a failed batch ({what}) must neither insert nor update a step"
+    );
+    assert_not_found(
+        "get_step of a step a failed batch inserted",
+        store.get_step(s2.id).await,
+    );
+    let stored = ok("get_run", store.get_run(run.id).await);
+    assert_eq!(
+        (stored.name.as_str(), stored.iterations_run),
+        (run.name.as_str(), run.iterations_run),
+        "store contract: a failed batch ({what}) must not update the run"
+    );
+    assert_eq!(
+        ok("list_artifacts", store.list_artifacts(run.id).await),
+        Vec::new(),
+        "store contract: a failed batch ({what}) must record no artifact"
+    );
+}
+
+/// An empty batch succeeds, creates nothing and changes nothing.
+pub async fn empty_batch_is_a_no_op(store: &dyn Store) {
+    let run = sample_run(&workspace("batch-empty"));
+    create(store, &run).await;
+    assert_eq!(
+        ok("write_batch", store.write_batch(&[]).await),
+        BatchOutcome::default(),
+        "store contract: an empty batch returns an empty outcome"
+    );
+    assert_eq!(
+        ok("get_run", store.get_run(run.id).await),
+        run,
+        "store contract: an empty batch changes nothing"
+    );
+    assert_eq!(ok("last_event_seq", store.last_event_seq(run.id).await), 0);
+}
+
+/// Appends `count` events to `run_id` with the payloads `{task, i}` that [`assert_gap_free`]
+/// checks: batches of up to five, each followed by one single append. Returns the seqs in
+/// call order.
+async fn append_in_batches(store: &dyn Store, run_id: RunId, task: u64, count: u64) -> Vec<u64> {
+    let event = |i: u64| NewEvent {
+        payload: json!({ "task": task, "i": i }),
+        ..sample_event(run_id, i)
+    };
+    let mut seqs = Vec::new();
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(5);
+        let batch: Vec<StoreWrite> = (i..i + n)
+            .map(|i| StoreWrite::AppendEvent(event(i)))
+            .collect();
+        let outcome = ok("write_batch", store.write_batch(&batch).await);
+        assert_eq!(
+            outcome.events.len(),
+            batch.len(),
+            "store contract: write_batch must return one event per append"
+        );
+        seqs.extend(outcome.events.iter().map(|e| e.seq));
+        i += n;
+        if i < count {
+            seqs.push(ok("append_event", store.append_event(&event(i)).await).seq);
+            i += 1;
+        }
+    }
+    seqs
+}
+
+/// Batches and single appends interleaved on one task (`tokio::join!`) are gap-free and
+/// unique.
+pub async fn interleaved_batches(store: &dyn Store) {
+    let run = sample_run(&workspace("interleaved-batches"));
+    create(store, &run).await;
+    let (a, b, c) = tokio::join!(
+        append_in_batches(store, run.id, 0, 30),
+        append_many(store, run.id, 1, 30),
+        append_in_batches(store, run.id, 2, 30),
+    );
+    assert_gap_free(store, run.id, vec![a, b, c], 90).await;
+}
+
+/// 8 spawned tasks append 60 events each to one run, half of them in batches and half one by
+/// one: the seqs are exactly 1..=480, without gaps or duplicates, each task's events in its
+/// call order. Needs a multi-threaded runtime to mean anything.
+pub async fn concurrent_batches(store: Arc<dyn Store>) {
+    const TASKS: u64 = 8;
+    const PER_TASK: u64 = 60;
+    let run = sample_run(&workspace("concurrent-batches"));
+    create(store.as_ref(), &run).await;
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            if task % 2 == 0 {
+                append_in_batches(store.as_ref(), run.id, task, PER_TASK).await
+            } else {
+                append_many(store.as_ref(), run.id, task, PER_TASK).await
+            }
+        }));
+    }
+    let mut returned = Vec::new();
+    for handle in handles {
+        match handle.await {
+            Ok(seqs) => returned.push(seqs),
+            Err(e) => panic!("store contract: a batching task panicked: {e}"),
+        }
+    }
+    assert_gap_free(store.as_ref(), run.id, returned, TASKS * PER_TASK).await;
 }
