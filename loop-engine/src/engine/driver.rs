@@ -1,6 +1,8 @@
 //! The run driver: carries one run through SPEC §6 (review passes, implementation with
-//! retries and watchdog, verification gate, final verification, merge), persisting every step
-//! and event through the store before the next one begins.
+//! retries and watchdog, verification gate, final verification, merge). Steps, events and
+//! artifacts are journaled by the [`Recorder`] and land in one store transaction before the
+//! next agent, command, sleep or merge begins, so a restart always finds the last step that
+//! started durable while the path between two agent calls costs one commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use tokio::sync::{broadcast, mpsc};
 use crate::artifacts::{self, Summary};
 use crate::backend::{
     ExecContext, ExecOutcome, ExecPurpose, ExecRequest, ExecSignal, Executor, ExecutorError,
-    MergeOutcome, MergeRequest, Notification, NotificationKind, StoreError, Termination, VcsError,
+    MergeOutcome, MergeRequest, Notification, NotificationKind, StoreError, StoreWrite,
+    Termination, VcsError,
 };
 use crate::completion::{self, Completion};
 use crate::config::Config;
@@ -295,13 +298,13 @@ impl RunDriver {
         (self.run.tasks_done, self.run.tasks_total)
     }
 
+    /// Queues a report-kind event (store, report.tsv, run.log); see [`Recorder`].
     async fn report(&self, step: Option<StepId>, kind: EventKind, row: Row) -> Result<(), Stop> {
-        self.rec
-            .report(&self.inner, step, kind, row, self.tasks())
-            .await
-            .map_err(Stop::from)
+        self.rec.report(step, kind, row, self.tasks());
+        self.flush_if_full().await
     }
 
+    /// Queues an event.
     async fn event(
         &self,
         step: Option<StepId>,
@@ -310,14 +313,29 @@ impl RunDriver {
     ) -> Result<(), Stop> {
         let mut ev = NewEvent::new(self.run.id, kind, payload);
         ev.step_id = step;
-        self.inner.emit(ev).await?;
-        Ok(())
+        self.rec.event(ev);
+        self.flush_if_full().await
     }
 
+    /// Queues the run row.
     async fn save_run(&mut self) -> Result<(), Stop> {
         self.run.updated_at = now_ms();
-        self.inner.store.update_run(&self.run).await?;
-        Ok(())
+        self.rec.write(StoreWrite::UpdateRun(self.run.clone()));
+        self.flush_if_full().await
+    }
+
+    /// Lands every queued write: called before anything that takes time or must find the
+    /// run's state durable (an agent, a command, a sleep, a merge, the end of the run).
+    async fn flush(&self) -> Result<(), Stop> {
+        self.rec.flush(&self.inner).await.map_err(Stop::from)
+    }
+
+    async fn flush_if_full(&self) -> Result<(), Stop> {
+        if self.rec.is_full() {
+            self.flush().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Step boundary: honour shutdown, cancel and pause.
@@ -472,7 +490,7 @@ impl RunDriver {
     }
 
     async fn start_step(&self, step: &Step) -> Result<(), Stop> {
-        self.inner.store.insert_step(step).await?;
+        self.rec.write(StoreWrite::InsertStep(step.clone()));
         self.event(
             Some(step.id),
             EventKind::StepStarted,
@@ -497,7 +515,7 @@ impl RunDriver {
         step.ended_at = Some(now_ms());
         step.agent_pid = None;
         step.agent_start_time = None;
-        self.inner.store.update_step(step).await?;
+        self.rec.write(StoreWrite::UpdateStep(step.clone()));
         self.event(
             Some(step.id),
             EventKind::StepFinished,
@@ -544,6 +562,8 @@ impl RunDriver {
                 &self.worktree,
             );
         }
+        // RUN_START (and the naming step) reach followers before git works on the worktree.
+        self.flush().await?;
         let wt = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
             let _guard = lock.lock().await;
@@ -591,9 +611,7 @@ impl RunDriver {
         let path = self.rec.folder.prompt();
         artifacts::write_atomic(&path, text.as_bytes())
             .map_err(|e| Stop::failed(format!("cannot write {}: {e}", path.display())))?;
-        self.rec
-            .record(&self.inner, ArtifactKind::Prompt, &path)
-            .await?;
+        self.rec.record(ArtifactKind::Prompt, &path).await;
         self.read_plan()?;
         self.save_run().await?;
         self.report(
@@ -704,6 +722,7 @@ impl RunDriver {
                 };
                 let ctx = ExecContext::detached(self.control.cancel.child_token());
                 self.forget_head();
+                self.flush().await?;
                 match executor.execute(req, ctx).await {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
@@ -956,9 +975,7 @@ impl RunDriver {
         step.reason = Some(signal.as_str().to_owned());
         self.start_step(&step).await?;
         self.end_step(&mut step, StepStatus::Succeeded, 0).await?;
-        self.rec
-            .record(&self.inner, ArtifactKind::PromptRewrite, &path)
-            .await?;
+        self.rec.record(ArtifactKind::PromptRewrite, &path).await;
         self.event(
             step_id.or(Some(step.id)),
             EventKind::WatchdogRewrite,
@@ -973,12 +990,10 @@ impl RunDriver {
         )
         .await?;
         Metrics::inc(&self.inner.metrics.watchdog_rewrites);
-        self.rec
-            .log(format!(
-                "WATCHDOG_REWRITE signal={} rewrite={n}",
-                signal.as_str()
-            ))
-            .await;
+        self.rec.log(format!(
+            "WATCHDOG_REWRITE signal={} rewrite={n}",
+            signal.as_str()
+        ));
         self.prompt_override = Some((rewritten, path));
         self.watchdog.reset();
         Ok(true)
@@ -1144,6 +1159,8 @@ impl RunDriver {
                 idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
                 env: self.agent_env(),
             };
+            // The step and everything before it are durable before the agent exists.
+            self.flush().await?;
             let started = Instant::now();
             self.forget_head();
             let result = self.run_agent(&executor, req, &mut step).await;
@@ -1267,11 +1284,24 @@ impl RunDriver {
                 },
             )
             .await?;
-            let tail_written = {
+            // One blocking hop writes the tail and checksums both files.
+            let recorded = {
                 let (log, tail) = (log_path.clone(), tail_path.clone());
-                tokio::task::spawn_blocking(move || artifacts::write_tail(&log, &tail, 200)).await
+                self.rec
+                    .record_with(
+                        vec![
+                            (ArtifactKind::IterationTail, tail_path.clone()),
+                            (ArtifactKind::IterationLog, log_path.clone()),
+                        ],
+                        move || {
+                            if let Err(e) = artifacts::write_tail(&log, &tail, 200) {
+                                tracing::debug!(error = %e, "no tail for {}", log.display());
+                            }
+                        },
+                    )
+                    .await
             };
-            if matches!(tail_written, Ok(Ok(_))) {
+            if recorded.first() == Some(&true) {
                 self.report(
                     Some(step.id),
                     EventKind::IterationTail,
@@ -1281,15 +1311,9 @@ impl RunDriver {
                     },
                 )
                 .await?;
-                self.rec
-                    .record(&self.inner, ArtifactKind::IterationTail, &tail_path)
-                    .await?;
                 self.last_iter_tail = Some(tail_path.clone());
             }
-            if log_path.exists() {
-                self.rec
-                    .record(&self.inner, ArtifactKind::IterationLog, &log_path)
-                    .await?;
+            if recorded.get(1) == Some(&true) {
                 self.last_iter_log = Some(log_path.clone());
             }
             match verdict {
@@ -1338,6 +1362,7 @@ impl RunDriver {
                                 },
                             )
                             .await?;
+                            self.flush().await?;
                             tokio::select! {
                                 () = tokio::time::sleep(delay) => {}
                                 () = self.control.cancel.cancelled() => return Err(self.interrupted()),
@@ -1400,15 +1425,13 @@ impl RunDriver {
                 res = &mut exec => break res,
                 Some(sig) = sig_rx.recv() => self.on_signal(step, sig).await,
                 _ = heartbeat.tick() => {
-                    let _ = self
-                        .report(Some(step.id), EventKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())))
-                        .await;
+                    self.rec.report(Some(step.id), EventKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
+                    let _ = self.flush().await;
                 }
                 () = &mut long, if !warned => {
                     warned = true;
-                    let _ = self
-                        .report(Some(step.id), EventKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)))
-                        .await;
+                    self.rec.report(Some(step.id), EventKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
+                    let _ = self.flush().await;
                 }
             }
         };
@@ -1428,8 +1451,10 @@ impl RunDriver {
             ExecSignal::Spawned { pid, start_time } => {
                 step.agent_pid = Some(pid);
                 step.agent_start_time = start_time;
-                if let Err(e) = self.inner.store.update_step(step).await {
-                    tracing::warn!(run_id = %self.run.id, error = %chain(&e), "cannot record agent pid");
+                // Durable at once: recovery after a crash finds the agent by it.
+                self.rec.write(StoreWrite::UpdateStep(step.clone()));
+                if let Err(e) = self.flush().await {
+                    tracing::warn!(run_id = %self.run.id, error = ?e, "cannot record agent pid");
                 }
             }
             ExecSignal::ApiRetry {
@@ -1452,6 +1477,7 @@ impl RunDriver {
                         }),
                     )
                     .await;
+                let _ = self.flush().await;
             }
         }
     }
@@ -1517,6 +1543,7 @@ impl RunDriver {
                 },
             )
             .await?;
+            self.flush().await?;
             let t = Instant::now();
             let run = Cmd::new("bash", &self.worktree)
                 .args(["-lc", cmd.as_str()])
@@ -1547,9 +1574,7 @@ impl RunDriver {
                     (127, text.len() as u64)
                 }
             };
-            self.rec
-                .record(&self.inner, ArtifactKind::VerifyLog, &log)
-                .await?;
+            self.rec.record(ArtifactKind::VerifyLog, &log).await;
             self.report(
                 Some(step.id),
                 EventKind::VerifyCmdEnd,
@@ -1603,15 +1628,13 @@ impl RunDriver {
                 let failure_path = self.rec.folder.verify_failure(&slug);
                 let _ = artifacts::write_atomic(&failure_path, failure_text.as_bytes());
                 self.rec
-                    .record(&self.inner, ArtifactKind::VerifyFailure, &failure_path)
-                    .await?;
+                    .record(ArtifactKind::VerifyFailure, &failure_path)
+                    .await;
                 let text = prompt::runner_notes_for_failure(&cmd, code, &log, &tail);
                 if let Err(e) = artifacts::write_atomic(&notes, text.as_bytes()) {
                     tracing::warn!(run_id = %self.run.id, error = %e, "cannot write runner notes");
                 }
-                self.rec
-                    .record(&self.inner, ArtifactKind::RunnerNotes, &notes)
-                    .await?;
+                self.rec.record(ArtifactKind::RunnerNotes, &notes).await;
                 step.reason = Some(format!("`{cmd}` exited with {code}"));
                 self.end_step(&mut step, StepStatus::Failed, ms(started))
                     .await?;
@@ -1672,6 +1695,7 @@ impl RunDriver {
             ),
         };
         self.forget_head();
+        self.flush().await?;
         match self.inner.vcs.merge(&req).await {
             Ok(outcome) => {
                 let (what, commit) = match &outcome {
@@ -1746,7 +1770,13 @@ impl RunDriver {
         self.run.failure = detail.clone();
         let mut saved = false;
         for attempt in 0..20u32 {
-            match self.save_run().await {
+            // Everything still queued lands with the final state (a failed flush drops only
+            // its own batch, so a retry carries the run row alone).
+            let saved_now = match self.save_run().await {
+                Ok(()) => self.flush().await,
+                Err(e) => Err(e),
+            };
+            match saved_now {
                 Ok(()) => {
                     saved = true;
                     break;
@@ -1774,13 +1804,14 @@ impl RunDriver {
                         serde_json::json!({"run_id": run_id, "at": "step_boundary"}),
                     )
                     .await;
-                self.rec.log("RUN_PAUSED".into()).await;
+                self.rec.log("RUN_PAUSED".into());
+                let _ = self.flush().await;
                 return;
             }
             RunStatus::Pending => {
                 self.rec
-                    .log("engine shutting down; run returns to the queue".into())
-                    .await;
+                    .log("engine shutting down; run returns to the queue".into());
+                let _ = self.flush().await;
                 return;
             }
             _ => {}
@@ -1816,6 +1847,9 @@ impl RunDriver {
         self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed))
             .await;
         let _ = self.event(None, kind, payload).await;
+        if let Err(e) = self.flush().await {
+            tracing::error!(%run_id, error = ?e, "cannot record the last events of the run");
+        }
         let total = u64::try_from(now_ms() - self.start_ms).unwrap_or(0);
         self.inner.metrics.run_duration.record(total);
         let notification = Notification {
@@ -1869,10 +1903,8 @@ impl RunDriver {
             (ArtifactKind::Report, self.rec.folder.report()),
             (ArtifactKind::RunLog, self.rec.folder.run_log()),
         ] {
-            if p.exists()
-                && let Err(e) = self.rec.record(&self.inner, kind, &p).await
-            {
-                tracing::warn!(run_id = %self.run.id, error = %chain(&e), "cannot record artifact");
+            if p.exists() {
+                self.rec.record(kind, &p).await;
             }
         }
     }

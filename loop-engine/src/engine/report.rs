@@ -1,13 +1,15 @@
 //! The run's paper trail: every report-kind event goes to the store, to followers, to
-//! `report.tsv` and to `run.log` at once; artifact files are checksummed, mirrored to the
-//! global folder and recorded in the store.
+//! `report.tsv` and to `run.log`; artifact files are checksummed, mirrored to the global folder
+//! and recorded in the store. Writes are journaled and land together at each flush.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::artifacts::{self, ReportRow, RunFolder};
+use crate::backend::StoreWrite;
 use crate::config::{ArtifactMode, Config};
 use crate::domain::{
-    ArtifactKind, ArtifactLocation, EventKind, NewArtifact, NewEvent, RunId, StepId, now_ms,
+    ArtifactKind, ArtifactLocation, EventKind, NewArtifact, NewEvent, RunId, StepId, UnixMs, now_ms,
 };
 use crate::engine::core::Inner;
 
@@ -34,11 +36,37 @@ impl Row {
 }
 
 /// Writes a run's artifacts and records them.
+///
+/// Store writes (steps, events, artifacts, the run row) and report.tsv/run.log lines are
+/// queued in a journal and land together at [`Recorder::flush`]: one store transaction and one
+/// pass over the files instead of a round trip per write. The driver flushes before anything
+/// that takes time or must be durable first (starting an agent or a command, sleeping,
+/// merging, ending the run), so nothing stays queued while the run waits.
 pub(crate) struct Recorder {
     pub(crate) run_id: RunId,
     pub(crate) folder: RunFolder,
     pub(crate) mirror: Option<RunFolder>,
+    journal: Mutex<Journal>,
 }
+
+/// Writes queued since the last flush.
+#[derive(Default)]
+struct Journal {
+    writes: Vec<StoreWrite>,
+    lines: Vec<Line>,
+}
+
+/// A line for the run's text files.
+enum Line {
+    /// A report.tsv row and its run.log line.
+    Report(ReportRow, String),
+    /// A run.log line only.
+    Log(UnixMs, String),
+}
+
+/// Above this many queued writes the journal is flushed without waiting for the next
+/// boundary, so a long phase without one cannot grow it without bound.
+const FLUSH_AT: usize = 64;
 
 impl Recorder {
     pub(crate) fn new(
@@ -61,6 +89,7 @@ impl Recorder {
             run_id,
             folder,
             mirror,
+            journal: Mutex::default(),
         }
     }
 
@@ -72,15 +101,47 @@ impl Recorder {
         Ok(())
     }
 
-    /// Appends a report-kind event: store + followers, then report.tsv and run.log.
-    pub(crate) async fn report(
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        // Every update is a push or a take: a panicked holder leaves it consistent.
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a store write. A later full-row update of the same run or step replaces an
+    /// earlier queued one: only the last state needs to land.
+    pub(crate) fn write(&self, write: StoreWrite) {
+        let mut j = self.journal();
+        match &write {
+            StoreWrite::UpdateRun(run) => j
+                .writes
+                .retain(|w| !matches!(w, StoreWrite::UpdateRun(r) if r.id == run.id)),
+            StoreWrite::UpdateStep(step) => j
+                .writes
+                .retain(|w| !matches!(w, StoreWrite::UpdateStep(s) if s.id == step.id)),
+            _ => {}
+        }
+        j.writes.push(write);
+    }
+
+    /// Queues an event.
+    pub(crate) fn event(&self, event: NewEvent) {
+        self.write(StoreWrite::AppendEvent(event));
+    }
+
+    /// True when the journal has grown past [`FLUSH_AT`] writes.
+    pub(crate) fn is_full(&self) -> bool {
+        self.journal().writes.len() >= FLUSH_AT
+    }
+
+    /// Queues a report-kind event with its report.tsv row and run.log line.
+    pub(crate) fn report(
         &self,
-        inner: &Inner,
         step_id: Option<StepId>,
         kind: EventKind,
         row: Row,
         tasks: (u32, u32),
-    ) -> Result<(), crate::backend::StoreError> {
+    ) {
         let ts = now_ms();
         let payload = serde_json::json!({
             "iteration": row.iteration,
@@ -96,22 +157,6 @@ impl Recorder {
         let mut event = NewEvent::new(self.run_id, kind, payload);
         event.ts = ts;
         event.step_id = step_id;
-        inner.emit(event).await?;
-        let report_row = ReportRow {
-            timestamp_ms: ts,
-            kind,
-            iteration: row.iteration.clone(),
-            duration_ms: row.duration_ms,
-            exit_code: row.exit_code,
-            output_bytes: row.output_bytes,
-            output_lines: row.output_lines,
-            output_path: row.output_path.clone(),
-            message: row.message.clone(),
-            tasks_done: Some(tasks.0),
-            tasks_total: Some(tasks.1),
-        };
-        let report_path = self.folder.report();
-        let log_path = self.folder.run_log();
         let line = format!(
             "{} iter={} {}",
             kind.as_str(),
@@ -122,77 +167,164 @@ impl Recorder {
             },
             row.message
         );
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            artifacts::ReportWriter::open(&report_path)?.append(&report_row)?;
-            artifacts::RunLog::append(&log_path, &line)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log")
+        let report_row = ReportRow {
+            timestamp_ms: ts,
+            kind,
+            iteration: row.iteration,
+            duration_ms: row.duration_ms,
+            exit_code: row.exit_code,
+            output_bytes: row.output_bytes,
+            output_lines: row.output_lines,
+            output_path: row.output_path,
+            message: row.message,
+            tasks_done: Some(tasks.0),
+            tasks_total: Some(tasks.1),
+        };
+        let mut j = self.journal();
+        j.writes.push(StoreWrite::AppendEvent(event));
+        j.lines.push(Line::Report(report_row, line));
+    }
+
+    /// Queues a line for run.log only.
+    pub(crate) fn log(&self, line: String) {
+        self.journal().lines.push(Line::Log(now_ms(), line));
+    }
+
+    /// Lands everything queued: the store writes in one batch (then the events go to
+    /// followers), then the report.tsv and run.log lines. The lines are written even when the
+    /// store fails: the files are the trail that survives a store outage.
+    pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), crate::backend::StoreError> {
+        let Journal { writes, lines } = std::mem::take(&mut *self.journal());
+        let stored = if writes.is_empty() {
+            Ok(())
+        } else {
+            match inner.store.write_batch(&writes).await {
+                Ok(outcome) => {
+                    for event in &outcome.events {
+                        inner.hub.publish_event(event);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => tracing::warn!(run_id = %self.run_id, error = %e, "report writer panicked"),
+        };
+        if !lines.is_empty() {
+            let report_path = self.folder.report();
+            let log_path = self.folder.run_log();
+            let written =
+                tokio::task::spawn_blocking(move || write_lines(&report_path, &log_path, lines))
+                    .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log")
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "report writer panicked")
+                }
+            }
         }
-        Ok(())
+        stored
     }
 
-    /// Appends a line to run.log only.
-    pub(crate) async fn log(&self, line: String) {
-        let path = self.folder.run_log();
-        let res =
-            tokio::task::spawn_blocking(move || artifacts::RunLog::append(&path, &line)).await;
-        if let Ok(Err(e)) = res {
-            tracing::warn!(run_id = %self.run_id, error = %e, "cannot write run.log");
-        }
-    }
-
-    /// Checksums `path`, mirrors it, and records both copies in the store. IO problems are
-    /// logged, not fatal: the store and the workspace copy remain the truth.
-    pub(crate) async fn record(
+    /// Checksums `paths`, mirrors them, and queues their records (both copies). `before`
+    /// runs first on the same blocking thread (e.g. to write one of the files). IO problems
+    /// are logged, not fatal: the store and the workspace copy remain the truth. Returns which
+    /// of `paths` were recorded.
+    pub(crate) async fn record_with<F>(
         &self,
-        inner: &Inner,
-        kind: ArtifactKind,
-        path: &Path,
-    ) -> Result<(), crate::backend::StoreError> {
-        let src = path.to_path_buf();
+        paths: Vec<(ArtifactKind, PathBuf)>,
+        before: F,
+    ) -> Vec<bool>
+    where
+        F: FnOnce() + Send + 'static,
+    {
         let folder = self.folder.clone();
         let mirror = self.mirror.clone();
         let described = tokio::task::spawn_blocking(move || {
-            let local = artifacts::describe(kind, ArtifactLocation::Workspace, &src)?;
-            let global = match &mirror {
-                Some(m) => {
-                    let copy = artifacts::mirror_file(&folder, m, &src)?;
-                    Some(artifacts::describe(kind, ArtifactLocation::Global, &copy)?)
-                }
-                None => None,
-            };
-            Ok::<_, std::io::Error>((local, global))
+            before();
+            paths
+                .into_iter()
+                .map(|(kind, src)| describe_with_mirror(&folder, mirror.as_ref(), kind, &src))
+                .collect::<Vec<_>>()
         })
         .await;
-        let (local, global) = match described {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                tracing::warn!(run_id = %self.run_id, path = %path.display(), error = %e, "cannot record artifact");
-                return Ok(());
-            }
+        let described = match described {
+            Ok(d) => d,
             Err(e) => {
                 tracing::warn!(run_id = %self.run_id, error = %e, "artifact recorder panicked");
-                return Ok(());
+                return Vec::new();
             }
         };
-        for file in std::iter::once(local).chain(global) {
-            inner
-                .store
-                .record_artifact(&NewArtifact {
-                    run_id: self.run_id,
-                    kind: file.kind,
-                    location: file.location,
-                    path: file.path,
-                    checksum: file.checksum,
-                })
-                .await?;
+        let mut recorded = Vec::with_capacity(described.len());
+        for result in described {
+            match result {
+                Ok(files) => {
+                    for file in files {
+                        self.write(StoreWrite::RecordArtifact(NewArtifact {
+                            run_id: self.run_id,
+                            kind: file.kind,
+                            location: file.location,
+                            path: file.path,
+                            checksum: file.checksum,
+                        }));
+                    }
+                    recorded.push(true);
+                }
+                Err((path, e)) => {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(run_id = %self.run_id, path = %path.display(), error = %e, "cannot record artifact");
+                    }
+                    recorded.push(false);
+                }
+            }
         }
-        Ok(())
+        recorded
     }
+
+    /// [`Recorder::record_with`] for one file.
+    pub(crate) async fn record(&self, kind: ArtifactKind, path: &Path) -> bool {
+        self.record_with(vec![(kind, path.to_path_buf())], || {})
+            .await
+            .first()
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+/// The workspace copy of an artifact and, in mirror mode, its global copy.
+fn describe_with_mirror(
+    folder: &RunFolder,
+    mirror: Option<&RunFolder>,
+    kind: ArtifactKind,
+    src: &Path,
+) -> Result<Vec<artifacts::ArtifactFile>, (PathBuf, std::io::Error)> {
+    let fail = |e| (src.to_path_buf(), e);
+    let mut files =
+        vec![artifacts::describe(kind, ArtifactLocation::Workspace, src).map_err(fail)?];
+    if let Some(m) = mirror {
+        let copy = artifacts::mirror_file(folder, m, src).map_err(fail)?;
+        files.push(artifacts::describe(kind, ArtifactLocation::Global, &copy).map_err(fail)?);
+    }
+    Ok(files)
+}
+
+/// Appends queued lines: report.tsv opened once, run.log line by line (one write each).
+fn write_lines(report_path: &Path, log_path: &Path, lines: Vec<Line>) -> std::io::Result<()> {
+    let mut report = None;
+    for line in lines {
+        match line {
+            Line::Report(row, text) => {
+                if report.is_none() {
+                    report = Some(artifacts::ReportWriter::open(report_path)?);
+                }
+                if let Some(r) = report.as_mut() {
+                    r.append(&row)?;
+                }
+                artifacts::RunLog::append_at(log_path, row.timestamp_ms, &text)?;
+            }
+            Line::Log(at, text) => artifacts::RunLog::append_at(log_path, at, &text)?,
+        }
+    }
+    Ok(())
 }

@@ -443,10 +443,7 @@ pub(crate) async fn run_agent(
     let mut leftovers_swept = false;
     let mut drain_deadline: Option<Instant> = None;
     // No read of `/proc` at the start: the agent has not forked anything yet.
-    let mut refresh = tokio::time::interval_at(
-        started + REFRESH_EVERY,
-        REFRESH_EVERY,
-    );
+    let mut refresh = tokio::time::interval_at(started + REFRESH_EVERY, REFRESH_EVERY);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
