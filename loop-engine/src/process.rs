@@ -698,6 +698,18 @@ impl ProcessTree {
             .collect()
     }
 
+    /// True when the agent's group has no member at all (not even a zombie: one signal
+    /// probe, no read of `/proc`) and no descendant of it was ever recorded. Meant for after
+    /// the agent itself was reaped.
+    pub fn group_gone_and_nothing_seen(&self) -> bool {
+        let Ok(raw) = i32::try_from(self.root) else {
+            return false;
+        };
+        raw > 1
+            && self.known.is_empty()
+            && killpg(Pid::from_raw(raw), None) == Err(nix::errno::Errno::ESRCH)
+    }
+
     /// True while the agent's process group has a live member.
     pub fn group_alive(&self) -> bool {
         let Some(table) = all_processes() else {
@@ -1125,5 +1137,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProcessError::NotFound { .. }), "{err:?}");
+    }
+}
+
+/// TEMPORARY timing probe.
+pub fn probe(what: &str) {
+    if std::env::var_os("LOOP_TIMING").is_none() {
+        return;
+    }
+    use std::io::Write;
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/loop-timing.log")
+    {
+        let _ = writeln!(f, "{what} {ns}");
     }
 }

@@ -1159,12 +1159,15 @@ impl RunDriver {
                 idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
                 env: self.agent_env(),
             };
-            // The step and everything before it are durable before the agent exists.
-            self.flush().await?;
             let started = Instant::now();
             self.forget_head();
-            let result = self.run_agent(&executor, req, &mut step).await;
+            crate::process::probe("flush0");
+            let (result, store_error) = self.run_agent(&executor, req, &mut step).await;
+            crate::process::probe("returned");
             self.forget_head();
+            if let Some(e) = store_error {
+                return Err(e.into());
+            }
             let duration = ms(started);
             self.inner.hub.set_current_output(self.run.id, None);
             let outcome = match result {
@@ -1387,12 +1390,20 @@ impl RunDriver {
 
     /// Runs the executor while forwarding its live output, persisting its pid, turning its
     /// API retries into events and sending heartbeats.
+    ///
+    /// The journal (the step's start, the previous step's end, ...) is flushed while the agent
+    /// starts rather than before: the two overlap, so the store costs nothing on the path
+    /// between two agent calls. Flushes run one at a time in journal order. If the store
+    /// fails, the agent is stopped and the store error is returned next to its outcome; a
+    /// crash before the flush lands is recovered like a crash during the agent (the step is
+    /// not durable yet, so the last durable step is redone and the agent is found by its
+    /// `LOOP_RUN_ID`).
     async fn run_agent(
         &self,
         executor: &Arc<dyn Executor>,
         req: ExecRequest,
         step: &mut Step,
-    ) -> Result<ExecOutcome, ExecutorError> {
+    ) -> (Result<ExecOutcome, ExecutorError>, Option<StoreError>) {
         let (out_tx, out_rx) = broadcast::channel(256);
         let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
         let cancel = self.control.cancel.child_token();
@@ -1410,10 +1421,12 @@ impl RunDriver {
         let ctx = ExecContext {
             output: out_tx,
             signals: sig_tx,
-            cancel,
+            cancel: cancel.clone(),
         };
         let exec = executor.execute(req, ctx);
         tokio::pin!(exec);
+        let mut flushing = Some(Box::pin(self.rec.flush(&self.inner)));
+        let mut store_error = None;
         let period = Duration::from_secs(self.cfg.heartbeat_sec.max(1));
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let long = tokio::time::sleep(Duration::from_secs(self.cfg.warn_iteration_sec.max(1)));
@@ -1423,39 +1436,66 @@ impl RunDriver {
         let result = loop {
             tokio::select! {
                 res = &mut exec => break res,
-                Some(sig) = sig_rx.recv() => self.on_signal(step, sig).await,
+                flushed = async { match flushing.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if flushing.is_some() => {
+                    flushing = None;
+                    match flushed {
+                        Ok(()) if self.rec.has_pending() => flushing = Some(Box::pin(self.rec.flush(&self.inner))),
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::error!(run_id = %self.run.id, step_id = %step.id, error = %chain(&e), "the store failed while the agent ran; stopping it");
+                            store_error.get_or_insert(e);
+                            cancel.cancel();
+                        }
+                    }
+                }
+                Some(sig) = sig_rx.recv() => {
+                    self.on_signal(step, sig);
+                    if flushing.is_none() && store_error.is_none() {
+                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
+                    }
+                }
                 _ = heartbeat.tick() => {
                     self.rec.report(Some(step.id), EventKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
-                    let _ = self.flush().await;
+                    if flushing.is_none() && store_error.is_none() {
+                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
+                    }
                 }
                 () = &mut long, if !warned => {
                     warned = true;
                     self.rec.report(Some(step.id), EventKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
-                    let _ = self.flush().await;
+                    if flushing.is_none() && store_error.is_none() {
+                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
+                    }
                 }
             }
         };
+        // A flush still in flight finishes; what is queued now goes with the step's end.
+        if let Some(f) = flushing.take()
+            && let Err(e) = f.await
+        {
+            store_error.get_or_insert(e);
+        }
         // Signals sent just before the executor returned still count.
         while let Ok(sig) = sig_rx.try_recv() {
-            self.on_signal(step, sig).await;
+            self.on_signal(step, sig);
         }
-        // The executor dropped its sender; the forwarder drains what is left and ends.
-        let _ = forward.await;
+        // The executor dropped its sender; the forwarder drains what is left and ends on its
+        // own (waiting for it would add a task wake-up between two agent calls; the log file
+        // holds every byte regardless).
+        drop(forward);
         // Orphans of the agent re-parented to us (we are a subreaper) must not stay zombies.
         crate::process::reap_orphans();
-        result
+        (result, store_error)
     }
 
-    async fn on_signal(&self, step: &mut Step, sig: ExecSignal) {
+    /// Queues what an executor signal records (the caller flushes at once).
+    fn on_signal(&self, step: &mut Step, sig: ExecSignal) {
         match sig {
             ExecSignal::Spawned { pid, start_time } => {
                 step.agent_pid = Some(pid);
                 step.agent_start_time = start_time;
-                // Durable at once: recovery after a crash finds the agent by it.
+                // Recovery after a crash finds the agent by it.
                 self.rec.write(StoreWrite::UpdateStep(step.clone()));
-                if let Err(e) = self.flush().await {
-                    tracing::warn!(run_id = %self.run.id, error = ?e, "cannot record agent pid");
-                }
             }
             ExecSignal::ApiRetry {
                 attempt,
@@ -1464,20 +1504,19 @@ impl RunDriver {
                 error_status,
                 error,
             } => {
-                let _ = self
-                    .event(
-                        Some(step.id),
-                        EventKind::ClaudeApiRetry,
-                        serde_json::json!({
-                            "attempt": attempt,
-                            "max_retries": max_retries,
-                            "delay_ms": delay_ms,
-                            "error_status": error_status,
-                            "error": error,
-                        }),
-                    )
-                    .await;
-                let _ = self.flush().await;
+                let mut ev = NewEvent::new(
+                    self.run.id,
+                    EventKind::ClaudeApiRetry,
+                    serde_json::json!({
+                        "attempt": attempt,
+                        "max_retries": max_retries,
+                        "delay_ms": delay_ms,
+                        "error_status": error_status,
+                        "error": error,
+                    }),
+                );
+                ev.step_id = Some(step.id);
+                self.rec.event(ev);
             }
         }
     }

@@ -129,6 +129,12 @@ impl Recorder {
         self.write(StoreWrite::AppendEvent(event));
     }
 
+    /// True when something is queued.
+    pub(crate) fn has_pending(&self) -> bool {
+        let j = self.journal();
+        !j.writes.is_empty() || !j.lines.is_empty()
+    }
+
     /// True when the journal has grown past [`FLUSH_AT`] writes.
     pub(crate) fn is_full(&self) -> bool {
         self.journal().writes.len() >= FLUSH_AT
@@ -195,20 +201,22 @@ impl Recorder {
     /// store fails: the files are the trail that survives a store outage.
     pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), crate::backend::StoreError> {
         let Journal { writes, lines } = std::mem::take(&mut *self.journal());
-        let stored = if writes.is_empty() {
-            Ok(())
-        } else {
-            match inner.store.write_batch(&writes).await {
-                Ok(outcome) => {
-                    for event in &outcome.events {
-                        inner.hub.publish_event(event);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
+        // The store and the files are written at the same time: both are on the path between
+        // two agent calls.
+        let store = async {
+            if writes.is_empty() {
+                return Ok(());
             }
+            let outcome = inner.store.write_batch(&writes).await?;
+            for event in &outcome.events {
+                inner.hub.publish_event(event);
+            }
+            Ok(())
         };
-        if !lines.is_empty() {
+        let files = async {
+            if lines.is_empty() {
+                return;
+            }
             let report_path = self.folder.report();
             let log_path = self.folder.run_log();
             let written =
@@ -223,7 +231,8 @@ impl Recorder {
                     tracing::warn!(run_id = %self.run_id, error = %e, "report writer panicked")
                 }
             }
-        }
+        };
+        let (stored, ()) = tokio::join!(store, files);
         stored
     }
 
@@ -241,14 +250,25 @@ impl Recorder {
     {
         let folder = self.folder.clone();
         let mirror = self.mirror.clone();
-        let described = tokio::task::spawn_blocking(move || {
+        // Files no bigger than this are checksummed in place: a hop to the blocking pool
+        // costs more than hashing them, and this runs between two agent calls. (A file that
+        // `before` derives from another, like a log's tail, is never bigger than its source.)
+        const IN_PLACE_BYTES: u64 = 1024 * 1024;
+        let small = paths
+            .iter()
+            .all(|(_, p)| std::fs::metadata(p).map_or(true, |m| m.len() <= IN_PLACE_BYTES));
+        let work = move || {
             before();
             paths
                 .into_iter()
                 .map(|(kind, src)| describe_with_mirror(&folder, mirror.as_ref(), kind, &src))
                 .collect::<Vec<_>>()
-        })
-        .await;
+        };
+        let described = if small {
+            Ok(work())
+        } else {
+            tokio::task::spawn_blocking(work).await
+        };
         let described = match described {
             Ok(d) => d,
             Err(e) => {

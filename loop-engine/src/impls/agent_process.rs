@@ -376,10 +376,11 @@ pub(crate) async fn run_agent(
             Some(e),
         )
     };
+    // Created in place: a hop to the blocking pool costs more than these two calls.
     if let Some(dir) = req.log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await.map_err(log_error)?;
+        std::fs::create_dir_all(dir).map_err(log_error)?;
     }
-    let file = File::create(&req.log_path).await.map_err(log_error)?;
+    let file = File::from_std(std::fs::File::create(&req.log_path).map_err(log_error)?);
 
     let marker_value = uuid::Uuid::now_v7().to_string();
     cmd = cmd.env(MARKER_KEY, &marker_value);
@@ -389,7 +390,9 @@ pub(crate) async fn run_agent(
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();
+    process::probe("spawn0");
     let mut child = command.spawn().map_err(|e| spawn_error(&program, key, e))?;
+    process::probe("spawn1");
     let Some(pid) = child.id() else {
         return Err(fatal(format!("`{program}` exited before it started"), None));
     };
@@ -453,6 +456,14 @@ pub(crate) async fn run_agent(
                 // outlive the call; this also releases pipes they hold.
                 leftovers_swept = true;
                 let mut tree = guard.tree.clone();
+                if tree.group_gone_and_nothing_seen() {
+                    // The usual end: the group is empty and no descendant was ever seen. Only
+                    // a tool that left the group (setsid) can remain; it is looked for, and
+                    // stopped, off the path to the next agent call. One holding our pipes is
+                    // also caught by the drain below.
+                    tokio::spawn(async move { tree.stop_leftovers().await });
+                    continue;
+                }
                 stop = Some(Box::pin(async move {
                     tree.stop_leftovers().await;
                     tree
@@ -511,7 +522,7 @@ pub(crate) async fn run_agent(
                 }
             },
             exited = child.wait(), if status.is_none() => match exited {
-                Ok(s) => status = Some(s),
+                Ok(s) => { process::probe("exited"); status = Some(s) },
                 Err(e) => return Err(fatal(format!("cannot wait for `{program}`"), Some(e))),
             },
             tree = async { match stop.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if stopping => {
@@ -535,6 +546,7 @@ pub(crate) async fn run_agent(
             else => break,
         }
     }
+    process::probe("loopdone");
     guard.armed = false;
     guard.tree.reap();
     drop(stdout);
@@ -548,7 +560,9 @@ pub(crate) async fn run_agent(
     if let Some(e) = sink.log_error.take() {
         return Err(log_error(e));
     }
+    process::probe("preshut");
     sink.log.shutdown().await.map_err(log_error)?;
+    process::probe("postshut");
 
     let (exit_code, termination) = match (stopped_by, status) {
         (Some(t @ (Termination::TimedOut | Termination::IdleTimedOut)), _) => {

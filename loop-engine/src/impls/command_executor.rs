@@ -108,13 +108,15 @@ impl Executor for CommandExecutor {
     ) -> Result<ExecOutcome, ExecutorError> {
         let prompt_file = prompt_file_for(&req.log_path);
         if self.words.iter().any(|w| w.contains(PROMPT_FILE)) {
-            let written = async {
+            // Small local writes, done in place: a hop to the blocking pool costs more than
+            // the write on the path between two agent calls.
+            let written = (|| {
                 if let Some(dir) = prompt_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tokio::fs::create_dir_all(dir).await?;
+                    std::fs::create_dir_all(dir)?;
                 }
-                tokio::fs::write(&prompt_file, req.prompt.as_bytes()).await
-            };
-            written.await.map_err(|e| ExecutorError::Fatal {
+                std::fs::write(&prompt_file, req.prompt.as_bytes())
+            })();
+            written.map_err(|e| ExecutorError::Fatal {
                 detail: format!("cannot write the prompt file {}", prompt_file.display()),
                 source: Some(Box::new(e)),
             })?;

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use crate::backend::{MergeOutcome, MergeRequest, Vcs, VcsError, WorktreeReport};
 use crate::domain::MergeStrategy;
-use crate::impls::git_refs::{HeadFile, RefFiles};
+use crate::impls::git_refs::{HeadFile, RefFiles, plainly_valid_branch_name};
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The trailer that marks a run's merge commit on the target branch.
@@ -90,24 +90,6 @@ impl GitCli {
     /// Runs git in `dir`. A non-zero exit is returned as output, except for lock contention
     /// (`Retryable`) and "not a git repository" (`NotFound`), which no caller can handle
     /// differently.
-    /// True when git has a user name and email for `dir` (config or environment).
-    async fn has_identity(&self, dir: &Path) -> bool {
-        let env_has = |k: &str| {
-            self.env.iter().any(|(key, v)| key == k && !v.is_empty())
-                || std::env::var_os(k).is_some_and(|v| !v.is_empty())
-        };
-        if env_has("GIT_AUTHOR_EMAIL") && env_has("GIT_COMMITTER_EMAIL") {
-            return true;
-        }
-        let mut cmd = Cmd::new("git", dir)
-            .args(["config", "user.email"])
-            .timeout(Some(GIT_TIMEOUT));
-        for (key, value) in &self.env {
-            cmd = cmd.env(key, value);
-        }
-        matches!(cmd.output().await, Ok(out) if out.success() && !out.stdout_text().is_empty())
-    }
-
     async fn git<I, S>(&self, dir: &Path, args: I) -> Result<CmdOutput, VcsError>
     where
         I: IntoIterator<Item = S>,
@@ -119,38 +101,15 @@ impl GitCli {
                 what: format!("directory {}", dir.display()),
             });
         }
-        // Prompts would hang a daemon, and the error matching below needs English messages.
-        let mut cmd = Cmd::new("git", dir)
-            .args(&args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
-            .timeout(Some(GIT_TIMEOUT));
-        for var in REPO_LOCATING_VARS {
-            cmd = cmd.env_remove(var);
-        }
-        for (key, value) in &self.env {
-            cmd = cmd.env(key, value);
-        }
         let first = args.first().and_then(|a| a.to_str());
-        if matches!(first, Some("commit" | "commit-tree" | "stash"))
-            && !self.has_identity(dir).await
-        {
+        let commits = matches!(first, Some("commit" | "commit-tree" | "stash"));
+        let mut out = self.spawn_git(dir, &args, commits, false).await?;
+        if commits && !out.success() && lacks_identity(&out.stderr_text()) {
             // A fresh machine may have no git identity at all; commits the engine makes (seed,
-            // merge) must not fail for that. The user's own identity always wins when set.
-            for (key, value) in FALLBACK_IDENTITY {
-                cmd = cmd.env(key, value);
-            }
+            // merge) must not fail for that. The user's own identity always wins when set:
+            // the first attempt refuses git's guesses, so only a missing one gets here.
+            out = self.spawn_git(dir, &args, false, true).await?;
         }
-        let out = cmd.output().await.map_err(|e| match e {
-            ProcessError::NotFound { .. } => VcsError::Fatal {
-                detail: "git is not installed or not on PATH; agent-loop needs git for \
-                         worktrees and merges"
-                    .to_owned(),
-            },
-            other => VcsError::Fatal {
-                detail: format!("cannot run git in {}: {}", dir.display(), chain(&other)),
-            },
-        })?;
         if out.timed_out {
             return Err(VcsError::Fatal {
                 detail: format!(
@@ -175,6 +134,49 @@ impl GitCli {
             }
         }
         Ok(out)
+    }
+
+    /// One git process. `config_identity_only` makes git refuse to guess an identity from
+    /// the host name (so a missing one is reported, not invented); `fallback_identity` sets
+    /// the engine's own.
+    async fn spawn_git(
+        &self,
+        dir: &Path,
+        args: &[OsString],
+        config_identity_only: bool,
+        fallback_identity: bool,
+    ) -> Result<CmdOutput, VcsError> {
+        // Prompts would hang a daemon, and the error matching needs English messages.
+        let mut cmd = Cmd::new("git", dir);
+        if config_identity_only {
+            cmd = cmd.args(["-c", "user.useConfigOnly=true"]);
+        }
+        let mut cmd = cmd
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .timeout(Some(GIT_TIMEOUT));
+        for var in REPO_LOCATING_VARS {
+            cmd = cmd.env_remove(var);
+        }
+        for (key, value) in &self.env {
+            cmd = cmd.env(key, value);
+        }
+        if fallback_identity {
+            for (key, value) in FALLBACK_IDENTITY {
+                cmd = cmd.env(key, value);
+            }
+        }
+        cmd.output().await.map_err(|e| match e {
+            ProcessError::NotFound { .. } => VcsError::Fatal {
+                detail: "git is not installed or not on PATH; agent-loop needs git for \
+                         worktrees and merges"
+                    .to_owned(),
+            },
+            other => VcsError::Fatal {
+                detail: format!("cannot run git in {}: {}", dir.display(), chain(&other)),
+            },
+        })
     }
 
     /// Runs git in `dir` and requires success.
@@ -220,6 +222,10 @@ impl GitCli {
     }
 
     async fn branch_tip(&self, dir: &Path, branch: &str) -> Result<Option<String>, VcsError> {
+        let full = format!("refs/heads/{branch}");
+        if let Some(tip) = RefFiles::locate(dir).and_then(|f| f.branch_tip(&full)) {
+            return Ok(tip);
+        }
         self.resolve(dir, &format!("refs/heads/{branch}"), "commit")
             .await
     }
@@ -279,6 +285,10 @@ impl GitCli {
         };
         if name.is_empty() || name.starts_with('-') {
             return Err(invalid());
+        }
+        // git's rules, checked in place; only an unusual name costs a git process.
+        if plainly_valid_branch_name(name) {
+            return Ok(());
         }
         let out = self
             .git(dir, ["check-ref-format", "--branch", name])
@@ -666,7 +676,12 @@ impl Vcs for GitCli {
         }
 
         if self.branch_tip(repo, branch).await?.is_none() {
-            let Some(start) = self.resolve(repo, base, "commit").await? else {
+            let from_files = RefFiles::locate(repo).and_then(|f| f.branch_by_name(base));
+            let start = match from_files {
+                Some(id) => Some(id),
+                None => self.resolve(repo, base, "commit").await?,
+            };
+            let Some(start) = start else {
                 let any_commit = self
                     .text(repo, ["rev-list", "--max-count=1", "--all"])
                     .await?;
@@ -1020,6 +1035,14 @@ impl Vcs for GitCli {
 }
 
 /// True when git failed because another git process holds a lock.
+/// True when git refused to commit for want of a user name or email.
+fn lacks_identity(stderr: &str) -> bool {
+    stderr.contains("Please tell me who you are")
+        || stderr.contains("auto-detection is disabled")
+        || stderr.contains("empty ident name")
+        || stderr.contains("unable to auto-detect email address")
+}
+
 fn is_lock_contention(stderr: &str) -> bool {
     (stderr.contains("index.lock") && stderr.contains("exists"))
         || (stderr.contains("Unable to create '") && stderr.contains(".lock'"))
@@ -1220,6 +1243,32 @@ mod tests {
         fx.git_in(&wt, ["checkout", "-q", "--detach"]);
         let detail = conflict_detail(vcs.check_branch(&wt, "run/a", Some(start)).await);
         assert!(detail.contains("a detached HEAD"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn commits_without_an_identity_use_the_engines_and_a_configured_one_wins() {
+        let fx = GitFixture::new();
+        let env: Vec<(String, String)> = fx
+            .env()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("_NAME") && !k.ends_with("_EMAIL"))
+            .collect();
+        let vcs = GitCli::with_env(env);
+        let author = || fx.git(["log", "-1", "--format=%an <%ae>"]);
+        fx.write_file("plan.md", "- [x] one\n");
+        vcs.commit_paths(fx.path(), &[PathBuf::from("plan.md")], "seed")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(author(), "agent-loop <agent-loop@localhost>");
+        fx.git(["config", "user.name", "Own Name"]);
+        fx.git(["config", "user.email", "own@example.invalid"]);
+        fx.write_file("plan.md", "- [x] two\n");
+        vcs.commit_paths(fx.path(), &[PathBuf::from("plan.md")], "again")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(author(), "Own Name <own@example.invalid>");
     }
 
     #[tokio::test]

@@ -98,6 +98,65 @@ impl RefFiles {
         is_object_id(id).then(|| id.to_owned())
     }
 
+    /// Where the branch `full_ref` points: `Some(Some(id))` from its loose file or
+    /// `packed-refs`, `Some(None)` when neither has it (no such branch), `None` when the files
+    /// cannot tell (a symbolic ref, unreadable files): ask git.
+    pub(crate) fn branch_tip(&self, full_ref: &str) -> Option<Option<String>> {
+        if !is_branch_ref(full_ref) {
+            return None;
+        }
+        // Loose first, then packed: the order git reads them in, safe against a concurrent
+        // `pack-refs` (it writes packed-refs before deleting the loose file).
+        match fs::read_to_string(self.common_dir.join(full_ref)) {
+            Ok(text) => {
+                let id = text.trim_end_matches(['\n', '\r']);
+                return is_object_id(id).then(|| Some(id.to_owned()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+        self.packed(full_ref)
+    }
+
+    /// A ref from `packed-refs`: `Some(None)` when the file or the entry is missing.
+    fn packed(&self, full_ref: &str) -> Option<Option<String>> {
+        let text = match fs::read_to_string(self.common_dir.join("packed-refs")) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
+            Err(_) => return None,
+        };
+        for line in text.lines() {
+            if line.starts_with('#') || line.starts_with('^') {
+                continue;
+            }
+            let (id, name) = line.split_once(' ')?;
+            if name == full_ref {
+                return is_object_id(id).then(|| Some(id.to_owned()));
+            }
+        }
+        Some(None)
+    }
+
+    /// The commit a revision written as a plain branch name (`main`) means to git, when
+    /// nothing else of that name could win git's lookup order (a file in the git dir, a
+    /// `refs/<name>` or a tag). `None`: ask git.
+    pub(crate) fn branch_by_name(&self, name: &str) -> Option<String> {
+        if !plainly_valid_branch_name(name) {
+            return None;
+        }
+        let shadowed = |p: PathBuf| fs::symlink_metadata(p).is_ok();
+        if shadowed(self.git_dir.join(name))
+            || shadowed(self.common_dir.join(name))
+            || shadowed(self.common_dir.join("refs").join(name))
+            || shadowed(self.common_dir.join("refs/tags").join(name))
+            || self.packed(&format!("refs/tags/{name}")) != Some(None)
+            || self.packed(&format!("refs/{name}")) != Some(None)
+        {
+            return None;
+        }
+        self.branch_tip(&format!("refs/heads/{name}"))?
+    }
+
     /// The commit HEAD resolves to, when the files tell it plainly.
     pub(crate) fn head_commit(&self) -> Option<String> {
         match self.head_file()? {
@@ -163,6 +222,26 @@ impl<'a> ReflogEntry<'a> {
     fn makes_child(&self) -> bool {
         self.message.starts_with("commit: ") || self.message.starts_with("commit (merge): ")
     }
+}
+
+/// True when `git check-ref-format --branch <name>` would accept `name` as it is, by the
+/// rules git documents for ref names (ASCII only; anything unusual is left to git, so this may
+/// say `false` where git says yes, never the other way round).
+pub(crate) fn plainly_valid_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['-', '/'])
+        && !name.ends_with(['/', '.'])
+        && name != "HEAD"
+        && name != "@"
+        && !name.contains("@{")
+        && !name.contains("..")
+        && !name.contains("//")
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\')
+        })
+        && name
+            .split('/')
+            .all(|part| !part.starts_with('.') && !part.ends_with(".lock"))
 }
 
 /// A full branch ref name git could have written as a plain file.
@@ -301,6 +380,67 @@ mod tests {
             files.moved_forward_by_commits("refs/heads/run/x", B, A),
             None
         );
+    }
+
+    #[test]
+    fn branch_tips_come_from_loose_files_then_packed_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        fs::create_dir_all(git.join("refs/heads/run")).unwrap();
+        fs::create_dir_all(git.join("refs/tags")).unwrap();
+        fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        fs::write(git.join("refs/heads/main"), format!("{A}\n")).unwrap();
+        fs::write(
+            git.join("packed-refs"),
+            format!("# pack-refs with: peeled fully-peeled sorted\n{B} refs/heads/run/old\n{C} refs/tags/v1\n^{A}\n"),
+        )
+        .unwrap();
+        let files = RefFiles::locate(dir.path()).unwrap();
+        assert_eq!(files.branch_tip("refs/heads/main"), Some(Some(A.into())));
+        assert_eq!(files.branch_tip("refs/heads/run/old"), Some(Some(B.into())));
+        assert_eq!(files.branch_tip("refs/heads/run/new"), Some(None));
+        assert_eq!(files.branch_by_name("main").as_deref(), Some(A));
+        assert_eq!(files.branch_by_name("run/old").as_deref(), Some(B));
+        assert_eq!(files.branch_by_name("nope"), None);
+        // A tag of the same name would win git's lookup: ask git.
+        fs::write(git.join("refs/tags/main"), format!("{C}\n")).unwrap();
+        assert_eq!(files.branch_by_name("main"), None);
+        assert_eq!(files.branch_by_name("HEAD"), None);
+        assert_eq!(files.branch_by_name("main~1"), None);
+    }
+
+    #[test]
+    fn plain_branch_names_follow_gits_rules() {
+        for ok in ["main", "run/a-b_c.1", "agent/x@y", "feature/UPPER"] {
+            assert!(plainly_valid_branch_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "/x",
+            "x/",
+            "x.",
+            "a..b",
+            "a//b",
+            "HEAD",
+            "@",
+            "a@{1}",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            ".hidden",
+            "a/.b",
+            "x.lock",
+            "a/b.lock/c",
+            "é",
+        ] {
+            assert!(!plainly_valid_branch_name(bad), "{bad}");
+        }
     }
 
     #[test]
