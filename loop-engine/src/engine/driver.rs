@@ -399,6 +399,7 @@ impl RunDriver {
     }
 
     async fn execute(&mut self) -> Result<ExitReason, Stop> {
+        crate::process::probe("drv-execute");
         self.checkpoint()?;
         self.load_history().await?;
         self.prepare().await?;
@@ -563,7 +564,9 @@ impl RunDriver {
             );
         }
         // RUN_START (and the naming step) reach followers before git works on the worktree.
+        crate::process::probe("drv-preflush");
         self.flush().await?;
+        crate::process::probe("drv-prewt");
         let wt = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
             let _guard = lock.lock().await;
@@ -605,11 +608,14 @@ impl RunDriver {
             )
             .await?;
         }
+        crate::process::probe("drv-preseed");
         self.seed(wt.created_worktree).await?;
+        crate::process::probe("drv-postseed");
         // The prompt snapshot is what the agent gets; written once per start.
         let text = self.implementation_prompt()?;
         let path = self.rec.folder.prompt();
-        artifacts::write_atomic(&path, text.as_bytes())
+        // Not synced: it is rebuilt from the spec and plan at every start.
+        artifacts::write_derived(&path, text.as_bytes())
             .map_err(|e| Stop::failed(format!("cannot write {}: {e}", path.display())))?;
         self.rec.record(ArtifactKind::Prompt, &path).await;
         self.read_plan()?;

@@ -534,6 +534,12 @@ impl GitCli {
 #[async_trait]
 impl Vcs for GitCli {
     async fn repo_root(&self, path: &Path) -> Result<PathBuf, VcsError> {
+        // The top of a checkout holds its `.git`: no process needed to say so.
+        if RefFiles::locate(path).and_then(|f| f.head_file()).is_some()
+            && let Ok(real) = std::fs::canonicalize(path)
+        {
+            return Ok(real);
+        }
         let out = self
             .run(&existing_dir(path), ["rev-parse", "--show-toplevel"])
             .await?;
@@ -541,6 +547,9 @@ impl Vcs for GitCli {
     }
 
     async fn default_branch(&self, repo: &Path) -> Result<String, VcsError> {
+        if let Some(name) = RefFiles::locate(repo).and_then(|f| f.default_branch()) {
+            return Ok(name);
+        }
         let remote_head = self
             .git(
                 repo,
@@ -575,6 +584,9 @@ impl Vcs for GitCli {
     }
 
     async fn list_branches(&self, repo: &Path) -> Result<Vec<String>, VcsError> {
+        if let Some(names) = RefFiles::locate(repo).and_then(|f| f.branches()) {
+            return Ok(names);
+        }
         // Full ref names, stripped here: `refname:short` turns a branch into `heads/x` when a
         // tag of the same name exists.
         let text = self

@@ -157,6 +157,71 @@ impl RefFiles {
         self.branch_tip(&format!("refs/heads/{name}"))?
     }
 
+    /// The default branch as the files tell it: `origin`'s HEAD when it is recorded, else
+    /// the branch checked out in the primary checkout. `None` when the files cannot tell (a
+    /// linked worktree, a detached HEAD, an odd remote HEAD): ask git.
+    pub(crate) fn default_branch(&self) -> Option<String> {
+        match fs::read_to_string(self.common_dir.join("refs/remotes/origin/HEAD")) {
+            Ok(text) => {
+                let name = text
+                    .trim_end_matches(['\n', '\r'])
+                    .strip_prefix("ref: refs/remotes/origin/")?;
+                return plainly_valid_branch_name(name).then(|| name.to_owned());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+        if self.git_dir != self.common_dir {
+            return None;
+        }
+        match self.head_file()? {
+            HeadFile::Symbolic(r) => r.strip_prefix("refs/heads/").map(str::to_owned),
+            HeadFile::Detached(_) => None,
+        }
+    }
+
+    /// Every local branch (loose and packed), like `git for-each-ref refs/heads`; `None` when
+    /// a file cannot be read: ask git.
+    pub(crate) fn branches(&self) -> Option<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        let heads = self.common_dir.join("refs/heads");
+        let mut dirs = vec![heads.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => return None,
+            };
+            for entry in entries {
+                let entry = entry.ok()?;
+                let kind = entry.file_type().ok()?;
+                let path = entry.path();
+                if kind.is_dir() {
+                    dirs.push(path);
+                } else if kind.is_file() {
+                    let rel = path.strip_prefix(&heads).ok()?.to_str()?.to_owned();
+                    if !rel.ends_with(".lock") {
+                        names.insert(rel);
+                    }
+                }
+            }
+        }
+        match fs::read_to_string(self.common_dir.join("packed-refs")) {
+            Ok(text) => {
+                for line in text.lines() {
+                    if let Some((_, name)) = line.split_once(' ')
+                        && let Some(branch) = name.strip_prefix("refs/heads/")
+                    {
+                        names.insert(branch.to_owned());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+        Some(names.into_iter().collect())
+    }
+
     /// The commit HEAD resolves to, when the files tell it plainly.
     pub(crate) fn head_commit(&self) -> Option<String> {
         match self.head_file()? {
@@ -407,6 +472,38 @@ mod tests {
         assert_eq!(files.branch_by_name("main"), None);
         assert_eq!(files.branch_by_name("HEAD"), None);
         assert_eq!(files.branch_by_name("main~1"), None);
+    }
+
+    #[test]
+    fn default_branch_and_branch_list_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        fs::create_dir_all(git.join("refs/heads/run")).unwrap();
+        fs::write(git.join("HEAD"), "ref: refs/heads/trunk\n").unwrap();
+        fs::write(git.join("refs/heads/trunk"), format!("{A}\n")).unwrap();
+        fs::write(git.join("refs/heads/run/a"), format!("{A}\n")).unwrap();
+        fs::write(git.join("refs/heads/run/a.lock"), format!("{A}\n")).unwrap();
+        fs::write(
+            git.join("packed-refs"),
+            format!("{B} refs/heads/old\n{C} refs/tags/v1\n"),
+        )
+        .unwrap();
+        let files = RefFiles::locate(dir.path()).unwrap();
+        assert_eq!(files.default_branch().as_deref(), Some("trunk"));
+        assert_eq!(
+            files.branches().unwrap(),
+            vec!["old".to_owned(), "run/a".to_owned(), "trunk".to_owned()]
+        );
+        fs::create_dir_all(git.join("refs/remotes/origin")).unwrap();
+        fs::write(
+            git.join("refs/remotes/origin/HEAD"),
+            "ref: refs/remotes/origin/dev\n",
+        )
+        .unwrap();
+        assert_eq!(files.default_branch().as_deref(), Some("dev"));
+        fs::write(git.join("HEAD"), format!("{A}\n")).unwrap();
+        fs::remove_file(git.join("refs/remotes/origin/HEAD")).unwrap();
+        assert_eq!(files.default_branch(), None, "detached: ask git");
     }
 
     #[test]
