@@ -46,7 +46,6 @@ pub(crate) struct AgentArgs {
 }
 
 fn log_line(path: Option<&Path>, what: &str) -> anyhow::Result<()> {
-    loop_engine::process::probe(&format!("agent-{what}"));
     if let Some(path) = path {
         let mut f = std::fs::OpenOptions::new()
             .create(true)

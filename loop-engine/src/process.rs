@@ -1139,22 +1139,3 @@ mod tests {
         assert!(matches!(err, ProcessError::NotFound { .. }), "{err:?}");
     }
 }
-
-/// TEMPORARY timing probe.
-pub fn probe(what: &str) {
-    if std::env::var_os("LOOP_TIMING").is_none() {
-        return;
-    }
-    use std::io::Write;
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/loop-timing.log")
-    {
-        let _ = writeln!(f, "{what} {ns}");
-    }
-}

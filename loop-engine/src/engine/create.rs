@@ -145,7 +145,6 @@ impl Engine {
     /// (a bad config value is refused here, naming key, value and file), picks the name, the
     /// base and merge branches, and wakes the scheduler.
     pub async fn create_run(&self, req: CreateRun) -> Result<CreatedRun, EngineError> {
-        crate::process::probe("create0");
         if self.is_shutting_down() {
             return Err(EngineError::ShuttingDown);
         }

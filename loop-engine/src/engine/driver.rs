@@ -399,7 +399,6 @@ impl RunDriver {
     }
 
     async fn execute(&mut self) -> Result<ExitReason, Stop> {
-        crate::process::probe("drv-execute");
         self.checkpoint()?;
         self.load_history().await?;
         self.prepare().await?;
@@ -564,9 +563,7 @@ impl RunDriver {
             );
         }
         // RUN_START (and the naming step) reach followers before git works on the worktree.
-        crate::process::probe("drv-preflush");
         self.flush().await?;
-        crate::process::probe("drv-prewt");
         let wt = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
             let _guard = lock.lock().await;
@@ -608,9 +605,7 @@ impl RunDriver {
             )
             .await?;
         }
-        crate::process::probe("drv-preseed");
         self.seed(wt.created_worktree).await?;
-        crate::process::probe("drv-postseed");
         // The prompt snapshot is what the agent gets; written once per start.
         let text = self.implementation_prompt()?;
         let path = self.rec.folder.prompt();
@@ -1167,9 +1162,7 @@ impl RunDriver {
             };
             let started = Instant::now();
             self.forget_head();
-            crate::process::probe("flush0");
             let (result, store_error) = self.run_agent(&executor, req, &mut step).await;
-            crate::process::probe("returned");
             self.forget_head();
             if let Some(e) = store_error {
                 return Err(e.into());

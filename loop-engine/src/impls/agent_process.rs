@@ -390,9 +390,7 @@ pub(crate) async fn run_agent(
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();
-    process::probe("spawn0");
     let mut child = command.spawn().map_err(|e| spawn_error(&program, key, e))?;
-    process::probe("spawn1");
     let Some(pid) = child.id() else {
         return Err(fatal(format!("`{program}` exited before it started"), None));
     };
@@ -522,7 +520,7 @@ pub(crate) async fn run_agent(
                 }
             },
             exited = child.wait(), if status.is_none() => match exited {
-                Ok(s) => { process::probe("exited"); status = Some(s) },
+                Ok(s) => status = Some(s),
                 Err(e) => return Err(fatal(format!("cannot wait for `{program}`"), Some(e))),
             },
             tree = async { match stop.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if stopping => {
@@ -546,7 +544,6 @@ pub(crate) async fn run_agent(
             else => break,
         }
     }
-    process::probe("loopdone");
     guard.armed = false;
     guard.tree.reap();
     drop(stdout);
@@ -560,9 +557,7 @@ pub(crate) async fn run_agent(
     if let Some(e) = sink.log_error.take() {
         return Err(log_error(e));
     }
-    process::probe("preshut");
     sink.log.shutdown().await.map_err(log_error)?;
-    process::probe("postshut");
 
     let (exit_code, termination) = match (stopped_by, status) {
         (Some(t @ (Termination::TimedOut | Termination::IdleTimedOut)), _) => {
