@@ -1048,7 +1048,8 @@ impl RunDriver {
                 self.cfg.completion_mode,
             );
             let path = self.rec.folder.root().join("prompt.review.txt");
-            if let Err(e) = artifacts::write_atomic(&path, text.as_bytes()) {
+            // Rebuilt before every review step: atomic, not synced.
+            if let Err(e) = artifacts::write_derived(&path, text.as_bytes()) {
                 tracing::warn!(run_id = %self.run.id, error = %e, "cannot write the reviewer prompt file");
             }
             let mut attempt = 0;
