@@ -201,6 +201,15 @@ mod files {
         }
     }
 
+    /// Pinging an SQLite connection before each use only costs a round trip to its thread.
+    #[tokio::test]
+    async fn pools_do_not_ping_connections_before_use() {
+        let (_dir, _path, store) = fresh().await;
+        for pool in [store.read_pool(), store.write_pool()] {
+            assert!(!pool.options().get_test_before_acquire());
+        }
+    }
+
     #[tokio::test]
     async fn opening_in_a_missing_directory_is_an_error() {
         let dir = tempfile::tempdir().expect("create a temporary directory");

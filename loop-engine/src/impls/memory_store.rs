@@ -130,15 +130,15 @@ impl Inner {
                 detail: format!("run {run_id} already has a step {}", step.seq),
             });
         }
+        let Some(stored) = self.steps.get_mut(&step.id) else {
+            return Err(StoreError::step_not_found(step.id));
+        };
         // A step never moves to another run.
         let updated = Step {
             run_id,
             ..step.clone()
         };
-        match self.steps.insert(step.id, updated) {
-            Some(old) => Ok(Undo::Step(old)),
-            None => Err(StoreError::step_not_found(step.id)),
-        }
+        Ok(Undo::Step(std::mem::replace(stored, updated)))
     }
 
     fn append_event(&mut self, event: &NewEvent) -> Result<(Event, Undo), StoreError> {
