@@ -196,44 +196,26 @@ impl Recorder {
         self.journal().lines.push(Line::Log(now_ms(), line));
     }
 
-    /// Lands everything queued: the store writes in one batch (then the events go to
-    /// followers), then the report.tsv and run.log lines. The lines are written even when the
-    /// store fails: the files are the trail that survives a store outage.
+    /// Lands everything queued: the report.tsv and run.log lines (a few small appends,
+    /// written in place: cheaper than waking a blocking-pool thread while an agent starts on
+    /// the other core), then the store writes in one batch, whose events then go to
+    /// followers. The lines are written even when the store fails: the files are the trail
+    /// that survives a store outage.
     pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), crate::backend::StoreError> {
         let Journal { writes, lines } = std::mem::take(&mut *self.journal());
-        // The store and the files are written at the same time: both are on the path between
-        // two agent calls.
-        let store = async {
-            if writes.is_empty() {
-                return Ok(());
-            }
-            let outcome = inner.store.write_batch(&writes).await?;
-            for event in &outcome.events {
-                inner.hub.publish_event(event);
-            }
-            Ok(())
-        };
-        let files = async {
-            if lines.is_empty() {
-                return;
-            }
-            let report_path = self.folder.report();
-            let log_path = self.folder.run_log();
-            let written =
-                tokio::task::spawn_blocking(move || write_lines(&report_path, &log_path, lines))
-                    .await;
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log")
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %self.run_id, error = %e, "report writer panicked")
-                }
-            }
-        };
-        let (stored, ()) = tokio::join!(store, files);
-        stored
+        if !lines.is_empty()
+            && let Err(e) = write_lines(&self.folder.report(), &self.folder.run_log(), lines)
+        {
+            tracing::warn!(run_id = %self.run_id, error = %e, "cannot write report.tsv/run.log");
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let outcome = inner.store.write_batch(&writes).await?;
+        for event in &outcome.events {
+            inner.hub.publish_event(event);
+        }
+        Ok(())
     }
 
     /// Checksums `paths`, mirrors them, and queues their records (both copies). `before`
