@@ -37,6 +37,9 @@ use crate::plan::{self, PlanCounts};
 use crate::process::Cmd;
 use crate::{naming, prompt};
 
+/// How long after an agent's start the journal is flushed (see `run_agent`).
+const FLUSH_AFTER_SPAWN: Duration = Duration::from_millis(3);
+
 /// Why the driver stopped before the run completed.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -1425,7 +1428,12 @@ impl RunDriver {
         };
         let exec = executor.execute(req, ctx);
         tokio::pin!(exec);
-        let mut flushing = Some(Box::pin(self.rec.flush(&self.inner)));
+        // The first flush waits a moment: the agent's own start is the latency that counts,
+        // and on a small machine the store work would compete with it for a core.
+        let mut flushing = Some(Box::pin(async {
+            tokio::time::sleep(FLUSH_AFTER_SPAWN).await;
+            self.rec.flush(&self.inner).await
+        }) as std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>);
         let mut store_error = None;
         let period = Duration::from_secs(self.cfg.heartbeat_sec.max(1));
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
