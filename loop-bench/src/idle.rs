@@ -21,8 +21,9 @@ struct Idle {
 }
 
 async fn idle_window(daemon: &Daemon, settle: Duration, window: Duration) -> Idle {
-    // Let the last request's work finish first, and tokio's blocking-pool threads reach
-    // their 10 s keep-alive and exit (a one-off after activity, not an idle timer).
+    // Let the last request's work finish first, loopd return its freed heap (it trims once
+    // after a quiet second), and tokio's blocking-pool threads reach their 10 s keep-alive
+    // and exit (one-offs after activity, not idle timers).
     tokio::time::sleep(settle).await;
     let before = daemon.sample();
     let started = Instant::now();

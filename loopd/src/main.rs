@@ -1,9 +1,11 @@
 //! loopd: the agent-loop daemon. Wiring only: arguments, data dir, token, tracing, backends,
 //! the engine's scheduler and the HTTP server, and signals for a clean shutdown.
 
+mod trim;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -62,9 +64,26 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Every wake-up of a worker is activity; the heap is trimmed once the runtime has been
+    // quiet for a moment (see `trim`), never while the daemon sits idle.
+    let trimmer = Arc::new(trim::Trimmer::default());
+    let runtime = {
+        let trimmer = trimmer.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_unpark(move || trimmer.activity())
+            .build()
+            .context("cannot start the async runtime")?
+    };
+    trimmer
+        .spawn(trim::QUIET, trim::release_free_heap)
+        .context("cannot start the heap-trimming thread")?;
+    runtime.block_on(serve_until_shutdown(args))
+}
+
+async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

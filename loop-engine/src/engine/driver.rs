@@ -1433,7 +1433,8 @@ impl RunDriver {
         let mut flushing = Some(Box::pin(async {
             tokio::time::sleep(FLUSH_AFTER_SPAWN).await;
             self.rec.flush(&self.inner).await
-        }) as std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>);
+        })
+            as std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>);
         let mut store_error = None;
         let period = Duration::from_secs(self.cfg.heartbeat_sec.max(1));
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

@@ -53,9 +53,20 @@ impl RunChannels {
             current: None,
         }
     }
+
+    /// True while someone listens, or a step's output is live (the driver then holds a
+    /// sender of this very channel, so it must not be replaced by a fresh one).
+    fn in_use(&self) -> bool {
+        self.events.receiver_count() > 0
+            || self.output.receiver_count() > 0
+            || self.current.is_some()
+    }
 }
 
-/// Per-run broadcast channels, created on first use and dropped when the run ends.
+/// Per-run broadcast channels, created on first use and dropped when the run ends or, for a
+/// run that is not executing, once nobody listens any more. Each entry preallocates both
+/// channels (a few hundred KiB), so none may outlive its use: the map holds the executing
+/// runs that have followers or live output, and nothing for finished runs.
 #[derive(Default)]
 pub(crate) struct Hub {
     runs: Mutex<HashMap<RunId, RunChannels>>,
@@ -64,6 +75,12 @@ pub(crate) struct Hub {
 impl Hub {
     fn with<T>(&self, run_id: RunId, f: impl FnOnce(&mut RunChannels) -> T) -> T {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if !runs.contains_key(&run_id) {
+            // Before adding an entry, drop those nobody uses any more: a follower of a run that
+            // has already finished (an SSE client, `wait`) leaves its entry behind when it goes,
+            // and no `close` is coming for that run.
+            runs.retain(|_, ch| ch.in_use());
+        }
         f(runs.entry(run_id).or_insert_with(RunChannels::new))
     }
 
@@ -100,9 +117,16 @@ impl Hub {
     pub(crate) fn close(&self, run_id: RunId) {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.remove(&run_id);
-        runs.retain(|_, ch| {
-            ch.events.receiver_count() > 0 || ch.output.receiver_count() > 0 || ch.current.is_some()
-        });
+        runs.retain(|_, ch| ch.in_use());
+    }
+
+    /// Drops a run's channels if nobody uses them: for a follower that is done with a run
+    /// which may already have finished.
+    pub(crate) fn release(&self, run_id: RunId) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if runs.get(&run_id).is_some_and(|ch| !ch.in_use()) {
+            runs.remove(&run_id);
+        }
     }
 
     /// Number of runs with channels (for tests).
@@ -122,10 +146,54 @@ mod tests {
         let (a, b, c) = (RunId::new(), RunId::new(), RunId::new());
         let _rx_a = hub.subscribe_events(a);
         drop(hub.subscribe_events(b));
-        let rx_c = hub.subscribe_events(c);
-        assert_eq!(hub.len(), 3);
+        assert_eq!(hub.len(), 2);
         hub.close(c);
-        assert_eq!(hub.len(), 1, "b had no listener, c was closed");
+        assert_eq!(hub.len(), 1, "b had no listener");
+        let rx_c = hub.subscribe_events(c);
+        hub.close(c);
+        assert_eq!(hub.len(), 1, "c was closed although followed");
         drop(rx_c);
+    }
+
+    #[test]
+    fn followers_of_finished_runs_leave_nothing_behind() {
+        let hub = Hub::default();
+        let live = RunId::new();
+        // A step's output is live: its entry stays even without listeners.
+        hub.set_current_output(
+            live,
+            Some(CurrentOutput {
+                step_id: StepId::new(),
+                log_path: PathBuf::from("iter-01.log"),
+            }),
+        );
+        let sender = hub.output_sender(live);
+        // Followers of 100 finished runs come and go; no close ever comes for those runs.
+        for _ in 0..100 {
+            let finished = RunId::new();
+            let rx = hub.subscribe_events(finished);
+            let (out_rx, current) = hub.subscribe_output(finished);
+            assert_eq!(current, None);
+            drop((rx, out_rx));
+        }
+        assert!(hub.len() <= 2, "{} entries left behind", hub.len());
+        let last = RunId::new();
+        drop(hub.subscribe_events(last));
+        hub.release(last);
+        assert_eq!(hub.len(), 1, "only the run with live output is left");
+        // The live run kept its channel: a new follower hears the driver's sender.
+        let (mut out_rx, current) = hub.subscribe_output(live);
+        assert!(current.is_some());
+        let chunk = LiveOutput {
+            step_id: StepId::new(),
+            offset: 0,
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(b"hello"),
+        };
+        sender.send(chunk.clone()).unwrap();
+        assert_eq!(out_rx.try_recv().unwrap(), chunk);
+        // `release` leaves an entry alone while someone listens.
+        hub.release(live);
+        assert_eq!(hub.len(), 1);
     }
 }

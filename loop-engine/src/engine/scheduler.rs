@@ -166,6 +166,7 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
     tasks.spawn(async move {
         drive(inner2.clone(), run, control).await;
         inner2.sched().running.remove(&run_id);
+        inner2.forget_unused_prep_locks().await;
         inner2.wake.notify_one();
     });
 }
