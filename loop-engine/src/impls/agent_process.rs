@@ -40,6 +40,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How often the agent's process tree is re-read while it runs, to remember descendants
 /// before their parents die and their parent links break.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// How long after a clean exit the background sweep for leftovers outside the agent's group
+/// waits (see `run_agent`).
+const SWEEP_AFTER_EXIT: Duration = Duration::from_millis(20);
 /// How long the pipes may stay open after the agent and its leftovers are gone (held by a
 /// process we could not find) before reading stops.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -459,7 +462,11 @@ pub(crate) async fn run_agent(
                     // a tool that left the group (setsid) can remain; it is looked for, and
                     // stopped, off the path to the next agent call. One holding our pipes is
                     // also caught by the drain below.
-                    tokio::spawn(async move { tree.stop_leftovers().await });
+                    tokio::spawn(async move {
+                        // After the next agent call has started: its start is what counts now.
+                        tokio::time::sleep(SWEEP_AFTER_EXIT).await;
+                        tree.stop_leftovers().await;
+                    });
                     continue;
                 }
                 stop = Some(Box::pin(async move {
