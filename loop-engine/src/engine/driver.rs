@@ -1290,24 +1290,21 @@ impl RunDriver {
                 },
             )
             .await?;
-            // One blocking hop writes the tail and checksums both files.
-            let recorded = {
+            // The tail is written and both files checksummed at the next flush, which runs
+            // while the next agent starts; the log is complete now, so the tail will be too.
+            if log_path.exists() {
                 let (log, tail) = (log_path.clone(), tail_path.clone());
-                self.rec
-                    .record_with(
-                        vec![
-                            (ArtifactKind::IterationTail, tail_path.clone()),
-                            (ArtifactKind::IterationLog, log_path.clone()),
-                        ],
-                        move || {
-                            if let Err(e) = artifacts::write_tail(&log, &tail, 200) {
-                                tracing::debug!(error = %e, "no tail for {}", log.display());
-                            }
-                        },
-                    )
-                    .await
-            };
-            if recorded.first() == Some(&true) {
+                self.rec.defer_record(
+                    vec![
+                        (ArtifactKind::IterationTail, tail_path.clone()),
+                        (ArtifactKind::IterationLog, log_path.clone()),
+                    ],
+                    move || {
+                        if let Err(e) = artifacts::write_tail(&log, &tail, 200) {
+                            tracing::warn!(error = %e, "cannot write the tail of {}", log.display());
+                        }
+                    },
+                );
                 self.report(
                     Some(step.id),
                     EventKind::IterationTail,
@@ -1318,8 +1315,6 @@ impl RunDriver {
                 )
                 .await?;
                 self.last_iter_tail = Some(tail_path.clone());
-            }
-            if recorded.get(1) == Some(&true) {
                 self.last_iter_log = Some(log_path.clone());
             }
             match verdict {

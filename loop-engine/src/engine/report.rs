@@ -47,6 +47,13 @@ pub(crate) struct Recorder {
     pub(crate) folder: RunFolder,
     pub(crate) mirror: Option<RunFolder>,
     journal: Mutex<Journal>,
+    deferred: Mutex<Vec<DeferredRecord>>,
+}
+
+/// Artifact files to write and checksum at the next flush (see [`Recorder::defer_record`]).
+struct DeferredRecord {
+    paths: Vec<(ArtifactKind, PathBuf)>,
+    before: Box<dyn FnOnce() + Send>,
 }
 
 /// Writes queued since the last flush.
@@ -90,6 +97,7 @@ impl Recorder {
             folder,
             mirror,
             journal: Mutex::default(),
+            deferred: Mutex::default(),
         }
     }
 
@@ -132,7 +140,13 @@ impl Recorder {
     /// True when something is queued.
     pub(crate) fn has_pending(&self) -> bool {
         let j = self.journal();
-        !j.writes.is_empty() || !j.lines.is_empty()
+        !j.writes.is_empty()
+            || !j.lines.is_empty()
+            || !self
+                .deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
     }
 
     /// True when the journal has grown past [`FLUSH_AT`] writes.
@@ -202,6 +216,15 @@ impl Recorder {
     /// followers. The lines are written even when the store fails: the files are the trail
     /// that survives a store outage.
     pub(crate) async fn flush(&self, inner: &Inner) -> Result<(), crate::backend::StoreError> {
+        let deferred = std::mem::take(
+            &mut *self
+                .deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for job in deferred {
+            self.record_with(job.paths, job.before).await;
+        }
         let Journal { writes, lines } = std::mem::take(&mut *self.journal());
         if !lines.is_empty()
             && let Err(e) = write_lines(&self.folder.report(), &self.folder.run_log(), lines)
@@ -282,6 +305,21 @@ impl Recorder {
             }
         }
         recorded
+    }
+
+    /// [`Recorder::record_with`] at the next flush instead of now: an agent step's tail and
+    /// checksums are made while the next agent starts, off the path between the two calls.
+    pub(crate) fn defer_record<F>(&self, paths: Vec<(ArtifactKind, PathBuf)>, before: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(DeferredRecord {
+                paths,
+                before: Box::new(before),
+            });
     }
 
     /// [`Recorder::record_with`] for one file.
