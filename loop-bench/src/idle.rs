@@ -81,6 +81,23 @@ pub(crate) async fn history(
         ensure!(started.elapsed() < limit, "runs still open after {limit:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A run that did not complete says why, so a missed row can be explained.
+    let ended_otherwise = daemon
+        .client
+        .list_runs(&ListQuery {
+            statuses: vec![RunStatus::Failed, RunStatus::Canceled],
+            limit: Some(5),
+            ..ListQuery::default()
+        })
+        .await?;
+    for run in ended_otherwise {
+        crate::say(&format!(
+            "  run {} ended {}: {}",
+            run.id,
+            run.status,
+            run.failure.as_deref().unwrap_or("(no failure recorded)")
+        ));
+    }
     // The API pages at most 1,000 runs at a time.
     let mut done = 0;
     let mut before = None;

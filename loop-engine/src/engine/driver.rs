@@ -1739,7 +1739,15 @@ impl RunDriver {
         };
         self.forget_head();
         self.flush().await?;
-        match self.inner.vcs.merge(&req).await {
+        // A merge reads the repository's worktree list, which another run's worktree being
+        // added at that moment leaves half-written: merges and worktree preparation of one
+        // workspace take turns.
+        let merged = {
+            let lock = self.inner.prep_lock(&self.run.workspace_root).await;
+            let _guard = lock.lock().await;
+            self.inner.vcs.merge(&req).await
+        };
+        match merged {
             Ok(outcome) => {
                 let (what, commit) = match &outcome {
                     MergeOutcome::Merged { commit } => ("merged", Some(commit.clone())),

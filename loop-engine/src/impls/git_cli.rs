@@ -302,10 +302,22 @@ impl GitCli {
     }
 
     async fn worktrees(&self, dir: &Path) -> Result<Vec<WorktreeEntry>, VcsError> {
-        let out = self
-            .run(dir, ["worktree", "list", "--porcelain", "-z"])
-            .await?;
-        Ok(parse_worktrees(&out.stdout))
+        let args = ["worktree", "list", "--porcelain", "-z"];
+        let mut attempt = 0;
+        loop {
+            let out = self.git(dir, args).await?;
+            if out.success() {
+                return Ok(parse_worktrees(&out.stdout));
+            }
+            // `git worktree add` running elsewhere (a user, another tool) writes its entry in
+            // several steps; a listing that catches it half-written fails with "failed to
+            // read .../worktrees/<name>/...". A moment later the entry is whole.
+            attempt += 1;
+            if attempt >= 5 || !out.stderr_text().contains("/worktrees/") {
+                return Err(failed(dir, &os_args(args), &out));
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+        }
     }
 
     /// Removes the `index.lock` of the worktree at `dir`, returning its path if there was one.
