@@ -3,9 +3,12 @@
 //! working, and nothing already committed or stored is lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use loop_engine::backend::Store;
+use loop_engine::backend::{
+    ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Store, Termination,
+};
 use loop_engine::domain::{EventKind, ExitReason, RunStatus};
 use loop_engine::engine::{CreateRun, Engine, EngineSettings};
 use loop_engine::impls::{GitCli, MemoryStore, SimulatedAgent};
@@ -116,4 +119,77 @@ async fn a_store_outage_fails_the_run_with_a_reason_and_loses_nothing() {
     let again = engine.get_run(again.id).await.expect("run");
     assert!(again.status.is_terminal(), "{:?}", again.status);
     assert_ne!(again.status, RunStatus::Pending);
+}
+
+/// An agent that takes the store away as soon as it starts and waits to be stopped; it gives
+/// the store back once stopped, so the run's end can be recorded.
+struct OutageAgent {
+    store: FaultyStore,
+    stopped: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Executor for OutageAgent {
+    async fn execute(
+        &self,
+        _req: ExecRequest,
+        ctx: ExecContext,
+    ) -> Result<ExecOutcome, ExecutorError> {
+        self.store.fail();
+        let stopped = tokio::time::timeout(Duration::from_secs(20), ctx.cancel.cancelled())
+            .await
+            .is_ok();
+        self.stopped.store(stopped, Ordering::SeqCst);
+        self.store.recover();
+        Ok(ExecOutcome {
+            exit_code: 130,
+            termination: Some(Termination::Canceled),
+            ..ExecOutcome::default()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_while_the_agent_runs_stops_the_agent_and_fails_the_run() {
+    let repo = GitFixture::new();
+    repo.write_file(
+        ".loop/config",
+        "reviewer=false\nrun_naming_mode=spec_slug\n",
+    );
+    repo.write_file(".gitignore", "logs/\n");
+    repo.write_file("specs/widget.md", "# Widget\n");
+    repo.write_file("specs/planning/widget-plan.md", "- [ ] one\n");
+    repo.commit_all("spec and plan");
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let engine = Engine::builder()
+        .store(store.clone())
+        .executor(OutageAgent {
+            store: store.clone(),
+            stopped: stopped.clone(),
+        })
+        .vcs(GitCli::with_env(repo.env()))
+        .settings(EngineSettings::default())
+        .build()
+        .expect("engine");
+    let run = engine
+        .create_run(CreateRun {
+            workspace_root: repo.path().to_path_buf(),
+            spec_path: "specs/widget.md".into(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("created")
+        .run;
+    tokio::time::timeout(Duration::from_secs(60), engine.run_until_idle())
+        .await
+        .expect("the engine finishes")
+        .expect("engine ok");
+    // The step's records are flushed while the agent runs: their failure stops the agent
+    // instead of letting it work unrecorded.
+    assert!(stopped.load(Ordering::SeqCst), "the agent was not stopped");
+    let run = engine.get_run(run.id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Failed);
+    let failure = run.failure.clone().unwrap_or_default();
+    assert!(failure.contains("no space left on device"), "{failure}");
 }

@@ -124,8 +124,8 @@ pub struct BatchOutcome {
 ///   [`Store::write_batch`] is one such write: all of its writes or none of them.
 /// - **Ordering**: writes made by one caller are applied in call order, and the writes of a
 ///   batch in batch order (a later write of a batch sees the earlier ones, e.g. an event may
-///   name a step the same batch inserts); the engine persists a step or event before it starts
-///   the next one.
+///   name a step the same batch inserts). The engine sends a run's records one batch at a
+///   time, in order: the next batch only after the previous one returned.
 /// - **Events** are append-only. [`Store::append_event`] (and an append inside a batch)
 ///   assigns the run's next sequence number: the first event of a run gets 1, and the numbers
 ///   of one run have no gaps and no duplicates even when several tasks append or write

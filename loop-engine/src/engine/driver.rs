@@ -1442,35 +1442,25 @@ impl RunDriver {
                 res = &mut exec => break res,
                 flushed = async { match flushing.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if flushing.is_some() => {
                     flushing = None;
-                    match flushed {
-                        Ok(()) if self.rec.has_pending() => flushing = Some(Box::pin(self.rec.flush(&self.inner))),
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::error!(run_id = %self.run.id, step_id = %step.id, error = %chain(&e), "the store failed while the agent ran; stopping it");
-                            store_error.get_or_insert(e);
-                            cancel.cancel();
-                        }
+                    if let Err(e) = flushed {
+                        tracing::error!(run_id = %self.run.id, step_id = %step.id, error = %chain(&e), "the store failed while the agent ran; stopping it");
+                        store_error.get_or_insert(e);
+                        cancel.cancel();
                     }
                 }
-                Some(sig) = sig_rx.recv() => {
-                    self.on_signal(step, sig);
-                    if flushing.is_none() && store_error.is_none() {
-                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
-                    }
-                }
+                Some(sig) = sig_rx.recv() => self.on_signal(step, sig),
                 _ = heartbeat.tick() => {
                     self.rec.report(Some(step.id), EventKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
-                    if flushing.is_none() && store_error.is_none() {
-                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
-                    }
                 }
                 () = &mut long, if !warned => {
                     warned = true;
                     self.rec.report(Some(step.id), EventKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
-                    if flushing.is_none() && store_error.is_none() {
-                        flushing = Some(Box::pin(self.rec.flush(&self.inner)));
-                    }
                 }
+            }
+            // What the branches queued (the agent's pid, a heartbeat) is flushed at once, one
+            // flush at a time so batches land in journal order.
+            if flushing.is_none() && store_error.is_none() && self.rec.has_pending() {
+                flushing = Some(Box::pin(self.rec.flush(&self.inner)));
             }
         };
         // A flush still in flight finishes; what is queued now goes with the step's end.

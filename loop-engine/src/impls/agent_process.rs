@@ -856,6 +856,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_detached_leftover_of_a_normal_exit_is_swept_after_the_call() {
+        process::become_child_subreaper().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let (ctx, _rx, _) = context();
+        // The leftover left the group and let go of our pipes: the call ends at once, and the
+        // background sweep (the agent's group is empty) finds it by its marker.
+        let script = "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $! > gc.pid; exit 0";
+        let started = std::time::Instant::now();
+        let run = run_sh(script, &req, &ctx).await;
+        assert_eq!(run.outcome.termination, Some(Termination::Exited));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let gc = read_pid(&dir.path().join("gc.pid")).await;
+        assert!(
+            vanishes(gc).await,
+            "detached leftover {gc} survived: {:?}",
+            proc_stat(gc)
+        );
+    }
+
+    #[tokio::test]
     async fn dropping_the_future_kills_the_agent() {
         let dir = tempfile::tempdir().unwrap();
         let req = request(dir.path());
