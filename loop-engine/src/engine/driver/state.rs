@@ -10,11 +10,13 @@ use crate::backend::{Executor, StoreError, StoreWrite};
 use crate::config::Config;
 use crate::domain::{EventKind, NewEvent, Run, Step, StepId, StepPhase, StepStatus, now_ms};
 use crate::engine::create::{implementation_prompt_text, prompt_paths};
+use crate::engine::driver::agent::OpenAttempt;
+use crate::engine::driver::iteration::Before;
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::inner::{Inner, RunControl};
 use crate::engine::report::{Recorder, Row};
-use crate::machine::Watchdog;
+use crate::machine::History;
 use crate::plan::{self, PlanCounts};
 use crate::prompt;
 
@@ -29,11 +31,16 @@ pub(crate) struct RunDriver {
     pub(super) worktree: Worktree,
     pub(super) plan_in_worktree: PathBuf,
     pub(super) step_seq: u32,
-    pub(super) watchdog: Watchdog,
-    pub(super) rewrites_used: u32,
     pub(super) prompt_override: Option<(String, PathBuf)>,
     pub(super) last_verified: Option<(Option<String>, bool)>,
-    pub(super) consecutive_verify_failures: u32,
+    /// The failed attempt whose step waits for the loop's decision.
+    pub(super) open_attempt: Option<OpenAttempt>,
+    /// The last agent step that succeeded (events of the loop's decisions point at it).
+    pub(super) last_agent_step: Option<StepId>,
+    /// What the current implementation call started from (kept for its retries).
+    pub(super) before_implementation: Option<Before>,
+    /// The last failed verification command, for the consecutive-failure message.
+    pub(super) last_verify_failure: Option<String>,
     pub(super) start_ms: i64,
     pub(super) lost_lease: Arc<std::sync::atomic::AtomicBool>,
     pub(super) iter_duration_sum: u64,
@@ -78,11 +85,12 @@ impl RunDriver {
             executor: None,
             rec,
             step_seq: 0,
-            watchdog: Watchdog::new(),
-            rewrites_used: 0,
             prompt_override: None,
             last_verified: None,
-            consecutive_verify_failures: 0,
+            open_attempt: None,
+            last_agent_step: None,
+            before_implementation: None,
+            last_verify_failure: None,
             start_ms: now_ms(),
             lost_lease: Arc::default(),
             iter_duration_sum: 0,
@@ -223,10 +231,10 @@ impl RunDriver {
     }
 
     /// Restores the counters a resumed run needs from its stored steps.
-    pub(super) async fn load_history(&mut self) -> Result<(), Stop> {
+    pub(super) async fn load_history(&mut self) -> Result<History, Stop> {
         let steps = self.inner.store.list_steps(self.run.id).await?;
         self.step_seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
-        self.rewrites_used = u32::try_from(
+        let rewrites_used = u32::try_from(
             steps
                 .iter()
                 .filter(|s| s.phase == StepPhase::Watchdog)
@@ -249,7 +257,6 @@ impl RunDriver {
                 _ => {}
             }
         }
-        self.consecutive_verify_failures = consecutive;
         if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
@@ -260,7 +267,11 @@ impl RunDriver {
         {
             self.prompt_override = Some((text, p.clone()));
         }
-        Ok(())
+        Ok(History {
+            first_iteration: self.run.iterations_run.max(1),
+            rewrites_used,
+            consecutive_verification_failures: consecutive,
+        })
     }
 
     pub(super) fn new_step(

@@ -1,33 +1,27 @@
 //! Verification: the configured commands at one HEAD, skipped when HEAD is unchanged, the
-//! failure notes for the next agent, and the consecutive-failure limit.
+//! failure notes for the next agent. How many failures in a row end a run is the loop's rule
+//! (`machine/run.rs`).
 
 use std::time::Instant;
 
 use crate::artifacts;
-use crate::domain::{ArtifactKind, EventKind, ExitReason, StepPhase, StepStatus};
+use crate::domain::{ArtifactKind, EventKind, StepPhase, StepStatus};
 use crate::engine::driver::state::{RunDriver, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
+use crate::machine::VerifyKind;
 use crate::naming;
 use crate::process::Cmd;
 use crate::prompt;
 
-/// Which verification this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum VerifyKind {
-    /// After an implementation step.
-    Gate,
-    /// After a review pass that moved HEAD.
-    Review,
-    /// Before declaring the plan done.
-    Final,
-}
-
 impl RunDriver {
-    pub(super) async fn verify(&mut self, i: u32, kind: VerifyKind) -> Result<bool, Stop> {
+    /// Runs verification `kind` of iteration `i`. Returns whether it passed and whether it
+    /// was skipped (HEAD unchanged since the last verification and the tree clean: the
+    /// earlier verdict is returned).
+    pub(super) async fn verify(&mut self, i: u32, kind: VerifyKind) -> Result<(bool, bool), Stop> {
         if self.cfg.verify_cmds.is_empty() {
-            return Ok(true);
+            return Ok((true, false));
         }
         let head = self.head().await?;
         let clean = self.inner.vcs.is_clean(self.worktree.path()).await?;
@@ -53,7 +47,7 @@ impl RunDriver {
                 ),
             )
             .await?;
-            return Ok(passed);
+            return Ok((passed, true));
         }
         let slug = verify_slug(i, kind);
         let mut step = self.new_step(i, &label, StepPhase::Verification, 1);
@@ -150,17 +144,15 @@ impl RunDriver {
         match failure {
             None => {
                 Metrics::inc(&self.inner.metrics.verification_pass);
-                self.consecutive_verify_failures = 0;
                 self.end_step(&mut step, StepStatus::Succeeded, ms(started))
                     .await?;
                 if notes.exists() {
                     let _ = artifacts::write_atomic(&notes, b"");
                 }
-                Ok(true)
+                Ok((true, false))
             }
             Some((cmd, code, log)) => {
                 Metrics::inc(&self.inner.metrics.verification_fail);
-                self.consecutive_verify_failures += 1;
                 let tail = artifacts::tail_lines(&log, 120).unwrap_or_default();
                 let failure_text = format!(
                     "command: {cmd}\nexit code: {code}\nlog: {}\n\nlast 120 lines:\n{tail}\n",
@@ -179,21 +171,9 @@ impl RunDriver {
                 step.reason = Some(format!("`{cmd}` exited with {code}"));
                 self.end_step(&mut step, StepStatus::Failed, ms(started))
                     .await?;
-                let limit = self.cfg.max_consecutive_verification_failures;
-                if limit > 0 && self.consecutive_verify_failures >= limit {
-                    return Err(Stop::Fail {
-                        reason: ExitReason::MaxConsecutiveFailures {
-                            kind: "verification".into(),
-                            limit,
-                        },
-                        detail: format!(
-                            "run {}: verification failed {limit} times in a row (last: `{cmd}` exited with {code}, log {})",
-                            self.run.id,
-                            log.display()
-                        ),
-                    });
-                }
-                Ok(false)
+                self.last_verify_failure =
+                    Some(format!("`{cmd}` exited with {code}, log {}", log.display()));
+                Ok((false, false))
             }
         }
     }
