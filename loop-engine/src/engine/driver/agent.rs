@@ -13,7 +13,8 @@ use crate::backend::{
     StoreError, StoreWrite, Termination, VcsError,
 };
 use crate::domain::{
-    ArtifactKind, EventKind, ExitReason, NewEvent, Step, StepId, StepPhase, StepStatus,
+    ArtifactKind, EventPayload, ExitReason, NewEvent, ReportKind, Step, StepId, StepPhase,
+    StepStatus, payloads,
 };
 use crate::engine::driver::state::{RunDriver, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
@@ -88,7 +89,7 @@ impl RunDriver {
         self.start_step(&step).await?;
         self.report(
             Some(step.id),
-            EventKind::IterationStart,
+            ReportKind::IterationStart,
             Row {
                 output_path: Some(log_path.clone()),
                 ..Row::msg(label.clone(), format!("{} attempt {}", phase, attempt))
@@ -177,7 +178,7 @@ impl RunDriver {
         if outcome.output_bytes > self.cfg.warn_output_bytes {
             self.report(
                 Some(step.id),
-                EventKind::WarnOutputLarge,
+                ReportKind::WarnOutputLarge,
                 Row {
                     output_bytes: Some(outcome.output_bytes),
                     ..Row::msg(
@@ -199,7 +200,7 @@ impl RunDriver {
             };
             self.report(
                 Some(step.id),
-                EventKind::IterationTimeout,
+                ReportKind::IterationTimeout,
                 Row {
                     duration_ms: Some(duration),
                     exit_code: Some(outcome.exit_code),
@@ -222,7 +223,7 @@ impl RunDriver {
         };
         self.report(
             Some(step.id),
-            EventKind::IterationEnd,
+            ReportKind::IterationEnd,
             Row {
                 iteration: label.clone(),
                 duration_ms: Some(duration),
@@ -251,7 +252,7 @@ impl RunDriver {
             );
             self.report(
                 Some(step.id),
-                EventKind::IterationTail,
+                ReportKind::IterationTail,
                 Row {
                     output_path: Some(tail_path.clone()),
                     ..Row::msg(label.clone(), "last 200 lines")
@@ -320,7 +321,7 @@ impl RunDriver {
         Metrics::inc(&self.inner.metrics.claude_retries);
         self.report(
             Some(step.id),
-            EventKind::ClaudeRetry,
+            ReportKind::ClaudeRetry,
             Row {
                 duration_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 exit_code,
@@ -431,11 +432,11 @@ impl RunDriver {
                 }
                 Some(sig) = sig_rx.recv() => self.on_signal(step, sig),
                 _ = heartbeat.tick() => {
-                    self.rec.report(Some(step.id), EventKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
+                    self.rec.report(Some(step.id), ReportKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
                 }
                 () = &mut long, if !warned => {
                     warned = true;
-                    self.rec.report(Some(step.id), EventKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
+                    self.rec.report(Some(step.id), ReportKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
                 }
             }
             // What the branches queued (the agent's pid, a heartbeat) is flushed at once, one
@@ -479,15 +480,14 @@ impl RunDriver {
                 error_status,
                 error,
             } => {
-                let mut ev = NewEvent::new(
+                let mut ev = NewEvent::typed(
                     self.run.id,
-                    EventKind::ClaudeApiRetry,
-                    serde_json::json!({
-                        "attempt": attempt,
-                        "max_retries": max_retries,
-                        "delay_ms": delay_ms,
-                        "error_status": error_status,
-                        "error": error,
+                    &EventPayload::ClaudeApiRetry(payloads::ClaudeApiRetry {
+                        attempt,
+                        max_retries,
+                        delay_ms,
+                        error_status,
+                        error,
                     }),
                 );
                 ev.step_id = Some(step.id);

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use crate::artifacts;
 use crate::backend::ExecPurpose;
 use crate::completion::{self, Completion};
-use crate::domain::{ArtifactKind, EventKind, ExitReason, StepId, StepPhase, StepStatus};
+use crate::domain::{
+    ArtifactKind, EventPayload, ExitReason, ReportKind, StepId, StepPhase, StepStatus, payloads,
+};
 use crate::engine::driver::agent::Attempt;
 use crate::engine::driver::state::RunDriver;
 use crate::engine::driver::stop::Stop;
@@ -158,7 +160,7 @@ impl RunDriver {
             Warning::CompleteWithPending { pending } => {
                 self.report(
                     None,
-                    EventKind::WarnCompleteWithPending,
+                    ReportKind::WarnCompleteWithPending,
                     Row::msg(
                         iteration.to_string(),
                         format!("{pending} tasks still pending"),
@@ -173,7 +175,7 @@ impl RunDriver {
             } => {
                 self.report(
                     self.last_agent_step,
-                    EventKind::WarnReviewerCompleteWithPending,
+                    ReportKind::WarnReviewerCompleteWithPending,
                     Row::msg(
                         naming::iteration_label(iteration, Some(pass), None),
                         format!("{pending} pending, {to_review} awaiting review"),
@@ -353,14 +355,13 @@ impl RunDriver {
         self.rec.record(ArtifactKind::PromptRewrite, &path).await;
         self.event(
             step_id.or(Some(step.id)),
-            EventKind::WatchdogRewrite,
-            serde_json::json!({
-                "step_id": step_id.unwrap_or(step.id),
-                "signal": signal.as_str(),
-                "detail": detail,
-                "prompt_before": before_path,
-                "prompt_after": path,
-                "rewrite": n,
+            EventPayload::WatchdogRewrite(payloads::WatchdogRewrite {
+                step_id: step_id.unwrap_or(step.id),
+                signal: signal.as_str().to_owned(),
+                detail,
+                prompt_before: before_path,
+                prompt_after: path.clone(),
+                rewrite: n,
             }),
         )
         .await?;
@@ -381,7 +382,7 @@ impl RunDriver {
                 self.completion_seen = true;
                 self.report(
                     Some(step),
-                    EventKind::CompleteDetected,
+                    ReportKind::CompleteDetected,
                     Row::msg(label, "completion token accepted"),
                 )
                 .await?;
@@ -389,7 +390,7 @@ impl RunDriver {
             Completion::Malformed { snippet } => {
                 self.report(
                     Some(step),
-                    EventKind::WarnMalformedComplete,
+                    ReportKind::WarnMalformedComplete,
                     Row::msg(label, snippet.clone()),
                 )
                 .await?;

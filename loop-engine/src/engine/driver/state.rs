@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Executor, StoreError, StoreWrite};
 use crate::config::Config;
-use crate::domain::{EventKind, NewEvent, Run, Step, StepId, StepPhase, StepStatus, now_ms};
+use crate::domain::{
+    EventPayload, NewEvent, ReportKind, Run, Step, StepId, StepPhase, StepStatus, now_ms, payloads,
+};
 use crate::engine::create::{implementation_prompt_text, prompt_paths};
 use crate::engine::driver::agent::OpenAttempt;
 use crate::engine::driver::iteration::Before;
@@ -143,7 +145,7 @@ impl RunDriver {
     pub(super) async fn report(
         &self,
         step: Option<StepId>,
-        kind: EventKind,
+        kind: ReportKind,
         row: Row,
     ) -> Result<(), Stop> {
         self.rec.report(step, kind, row, self.tasks());
@@ -154,10 +156,9 @@ impl RunDriver {
     pub(super) async fn event(
         &self,
         step: Option<StepId>,
-        kind: EventKind,
-        payload: serde_json::Value,
+        payload: EventPayload,
     ) -> Result<(), Stop> {
-        let mut ev = NewEvent::new(self.run.id, kind, payload);
+        let mut ev = NewEvent::typed(self.run.id, &payload);
         ev.step_id = step;
         self.rec.event(ev);
         self.flush_if_full().await
@@ -309,13 +310,12 @@ impl RunDriver {
         self.rec.write(StoreWrite::InsertStep(step.clone()));
         self.event(
             Some(step.id),
-            EventKind::StepStarted,
-            serde_json::json!({
-                "step_id": step.id,
-                "phase": step.phase,
-                "attempt": step.attempt,
-                "label": step.label,
-                "iteration": step.iteration,
+            EventPayload::StepStarted(payloads::StepStarted {
+                step_id: step.id,
+                phase: step.phase,
+                attempt: step.attempt,
+                label: step.label.clone(),
+                iteration: step.iteration,
             }),
         )
         .await
@@ -334,15 +334,14 @@ impl RunDriver {
         self.rec.write(StoreWrite::UpdateStep(step.clone()));
         self.event(
             Some(step.id),
-            EventKind::StepFinished,
-            serde_json::json!({
-                "step_id": step.id,
-                "phase": step.phase,
-                "status": step.status,
-                "exit_code": step.exit_code,
-                "duration_ms": duration_ms,
-                "output_path": step.output_path,
-                "reason": step.reason,
+            EventPayload::StepFinished(payloads::StepFinished {
+                step_id: step.id,
+                phase: step.phase,
+                status: step.status,
+                exit_code: step.exit_code,
+                duration_ms,
+                output_path: step.output_path.clone(),
+                reason: step.reason.clone(),
             }),
         )
         .await

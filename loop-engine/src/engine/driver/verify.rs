@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::artifacts;
-use crate::domain::{ArtifactKind, EventKind, StepPhase, StepStatus};
+use crate::domain::{ArtifactKind, ReportKind, StepPhase, StepStatus};
 use crate::engine::driver::state::{RunDriver, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::metrics::Metrics;
@@ -37,7 +37,7 @@ impl RunDriver {
             let passed = *passed;
             self.report(
                 None,
-                EventKind::VerifySkip,
+                ReportKind::VerifySkip,
                 Row::msg(
                     label,
                     format!(
@@ -56,7 +56,7 @@ impl RunDriver {
         let started = Instant::now();
         self.report(
             Some(step.id),
-            EventKind::VerifyStart,
+            ReportKind::VerifyStart,
             Row::msg(
                 label.clone(),
                 format!("{} commands", self.cfg.verify_cmds.len()),
@@ -70,7 +70,7 @@ impl RunDriver {
             let log = self.rec.folder.verify_log(&slug, n);
             self.report(
                 Some(step.id),
-                EventKind::VerifyCmdStart,
+                ReportKind::VerifyCmdStart,
                 Row {
                     output_path: Some(log.clone()),
                     ..Row::msg(label.clone(), cmd.clone())
@@ -112,7 +112,7 @@ impl RunDriver {
             self.rec.record(ArtifactKind::VerifyLog, &log).await;
             self.report(
                 Some(step.id),
-                EventKind::VerifyCmdEnd,
+                ReportKind::VerifyCmdEnd,
                 Row {
                     duration_ms: Some(ms(t)),
                     exit_code: Some(code),
@@ -131,7 +131,7 @@ impl RunDriver {
         step.exit_code = Some(failure.as_ref().map_or(0, |f| f.1));
         self.report(
             Some(step.id),
-            EventKind::VerifyEnd,
+            ReportKind::VerifyEnd,
             Row {
                 duration_ms: Some(ms(started)),
                 exit_code: step.exit_code,
