@@ -57,6 +57,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The standard judgement of `outcome`. `expect_result_line` is true for agents that must
+    /// end with a stream-json `result` line (the Claude CLI); for other agents exit code 0 is
+    /// success. A `result` line, when one came, decides in both cases; timeouts and cancels
+    /// are failures whatever the exit code.
+    pub fn of(outcome: &ExecOutcome, expect_result_line: bool) -> Self {
+        judge(outcome, expect_result_line)
+    }
+
     /// True for [`Verdict::Success`].
     pub fn is_success(&self) -> bool {
         matches!(self, Self::Success)
