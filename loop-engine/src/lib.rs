@@ -14,20 +14,20 @@
 //! feature.
 #![deny(missing_docs)]
 
-pub mod artifacts;
+pub(crate) mod artifacts;
 pub mod backend;
-pub mod completion;
+pub(crate) mod completion;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod impls;
-pub mod machine;
-pub mod naming;
-pub mod outcome;
+pub(crate) mod machine;
+pub(crate) mod naming;
+pub(crate) mod outcome;
 pub mod plan;
 pub mod process;
-pub mod prompt;
+pub(crate) mod prompt;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
