@@ -77,9 +77,9 @@ mod contract {
 
     fn script(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("agent.sh");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+            .expect("make the script executable");
         path
     }
 
