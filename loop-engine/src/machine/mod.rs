@@ -8,6 +8,6 @@ mod run;
 mod table;
 mod watchdog;
 
-pub use retry::*;
-pub use run::*;
-pub use watchdog::*;
+pub(crate) use retry::*;
+pub(crate) use run::*;
+pub(crate) use watchdog::*;

@@ -19,40 +19,40 @@ use crate::plan::PlanCounts;
 
 /// The settings of the loop, from a run's config.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LoopConfig {
+pub(crate) struct LoopConfig {
     /// `iterations`: the iteration budget.
-    pub iterations: u32,
+    pub(crate) iterations: u32,
     /// `reviewer`: review passes run.
-    pub reviewer: bool,
+    pub(crate) reviewer: bool,
     /// `max_review_passes`: review steps per pass (at least one).
-    pub max_review_passes: u32,
+    pub(crate) max_review_passes: u32,
     /// True when `verify_cmds` is not empty.
-    pub verify: bool,
+    pub(crate) verify: bool,
     /// `max_consecutive_verification_failures` (0 = no limit).
-    pub max_consecutive_verification_failures: u32,
+    pub(crate) max_consecutive_verification_failures: u32,
     /// The watchdog's thresholds.
-    pub watchdog: WatchdogConfig,
+    pub(crate) watchdog: WatchdogConfig,
     /// `watchdog_max_rewrites`.
-    pub max_rewrites: u32,
+    pub(crate) max_rewrites: u32,
     /// The retry policy of agent calls.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
 }
 
 /// What a run brings back from its stored steps when it starts again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct History {
+pub(crate) struct History {
     /// The iteration to start with (1 for a new run).
-    pub first_iteration: u32,
+    pub(crate) first_iteration: u32,
     /// Watchdog rewrites already made.
-    pub rewrites_used: u32,
+    pub(crate) rewrites_used: u32,
     /// Verification failures in a row at the end of the history (an interrupted verification
     /// counts neither way).
-    pub consecutive_verification_failures: u32,
+    pub(crate) consecutive_verification_failures: u32,
 }
 
 /// Which verification this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VerifyKind {
+pub(crate) enum VerifyKind {
     /// After an implementation step (the gate).
     Gate,
     /// After a review pass that moved HEAD.
@@ -63,7 +63,7 @@ pub enum VerifyKind {
 
 /// A warning the loop records without changing course.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Warning {
+pub(crate) enum Warning {
     /// The reviewer is off and the agent sent the token with tasks pending
     /// (`WARN_COMPLETE_WITH_PENDING`).
     CompleteWithPending {
@@ -84,7 +84,7 @@ pub enum Warning {
 
 /// Why the loop ends a run as failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The last agent attempt failed and is not retried (`claude_failed`).
     Agent,
     /// Every iteration was used and the plan is not done (`iterations_exhausted`).
@@ -103,7 +103,7 @@ pub enum Failure {
 
 /// What the completion detector saw in an agent's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Token {
+pub(crate) enum Token {
     /// The completion token, accepted.
     Accepted,
     /// The token in a form the mode does not accept.
@@ -114,7 +114,7 @@ pub enum Token {
 
 /// What the driver does next.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Begin iteration `iteration` (a step boundary: pause and cancel are honoured here).
     /// Answer: [`Observation::Done`].
     StartIteration {
@@ -189,7 +189,7 @@ pub enum Decision {
 
 /// What the driver observed performing a [`Decision`].
 #[derive(Clone, Debug, PartialEq)]
-pub enum Observation {
+pub(crate) enum Observation {
     /// The decision was carried out; it has nothing to report.
     Done,
     /// The plan's counts.
@@ -291,7 +291,7 @@ enum At {
 
 /// The loop's state for one run.
 #[derive(Clone, Debug)]
-pub struct RunLoop {
+pub(crate) struct RunLoop {
     cfg: LoopConfig,
     at: At,
     iteration: u32,
@@ -310,7 +310,7 @@ pub struct RunLoop {
 
 impl RunLoop {
     /// A loop for a run with these settings and this history.
-    pub fn new(cfg: LoopConfig, history: History) -> Self {
+    pub(crate) fn new(cfg: LoopConfig, history: History) -> Self {
         Self {
             cfg,
             at: At::Begin,
@@ -325,18 +325,8 @@ impl RunLoop {
         }
     }
 
-    /// The iteration the loop is in (0 before the first).
-    pub fn iteration(&self) -> u32 {
-        self.iteration
-    }
-
-    /// Watchdog rewrites made so far (history included).
-    pub fn rewrites_used(&self) -> u32 {
-        self.rewrites_used
-    }
-
     /// The first decision.
-    pub fn start(&mut self) -> Decision {
+    pub(crate) fn start(&mut self) -> Decision {
         if self.at != At::Begin {
             return self.protocol("start called twice");
         }
@@ -344,7 +334,7 @@ impl RunLoop {
     }
 
     /// The decision that follows `obs`, the answer to the previous decision.
-    pub fn next(&mut self, obs: Observation) -> Decision {
+    pub(crate) fn next(&mut self, obs: Observation) -> Decision {
         match (self.at, obs) {
             (At::Starting, Observation::Done) => {
                 if self.cfg.reviewer {

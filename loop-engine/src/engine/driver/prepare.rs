@@ -13,7 +13,7 @@ use crate::engine::driver::state::{RunDriver, ms, rebase};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::report::Row;
-use crate::outcome::{Verdict, judge};
+use crate::outcome::Verdict;
 use crate::{naming, prompt};
 
 impl RunDriver {
@@ -213,7 +213,7 @@ impl RunDriver {
                 match executor.execute(req, ctx).await {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
-                        match judge(&outcome, self.inner.expects_result_line(&self.cfg)) {
+                        match executor.judge(&outcome) {
                             Verdict::Success => naming::sanitize_name(&outcome.output_text)
                                 .ok_or_else(|| {
                                     "the naming model answered no usable name".to_owned()
