@@ -129,7 +129,8 @@ pub(crate) enum Decision {
     Review {
         /// The iteration.
         iteration: u32,
-        /// The review step's number in this pass (`iR<pass>`).
+        /// The review step's number in the iteration, both passes counted (`iR<pass>`), so
+        /// every review step of a run has its own label.
         pass: u32,
         /// The attempt (1 for the first).
         attempt: u32,
@@ -251,6 +252,8 @@ enum Pass {
 enum At {
     /// Nothing asked yet.
     Begin,
+    /// The plan asked of a run resumed with its iteration budget spent.
+    ResumedSpent,
     /// `StartIteration` asked.
     Starting,
     /// HEAD asked at the start of a review pass.
@@ -297,6 +300,8 @@ pub(crate) struct RunLoop {
     iteration: u32,
     /// The attempt of the current agent call (implementation: over the whole phase).
     attempt: u32,
+    /// Review steps begun in this iteration (both passes): the next one's number.
+    reviews: u32,
     /// Retries used by the current agent call.
     budget: RetryBudget,
     /// The implementation step's token was accepted.
@@ -316,6 +321,7 @@ impl RunLoop {
             at: At::Begin,
             iteration: history.first_iteration.max(1).saturating_sub(1),
             attempt: 0,
+            reviews: 0,
             budget: RetryBudget::default(),
             accepted: false,
             pass_head: None,
@@ -330,12 +336,24 @@ impl RunLoop {
         if self.at != At::Begin {
             return self.protocol("start called twice");
         }
+        if self.iteration >= self.cfg.iterations {
+            // Resumed with its budget spent (say, after a crash in the last iteration): the
+            // plan decides between done and exhausted.
+            self.at = At::ResumedSpent;
+            return Decision::ReadPlan;
+        }
         self.next_iteration()
     }
 
     /// The decision that follows `obs`, the answer to the previous decision.
     pub(crate) fn next(&mut self, obs: Observation) -> Decision {
         match (self.at, obs) {
+            (At::ResumedSpent, Observation::Plan(plan)) => {
+                if plan.pending == 0 && !(self.cfg.reviewer && plan.to_review > 0) {
+                    return self.final_verification(Pass::After);
+                }
+                self.fail(Failure::IterationsExhausted)
+            }
             (At::Starting, Observation::Done) => {
                 if self.cfg.reviewer {
                     self.start_pass(Pass::Before)
@@ -374,7 +392,7 @@ impl RunLoop {
                     return Decision::Warn {
                         iteration: self.iteration,
                         warning: Warning::ReviewerCompleteWithPending {
-                            pass: r,
+                            pass: self.reviews,
                             pending: plan.pending,
                             to_review: plan.to_review,
                         },
@@ -511,6 +529,7 @@ impl RunLoop {
         }
         self.iteration += 1;
         self.accepted = false;
+        self.reviews = 0;
         self.at = At::Starting;
         Decision::StartIteration {
             iteration: self.iteration,
@@ -534,10 +553,13 @@ impl RunLoop {
 
     fn review(&mut self, pass: Pass, r: u32, retry: bool) -> Decision {
         self.attempt += 1;
+        if !retry {
+            self.reviews += 1;
+        }
         self.at = At::Reviewing(pass, r);
         Decision::Review {
             iteration: self.iteration,
-            pass: r,
+            pass: self.reviews,
             attempt: self.attempt,
             retry,
         }

@@ -497,14 +497,55 @@ fn table() -> Vec<Row> {
             script: vec![],
         },
         Row {
-            rule: "§6 a resumed run past its budget is exhausted at once",
+            rule: "issue 19: a run resumed with its budget spent and work left is exhausted",
             cfg: with(|c| c.iterations = 2),
             history: History {
                 first_iteration: 3,
                 ..History::default()
             },
-            first: fail(Failure::IterationsExhausted),
-            script: vec![],
+            first: read_plan(),
+            script: vec![(plan(1, 0), fail(Failure::IterationsExhausted))],
+        },
+        Row {
+            rule: "issue 19: a run resumed with its budget spent and the plan done verifies and completes",
+            cfg: with(|c| {
+                c.iterations = 2;
+                c.verify = true;
+            }),
+            history: History {
+                first_iteration: 3,
+                ..History::default()
+            },
+            first: read_plan(),
+            script: vec![
+                (plan(0, 0), verify(2, Final)),
+                (verified(true), complete(2, CompletePlan)),
+            ],
+        },
+        Row {
+            rule: "issue 19: review steps are numbered over both passes of an iteration (unique labels)",
+            cfg: with(|c| c.reviewer = true),
+            history: fresh(),
+            first: start(1),
+            script: vec![
+                (done(), read_plan()),
+                (plan(1, 1), review(1, 1)),
+                (reviewed(Token::Absent, true, 1, 0), read_plan()),
+                (plan(1, 0), implement(1, 1)),
+                (worked(Token::Absent), read_plan()),
+                (plan(0, 1), review(1, 2)),
+                (
+                    reviewed(Token::Accepted, false, 1, 0),
+                    Decision::Warn {
+                        iteration: 1,
+                        warning: Warning::ReviewerCompleteWithPending {
+                            pass: 2,
+                            pending: 1,
+                            to_review: 0,
+                        },
+                    },
+                ),
+            ],
         },
         Row {
             rule: "§6 watchdog malformed_complete: rewrite, then the same phase with the attempt incremented",

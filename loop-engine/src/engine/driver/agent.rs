@@ -16,7 +16,7 @@ use crate::domain::{
     ArtifactKind, EventPayload, ExitReason, NewEvent, ReportKind, Step, StepId, StepPhase,
     StepStatus, payloads,
 };
-use crate::engine::driver::state::{RunDriver, ms, secs};
+use crate::engine::driver::state::{RunDriver, deadline, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::hub::{CurrentOutput, LiveOutput};
 use crate::engine::metrics::Metrics;
@@ -415,7 +415,9 @@ impl RunDriver {
             as std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>);
         let mut store_error = None;
         let period = Duration::from_secs(self.cfg.heartbeat_sec.max(1));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A period too long for the clock (a huge heartbeat_sec) means no heartbeat at all.
+        let mut heartbeat = deadline(tokio::time::Instant::now(), period)
+            .map(|first| tokio::time::interval_at(first, period));
         let long = tokio::time::sleep(Duration::from_secs(self.cfg.warn_iteration_sec.max(1)));
         tokio::pin!(long);
         let mut warned = false;
@@ -432,7 +434,14 @@ impl RunDriver {
                     }
                 }
                 Some(sig) = sig_rx.recv() => self.on_signal(step, sig),
-                _ = heartbeat.tick() => {
+                () = async {
+                    match heartbeat.as_mut() {
+                        Some(h) => {
+                            h.tick().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
                     self.rec.report(Some(step.id), ReportKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
                 }
                 () = &mut long, if !warned => {

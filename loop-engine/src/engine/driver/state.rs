@@ -1,6 +1,7 @@
 //! The driver's state for one run and its bookkeeping: the journal (steps, events, the run
 //! row), step boundaries, the plan, the history a resumed run restores, prompt inputs.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,6 +42,8 @@ pub(crate) struct RunDriver {
     pub(super) last_agent_step: Option<StepId>,
     /// What the current implementation call started from (kept for its retries).
     pub(super) before_implementation: Option<Before>,
+    /// The labels of the run's verification steps so far (history included).
+    pub(super) verify_labels: HashSet<String>,
     /// The last failed verification command, for the consecutive-failure message.
     pub(super) last_verify_failure: Option<String>,
     pub(super) start_ms: i64,
@@ -93,6 +96,7 @@ impl RunDriver {
             last_agent_step: None,
             before_implementation: None,
             last_verify_failure: None,
+            verify_labels: HashSet::new(),
             start_ms: now_ms(),
             lost_lease: Arc::default(),
             iter_duration_sum: 0,
@@ -116,7 +120,8 @@ impl RunDriver {
             let every = (lease / 3).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
-                let until = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                let until =
+                    now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
                 match inner
                     .store
                     .renew_lease(run_id, &inner.settings.worker_id, until)
@@ -235,6 +240,11 @@ impl RunDriver {
     pub(super) async fn load_history(&mut self) -> Result<History, Stop> {
         let steps = self.inner.store.list_steps(self.run.id).await?;
         self.step_seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
+        self.verify_labels = steps
+            .iter()
+            .filter(|s| s.phase == StepPhase::Verification)
+            .map(|s| s.label.clone())
+            .collect();
         let rewrites_used = u32::try_from(
             steps
                 .iter()
@@ -269,7 +279,7 @@ impl RunDriver {
             self.prompt_override = Some((text, p.clone()));
         }
         Ok(History {
-            first_iteration: self.run.iterations_run.max(1),
+            first_iteration: first_iteration(self.run.iterations_run, &steps),
             rewrites_used,
             consecutive_verification_failures: consecutive,
         })
@@ -283,6 +293,9 @@ impl RunDriver {
         attempt: u32,
     ) -> Step {
         self.step_seq += 1;
+        if phase == StepPhase::Verification {
+            self.verify_labels.insert(label.to_owned());
+        }
         Step {
             id: StepId::new(),
             run_id: self.run.id,
@@ -403,4 +416,24 @@ pub(super) fn secs(s: u64) -> Option<Duration> {
 
 pub(super) fn ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The iteration a run (re)starts with: a new one after any iteration that already has steps,
+/// so a resumed or recovered run never reuses a step label or overwrites a step's log, and
+/// `iterations_run` counts every iteration begun (SPEC §6 budget).
+pub(super) fn first_iteration(iterations_run: u32, steps: &[Step]) -> u32 {
+    let last_with_steps = steps
+        .iter()
+        .filter(|s| s.phase != StepPhase::Naming)
+        .map(|s| s.iteration)
+        .max();
+    match last_with_steps {
+        Some(last) if last >= iterations_run => last.saturating_add(1),
+        _ => iterations_run.max(1),
+    }
+}
+
+/// `now + after`, or `None` when that is past what an `Instant` can hold: "no deadline".
+pub(super) fn deadline(now: tokio::time::Instant, after: Duration) -> Option<tokio::time::Instant> {
+    now.checked_add(after)
 }

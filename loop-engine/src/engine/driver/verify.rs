@@ -49,7 +49,17 @@ impl RunDriver {
             .await?;
             return Ok((passed, true));
         }
-        let slug = verify_slug(i, kind);
+        // A second verification of the same kind in one iteration (a failed final one before
+        // the implementation step and another after it) gets its own label and logs.
+        let mut slug = verify_slug(i, kind);
+        let mut label = label;
+        if self.verify_labels.contains(&label) {
+            let n = (2u32..)
+                .find(|n| !self.verify_labels.contains(&format!("{label}-{n}")))
+                .unwrap_or(u32::MAX);
+            label = format!("{label}-{n}");
+            slug = format!("{slug}-{n}");
+        }
         let mut step = self.new_step(i, &label, StepPhase::Verification, 1);
         step.head_before = head.clone();
         self.start_step(&step).await?;
