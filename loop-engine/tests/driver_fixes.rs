@@ -1,13 +1,15 @@
 //! Driver fixes with a test each: step labels and logs unique for the whole run across pause,
 //! resume, cancel and restarts with an exact iteration count (issue 19 item 3); durations too
-//! long for the clock end nothing badly (issue 12 item 2).
+//! long for the clock end nothing badly (issue 12 item 2); a finished plan goes to final
+//! verification whatever the answer looked like (issue 13 item 2).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use loop_engine::backend::Store;
+use loop_engine::backend::{ExecOutcome, ExecPurpose, Store};
 use loop_engine::domain::{EventKind, Run, RunStatus, Step, StepPhase, StepStatus};
 use loop_engine::impls::SimulatedAgent;
+use loop_engine::testing::{Act, ScriptedExecutor};
 
 use crate::support::{Harness, Setup};
 
@@ -44,8 +46,8 @@ fn assert_unique_and_counted(run: &Run, steps: &[Step]) {
         "iterations_run is the last iteration begun"
     );
     assert_eq!(
-        iterations.len(),
-        usize::try_from(run.iterations_run).unwrap(),
+        u32::try_from(iterations.len()).expect("a few iterations"),
+        run.iterations_run,
         "every iteration counted once: {iterations:?}"
     );
 }
@@ -241,4 +243,38 @@ async fn a_heartbeat_too_long_for_the_clock_does_not_kill_the_driver() {
         ),
         other => panic!("the run ended {other}: {:?}", done.failure),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_token_on_a_finished_plan_costs_no_extra_agent_call() {
+    let setup = Setup {
+        tasks: 1,
+        config: vec![("merge_strategy", "none".into())],
+        ..Setup::default()
+    };
+    // The agent ticks the last task and answers with a malformed token (the watchdog's
+    // `malformed_complete`): the plan is done, so no rewrite and no second call.
+    let tick = Act::Custom(std::sync::Arc::new(
+        |req: &loop_engine::backend::ExecRequest| {
+            let plan = req.workdir.join("specs/planning/widget-plan.md");
+            let text = std::fs::read_to_string(&plan).expect("plan in the worktree");
+            let ticked = text.replacen("- [ ] Task number 1", "- [x] Task number 1", 1);
+            std::fs::write(&plan, ticked).expect("plan written");
+            std::fs::write(&req.log_path, "ticked\n").expect("log written");
+            ExecOutcome {
+                exit_code: 0,
+                output_text: "Done: <promise>COMPLETE</promise> or so".into(),
+                ..ExecOutcome::default()
+            }
+        },
+    ));
+    let exec = ScriptedExecutor::new(vec![(ExecPurpose::Implementation, tick)]);
+    let h = Harness::new(setup, exec.clone());
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    assert_eq!(exec.received().len(), 1, "one agent call");
+    assert!(exec.unexpected().is_empty(), "{:?}", exec.unexpected());
+    let kinds = h.kinds(run.id).await;
+    assert!(kinds.contains(&EventKind::WarnMalformedComplete));
+    assert!(!kinds.contains(&EventKind::WatchdogRewrite));
 }

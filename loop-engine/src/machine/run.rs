@@ -213,6 +213,8 @@ pub(crate) enum Observation {
         /// What the step changed (for the watchdog; `malformed_complete` is set from
         /// `token`).
         progress: StepObservation,
+        /// The plan after the step.
+        plan: PlanCounts,
     },
     /// An agent attempt failed with a verdict of this kind. `jitter` in `[0, 1)` spreads
     /// the transient backoff.
@@ -474,12 +476,18 @@ impl RunLoop {
                 Observation::Implemented {
                     token,
                     mut progress,
+                    plan,
                 },
             ) => {
                 progress.malformed_complete = token == Token::Malformed;
                 self.watchdog.observe(progress);
                 self.accepted = token == Token::Accepted;
-                if let Some(rewrite) = self.rewrite(At::ImplementRewrite, true) {
+                // A plan with nothing left to implement goes on to verification whatever the
+                // answer looked like (issue 13): a rewrite would only re-run the agent on a
+                // finished plan.
+                if plan.pending > 0
+                    && let Some(rewrite) = self.rewrite(At::ImplementRewrite, true)
+                {
                     return rewrite;
                 }
                 self.after_implementation()

@@ -141,6 +141,7 @@ fn worked(token: Token) -> Observation {
             open_task_after: Some("b".into()),
             ..StepObservation::default()
         },
+        plan: counts(1, 0),
     }
 }
 /// An implementation step that changed nothing.
@@ -152,6 +153,7 @@ fn stalled() -> Observation {
             open_task_after: Some("a".into()),
             ..StepObservation::default()
         },
+        plan: counts(1, 0),
     }
 }
 fn reviewed(token: Token, returning: bool, pending: u32, to_review: u32) -> Observation {
@@ -563,6 +565,54 @@ fn table() -> Vec<Row> {
             ],
         },
         Row {
+            rule: "issue 13: a malformed token on a finished plan makes no extra agent call: final verification",
+            cfg: base(),
+            history: fresh(),
+            first: start(1),
+            script: vec![
+                (done(), read_plan()),
+                (plan(1, 0), implement(1, 1)),
+                (
+                    Observation::Implemented {
+                        token: Token::Malformed,
+                        progress: StepObservation {
+                            head_changed: true,
+                            plan_changed: true,
+                            open_task_before: Some("a".into()),
+                            ..StepObservation::default()
+                        },
+                        plan: counts(0, 0),
+                    },
+                    read_plan(),
+                ),
+                (plan(0, 0), complete(1, CompletePlan)),
+            ],
+        },
+        Row {
+            rule: "issue 13: a finished plan goes to the gate and final verification, not to a rewrite",
+            cfg: with(|c| {
+                c.verify = true;
+                c.watchdog.no_progress_steps = 1;
+            }),
+            history: fresh(),
+            first: start(1),
+            script: vec![
+                (done(), read_plan()),
+                (plan(1, 0), implement(1, 1)),
+                (
+                    Observation::Implemented {
+                        token: Token::Absent,
+                        progress: StepObservation::default(),
+                        plan: counts(0, 0),
+                    },
+                    verify(1, Gate),
+                ),
+                (verified(true), read_plan()),
+                (plan(0, 0), verify(1, Final)),
+                (verified(true), complete(1, CompletePlan)),
+            ],
+        },
+        Row {
             rule: "§6 watchdog no_progress: no commit and no plan change for several steps",
             cfg: with(|c| c.watchdog.no_progress_steps = 2),
             history: fresh(),
@@ -594,6 +644,7 @@ fn table() -> Vec<Row> {
                             open_task_after: Some("a".into()),
                             ..StepObservation::default()
                         },
+                        plan: counts(1, 0),
                     },
                     read_plan(),
                 ),
@@ -609,6 +660,7 @@ fn table() -> Vec<Row> {
                             open_task_after: Some("a".into()),
                             ..StepObservation::default()
                         },
+                        plan: counts(1, 0),
                     },
                     rewrite(WatchdogSignal::RepeatedTask, 1, true),
                 ),

@@ -284,10 +284,11 @@ impl RunDriver {
             .completion(i.to_string(), done.step_id, &done.text)
             .await?;
         let head_after = self.head().await?;
-        let (text_after, _) = self.read_plan()?;
+        let (text_after, plan_after) = self.read_plan()?;
         self.save_run().await?;
         Ok(Observation::Implemented {
             token,
+            plan: plan_after,
             progress: StepObservation {
                 head_changed: head_after != before.head,
                 plan_changed: text_after != before.plan_text,
