@@ -203,6 +203,53 @@ pub fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
         .unwrap_or(base)
 }
 
+/// The rule of `git check-ref-format --branch` that `name` breaks, or `None` when git would
+/// accept it as a branch name. Checked in process, so a bad `base_branch`,
+/// `merge_target_branch` or `run_branch_prefix` is refused when a run is created rather than
+/// when git first sees it; names starting with `-` are refused too, since git would read them
+/// as options.
+pub fn branch_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("a branch name cannot be empty");
+    }
+    if name.starts_with('-') {
+        return Some("a branch name cannot begin with `-` (git would read it as an option)");
+    }
+    if name == "HEAD" {
+        return Some("`HEAD` is not a branch name");
+    }
+    if name == "@" {
+        return Some("a branch name cannot be the single character `@`");
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return Some("a branch name cannot begin or end with `/` or contain `//`");
+    }
+    if name.ends_with('.') {
+        return Some("a branch name cannot end with `.`");
+    }
+    if name.contains("..") {
+        return Some("a branch name cannot contain `..`");
+    }
+    if name.contains("@{") {
+        return Some("a branch name cannot contain `@{`");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+    {
+        return Some(
+            "a branch name cannot contain spaces, control characters or any of ~ ^ : ? * [ \\",
+        );
+    }
+    if name
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
+        return Some("no `/`-separated part of a branch name may begin with `.` or end with `.lock`");
+    }
+    None
+}
+
 /// The default merge target of a spec: `agent/<slug>`.
 pub fn default_merge_target(spec_slug: &str) -> String {
     format!("agent/{spec_slug}")
@@ -539,6 +586,43 @@ mod tests {
             "run/auth-3"
         );
         assert_eq!(branch_name("", "auth", &existing(&["auth"])), "auth-2");
+    }
+
+    #[test]
+    fn branch_rules_follow_git_check_ref_format() {
+        for ok in ["main", "agent/widget", "run/x-2", "feature/\u{e9}t\u{e9}", "v1.2", "a@b"] {
+            assert_eq!(branch_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "HEAD",
+            "--upload-pack=evil",
+            "-x/",
+            "--output=/tmp/x",
+            "@",
+            "a..b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            "a@{1}",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            "a\tb",
+            ".hidden",
+            "x/.hidden",
+            "x.lock",
+            "x.lock/y",
+        ] {
+            assert!(branch_name_problem(bad).is_some(), "{bad:?} accepted");
+        }
     }
 
     #[test]

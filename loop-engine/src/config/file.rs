@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use figment::value::{Dict, Map};
 use figment::{Metadata, Profile, Provider};
 
-use super::keys::{key_spec, value_from_text};
-use super::layers::Layer;
+use super::decl::key_spec;
+use super::keys::value_from_text;
+use super::layer::Layer;
 use crate::error::{ConfigError, ConfigSource};
 
 /// A parsed `key=value` config file: typed values plus the warnings found while parsing.
@@ -196,8 +197,8 @@ mod tests {
             "# a comment\n\
              \n\
              \t  model =  sonnet  \n\
-             run_branch_prefix=\"agent/#1 \"\n\
-             base_branch='dev # not a comment'\n\
+             run_branch_prefix=\"agent/#1\"\n\
+             run_naming_model=' dev # not a comment'\n\
              iterations=12 # a trailing comment\n\
              merge_target_branch = \"ship\"   # comment after quotes\n\
              worktree_path_template=../wt#{{ repo }}\n\
@@ -207,8 +208,8 @@ mod tests {
              prompt_file= # empty, so unset\n",
         );
         assert_eq!(config.model, "sonnet");
-        assert_eq!(config.run_branch_prefix, "agent/#1 ");
-        assert_eq!(config.base_branch.as_deref(), Some("dev # not a comment"));
+        assert_eq!(config.run_branch_prefix, "agent/#1");
+        assert_eq!(config.run_naming_model, " dev # not a comment");
         assert_eq!(config.iterations, 12);
         assert_eq!(config.merge_target_branch.as_deref(), Some("ship"));
         assert_eq!(config.worktree_path_template, "../wt#{{ repo }}");

@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::schema::Config;
+use super::decl::Config;
 use crate::error::ConfigError;
 
 /// The nearest ancestor of `start` (itself included) that contains `.git` (a directory, or a
