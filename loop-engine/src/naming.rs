@@ -1,10 +1,13 @@
 //! Naming (SPEC §9): run names, spec slugs, branch names, worktree paths, iteration slugs.
 //!
 //! Names end up in branch names, folder names and file names, so everything here produces
-//! plain ASCII and never an empty string. All functions are pure; the caller supplies what
-//! already exists (branches, file contents).
+//! plain ASCII and never an empty string. All functions are pure (but
+//! `render_worktree_path`, which resolves symlinks in the path it renders); the caller
+//! supplies what already exists (branches, file contents).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::config::resolve_path;
 
 /// The longest run name or slug we produce, in characters (SPEC §9).
 pub const MAX_NAME_CHARS: usize = 64;
@@ -273,13 +276,14 @@ pub fn sanitize_branch(branch: &str) -> String {
 /// Renders `worktree_path_template`. Placeholders: `{{ repo }}` (the repository's folder
 /// name) and `{{ run_branch }}`, each optionally followed by `| sanitize` (see
 /// [`sanitize_branch`]); the spaces inside the braces are optional. A relative result is
-/// taken relative to `repo_root`; `.` and `..` are resolved lexically (no filesystem access).
+/// taken relative to `repo_root`; `.`, `..` and symlinks are resolved with
+/// [`resolve_path`](crate::config::resolve_path).
 pub fn render_worktree_path(
     template: &str,
     repo_root: &Path,
     run_branch: &str,
 ) -> Result<PathBuf, NamingError> {
-    let root = normalize(repo_root);
+    let root = resolve_path(Path::new("/"), repo_root);
     let repo = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -334,27 +338,7 @@ pub fn render_worktree_path(
     } else {
         root.join(rendered)
     };
-    Ok(normalize(&full))
-}
-
-/// Resolves `.` and `..` without touching the filesystem. A `..` above the root of an
-/// absolute path stays at the root; above the start of a relative path it is kept.
-pub(crate) fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => match out.components().next_back() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir | Component::Prefix(_)) => {}
-                Some(Component::ParentDir | Component::CurDir) | None => out.push(".."),
-            },
-            other => out.push(other),
-        }
-    }
-    out
+    Ok(resolve_path(&root, &full))
 }
 
 /// The label of one step of a run: `3`, `3A2` (attempt 2), `3R1` (review 1), `3R1A2`.

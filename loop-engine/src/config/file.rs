@@ -13,6 +13,7 @@ use figment::{Metadata, Profile, Provider};
 use super::decl::key_spec;
 use super::keys::value_from_text;
 use super::layer::Layer;
+use super::paths::{MAX_CONFIG_FILE_BYTES, read_user_file};
 use crate::error::{ConfigError, ConfigSource};
 
 /// A parsed `key=value` config file: typed values plus the warnings found while parsing.
@@ -128,24 +129,28 @@ impl KeyValueFile {
         })
     }
 
-    /// Reads and parses the file at `path`; a missing file is an [`ConfigError::Io`].
+    /// Reads and parses the file at `path`, named `key` in errors (`config_file`,
+    /// `.loop/config`); a missing file is an [`ConfigError::Io`]. Only a regular file of at
+    /// most [`MAX_CONFIG_FILE_BYTES`] is read (never a FIFO or a device).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        match Self::read_if_exists_as("config_file", path)? {
+            Some(file) => Ok(file),
+            None => Err(ConfigError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
     }
 
     /// Like [`KeyValueFile::read`], but a missing file is `Ok(None)`.
     pub fn read_if_exists(path: &Path) -> Result<Option<Self>, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(path, &text).map(Some),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ConfigError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Self::read_if_exists_as(".loop/config", path)
+    }
+
+    fn read_if_exists_as(key: &str, path: &Path) -> Result<Option<Self>, ConfigError> {
+        match read_user_file(key, path, MAX_CONFIG_FILE_BYTES)? {
+            Some(text) => Self::parse(path, &text).map(Some),
+            None => Ok(None),
         }
     }
 

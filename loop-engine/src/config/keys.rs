@@ -422,4 +422,70 @@ mod tests {
         assert_eq!(v.deserialize::<Vec<String>>().unwrap(), ["a b.md", "c.md"]);
         assert!(value_from_json(files, &serde_json::json!([1]), &src).is_err());
     }
+
+    #[test]
+    fn every_duration_key_has_a_maximum_named_in_the_error() {
+        let durations: Vec<&KeySpec> = KEY_SPECS
+            .iter()
+            .filter(|s| matches!(s.kind, ValueKind::Secs { .. }))
+            .collect();
+        let names: Vec<&str> = durations.iter().map(|s| s.key).collect();
+        for key in [
+            "heartbeat_sec",
+            "claude_timeout_sec",
+            "claude_idle_timeout_sec",
+            "verify_timeout_sec",
+            "claude_retry_backoff_sec",
+            "claude_transient_backoff_max_sec",
+            "warn_iteration_sec",
+        ] {
+            assert!(names.contains(&key), "{key} is not a duration key");
+        }
+        // Every `*_sec` key is one of them.
+        for spec in KEY_SPECS.iter().filter(|s| s.key.ends_with("_sec")) {
+            assert!(names.contains(&spec.key), "{} has no maximum", spec.key);
+        }
+        for spec in durations {
+            let max = spec.max().unwrap();
+            assert!(value_from_text(spec, &max.to_string(), &file()).is_ok());
+            for too_big in [max + 1, 1 << 63, u64::MAX] {
+                let err = value_from_text(spec, &too_big.to_string(), &file()).unwrap_err();
+                let text = err.to_string();
+                assert!(
+                    text.contains(spec.key) && text.contains(&max.to_string()),
+                    "{text}"
+                );
+                let json = serde_json::json!(too_big);
+                assert!(value_from_json(spec, &json, &ConfigSource::Override).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn branch_keys_are_refused_with_the_rule() {
+        for (key, value) in [
+            ("merge_target_branch", "../../x"),
+            ("merge_target_branch", "HEAD"),
+            ("merge_target_branch", "--upload-pack=touch /tmp/x"),
+            ("run_branch_prefix", "-x/"),
+            ("run_branch_prefix", "a..b/"),
+            ("base_branch", "--output=/tmp/x"),
+            ("base_branch", "a b"),
+        ] {
+            let err = value_from_text(key_spec(key).unwrap(), value, &file()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(value) && text.contains("branch name"),
+                "{text}"
+            );
+        }
+        for (key, value) in [
+            ("merge_target_branch", "agent/x"),
+            ("run_branch_prefix", "run/"),
+            ("run_branch_prefix", "loop-"),
+            ("base_branch", "develop"),
+        ] {
+            assert!(value_from_text(key_spec(key).unwrap(), value, &file()).is_ok());
+        }
+    }
 }

@@ -21,5 +21,7 @@ pub use file::KeyValueFile;
 pub use keys::KeySpec;
 pub use layers::{ConfigLayers, LOOP_CONFIG_ENV, LoadedConfig, workspace_config_path};
 pub use paths::{
-    default_plan_path, find_workspace_root, normalize_path, resolve_plan_path, resolve_spec_path,
+    MAX_CONFIG_FILE_BYTES, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES, default_plan_path,
+    find_workspace_root, read_user_file, resolve_inside, resolve_path, resolve_plan_path,
+    resolve_spec_path,
 };

@@ -12,6 +12,6 @@ mod report;
 mod scheduler;
 
 pub use core::{Engine, EngineBuilder, EngineSettings};
-pub use create::{CreateRun, CreatedRun, PromptPreview};
+pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use metrics::{MetricsSnapshot, TimingSnapshot};
