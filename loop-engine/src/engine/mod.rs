@@ -10,6 +10,7 @@ mod metrics;
 mod recovery;
 mod report;
 mod scheduler;
+mod supervisor;
 
 pub use core::{Engine, EngineBuilder, EngineSettings};
 pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
