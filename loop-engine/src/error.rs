@@ -86,9 +86,9 @@ pub enum ConfigError {
         /// The source of the value that makes it required.
         source_name: ConfigSource,
     },
-    /// A path given for `key` resolves (symlinks followed, `..` removed) outside the folder it
-    /// must stay in.
-    #[error("`{key}`: {} resolves to {}, which is outside {}", path.display(), resolved.display(), root.display())]
+    /// A path given for `key` resolves (symlinks followed, `..` removed) outside the workspace
+    /// (or the run's worktree) it must stay in.
+    #[error("`{key}`: {} resolves to {}, outside the workspace {}", path.display(), resolved.display(), root.display())]
     OutsideRoot {
         /// The key or request field (`spec_path`, `log_dir`, `worktree_path_template`, ...).
         key: String,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::artifacts::RunFolder;
 use crate::backend::RunFilter;
 use crate::config::{
     Config, ConfigLayers, ExecutorKind, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES,
@@ -216,6 +217,22 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
     })
 }
 
+/// Writes the run's plan snapshot ([`RunFolder::plan_snapshot`]) into its workspace run folder.
+async fn write_plan_snapshot(run: &Run, cfg: &Config, plan: &str) -> Result<PathBuf, EngineError> {
+    let path = RunFolder::workspace(&run.workspace_root, &cfg.log_dir, run.id).plan_snapshot();
+    let bytes = plan.as_bytes().to_vec();
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || crate::artifacts::write_atomic(&target, &bytes))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| EngineError::InvalidInput {
+            field: "log_dir".into(),
+            detail: format!("cannot write the plan snapshot {}: {e}", path.display()),
+        })?;
+    Ok(path)
+}
+
 /// [`resolve`] off the async workers.
 async fn resolve_blocking(req: &CreateRun) -> Result<Resolved, EngineError> {
     let req = req.clone();
@@ -330,13 +347,28 @@ impl Engine {
         // A name chosen now fixes the branch now; a haiku name is asked for when the run
         // starts, and the branch follows it then.
         let needs_naming = req.name.is_none() && name_source == NameSource::Haiku;
-        {
+        // The plan is fixed now: the worktree's plan is seeded from this snapshot when the
+        // run starts, whatever happened to the workspace's plan in between.
+        let snapshot = write_plan_snapshot(&run, &r.config, &r.plan_text).await?;
+        let created = {
             let lock = inner.prep_lock(&run.workspace_root).await;
             let _guard = lock.lock().await;
-            if !needs_naming {
-                choose_branch(inner, &mut run, &r.config).await?;
+            let chosen = if needs_naming {
+                Ok(())
+            } else {
+                choose_branch(inner, &mut run, &r.config).await
+            };
+            match chosen {
+                Ok(()) => inner.store.create_run(&run).await.map_err(EngineError::from),
+                Err(e) => Err(e),
             }
-            inner.store.create_run(&run).await?;
+        };
+        if let Err(e) = created {
+            let folder = snapshot.parent().map(Path::to_path_buf);
+            if let Some(folder) = folder {
+                let _ = tokio::fs::remove_dir_all(folder).await;
+            }
+            return Err(e);
         }
         inner
             .emit(NewEvent::new(
