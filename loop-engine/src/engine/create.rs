@@ -12,7 +12,8 @@ use crate::config::{
 use crate::domain::{
     EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
 };
-use crate::engine::core::{Engine, Inner};
+use crate::engine::core::Engine;
+use crate::engine::inner::Inner;
 use crate::error::{ConfigError, EngineError};
 use crate::naming;
 use crate::prompt;

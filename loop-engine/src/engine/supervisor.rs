@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::task::{AbortHandle, JoinError};
 
 use crate::domain::{EventKind, ExitReason, NewEvent, RunId, RunStatus, now_ms};
-use crate::engine::core::Inner;
+use crate::engine::inner::Inner;
 use crate::engine::driver::chain;
 use crate::engine::recovery;
 
