@@ -412,3 +412,71 @@ async fn a_driver_task_that_panics_fails_its_run_and_frees_its_slot() {
     let second = h.run_one().await;
     assert_eq!(second.status, RunStatus::Completed, "{second:?}");
 }
+
+fn implementation_steps(steps: &[loop_engine::domain::Step]) -> usize {
+    steps
+        .iter()
+        .filter(|s| s.phase == loop_engine::domain::StepPhase::Implementation)
+        .count()
+}
+
+/// Two runs of one spec queued together: the second starts after the first merged its ticked
+/// plan into the checked-out branch, yet works from the plan as it was when it was created.
+/// A run created with nothing left to do ends `plan_already_done` without an agent step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_of_one_spec_work_from_their_own_plan_snapshot() {
+    let h = Harness::new(
+        Setup {
+            tasks: 2,
+            max_concurrency: 1,
+            ..Setup::default()
+        },
+        SimulatedAgent::new(),
+    );
+    let into_main = || CreateRun {
+        merge_target_branch: Some("main".into()),
+        ..h.request()
+    };
+    let first = h.engine.create_run(into_main()).await.expect("first").run;
+    let second = h.engine.create_run(into_main()).await.expect("second").run;
+    let snapshot = h
+        .repo
+        .path()
+        .join("logs/loop")
+        .join(format!("run-{}", second.id))
+        .join("plan.snapshot.md");
+    assert_eq!(
+        std::fs::read_to_string(&snapshot).expect("snapshot"),
+        crate::support::plan(2)
+    );
+    h.drive().await;
+    let first = h.engine.get_run(first.id).await.expect("first");
+    let second = h.engine.get_run(second.id).await.expect("second");
+    assert_eq!(first.status, RunStatus::Completed, "{first:?}");
+    // The first run's ticks reached main (and the checkout) before the second started.
+    let on_main = h.repo.git(["show", "main:specs/planning/widget-plan.md"]);
+    assert!(!on_main.contains("- [ ] Task"), "{on_main}");
+    assert_eq!(second.status, RunStatus::Completed, "{second:?}");
+    assert_eq!(
+        second.exit_reason,
+        Some(ExitReason::CompletePlan),
+        "{second:?}"
+    );
+    assert!(
+        implementation_steps(&h.steps(second.id).await) >= 2,
+        "the second run worked its tasks"
+    );
+    // Now the workspace's plan is done: a new run has nothing to do and says so.
+    let third = h.engine.create_run(h.request()).await.expect("third").run;
+    assert_eq!((third.tasks_done, third.tasks_total), (2, 2));
+    h.drive().await;
+    let third = h.engine.get_run(third.id).await.expect("third");
+    assert_eq!(third.status, RunStatus::Failed, "{third:?}");
+    assert_eq!(third.exit_reason, Some(ExitReason::PlanAlreadyDone));
+    let failure = third.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("no open task") && failure.contains("2 of 2"),
+        "{failure}"
+    );
+    assert_eq!(implementation_steps(&h.steps(third.id).await), 0);
+}
