@@ -227,10 +227,8 @@ async fn resource(engine: &Engine, run: &Run) -> Result<RunResource, ApiError> {
 
 async fn health(engine: &Engine) -> Response<RespBody> {
     let problem =
-        match tokio::time::timeout(HEALTH_STORE_TIMEOUT, engine.store().count_runs_by_status())
-            .await
-        {
-            Ok(Ok(_)) => None,
+        match tokio::time::timeout(HEALTH_STORE_TIMEOUT, engine.store().check_health()).await {
+            Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("store check failed: {}", chain(&e))),
             Err(_) => Some(format!(
                 "store check did not answer within {} ms",

@@ -3,6 +3,7 @@
 //! client would never send.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use loop_engine::Engine;
+use loop_engine::backend::Store;
 use loop_engine::domain::{RunId, RunStatus};
 use loop_engine::engine::EngineSettings;
 use loop_engine::impls::{GitCli, MemoryStore, SimulatedAgent};
@@ -34,6 +36,8 @@ pub(crate) struct Setup {
     pub(crate) scheduler: bool,
     /// SSE keep-alive interval.
     pub(crate) keepalive: Duration,
+    /// The engine's store (default: a fresh `MemoryStore`).
+    pub(crate) store: Option<Arc<dyn Store>>,
 }
 
 impl Default for Setup {
@@ -42,6 +46,7 @@ impl Default for Setup {
             agent_delay: Duration::ZERO,
             scheduler: true,
             keepalive: Duration::from_secs(15),
+            store: None,
         }
     }
 }
@@ -79,7 +84,11 @@ impl Server {
             .with_delay(setup.agent_delay)
             .with_git_env(repo.env());
         let engine = Engine::builder()
-            .store(MemoryStore::new())
+            .store_arc(
+                setup
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>),
+            )
             .executor(agent)
             .vcs(GitCli::with_env(repo.env()))
             .settings(EngineSettings {
