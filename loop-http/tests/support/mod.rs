@@ -192,7 +192,7 @@ impl Server {
         sender.send_request(req).await.expect("response")
     }
 
-    /// A raw request with the token.
+    /// A raw request with the token (and `Content-Type: application/json` with a body).
     pub(crate) async fn authed(
         &self,
         method: &str,
@@ -200,9 +200,11 @@ impl Server {
         body: Option<Vec<u8>>,
     ) -> (StatusCode, serde_json::Value) {
         let auth = format!("Bearer {TOKEN}");
-        let (status, _, bytes) = self
-            .raw(method, path, &[("authorization", &auth)], body)
-            .await;
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let (status, _, bytes) = self.raw(method, path, &headers, body).await;
         let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         });
