@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod chaos;
+mod full_disk;
 mod real_claude;
 
 const TOKEN: &str = "loopd-test-token";
@@ -51,7 +52,11 @@ async fn start(data: &Path, port: u16) -> Daemon {
         .arg(data)
         .args(["--stop-grace-sec", "5"])
         .env("LOOPD_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
+        // LOOPD_TEST_LOG=debug keeps the daemon's debug log in `<data>/loopd-<port>.stderr`.
+        .env(
+            "RUST_LOG",
+            std::env::var("LOOPD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .to_tokio();
     cmd.stdout(std::process::Stdio::null());
     // Keep the daemon's own words: if it does not come up, the test says why.
