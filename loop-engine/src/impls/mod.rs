@@ -11,7 +11,7 @@ mod memory_store;
 pub(crate) mod sim_agent;
 pub mod stream_json;
 
-pub use claude_executor::ClaudeExecutor;
+pub use claude_executor::{ClaudeExecutor, installed_claude};
 pub use command_executor::{AgentCmdError, CommandExecutor, prompt_file_for};
 pub use git_cli::{GitCli, RUN_ID_TRAILER};
 pub use log_notifier::LogNotifier;

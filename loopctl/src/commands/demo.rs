@@ -2,7 +2,8 @@
 //! 3-task plan in a fresh git repository), starts a private loopd if none is reachable, and
 //! runs the plan with live progress to the end, then shows where the artifacts are. The agent
 //! is the real Claude CLI talking to a scripted model server on 127.0.0.1 (no network, no API
-//! key) when the CLI is installed (`CLAUDE_BIN` or `claude` on PATH), else the built-in
+//! key) when the CLI is installed (`CLAUDE_BIN`, `claude` on PATH, or `bin/install-claude`'s
+//! folder), else the built-in
 //! simulated agent, clearly labelled as a simulation.
 
 use std::path::{Path, PathBuf};
@@ -144,7 +145,8 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let claude = if a.simulate {
         None
     } else {
-        scripted_model::cli::find_claude()
+        // CLAUDE_BIN, `claude` on PATH, else where `bin/install-claude` put it.
+        scripted_model::cli::find_claude().or_else(loop_engine::impls::installed_claude)
     };
     // The scripted model lives as long as the demo: it answers the CLI like a model would.
     let model = match &claude {
