@@ -7,9 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use loop_engine::process::Cmd;
+use loop_engine::process::{Cmd, Signal};
 use loop_http::Client;
-use nix::sys::signal::Signal;
 
 /// The token every private daemon is started with.
 const TOKEN: &str = "loop-bench-token";
@@ -260,7 +259,7 @@ impl Daemon {
 
     /// SIGTERM, then waits for the exit (SIGKILL after 20 s).
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
-        loop_engine::process::signal_group(self.pid, Signal::SIGTERM);
+        loop_engine::process::signal_group(self.pid, Signal::Terminate);
         if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .is_err()

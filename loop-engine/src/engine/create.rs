@@ -8,7 +8,8 @@ use crate::config::{Config, ConfigLayers, resolve_plan_path, resolve_spec_path};
 use crate::domain::{
     EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
 };
-use crate::engine::core::{Engine, Inner};
+use crate::engine::core::Engine;
+use crate::engine::inner::Inner;
 use crate::error::EngineError;
 use crate::naming;
 use crate::prompt;

@@ -2,16 +2,21 @@
 //! the loop of SPEC §6 with the backends, recovers after a crash, and fans out live events and
 //! agent output.
 
+mod control;
 mod core;
 mod create;
 mod driver;
 mod hub;
+mod inner;
 mod metrics;
 mod recovery;
 mod report;
 mod scheduler;
+#[cfg(test)]
+mod tests;
 
-pub use core::{Engine, EngineBuilder, EngineSettings};
+pub use core::{Engine, EngineBuilder};
 pub use create::{CreateRun, CreatedRun, PromptPreview};
 pub use hub::{CurrentOutput, LiveOutput};
+pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};

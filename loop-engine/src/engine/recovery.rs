@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::RunFilter;
 use crate::domain::{EventKind, NewEvent, Run, RunStatus, StepStatus, now_ms};
-use crate::engine::core::Inner;
+use crate::engine::inner::Inner;
 use crate::error::EngineError;
 use crate::process;
 

@@ -11,7 +11,7 @@ use crate::config::{ArtifactMode, Config};
 use crate::domain::{
     ArtifactKind, ArtifactLocation, EventKind, NewArtifact, NewEvent, RunId, StepId, UnixMs, now_ms,
 };
-use crate::engine::core::Inner;
+use crate::engine::inner::Inner;
 
 /// One row of report.tsv, before the task counts are filled in.
 #[derive(Clone, Debug, Default, PartialEq)]

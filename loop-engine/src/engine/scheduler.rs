@@ -9,8 +9,9 @@ use tokio::task::JoinSet;
 
 use crate::backend::{ClaimRequest, Notification, NotificationKind, RunFilter};
 use crate::domain::{EventKind, NewEvent, Run, RunStatus, now_ms};
-use crate::engine::core::{Engine, Inner, RunControl};
+use crate::engine::core::Engine;
 use crate::engine::driver::{chain, drive};
+use crate::engine::inner::{Inner, RunControl};
 use crate::engine::recovery;
 use crate::error::EngineError;
 

@@ -1,296 +1,42 @@
-//! The one door for subprocesses. Every child the engine starts (git, verification commands,
-//! agents) is built here, so each gets an explicit working directory, its own process group,
-//! a closed stdin unless input is given, and a timeout that kills the whole group.
+//! Process trees of agents: `/proc` scanning, signals to groups and descendants, the gentle
+//! and the hard stop, the orphans re-parented to us (as a child subreaper) and their reaping,
+//! and the recovery-time search for survivors of a crashed daemon.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{kill, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A subprocess could not be run.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    /// The program does not exist or is not executable.
-    #[error("program `{program}` not found")]
-    NotFound {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Any other failure to start or talk to it.
-    #[error("cannot run `{program}`")]
-    Io {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// The result of a finished subprocess.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CmdOutput {
-    /// Exit code; 124 after a timeout; 128+N after signal N.
-    pub code: i32,
-    /// Captured standard output.
-    pub stdout: Vec<u8>,
-    /// Captured standard error.
-    pub stderr: Vec<u8>,
-    /// True when the timeout killed it.
-    pub timed_out: bool,
-}
-
-impl CmdOutput {
-    /// True for exit code 0.
-    pub fn success(&self) -> bool {
-        self.code == 0
-    }
-
-    /// Standard output as (lossy) UTF-8, trimmed.
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).trim().to_owned()
-    }
-
-    /// Standard error as (lossy) UTF-8, trimmed.
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).trim().to_owned()
-    }
-}
-
-/// Exit code reported for a process killed by a timeout (as coreutils `timeout` does).
-pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// How long a process group gets between TERM and KILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// A subprocess to run.
-#[derive(Clone, Debug)]
-pub struct Cmd {
-    program: OsString,
-    args: Vec<OsString>,
-    cwd: PathBuf,
-    env: Vec<(OsString, OsString)>,
-    env_remove: Vec<OsString>,
-    stdin: Option<Vec<u8>>,
-    timeout: Option<Duration>,
+/// The signals the engine sends to the processes it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// `SIGINT`: the polite stop (the Claude CLI then stops its tools).
+    Interrupt,
+    /// `SIGTERM`: stop now, cleaning up.
+    Terminate,
+    /// `SIGKILL`: stop at once, no cleanup.
+    Kill,
 }
 
-impl Cmd {
-    /// A command running `program` in `cwd`.
-    pub fn new(program: impl AsRef<OsStr>, cwd: impl AsRef<Path>) -> Self {
-        Self {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            cwd: cwd.as_ref().to_owned(),
-            env: Vec::new(),
-            env_remove: Vec::new(),
-            stdin: None,
-            timeout: None,
+impl Signal {
+    fn to_nix(self) -> nix::sys::signal::Signal {
+        match self {
+            Self::Interrupt => nix::sys::signal::Signal::SIGINT,
+            Self::Terminate => nix::sys::signal::Signal::SIGTERM,
+            Self::Kill => nix::sys::signal::Signal::SIGKILL,
         }
     }
-
-    /// Adds one argument.
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
-
-    /// Adds arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    /// Sets an environment variable (on top of the inherited environment).
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
-        self
-    }
-
-    /// Removes an inherited environment variable.
-    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
-        self.env_remove.push(key.as_ref().to_owned());
-        self
-    }
-
-    /// Feeds `input` on stdin (stdin is closed otherwise).
-    pub fn stdin_bytes(mut self, input: impl Into<Vec<u8>>) -> Self {
-        self.stdin = Some(input.into());
-        self
-    }
-
-    /// Kills the process group after `timeout` (`None`: no limit).
-    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The program.
-    pub fn program(&self) -> &OsStr {
-        &self.program
-    }
-
-    /// The working directory.
-    pub fn cwd(&self) -> &Path {
-        &self.cwd
-    }
-
-    /// The configured timeout.
-    pub fn get_timeout(&self) -> Option<Duration> {
-        self.timeout
-    }
-
-    /// Whether stdin input was configured.
-    pub fn has_stdin(&self) -> bool {
-        self.stdin.is_some()
-    }
-
-    /// Takes the configured stdin input, if any.
-    pub fn take_stdin(&mut self) -> Option<Vec<u8>> {
-        self.stdin.take()
-    }
-
-    /// A tokio command with everything set: cwd, env, its own process group, stdin closed or
-    /// piped (when input is configured), stdout/stderr piped, killed when dropped.
-    pub fn to_tokio(&self) -> tokio::process::Command {
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "this is the one place that builds subprocesses"
-        )]
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(&self.args)
-            .current_dir(&self.cwd)
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        for key in &self.env_remove {
-            cmd.env_remove(key);
-        }
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd
-    }
-
-    fn spawn_error(&self, source: std::io::Error) -> ProcessError {
-        let program = self.program.to_string_lossy().into_owned();
-        if source.kind() == std::io::ErrorKind::NotFound
-            || source.kind() == std::io::ErrorKind::PermissionDenied
-        {
-            ProcessError::NotFound { program, source }
-        } else {
-            ProcessError::Io { program, source }
-        }
-    }
-
-    /// Runs to completion, capturing stdout and stderr. On timeout the whole process group gets
-    /// TERM, then KILL after [`KILL_GRACE`], and the exit code is [`TIMEOUT_EXIT_CODE`].
-    pub async fn output(mut self) -> Result<CmdOutput, ProcessError> {
-        let input = self.stdin.take();
-        let mut cmd = self.to_tokio();
-        if input.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
-        let pid = child.id();
-        let io_err = |source| ProcessError::Io {
-            program: self.program.to_string_lossy().into_owned(),
-            source,
-        };
-
-        let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
-        let feed = async move {
-            if let (Some(pipe), Some(bytes)) = (stdin.as_mut(), input) {
-                // A child that exits without reading its input is not an error of ours.
-                let _ = pipe.write_all(&bytes).await;
-            }
-            drop(stdin);
-        };
-        let read_out = async move {
-            let mut buf = Vec::new();
-            if let Some(p) = stdout.as_mut() {
-                p.read_to_end(&mut buf).await?;
-            }
-            Ok::<_, std::io::Error>(buf)
-        };
-        let read_err = async move {
-            let mut buf = Vec::new();
-            if let Some(p) = stderr.as_mut() {
-                p.read_to_end(&mut buf).await?;
-            }
-            Ok::<_, std::io::Error>(buf)
-        };
-        let all = async {
-            let ((), out, err, status) = tokio::join!(feed, read_out, read_err, child.wait());
-            Ok::<_, std::io::Error>((out?, err?, status?))
-        };
-
-        let result = match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, all).await.ok(),
-            None => Some(all.await),
-        };
-        match result {
-            Some(Ok((stdout, stderr, status))) => Ok(CmdOutput {
-                code: exit_code_of(status),
-                stdout,
-                stderr,
-                timed_out: false,
-            }),
-            Some(Err(e)) => Err(io_err(e)),
-            None => {
-                if let Some(pid) = pid {
-                    terminate_group(pid, KILL_GRACE).await;
-                }
-                Ok(CmdOutput {
-                    code: TIMEOUT_EXIT_CODE,
-                    stdout: Vec::new(),
-                    stderr: format!(
-                        "timed out after {} s",
-                        self.timeout.map(|d| d.as_secs()).unwrap_or_default()
-                    )
-                    .into_bytes(),
-                    timed_out: true,
-                })
-            }
-        }
-    }
-}
-
-/// The shell-style exit code of a finished process: its code, or 128+N for signal N.
-pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
 }
 
 /// Sends `signal` to the process group `pgid`; false when no such group exists.
 pub fn signal_group(pgid: u32, signal: Signal) -> bool {
     match i32::try_from(pgid) {
-        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), signal).is_ok(),
+        Ok(raw) if raw > 1 => killpg(Pid::from_raw(raw), signal.to_nix()).is_ok(),
         _ => false,
     }
 }
@@ -298,14 +44,14 @@ pub fn signal_group(pgid: u32, signal: Signal) -> bool {
 /// Sends `signal` to the single process `pid`; false when it does not exist.
 fn signal_pid(pid: u32, signal: Signal) -> bool {
     match i32::try_from(pid) {
-        Ok(raw) if raw > 1 => kill(Pid::from_raw(raw), signal).is_ok(),
+        Ok(raw) if raw > 1 => kill(Pid::from_raw(raw), signal.to_nix()).is_ok(),
         _ => false,
     }
 }
 
 /// True while any process of group `pgid` is alive. Zombies do not count: a killed child stays
 /// a zombie (and `kill(0)` keeps succeeding) until its parent reaps it.
-pub fn group_alive(pgid: u32) -> bool {
+pub(crate) fn group_alive(pgid: u32) -> bool {
     if pgid <= 1 {
         return false;
     }
@@ -320,12 +66,12 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 /// TERM to the group, then KILL after `grace` if anything of it is still alive.
-pub async fn terminate_group(pgid: u32, grace: Duration) {
-    if !signal_group(pgid, Signal::SIGTERM) {
+pub(crate) async fn terminate_group(pgid: u32, grace: Duration) {
+    if !signal_group(pgid, Signal::Terminate) {
         return;
     }
     if !wait_until(grace, || !group_alive(pgid)).await {
-        signal_group(pgid, Signal::SIGKILL);
+        signal_group(pgid, Signal::Kill);
     }
 }
 
@@ -349,17 +95,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long an agent gets after SIGINT (the Claude CLI then stops its tools) before SIGTERM.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 
-/// Makes this process the "child subreaper" of its descendants: an orphan of an agent (a tool
-/// command the agent started with `setsid`, whose parent died) is re-parented to us instead of
-/// to init, so it stays findable and killable. loopd and embedders call it once at start.
-/// Re-parented orphans must then be reaped: see [`reap_orphans`].
-pub fn become_child_subreaper() -> std::io::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
-}
-
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     /// Process id (field 1).
     pub pid: u32,
     /// State letter (field 3): `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
@@ -378,7 +116,7 @@ impl ProcStat {
     /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) is in parentheses and
     /// may itself contain spaces and parentheses, so the fields after it are found from the
     /// *last* `)`.
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let open = text.find('(')?;
         let close = text.rfind(')')?;
         if close < open {
@@ -399,24 +137,24 @@ impl ProcStat {
     }
 
     /// False for zombies and dead processes: they run nothing and only wait to be reaped.
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         !matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
 /// The `/proc/<pid>/stat` of `pid`, if such a process exists.
-pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     ProcStat::parse(&text)
 }
 
 /// The start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
-pub fn process_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     proc_stat(pid).map(|p| p.start_time)
 }
 
 /// Every process of the system; `None` when `/proc` cannot be read.
-pub fn all_processes() -> Option<Vec<ProcStat>> {
+pub(crate) fn all_processes() -> Option<Vec<ProcStat>> {
     let dir = std::fs::read_dir("/proc").ok()?;
     Some(
         dir.filter_map(Result::ok)
@@ -427,10 +165,11 @@ pub fn all_processes() -> Option<Vec<ProcStat>> {
     )
 }
 
+#[cfg(test)]
 /// Every process that descends from `pid` (children, their children, ...), following the
 /// parent links of `/proc`. A process whose parent already died was re-parented and is no
 /// longer found this way: [`ProcessTree`] remembers what it saw earlier.
-pub fn descendants_of(pid: u32) -> Vec<ProcStat> {
+pub(crate) fn descendants_of(pid: u32) -> Vec<ProcStat> {
     let table = all_processes().unwrap_or_default();
     let mut found = Vec::new();
     let mut frontier = vec![pid];
@@ -447,14 +186,14 @@ pub fn descendants_of(pid: u32) -> Vec<ProcStat> {
 
 /// True when `pid` exists, is not a zombie, and started at `start_time` (so it is the same
 /// process that was recorded, not a later one that reuses the pid).
-pub fn pid_alive_with_start(pid: u32, start_time: u64) -> bool {
+pub(crate) fn pid_alive_with_start(pid: u32, start_time: u64) -> bool {
     proc_stat(pid).is_some_and(|p| p.start_time == start_time && p.is_alive())
 }
 
 /// Recovery after a daemon crash: kills the recorded agent `pid` with SIGKILL, its process
 /// group and every descendant, but only if `pid` still names the same process (its start time
 /// matches). True when something was killed.
-pub fn kill_survivor(pid: u32, start_time: u64) -> bool {
+pub(crate) fn kill_survivor(pid: u32, start_time: u64) -> bool {
     if !pid_alive_with_start(pid, start_time) {
         return false;
     }
@@ -468,7 +207,7 @@ pub fn kill_survivor(pid: u32, start_time: u64) -> bool {
 /// died between spawning and recording it): kills every process whose environment carries
 /// `LOOP_RUN_ID=<run_id>` (what the engine gives each agent), with its tree, and waits until
 /// they are gone. Returns the pids found.
-pub fn kill_run_survivors(run_id: &str) -> Vec<u32> {
+pub(crate) fn kill_run_survivors(run_id: &str) -> Vec<u32> {
     let needle = format!("LOOP_RUN_ID={run_id}");
     let me = std::process::id();
     let found: Vec<ProcStat> = all_processes()
@@ -500,18 +239,20 @@ fn wait_gone(tree: &mut ProcessTree) {
     }
 }
 
+#[cfg(test)]
 /// Kills `pid`, its process group (when it leads one) and every descendant with SIGKILL, at
 /// once and without waiting. For drop paths and emergencies; [`stop_agent`] is the gentle way.
-pub fn kill_tree(pid: u32) {
+pub(crate) fn kill_tree(pid: u32) {
     ProcessTree::new(pid).kill_now();
 }
 
+#[cfg(test)]
 /// Stops an agent whose process group is `pgid` (the agent's pid): SIGINT to the group first
 /// (the Claude CLI then stops its tools), SIGTERM after `grace`, SIGKILL after
 /// [`KILL_GRACE`] more, then SIGKILL to every leftover descendant, including tool commands
 /// that left the group with `setsid`. The caller should keep waiting on (reaping) the agent's
 /// own child handle meanwhile; a zombie agent counts as stopped.
-pub async fn stop_agent(pgid: u32, grace: Duration) {
+pub(crate) async fn stop_agent(pgid: u32, grace: Duration) {
     ProcessTree::new(pgid).stop(grace).await;
 }
 
@@ -577,7 +318,7 @@ fn reap_one(pid: u32) -> bool {
 /// were started and abandoned between two refreshes are found by the marker variable when they
 /// were re-parented to us (see [`become_child_subreaper`]).
 #[derive(Clone, Debug)]
-pub struct ProcessTree {
+pub(crate) struct ProcessTree {
     root: u32,
     root_start: Option<u64>,
     marker: Option<String>,
@@ -585,13 +326,14 @@ pub struct ProcessTree {
 }
 
 impl ProcessTree {
+    #[cfg(test)]
     /// The tree of `root`, whose start time is read now.
-    pub fn new(root: u32) -> Self {
+    pub(crate) fn new(root: u32) -> Self {
         Self::with_start(root, process_start_time(root))
     }
 
     /// The tree of `root`, which started at `root_start`.
-    pub fn with_start(root: u32, root_start: Option<u64>) -> Self {
+    pub(crate) fn with_start(root: u32, root_start: Option<u64>) -> Self {
         Self {
             root,
             root_start,
@@ -602,18 +344,14 @@ impl ProcessTree {
 
     /// Also counts as ours every process re-parented to this process whose environment holds
     /// `KEY=VALUE` (`marker`), as the agent's environment did.
-    pub fn with_marker(mut self, marker: impl Into<String>) -> Self {
+    pub(crate) fn with_marker(mut self, marker: impl Into<String>) -> Self {
         self.marker = Some(marker.into());
         self
     }
 
-    /// The agent's pid.
-    pub fn root(&self) -> u32 {
-        self.root
-    }
-
+    #[cfg(test)]
     /// Pids of the descendants seen so far (the root excluded).
-    pub fn known(&self) -> Vec<u32> {
+    pub(crate) fn known(&self) -> Vec<u32> {
         self.known.keys().copied().collect()
     }
 
@@ -629,7 +367,7 @@ impl ProcessTree {
 
     /// Re-reads `/proc` and records every descendant of the root, of the descendants seen
     /// before, and every marked orphan re-parented to us. Forgets the ones that are gone.
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         if let Some(table) = all_processes() {
             self.refresh_from(&table);
         }
@@ -701,7 +439,7 @@ impl ProcessTree {
     /// True when the agent's group has no member at all (not even a zombie: one signal
     /// probe, no read of `/proc`) and no descendant of it was ever recorded. Meant for after
     /// the agent itself was reaped.
-    pub fn group_gone_and_nothing_seen(&self) -> bool {
+    pub(crate) fn group_gone_and_nothing_seen(&self) -> bool {
         let Ok(raw) = i32::try_from(self.root) else {
             return false;
         };
@@ -711,7 +449,7 @@ impl ProcessTree {
     }
 
     /// True while the agent's process group has a live member.
-    pub fn group_alive(&self) -> bool {
+    pub(crate) fn group_alive(&self) -> bool {
         let Some(table) = all_processes() else {
             return group_alive(self.root);
         };
@@ -722,7 +460,7 @@ impl ProcessTree {
     }
 
     /// True while any process of the tree (group member or known descendant) is alive.
-    pub fn any_alive(&mut self) -> bool {
+    pub(crate) fn any_alive(&mut self) -> bool {
         let Some(table) = all_processes() else {
             return group_alive(self.root);
         };
@@ -741,7 +479,7 @@ impl ProcessTree {
 
     /// Refreshes, then sends `signal` to the group and to every live process of the tree.
     /// Returns how many processes were alive.
-    pub fn signal_all(&mut self, signal: Signal) -> usize {
+    pub(crate) fn signal_all(&mut self, signal: Signal) -> usize {
         let Some(table) = all_processes() else {
             signal_group(self.root, signal);
             return 0;
@@ -759,9 +497,9 @@ impl ProcessTree {
 
     /// SIGKILLs everything of the tree at once, repeating while new descendants show up
     /// (a dying shell may have forked). Does not wait for the dead to be reaped.
-    pub fn kill_now(&mut self) {
+    pub(crate) fn kill_now(&mut self) {
         for _ in 0..5 {
-            if self.signal_all(Signal::SIGKILL) == 0 {
+            if self.signal_all(Signal::Kill) == 0 {
                 break;
             }
         }
@@ -769,7 +507,7 @@ impl ProcessTree {
 
     /// Reaps the known descendants that are zombies re-parented to us. Never touches the root:
     /// it is the caller's child and the caller reaps it.
-    pub fn reap(&mut self) -> usize {
+    pub(crate) fn reap(&mut self) -> usize {
         if self.known.is_empty() {
             // Nothing was ever seen to descend from the agent: nothing to reap, and no reason
             // to read all of `/proc` on the path between two agent calls.
@@ -784,7 +522,7 @@ impl ProcessTree {
     /// The gentle stop of [`stop_agent`]: SIGINT to the group, SIGTERM after `grace`, SIGKILL
     /// after [`KILL_GRACE`], then SIGKILL to every leftover descendant, and reaping of those
     /// re-parented to us.
-    pub async fn stop(&mut self, grace: Duration) {
+    pub(crate) async fn stop(&mut self, grace: Duration) {
         self.refresh();
         self.stop_group(Some(grace)).await;
         self.kill_leftovers().await;
@@ -792,7 +530,7 @@ impl ProcessTree {
 
     /// Cleanup after the agent exited by itself: whatever it left behind (group members,
     /// descendants) gets SIGTERM, SIGKILL after [`KILL_GRACE`], and is reaped.
-    pub async fn stop_leftovers(&mut self) {
+    pub(crate) async fn stop_leftovers(&mut self) {
         // The common case, an agent that left nothing behind, costs one read of `/proc`.
         let Some(table) = all_processes() else {
             if !group_alive(self.root) {
@@ -817,16 +555,16 @@ impl ProcessTree {
             return;
         }
         if let Some(grace) = interrupt_grace {
-            self.signal_group(Signal::SIGINT);
+            self.signal_group(Signal::Interrupt);
             if self.wait_group_gone(grace).await {
                 return;
             }
         }
-        self.signal_group(Signal::SIGTERM);
+        self.signal_group(Signal::Terminate);
         if self.wait_group_gone(KILL_GRACE).await {
             return;
         }
-        self.signal_group(Signal::SIGKILL);
+        self.signal_group(Signal::Kill);
     }
 
     /// Waits until the group has no live member, refreshing the tree meanwhile so descendants
@@ -875,63 +613,11 @@ fn environ_contains(pid: u32, entry: &str) -> bool {
         .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
-/// The effective user id of this process, from `/proc/self/status` (`None` if unreadable).
-pub fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_effective_uid(&status)
-}
-
-/// The effective uid (second number) of the `Uid:` line of a `/proc/<pid>/status` text.
-fn parse_effective_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn captures_output_and_exit_code() {
-        let out = Cmd::new("sh", "/")
-            .args(["-c", "echo hi; echo err >&2; exit 3"])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.code, 3);
-        assert_eq!(out.stdout_text(), "hi");
-        assert_eq!(out.stderr_text(), "err");
-        assert!(!out.timed_out);
-    }
-
-    #[tokio::test]
-    async fn feeds_stdin() {
-        let out = Cmd::new("cat", "/")
-            .stdin_bytes("piped in")
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.stdout_text(), "piped in");
-    }
-
-    #[tokio::test]
-    async fn timeout_kills_the_group_with_124() {
-        let started = std::time::Instant::now();
-        let out = Cmd::new("sh", "/")
-            .args(["-c", "sleep 30 & sleep 30"])
-            .timeout(Some(Duration::from_millis(200)))
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.code, TIMEOUT_EXIT_CODE);
-        assert!(out.timed_out);
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
+    use crate::process::{Cmd, become_child_subreaper, exit_code_of};
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn parses_stat_with_an_awkward_command_name() {
@@ -964,11 +650,6 @@ mod tests {
         assert_eq!(process_start_time(me), Some(start));
         assert!(pid_alive_with_start(me, start));
         assert!(!pid_alive_with_start(me, start + 1));
-        assert_eq!(
-            parse_effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
-            Some(0)
-        );
-        assert!(effective_uid().is_some());
     }
 
     /// Waits (up to 5 s) until `done` holds.
@@ -1003,7 +684,7 @@ mod tests {
         let mut child = spawn_sh("sleep 30");
         let pid = child.id().unwrap();
         assert!(group_alive(pid));
-        assert!(signal_group(pid, Signal::SIGKILL));
+        assert!(signal_group(pid, Signal::Kill));
         assert!(eventually(|| !group_alive(pid)).await);
         // Not reaped yet: the zombie still answers signals, but runs nothing.
         assert!(proc_stat(pid).is_some_and(|p| p.state == 'Z'));
@@ -1128,14 +809,5 @@ mod tests {
         assert!(reap_orphans() >= 2);
         assert!(proc_stat(seen).is_none());
         assert!(proc_stat(unseen).is_none());
-    }
-
-    #[tokio::test]
-    async fn missing_program_is_not_found() {
-        let err = Cmd::new("definitely-not-a-program-xyz", "/")
-            .output()
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ProcessError::NotFound { .. }), "{err:?}");
     }
 }

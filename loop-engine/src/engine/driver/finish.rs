@@ -1,0 +1,274 @@
+//! The end of a run: the merge, the final state (with retries while the store is down), the
+//! last events, summary.json and the notification.
+
+use std::time::{Duration, Instant};
+
+use crate::artifacts::{self, Summary};
+use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind};
+use crate::domain::{
+    ArtifactKind, EventKind, ExitReason, MergeStrategy, RunStatus, StepPhase, StepStatus, now_ms,
+};
+use crate::engine::driver::state::{RunDriver, ms};
+use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::report::Row;
+
+impl RunDriver {
+    pub(super) async fn merge(&mut self) -> Result<(), Stop> {
+        let Some(target) = self.run.merge_target_branch.clone() else {
+            return Ok(());
+        };
+        if self.run.merge_strategy == MergeStrategy::None {
+            return Ok(());
+        }
+        // The merge takes the run branch only: uncommitted work in the worktree would be
+        // dropped from the target without a word.
+        if !self.inner.vcs.is_clean(self.worktree.path()).await? {
+            return Err(Stop::failed(format!(
+                "run {}: the worktree {} has uncommitted changes; nothing was merged into \
+                 {target} and the run branch {} is kept: commit or discard them and merge by hand",
+                self.run.id,
+                self.worktree.path().display(),
+                self.run.run_branch
+            )));
+        }
+        let iteration = self.run.iterations_run;
+        let mut step = self.new_step(iteration, "merge", StepPhase::Merge, 1);
+        step.head_before = self.head().await?;
+        self.start_step(&step).await?;
+        let started = Instant::now();
+        let req = MergeRequest {
+            run_id: self.run.id,
+            repo: self.run.workspace_root.clone(),
+            run_branch: self.run.run_branch.clone(),
+            target_branch: target.clone(),
+            base_branch: self.run.base_branch.clone(),
+            strategy: self.run.merge_strategy,
+            message: format!(
+                "loop: {} ({} of {} tasks)",
+                self.run.name, self.run.tasks_done, self.run.tasks_total
+            ),
+        };
+        let worktree = self.worktree.lend();
+        self.flush().await?;
+        // A merge reads the repository's worktree list, which another run's worktree being
+        // added at that moment leaves half-written: merges and worktree preparation of one
+        // workspace take turns.
+        let merged = {
+            let lock = self.inner.prep_lock(&self.run.workspace_root).await;
+            let _guard = lock.lock().await;
+            self.inner.vcs.merge(&req).await
+        };
+        drop(worktree);
+        match merged {
+            Ok(outcome) => {
+                let (what, commit) = match &outcome {
+                    MergeOutcome::Merged { commit } => ("merged", Some(commit.clone())),
+                    MergeOutcome::AlreadyMerged { commit } => {
+                        ("already_merged", Some(commit.clone()))
+                    }
+                    MergeOutcome::NothingToMerge => ("nothing_to_merge", None),
+                };
+                step.head_after = commit.clone();
+                step.exit_code = Some(0);
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
+                self.event(
+                    Some(step.id),
+                    EventKind::MergeDone,
+                    serde_json::json!({
+                        "target": target,
+                        "strategy": self.run.merge_strategy,
+                        "outcome": what,
+                        "commit": commit,
+                    }),
+                )
+                .await
+            }
+            Err(e) => {
+                let detail = format!(
+                    "run {} step {}: merge of {} into {target} failed: {}; the run branch {} is kept",
+                    self.run.id,
+                    step.id,
+                    self.run.run_branch,
+                    chain(&e),
+                    self.run.run_branch
+                );
+                step.reason = Some(chain(&e));
+                step.exit_code = Some(1);
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
+                Err(Stop::failed(detail))
+            }
+        }
+    }
+
+    pub(super) async fn finish(mut self, result: Result<ExitReason, Stop>) {
+        let result = match result {
+            Ok(reason) => match self.merge().await {
+                Ok(()) => Ok(reason),
+                Err(stop) => Err(stop),
+            },
+            Err(stop) => Err(stop),
+        };
+        let run_id = self.run.id;
+        let (status, exit_reason, detail) = match &result {
+            Ok(reason) => (RunStatus::Completed, Some(reason.clone()), None),
+            Err(Stop::Fail { reason, detail }) => (
+                RunStatus::Failed,
+                Some(reason.clone()),
+                Some(detail.clone()),
+            ),
+            Err(Stop::Canceled) => (RunStatus::Canceled, Some(ExitReason::Canceled), None),
+            Err(Stop::Paused) => (RunStatus::Paused, None, None),
+            Err(Stop::Shutdown) => (RunStatus::Pending, None, None),
+            Err(Stop::LostLease) => {
+                self.inner.hub.set_current_output(run_id, None);
+                return;
+            }
+        };
+        // A store that is failing right now may come back: keep trying for a while so the
+        // outcome is recorded, and never drop it silently.
+        self.run.status = status;
+        self.run.exit_reason = exit_reason.clone();
+        self.run.failure = detail.clone();
+        let mut saved = false;
+        for attempt in 0..20u32 {
+            // Everything still queued lands with the final state (a failed flush drops only
+            // its own batch, so a retry carries the run row alone).
+            let saved_now = match self.save_run().await {
+                Ok(()) => self.flush().await,
+                Err(e) => Err(e),
+            };
+            match saved_now {
+                Ok(()) => {
+                    saved = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(%run_id, error = ?e, attempt, "cannot record the end of the run; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+        if !saved {
+            tracing::error!(%run_id, "giving up recording the end of the run; it will be recovered at the next start");
+        }
+        let _ = self
+            .inner
+            .store
+            .release_run(run_id, &self.inner.settings.worker_id)
+            .await;
+        match status {
+            RunStatus::Paused => {
+                let _ = self
+                    .event(
+                        None,
+                        EventKind::RunPaused,
+                        serde_json::json!({"run_id": run_id, "at": "step_boundary"}),
+                    )
+                    .await;
+                self.rec.log("RUN_PAUSED".into());
+                let _ = self.flush().await;
+                return;
+            }
+            RunStatus::Pending => {
+                self.rec
+                    .log("engine shutting down; run returns to the queue".into());
+                let _ = self.flush().await;
+                return;
+            }
+            _ => {}
+        }
+        let reason_text = exit_reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let _ = self
+            .report(
+                None,
+                EventKind::RunEnd,
+                Row::msg("", format!("reason={reason_text}")),
+            )
+            .await;
+        let (kind, payload, note) = match status {
+            RunStatus::Completed => (
+                EventKind::RunCompleted,
+                serde_json::json!({"run_id": run_id, "mode": reason_text}),
+                NotificationKind::RunCompleted,
+            ),
+            RunStatus::Canceled => (
+                EventKind::RunCanceled,
+                serde_json::json!({"run_id": run_id, "reason": "canceled"}),
+                NotificationKind::RunCanceled,
+            ),
+            _ => (
+                EventKind::RunFailed,
+                serde_json::json!({"run_id": run_id, "reason": detail.clone().unwrap_or_else(|| reason_text.clone()), "exit_reason": reason_text}),
+                NotificationKind::RunFailed,
+            ),
+        };
+        self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed))
+            .await;
+        let _ = self.event(None, kind, payload).await;
+        if let Err(e) = self.flush().await {
+            tracing::error!(%run_id, error = ?e, "cannot record the last events of the run");
+        }
+        let total = u64::try_from(now_ms() - self.start_ms).unwrap_or(0);
+        self.inner.metrics.run_duration.record(total);
+        let notification = Notification {
+            kind: note,
+            run: self.run.clone(),
+            reason: detail.or(Some(reason_text)),
+        };
+        if let Err(e) = self.inner.notifier.notify(&notification).await {
+            tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
+        }
+        self.inner.hub.close(run_id);
+    }
+
+    pub(super) async fn write_summary(&self, reason: &ExitReason) {
+        let end = now_ms();
+        let summary = Summary {
+            run_id: self.run.id,
+            start_ms: self.start_ms,
+            end_ms: end,
+            total_duration_ms: u64::try_from(end - self.start_ms).unwrap_or(0),
+            iterations_run: self.run.iterations_run,
+            completed_iteration: self.completed_iteration,
+            avg_duration_ms: self
+                .iter_duration_sum
+                .checked_div(self.iter_count)
+                .unwrap_or(0),
+            last_exit_code: self.last_exit_code,
+            completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
+            model: self.cfg.model.clone(),
+            exit_reason: reason.clone(),
+            run_log: self.rec.folder.run_log().display().to_string(),
+            run_report: self.rec.folder.report().display().to_string(),
+            prompt_snapshot: self.rec.folder.prompt().display().to_string(),
+            last_iteration_tail: self
+                .last_iter_tail
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            last_iteration_log: self.last_iter_log.as_ref().map(|p| p.display().to_string()),
+        };
+        let path = self.rec.folder.summary();
+        if let Err(e) = self
+            .rec
+            .create_dirs()
+            .and_then(|()| artifacts::write_summary(&path, &summary))
+        {
+            tracing::warn!(run_id = %self.run.id, error = %e, "cannot write summary.json");
+            return;
+        }
+        for (kind, p) in [
+            (ArtifactKind::Summary, path),
+            (ArtifactKind::Report, self.rec.folder.report()),
+            (ArtifactKind::RunLog, self.rec.folder.run_log()),
+        ] {
+            if p.exists() {
+                self.rec.record(kind, &p).await;
+            }
+        }
+    }
+}

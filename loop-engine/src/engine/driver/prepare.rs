@@ -1,0 +1,255 @@
+//! Preparing a run: its folder, the naming model, the branch and worktree, the seed commit
+//! and the prompt snapshot.
+
+use std::time::{Duration, Instant};
+
+use crate::artifacts;
+use crate::backend::{ExecContext, ExecPurpose, ExecRequest};
+use crate::domain::{ArtifactKind, EventKind, NameSource, StepPhase, StepStatus};
+use crate::engine::create::assign_branch;
+use crate::engine::driver::state::{RunDriver, ms, rebase};
+use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::driver::worktree::Worktree;
+use crate::engine::report::Row;
+use crate::outcome::{Verdict, judge};
+use crate::{naming, prompt};
+
+impl RunDriver {
+    pub(super) async fn prepare(&mut self) -> Result<(), Stop> {
+        if let Err(e) = self.rec.create_dirs() {
+            return Err(Stop::failed(format!(
+                "cannot create the run folder {}: {e}",
+                self.rec.folder.root().display()
+            )));
+        }
+        let fresh = self.step_seq == 0;
+        if fresh {
+            self.report(
+                None,
+                EventKind::RunStart,
+                Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
+            )
+            .await?;
+        }
+        if self.run.run_branch.is_empty() {
+            if self.run.name_source == NameSource::Haiku {
+                self.name_with_model().await?;
+            }
+            assign_branch(&self.inner, &mut self.run, &self.cfg).await?;
+            self.worktree = Worktree::new(self.run.worktree_path.clone());
+            self.plan_in_worktree = rebase(
+                &self.run.plan_path,
+                &self.run.workspace_root,
+                self.worktree.path(),
+            );
+        }
+        // RUN_START (and the naming step) reach followers before git works on the worktree.
+        self.flush().await?;
+        let wt = {
+            let lock = self.inner.prep_lock(&self.run.workspace_root).await;
+            let _guard = lock.lock().await;
+            let worktree = self.worktree.lend();
+            self.inner
+                .vcs
+                .prepare_worktree(
+                    &self.run.workspace_root,
+                    worktree.path(),
+                    &self.run.run_branch,
+                    &self.run.base_branch,
+                )
+                .await
+                .map_err(|e| {
+                    Stop::failed(format!(
+                        "cannot prepare worktree {} on branch {}: {}",
+                        worktree.path().display(),
+                        self.run.run_branch,
+                        chain(&e)
+                    ))
+                })?
+        };
+        self.event(
+            None,
+            EventKind::WorktreeReady,
+            serde_json::json!({
+                "path": self.worktree.path(),
+                "branch": self.run.run_branch,
+                "base_branch": self.run.base_branch,
+                "created_branch": wt.created_branch,
+                "created_worktree": wt.created_worktree,
+            }),
+        )
+        .await?;
+        if !wt.cleaned.is_empty() {
+            self.event(
+                None,
+                EventKind::RecoveryCleanup,
+                serde_json::json!({"cleaned": wt.cleaned}),
+            )
+            .await?;
+        }
+        self.seed(wt.created_worktree).await?;
+        // The prompt snapshot is what the agent gets; written once per start.
+        let text = self.implementation_prompt()?;
+        let path = self.rec.folder.prompt();
+        // Not synced: it is rebuilt from the spec and plan at every start.
+        artifacts::write_derived(&path, text.as_bytes())
+            .map_err(|e| Stop::failed(format!("cannot write {}: {e}", path.display())))?;
+        self.rec.record(ArtifactKind::Prompt, &path).await;
+        self.read_plan()?;
+        self.save_run().await?;
+        self.report(
+            None,
+            EventKind::PromptSnapshot,
+            Row {
+                output_path: Some(path),
+                ..Row::msg("", "prompt snapshot")
+            },
+        )
+        .await
+    }
+
+    /// Copies a spec or plan that is missing or different at the base branch into the
+    /// worktree and commits it, so the agent only ever works inside its worktree.
+    pub(super) async fn seed(&mut self, created_worktree: bool) -> Result<(), Stop> {
+        let mut to_commit = Vec::new();
+        for (path, what) in [(&self.run.spec_path, "spec"), (&self.run.plan_path, "plan")] {
+            let rel = match path.strip_prefix(&self.run.workspace_root) {
+                Ok(r) => r.to_path_buf(),
+                Err(_) => {
+                    return Err(Stop::failed(format!(
+                        "the {what} {} is outside the workspace",
+                        path.display()
+                    )));
+                }
+            };
+            let target = self.worktree.path().join(&rel);
+            let in_worktree = std::fs::read(&target).ok();
+            if !created_worktree && in_worktree.is_some() {
+                continue;
+            }
+            let primary = std::fs::read(path).map_err(|e| {
+                Stop::failed(format!("cannot read the {what} {}: {e}", path.display()))
+            })?;
+            if in_worktree.as_deref() == Some(primary.as_slice()) {
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    Stop::failed(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+            std::fs::write(&target, &primary)
+                .map_err(|e| Stop::failed(format!("cannot write {}: {e}", target.display())))?;
+            to_commit.push(rel);
+        }
+        let learnings = self.prompt_paths().learnings;
+        match prompt::ensure_learnings(&learnings) {
+            Ok(true) => {
+                if let Ok(rel) = learnings.strip_prefix(self.worktree.path()) {
+                    to_commit.push(rel.to_path_buf());
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Err(Stop::failed(format!(
+                    "cannot create the learnings file {}: {e}",
+                    learnings.display()
+                )));
+            }
+        }
+        if to_commit.is_empty() {
+            return Ok(());
+        }
+        let worktree = self.worktree.lend();
+        let commit = self
+            .inner
+            .vcs
+            .commit_paths(
+                worktree.path(),
+                &to_commit,
+                &format!("loop: seed spec and plan for run {}", self.run.name),
+            )
+            .await?;
+        self.event(
+            None,
+            EventKind::SeedCommitted,
+            serde_json::json!({"paths": to_commit, "commit": commit}),
+        )
+        .await
+    }
+
+    /// Asks the naming model for a name; falls back to the spec slug on any failure.
+    pub(super) async fn name_with_model(&mut self) -> Result<(), Stop> {
+        let spec_text = std::fs::read_to_string(&self.run.spec_path).unwrap_or_default();
+        let excerpt: String = spec_text.chars().take(4000).collect();
+        let mut step = self.new_step(0, "naming", StepPhase::Naming, 1);
+        let log = self.rec.folder.root().join("naming.log");
+        step.output_path = Some(log.clone());
+        self.start_step(&step).await?;
+        let started = Instant::now();
+        let result = match self.executor() {
+            Ok(executor) => {
+                let req = ExecRequest {
+                    run_id: self.run.id,
+                    step_id: step.id,
+                    purpose: ExecPurpose::Naming,
+                    label: "naming".into(),
+                    prompt: naming::naming_prompt(&excerpt),
+                    model: self.cfg.run_naming_model.clone(),
+                    // The run folder, not the primary checkout: the naming agent must not
+                    // touch the user's files.
+                    workdir: self.rec.folder.root().to_path_buf(),
+                    log_path: log,
+                    timeout: Some(Duration::from_secs(120)),
+                    idle_timeout: None,
+                    env: self.agent_env(),
+                };
+                let ctx = ExecContext::detached(self.control.cancel.child_token());
+                self.flush().await?;
+                match executor.execute(req, ctx).await {
+                    Ok(outcome) => {
+                        step.exit_code = Some(outcome.exit_code);
+                        match judge(&outcome, self.inner.expects_result_line(&self.cfg)) {
+                            Verdict::Success => naming::sanitize_name(&outcome.output_text)
+                                .ok_or_else(|| {
+                                    "the naming model answered no usable name".to_owned()
+                                }),
+                            Verdict::Failure { message, .. } => Err(message),
+                        }
+                    }
+                    Err(e) => Err(chain(&e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if self.control.cancel.is_cancelled() {
+            step.reason = Some("interrupted".into());
+            self.end_step(&mut step, StepStatus::Canceled, ms(started))
+                .await?;
+            return Err(self.interrupted());
+        }
+        let payload = match result {
+            Ok(name) => {
+                self.run.name = name;
+                self.run.name_source = NameSource::Haiku;
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
+                serde_json::json!({"name": self.run.name, "name_source": "haiku"})
+            }
+            Err(reason) => {
+                step.reason = Some(reason.clone());
+                self.run.name_source = NameSource::SpecSlug;
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
+                serde_json::json!({
+                    "name": self.run.name,
+                    "name_source": "spec_slug",
+                    "fallback_reason": reason,
+                })
+            }
+        };
+        self.save_run().await?;
+        self.event(Some(step.id), EventKind::RunNamed, payload)
+            .await
+    }
+}

@@ -1,0 +1,396 @@
+//! The driver's state for one run and its bookkeeping: the journal (steps, events, the run
+//! row), step boundaries, the plan, the history a resumed run restores, prompt inputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Executor, StoreError, StoreWrite};
+use crate::config::Config;
+use crate::domain::{EventKind, NewEvent, Run, Step, StepId, StepPhase, StepStatus, now_ms};
+use crate::engine::create::{implementation_prompt_text, prompt_paths};
+use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::driver::worktree::Worktree;
+use crate::engine::inner::{Inner, RunControl};
+use crate::engine::report::{Recorder, Row};
+use crate::machine::Watchdog;
+use crate::plan::{self, PlanCounts};
+use crate::prompt;
+
+/// One run being driven: its row, config, journal, worktree and the counters of SPEC §6.
+pub(crate) struct RunDriver {
+    pub(super) inner: Arc<Inner>,
+    pub(super) run: Run,
+    pub(super) cfg: Config,
+    pub(super) control: RunControl,
+    pub(super) executor: Option<Arc<dyn Executor>>,
+    pub(super) rec: Recorder,
+    pub(super) worktree: Worktree,
+    pub(super) plan_in_worktree: PathBuf,
+    pub(super) step_seq: u32,
+    pub(super) watchdog: Watchdog,
+    pub(super) rewrites_used: u32,
+    pub(super) prompt_override: Option<(String, PathBuf)>,
+    pub(super) last_verified: Option<(Option<String>, bool)>,
+    pub(super) consecutive_verify_failures: u32,
+    pub(super) start_ms: i64,
+    pub(super) lost_lease: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) iter_duration_sum: u64,
+    pub(super) iter_count: u64,
+    pub(super) last_exit_code: Option<i32>,
+    pub(super) last_iter_log: Option<PathBuf>,
+    pub(super) last_iter_tail: Option<PathBuf>,
+    pub(super) completed_iteration: Option<u32>,
+    pub(super) completion_seen: bool,
+}
+
+impl RunDriver {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        run: Run,
+        control: RunControl,
+    ) -> Result<Self, Box<(Run, String)>> {
+        let cfg = match Config::from_json(&run.config) {
+            Ok(c) => c,
+            Err(e) => {
+                let detail = format!(
+                    "run {}: stored configuration is invalid: {}",
+                    run.id,
+                    chain(&e)
+                );
+                return Err(Box::new((run, detail)));
+            }
+        };
+        let rec = Recorder::new(
+            run.id,
+            &run.workspace_root,
+            &cfg,
+            inner.settings.global_log_dir.as_deref(),
+        );
+        let plan_in_worktree = rebase(&run.plan_path, &run.workspace_root, &run.worktree_path);
+        Ok(Self {
+            worktree: Worktree::new(run.worktree_path.clone()),
+            plan_in_worktree,
+            inner,
+            cfg,
+            control,
+            executor: None,
+            rec,
+            step_seq: 0,
+            watchdog: Watchdog::new(),
+            rewrites_used: 0,
+            prompt_override: None,
+            last_verified: None,
+            consecutive_verify_failures: 0,
+            start_ms: now_ms(),
+            lost_lease: Arc::default(),
+            iter_duration_sum: 0,
+            iter_count: 0,
+            last_exit_code: None,
+            last_iter_log: None,
+            last_iter_tail: None,
+            completed_iteration: None,
+            completion_seen: false,
+            run,
+        })
+    }
+
+    pub(super) fn spawn_lease_renewal(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        let run_id = self.run.id;
+        let cancel = self.control.cancel.clone();
+        let lost = self.lost_lease.clone();
+        let lease = inner.settings.lease;
+        tokio::spawn(async move {
+            let every = (lease / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let until = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                match inner
+                    .store
+                    .renew_lease(run_id, &inner.settings.worker_id, until)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict { detail }) => {
+                        tracing::error!(%run_id, %detail, "lease lost; stopping this run here");
+                        lost.store(true, Ordering::SeqCst);
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%run_id, error = %chain(&e), "cannot renew lease; will retry");
+                    }
+                }
+            }
+        })
+    }
+
+    pub(super) fn tasks(&self) -> (u32, u32) {
+        (self.run.tasks_done, self.run.tasks_total)
+    }
+
+    /// Queues a report-kind event (store, report.tsv, run.log); see [`Recorder`].
+    pub(super) async fn report(
+        &self,
+        step: Option<StepId>,
+        kind: EventKind,
+        row: Row,
+    ) -> Result<(), Stop> {
+        self.rec.report(step, kind, row, self.tasks());
+        self.flush_if_full().await
+    }
+
+    /// Queues an event.
+    pub(super) async fn event(
+        &self,
+        step: Option<StepId>,
+        kind: EventKind,
+        payload: serde_json::Value,
+    ) -> Result<(), Stop> {
+        let mut ev = NewEvent::new(self.run.id, kind, payload);
+        ev.step_id = step;
+        self.rec.event(ev);
+        self.flush_if_full().await
+    }
+
+    /// Queues the run row.
+    pub(super) async fn save_run(&mut self) -> Result<(), Stop> {
+        self.run.updated_at = now_ms();
+        self.rec.write(StoreWrite::UpdateRun(self.run.clone()));
+        self.flush_if_full().await
+    }
+
+    /// Lands every queued write: called before anything that takes time or must find the
+    /// run's state durable (an agent, a command, a sleep, a merge, the end of the run).
+    pub(super) async fn flush(&self) -> Result<(), Stop> {
+        self.rec.flush(&self.inner).await.map_err(Stop::from)
+    }
+
+    pub(super) async fn flush_if_full(&self) -> Result<(), Stop> {
+        if self.rec.is_full() {
+            self.flush().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Step boundary: honour shutdown, cancel and pause.
+    pub(super) fn checkpoint(&self) -> Result<(), Stop> {
+        if self.lost_lease.load(Ordering::SeqCst) {
+            return Err(Stop::LostLease);
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Stop::Shutdown);
+        }
+        if self.control.cancel.is_cancelled() {
+            return Err(Stop::Canceled);
+        }
+        if self.control.pause.load(Ordering::SeqCst) {
+            return Err(Stop::Paused);
+        }
+        Ok(())
+    }
+
+    /// Maps a fired cancel token to the right stop.
+    pub(super) fn interrupted(&self) -> Stop {
+        if self.lost_lease.load(Ordering::SeqCst) {
+            Stop::LostLease
+        } else if self.inner.shutdown.is_cancelled() {
+            Stop::Shutdown
+        } else {
+            Stop::Canceled
+        }
+    }
+
+    /// HEAD of the worktree; see [`Worktree::head`].
+    pub(super) async fn head(&mut self) -> Result<Option<String>, Stop> {
+        Ok(self.worktree.head(self.inner.vcs.as_ref()).await?)
+    }
+
+    pub(super) fn read_plan(&mut self) -> Result<(String, PlanCounts), Stop> {
+        let text = std::fs::read_to_string(&self.plan_in_worktree).map_err(|e| {
+            Stop::failed(format!(
+                "cannot read the plan {} in the run's worktree: {e}",
+                self.plan_in_worktree.display()
+            ))
+        })?;
+        let counts = plan::counts(&text);
+        self.run.tasks_done = counts.done;
+        self.run.tasks_total = counts.total;
+        Ok((text, counts))
+    }
+
+    /// Restores the counters a resumed run needs from its stored steps.
+    pub(super) async fn load_history(&mut self) -> Result<(), Stop> {
+        let steps = self.inner.store.list_steps(self.run.id).await?;
+        self.step_seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
+        self.rewrites_used = u32::try_from(
+            steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Watchdog)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        // A verification cut short by a crash or a stop (recovery marks it `interrupted`)
+        // says nothing about the code: counting it as failed would make every later
+        // verification at that HEAD a skipped failure, and the run would never complete.
+        let mut verdicts = steps.iter().filter(|s| {
+            s.phase == StepPhase::Verification
+                && s.reason.as_deref() != Some("interrupted")
+                && matches!(s.status, StepStatus::Failed | StepStatus::Succeeded)
+        });
+        let mut consecutive = 0;
+        for s in verdicts.clone() {
+            match s.status {
+                StepStatus::Failed => consecutive += 1,
+                StepStatus::Succeeded => consecutive = 0,
+                _ => {}
+            }
+        }
+        self.consecutive_verify_failures = consecutive;
+        if let Some(v) = verdicts.next_back() {
+            self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
+        }
+        // A watchdog rewrite stays in force after a restart.
+        if let Some(w) = steps.iter().rev().find(|s| s.phase == StepPhase::Watchdog)
+            && let Some(p) = &w.prompt_path
+            && let Ok(text) = std::fs::read_to_string(p)
+        {
+            self.prompt_override = Some((text, p.clone()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn new_step(
+        &mut self,
+        iteration: u32,
+        label: &str,
+        phase: StepPhase,
+        attempt: u32,
+    ) -> Step {
+        self.step_seq += 1;
+        Step {
+            id: StepId::new(),
+            run_id: self.run.id,
+            seq: self.step_seq,
+            iteration,
+            label: label.to_owned(),
+            phase,
+            status: StepStatus::InProgress,
+            attempt,
+            started_at: Some(now_ms()),
+            ended_at: None,
+            exit_code: None,
+            reason: None,
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+        }
+    }
+
+    pub(super) async fn start_step(&self, step: &Step) -> Result<(), Stop> {
+        self.rec.write(StoreWrite::InsertStep(step.clone()));
+        self.event(
+            Some(step.id),
+            EventKind::StepStarted,
+            serde_json::json!({
+                "step_id": step.id,
+                "phase": step.phase,
+                "attempt": step.attempt,
+                "label": step.label,
+                "iteration": step.iteration,
+            }),
+        )
+        .await
+    }
+
+    pub(super) async fn end_step(
+        &self,
+        step: &mut Step,
+        status: StepStatus,
+        duration_ms: u64,
+    ) -> Result<(), Stop> {
+        step.status = status;
+        step.ended_at = Some(now_ms());
+        step.agent_pid = None;
+        step.agent_start_time = None;
+        self.rec.write(StoreWrite::UpdateStep(step.clone()));
+        self.event(
+            Some(step.id),
+            EventKind::StepFinished,
+            serde_json::json!({
+                "step_id": step.id,
+                "phase": step.phase,
+                "status": step.status,
+                "exit_code": step.exit_code,
+                "duration_ms": duration_ms,
+                "output_path": step.output_path,
+                "reason": step.reason,
+            }),
+        )
+        .await
+    }
+
+    pub(super) fn executor(&mut self) -> Result<Arc<dyn Executor>, String> {
+        if let Some(e) = &self.executor {
+            return Ok(e.clone());
+        }
+        let e = self.inner.executor_for(&self.cfg)?;
+        self.executor = Some(e.clone());
+        Ok(e)
+    }
+
+    pub(super) fn agent_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(),
+            "1".to_owned(),
+        )];
+        if let Some(n) = self.cfg.claude_max_retries {
+            env.push(("CLAUDE_CODE_MAX_RETRIES".into(), n.to_string()));
+        }
+        env.push(("LOOP_RUN_ID".into(), self.run.id.to_string()));
+        env
+    }
+
+    pub(super) fn prompt_paths(&self) -> prompt::PromptPaths {
+        prompt_paths(
+            &self.cfg,
+            &self.run.workspace_root,
+            &self.run.spec_path,
+            Some(&self.run.plan_path),
+            self.worktree.path(),
+            Some(&self.rec.folder.runner_notes()),
+        )
+    }
+
+    pub(super) fn implementation_prompt(&self) -> Result<String, Stop> {
+        if let Some((text, _)) = &self.prompt_override {
+            return Ok(text.clone());
+        }
+        implementation_prompt_text(&self.cfg, &self.prompt_paths(), self.worktree.path())
+            .map_err(Stop::from)
+    }
+
+    // ----- the loop ------------------------------------------------------------------------
+}
+
+pub(super) fn rebase(path: &Path, workspace: &Path, worktree: &Path) -> PathBuf {
+    match path.strip_prefix(workspace) {
+        Ok(rel) if !worktree.as_os_str().is_empty() => worktree.join(rel),
+        _ => path.to_path_buf(),
+    }
+}
+
+pub(super) fn secs(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
+}
+
+pub(super) fn ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

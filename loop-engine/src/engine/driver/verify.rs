@@ -1,0 +1,209 @@
+//! Verification: the configured commands at one HEAD, skipped when HEAD is unchanged, the
+//! failure notes for the next agent, and the consecutive-failure limit.
+
+use std::time::Instant;
+
+use crate::artifacts;
+use crate::domain::{ArtifactKind, EventKind, ExitReason, StepPhase, StepStatus};
+use crate::engine::driver::state::{RunDriver, ms, secs};
+use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::metrics::Metrics;
+use crate::engine::report::Row;
+use crate::naming;
+use crate::process::Cmd;
+use crate::prompt;
+
+/// Which verification this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum VerifyKind {
+    /// After an implementation step.
+    Gate,
+    /// After a review pass that moved HEAD.
+    Review,
+    /// Before declaring the plan done.
+    Final,
+}
+
+impl RunDriver {
+    pub(super) async fn verify(&mut self, i: u32, kind: VerifyKind) -> Result<bool, Stop> {
+        if self.cfg.verify_cmds.is_empty() {
+            return Ok(true);
+        }
+        let head = self.head().await?;
+        let clean = self.inner.vcs.is_clean(self.worktree.path()).await?;
+        let label = match kind {
+            VerifyKind::Gate => i.to_string(),
+            VerifyKind::Review => format!("{i}-review"),
+            VerifyKind::Final => format!("{i}-final"),
+        };
+        if clean
+            && let Some((h, passed)) = &self.last_verified
+            && *h == head
+        {
+            let passed = *passed;
+            self.report(
+                None,
+                EventKind::VerifySkip,
+                Row::msg(
+                    label,
+                    format!(
+                        "HEAD unchanged since the last verification ({})",
+                        if passed { "passed" } else { "failed" }
+                    ),
+                ),
+            )
+            .await?;
+            return Ok(passed);
+        }
+        let slug = verify_slug(i, kind);
+        let mut step = self.new_step(i, &label, StepPhase::Verification, 1);
+        step.head_before = head.clone();
+        self.start_step(&step).await?;
+        let started = Instant::now();
+        self.report(
+            Some(step.id),
+            EventKind::VerifyStart,
+            Row::msg(
+                label.clone(),
+                format!("{} commands", self.cfg.verify_cmds.len()),
+            ),
+        )
+        .await?;
+        let mut failure = None;
+        for (n, cmd) in self.cfg.verify_cmds.clone().iter().enumerate() {
+            self.checkpoint()?;
+            let n = u32::try_from(n + 1).unwrap_or(u32::MAX);
+            let log = self.rec.folder.verify_log(&slug, n);
+            self.report(
+                Some(step.id),
+                EventKind::VerifyCmdStart,
+                Row {
+                    output_path: Some(log.clone()),
+                    ..Row::msg(label.clone(), cmd.clone())
+                },
+            )
+            .await?;
+            self.flush().await?;
+            let t = Instant::now();
+            // The command may commit: HEAD is read afresh once it is done.
+            let workdir = self.worktree.lend();
+            let run = Cmd::new("bash", workdir.path())
+                .args(["-lc", cmd.as_str()])
+                .timeout(secs(self.cfg.verify_timeout_sec));
+            let out = tokio::select! {
+                out = run.output() => out,
+                () = self.control.cancel.cancelled() => {
+                    step.reason = Some("canceled".into());
+                    self.end_step(&mut step, StepStatus::Canceled, ms(started)).await?;
+                    return Err(self.interrupted());
+                }
+            };
+            drop(workdir);
+            let (code, bytes) = match out {
+                Ok(o) => {
+                    let mut all = o.stdout;
+                    all.extend_from_slice(&o.stderr);
+                    let len = all.len() as u64;
+                    if let Err(e) = std::fs::write(&log, &all) {
+                        tracing::warn!(run_id = %self.run.id, error = %e, "cannot write verification log");
+                    }
+                    (o.code, len)
+                }
+                Err(e) => {
+                    let text = format!("cannot run verification command `{cmd}`: {}", chain(&e));
+                    let _ = std::fs::write(&log, text.as_bytes());
+                    (127, text.len() as u64)
+                }
+            };
+            self.rec.record(ArtifactKind::VerifyLog, &log).await;
+            self.report(
+                Some(step.id),
+                EventKind::VerifyCmdEnd,
+                Row {
+                    duration_ms: Some(ms(t)),
+                    exit_code: Some(code),
+                    output_bytes: Some(bytes),
+                    output_path: Some(log.clone()),
+                    ..Row::msg(label.clone(), cmd.clone())
+                },
+            )
+            .await?;
+            if code != 0 {
+                failure = Some((cmd.clone(), code, log));
+                break;
+            }
+        }
+        let passed = failure.is_none();
+        step.exit_code = Some(failure.as_ref().map_or(0, |f| f.1));
+        self.report(
+            Some(step.id),
+            EventKind::VerifyEnd,
+            Row {
+                duration_ms: Some(ms(started)),
+                exit_code: step.exit_code,
+                ..Row::msg(label.clone(), if passed { "passed" } else { "failed" })
+            },
+        )
+        .await?;
+        self.last_verified = Some((head, passed));
+        let notes = self.rec.folder.runner_notes();
+        match failure {
+            None => {
+                Metrics::inc(&self.inner.metrics.verification_pass);
+                self.consecutive_verify_failures = 0;
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
+                if notes.exists() {
+                    let _ = artifacts::write_atomic(&notes, b"");
+                }
+                Ok(true)
+            }
+            Some((cmd, code, log)) => {
+                Metrics::inc(&self.inner.metrics.verification_fail);
+                self.consecutive_verify_failures += 1;
+                let tail = artifacts::tail_lines(&log, 120).unwrap_or_default();
+                let failure_text = format!(
+                    "command: {cmd}\nexit code: {code}\nlog: {}\n\nlast 120 lines:\n{tail}\n",
+                    log.display()
+                );
+                let failure_path = self.rec.folder.verify_failure(&slug);
+                let _ = artifacts::write_atomic(&failure_path, failure_text.as_bytes());
+                self.rec
+                    .record(ArtifactKind::VerifyFailure, &failure_path)
+                    .await;
+                let text = prompt::runner_notes_for_failure(&cmd, code, &log, &tail);
+                if let Err(e) = artifacts::write_atomic(&notes, text.as_bytes()) {
+                    tracing::warn!(run_id = %self.run.id, error = %e, "cannot write runner notes");
+                }
+                self.rec.record(ArtifactKind::RunnerNotes, &notes).await;
+                step.reason = Some(format!("`{cmd}` exited with {code}"));
+                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                    .await?;
+                let limit = self.cfg.max_consecutive_verification_failures;
+                if limit > 0 && self.consecutive_verify_failures >= limit {
+                    return Err(Stop::Fail {
+                        reason: ExitReason::MaxConsecutiveFailures {
+                            kind: "verification".into(),
+                            limit,
+                        },
+                        detail: format!(
+                            "run {}: verification failed {limit} times in a row (last: `{cmd}` exited with {code}, log {})",
+                            self.run.id,
+                            log.display()
+                        ),
+                    });
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn verify_slug(i: u32, kind: VerifyKind) -> String {
+    let base = naming::iteration_slug(&i.to_string());
+    match kind {
+        VerifyKind::Gate => base,
+        VerifyKind::Review => format!("{base}-review"),
+        VerifyKind::Final => format!("{base}-final"),
+    }
+}

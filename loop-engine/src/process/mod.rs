@@ -1,0 +1,378 @@
+//! The one door for subprocesses. Every child the engine starts (git, verification commands,
+//! agents) is built here, so each gets an explicit working directory, its own process group,
+//! a closed stdin unless input is given, and a timeout that kills the whole group.
+//!
+//! This file is the public command wrapper; the private `tree` module finds and stops the
+//! process trees of agents (`/proc` scanning, signals, reaping of orphans).
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod tree;
+
+use tree::terminate_group;
+pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
+pub(crate) use tree::{ProcessTree, kill_run_survivors, kill_survivor, process_start_time};
+#[cfg(test)]
+pub(crate) use tree::{group_alive, proc_stat};
+
+/// A subprocess could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program does not exist or is not executable.
+    #[error("program `{program}` not found")]
+    NotFound {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other failure to start or talk to it.
+    #[error("cannot run `{program}`")]
+    Io {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The result of a finished subprocess.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// Exit code; 124 after a timeout; 128+N after signal N.
+    pub code: i32,
+    /// Captured standard output.
+    pub stdout: Vec<u8>,
+    /// Captured standard error.
+    pub stderr: Vec<u8>,
+    /// True when the timeout killed it.
+    pub timed_out: bool,
+}
+
+impl CmdOutput {
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// Standard output as (lossy) UTF-8, trimmed.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim().to_owned()
+    }
+
+    /// Standard error as (lossy) UTF-8, trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_owned()
+    }
+}
+
+/// Exit code reported for a process killed by a timeout (as coreutils `timeout` does).
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// A subprocess to run.
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+}
+
+impl Cmd {
+    /// A command running `program` in `cwd`.
+    pub fn new(program: impl AsRef<OsStr>, cwd: impl AsRef<Path>) -> Self {
+        Self {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            cwd: cwd.as_ref().to_owned(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            stdin: None,
+            timeout: None,
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets an environment variable (on top of the inherited environment).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Removes an inherited environment variable.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env_remove.push(key.as_ref().to_owned());
+        self
+    }
+
+    /// Feeds `input` on stdin (stdin is closed otherwise).
+    pub fn stdin_bytes(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Kills the process group after `timeout` (`None`: no limit).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The program.
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// The working directory.
+    pub fn cwd(&self) -> &Path {
+        &self.cwd
+    }
+
+    /// The configured timeout.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Whether stdin input was configured.
+    pub fn has_stdin(&self) -> bool {
+        self.stdin.is_some()
+    }
+
+    /// Takes the configured stdin input, if any.
+    pub fn take_stdin(&mut self) -> Option<Vec<u8>> {
+        self.stdin.take()
+    }
+
+    /// A tokio command with everything set: cwd, env, its own process group, stdin closed or
+    /// piped (when input is configured), stdout/stderr piped, killed when dropped.
+    pub fn to_tokio(&self) -> tokio::process::Command {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "this is the one place that builds subprocesses"
+        )]
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .current_dir(&self.cwd)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for key in &self.env_remove {
+            cmd.env_remove(key);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn spawn_error(&self, source: std::io::Error) -> ProcessError {
+        let program = self.program.to_string_lossy().into_owned();
+        if source.kind() == std::io::ErrorKind::NotFound
+            || source.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            ProcessError::NotFound { program, source }
+        } else {
+            ProcessError::Io { program, source }
+        }
+    }
+
+    /// Runs to completion, capturing stdout and stderr. On timeout the whole process group gets
+    /// TERM, then KILL after [`KILL_GRACE`], and the exit code is [`TIMEOUT_EXIT_CODE`].
+    pub async fn output(mut self) -> Result<CmdOutput, ProcessError> {
+        let input = self.stdin.take();
+        let mut cmd = self.to_tokio();
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let pid = child.id();
+        let io_err = |source| ProcessError::Io {
+            program: self.program.to_string_lossy().into_owned(),
+            source,
+        };
+
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let feed = async move {
+            if let (Some(pipe), Some(bytes)) = (stdin.as_mut(), input) {
+                // A child that exits without reading its input is not an error of ours.
+                let _ = pipe.write_all(&bytes).await;
+            }
+            drop(stdin);
+        };
+        let read_out = async move {
+            let mut buf = Vec::new();
+            if let Some(p) = stdout.as_mut() {
+                p.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let read_err = async move {
+            let mut buf = Vec::new();
+            if let Some(p) = stderr.as_mut() {
+                p.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let all = async {
+            let ((), out, err, status) = tokio::join!(feed, read_out, read_err, child.wait());
+            Ok::<_, std::io::Error>((out?, err?, status?))
+        };
+
+        let result = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, all).await.ok(),
+            None => Some(all.await),
+        };
+        match result {
+            Some(Ok((stdout, stderr, status))) => Ok(CmdOutput {
+                code: exit_code_of(status),
+                stdout,
+                stderr,
+                timed_out: false,
+            }),
+            Some(Err(e)) => Err(io_err(e)),
+            None => {
+                if let Some(pid) = pid {
+                    terminate_group(pid, KILL_GRACE).await;
+                }
+                Ok(CmdOutput {
+                    code: TIMEOUT_EXIT_CODE,
+                    stdout: Vec::new(),
+                    stderr: format!(
+                        "timed out after {} s",
+                        self.timeout.map(|d| d.as_secs()).unwrap_or_default()
+                    )
+                    .into_bytes(),
+                    timed_out: true,
+                })
+            }
+        }
+    }
+}
+
+/// The shell-style exit code of a finished process: its code, or 128+N for signal N.
+pub fn exit_code_of(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// Makes this process the "child subreaper" of its descendants: an orphan of an agent (a tool
+/// command the agent started with `setsid`, whose parent died) is re-parented to us instead of
+/// to init, so it stays findable and killable. loopd and embedders call it once at start.
+/// Re-parented orphans must then be reaped: see [`reap_orphans`].
+pub fn become_child_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+}
+
+/// The effective user id of this process, from `/proc/self/status` (`None` if unreadable).
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_effective_uid(&status)
+}
+
+/// The effective uid (second number) of the `Uid:` line of a `/proc/<pid>/status` text.
+fn parse_effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn captures_output_and_exit_code() {
+        let out = Cmd::new("sh", "/")
+            .args(["-c", "echo hi; echo err >&2; exit 3"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.code, 3);
+        assert_eq!(out.stdout_text(), "hi");
+        assert_eq!(out.stderr_text(), "err");
+        assert!(!out.timed_out);
+    }
+
+    #[tokio::test]
+    async fn feeds_stdin() {
+        let out = Cmd::new("cat", "/")
+            .stdin_bytes("piped in")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_text(), "piped in");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_group_with_124() {
+        let started = std::time::Instant::now();
+        let out = Cmd::new("sh", "/")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .timeout(Some(Duration::from_millis(200)))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.code, TIMEOUT_EXIT_CODE);
+        assert!(out.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_not_found() {
+        let err = Cmd::new("definitely-not-a-program-xyz", "/")
+            .output()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::NotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn effective_uid_is_the_second_uid() {
+        assert_eq!(
+            parse_effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n"),
+            Some(0)
+        );
+        assert!(effective_uid().is_some());
+    }
+}
