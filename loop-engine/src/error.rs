@@ -86,6 +86,30 @@ pub enum ConfigError {
         /// The source of the value that makes it required.
         source_name: ConfigSource,
     },
+    /// A path given for `key` resolves (symlinks followed, `..` removed) outside the workspace
+    /// (or the run's worktree) it must stay in.
+    #[error("`{key}`: {} resolves to {}, outside the workspace {}", path.display(), resolved.display(), root.display())]
+    OutsideRoot {
+        /// The key or request field (`spec_path`, `log_dir`, `worktree_path_template`, ...).
+        key: String,
+        /// The path as given (or rendered).
+        path: PathBuf,
+        /// Where it really points.
+        resolved: PathBuf,
+        /// The folder it must stay in.
+        root: PathBuf,
+    },
+    /// A file read when a run is created (config, prompt, spec, plan) is not usable: not a
+    /// regular file, larger than its cap, or not text.
+    #[error("`{key}`: cannot use {}: {reason}", path.display())]
+    UnusableFile {
+        /// The key or file role (`config_file`, `.loop/config`, `prompt_file`, `spec_path`, ...).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The spec file does not exist.
     #[error("spec not found: `{given}` (looked at {})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     SpecNotFound {

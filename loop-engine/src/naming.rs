@@ -1,10 +1,13 @@
 //! Naming (SPEC §9): run names, spec slugs, branch names, worktree paths, iteration slugs.
 //!
 //! Names end up in branch names, folder names and file names, so everything here produces
-//! plain ASCII and never an empty string. All functions are pure; the caller supplies what
-//! already exists (branches, file contents).
+//! plain ASCII and never an empty string. All functions are pure (but
+//! `render_worktree_path`, which resolves symlinks in the path it renders); the caller
+//! supplies what already exists (branches, file contents).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::config::resolve_path;
 
 /// The longest run name or slug we produce, in characters (SPEC §9).
 pub(crate) const MAX_NAME_CHARS: usize = 64;
@@ -203,6 +206,54 @@ pub(crate) fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> Stri
         .unwrap_or(base)
 }
 
+/// The rule of `git check-ref-format --branch` that `name` breaks, or `None` when git would
+/// accept it as a branch name. Checked in process, so a bad `base_branch`,
+/// `merge_target_branch` or `run_branch_prefix` is refused when a run is created rather than
+/// when git first sees it; names starting with `-` are refused too, since git would read them
+/// as options.
+pub(crate) fn branch_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("a branch name cannot be empty");
+    }
+    if name.starts_with('-') {
+        return Some("a branch name cannot begin with `-` (git would read it as an option)");
+    }
+    if name == "HEAD" {
+        return Some("`HEAD` is not a branch name");
+    }
+    if name == "@" {
+        return Some("a branch name cannot be the single character `@`");
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return Some("a branch name cannot begin or end with `/` or contain `//`");
+    }
+    if name.ends_with('.') {
+        return Some("a branch name cannot end with `.`");
+    }
+    if name.contains("..") {
+        return Some("a branch name cannot contain `..`");
+    }
+    if name.contains("@{") {
+        return Some("a branch name cannot contain `@{`");
+    }
+    if name.chars().any(|c| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
+        return Some(
+            "a branch name cannot contain spaces, control characters or any of ~ ^ : ? * [ \\",
+        );
+    }
+    if name
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
+        return Some(
+            "no `/`-separated part of a branch name may begin with `.` or end with `.lock`",
+        );
+    }
+    None
+}
+
 /// The default merge target of a spec: `agent/<slug>`.
 pub(crate) fn default_merge_target(spec_slug: &str) -> String {
     format!("agent/{spec_slug}")
@@ -226,13 +277,14 @@ pub(crate) fn sanitize_branch(branch: &str) -> String {
 /// Renders `worktree_path_template`. Placeholders: `{{ repo }}` (the repository's folder
 /// name) and `{{ run_branch }}`, each optionally followed by `| sanitize` (see
 /// [`sanitize_branch`]); the spaces inside the braces are optional. A relative result is
-/// taken relative to `repo_root`; `.` and `..` are resolved lexically (no filesystem access).
+/// taken relative to `repo_root`; `.`, `..` and symlinks are resolved with
+/// [`resolve_path`](crate::config::resolve_path).
 pub(crate) fn render_worktree_path(
     template: &str,
     repo_root: &Path,
     run_branch: &str,
 ) -> Result<PathBuf, NamingError> {
-    let root = normalize(repo_root);
+    let root = resolve_path(Path::new("/"), repo_root);
     let repo = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -287,27 +339,7 @@ pub(crate) fn render_worktree_path(
     } else {
         root.join(rendered)
     };
-    Ok(normalize(&full))
-}
-
-/// Resolves `.` and `..` without touching the filesystem. A `..` above the root of an
-/// absolute path stays at the root; above the start of a relative path it is kept.
-pub(crate) fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => match out.components().next_back() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir | Component::Prefix(_)) => {}
-                Some(Component::ParentDir | Component::CurDir) | None => out.push(".."),
-            },
-            other => out.push(other),
-        }
-    }
-    out
+    Ok(resolve_path(&root, &full))
 }
 
 /// The label of one step of a run: `3`, `3A2` (attempt 2), `3R1` (review 1), `3R1A2`.
@@ -539,6 +571,50 @@ mod tests {
             "run/auth-3"
         );
         assert_eq!(branch_name("", "auth", &existing(&["auth"])), "auth-2");
+    }
+
+    #[test]
+    fn branch_rules_follow_git_check_ref_format() {
+        for ok in [
+            "main",
+            "agent/widget",
+            "run/x-2",
+            "feature/\u{e9}t\u{e9}",
+            "v1.2",
+            "a@b",
+        ] {
+            assert_eq!(branch_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "HEAD",
+            "--upload-pack=evil",
+            "-x/",
+            "--output=/tmp/x",
+            "@",
+            "a..b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            "a@{1}",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            "a\tb",
+            ".hidden",
+            "x/.hidden",
+            "x.lock",
+            "x.lock/y",
+        ] {
+            assert!(branch_name_problem(bad).is_some(), "{bad:?} accepted");
+        }
     }
 
     #[test]

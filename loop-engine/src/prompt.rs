@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::completion::{COMPLETION_TOKEN, CompletionMode};
-use crate::naming::normalize;
+use crate::config::resolve_path;
 
 /// The header written into a new learnings file.
 pub(crate) const LEARNINGS_HEADER: &str = "\
@@ -45,11 +45,9 @@ pub(crate) struct PromptPaths {
 /// A path as the agent should see it: relative to `workdir` when inside it, else absolute
 /// (a relative path is taken as already relative to `workdir`).
 fn show(path: &Path, workdir: &Path) -> String {
-    let path = normalize(path);
-    if path.is_relative() {
-        return path.display().to_string();
-    }
-    match path.strip_prefix(normalize(workdir)) {
+    let workdir = resolve_path(Path::new("/"), workdir);
+    let path = resolve_path(&workdir, path);
+    match path.strip_prefix(&workdir) {
         Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
         Ok(rel) => rel.display().to_string(),
         Err(_) => path.display().to_string(),

@@ -195,8 +195,10 @@ pub(crate) fn inspect(
                 s.phase,
                 s.status,
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                // The run's failure already says it: the reason is shown once.
                 s.reason
                     .as_deref()
+                    .filter(|r| !run.failure.as_deref().is_some_and(|f| f.contains(r)))
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             ),
@@ -248,19 +250,23 @@ pub(crate) fn inspect(
     out
 }
 
-/// The one-line status of `tail`.
+/// The one-line status of `tail`: status, the current step (its label and phase, once when
+/// they are the same word), tasks, elapsed time and the cost of the steps so far.
 pub(crate) fn status_line(
     run: &RunResource,
-    iteration: &str,
-    phase: &str,
+    cost_usd: Option<f64>,
     elapsed_ms: i64,
     colour: bool,
 ) -> String {
+    let step = match &run.last_step {
+        None => "-".to_owned(),
+        Some(s) if s.label.is_empty() || s.label == s.phase => s.phase.clone(),
+        Some(s) => format!("iteration {} {}", s.label, s.phase),
+    };
+    let cost = cost_usd.map(|c| format!(" | ${c:.4}")).unwrap_or_default();
     format!(
-        "[{}] iteration {} {} | tasks {}/{} | {}",
+        "[{}] {step} | tasks {}/{} | {}{cost}",
         status(run.status, colour),
-        if iteration.is_empty() { "-" } else { iteration },
-        if phase.is_empty() { "-" } else { phase },
         run.tasks_done,
         run.tasks_total,
         duration_ms(elapsed_ms)
@@ -303,7 +309,14 @@ impl AgentView {
 
     /// Renders one line of agent output.
     pub(crate) fn line(line: &str) -> String {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        // The engine's lenient parser: a lone surrogate or invalid UTF-8 in a line is
+        // repaired, not shown as raw JSON.
+        let parsed = if line.trim_start().starts_with('{') {
+            loop_engine::impls::stream_json::parse_value(line.trim().as_bytes())
+        } else {
+            None
+        };
+        let Some(v) = parsed else {
             return format!("{line}\n");
         };
         let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
@@ -410,6 +423,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn inspect_shows_a_failure_once() {
+        use loop_engine::domain::{
+            MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
+        };
+        let reason = "loopd runs as root (IS_SANDBOX is `yes`): set IS_SANDBOX=1";
+        let run = Run {
+            id: RunId::new(),
+            name: "widget".into(),
+            name_source: NameSource::SpecSlug,
+            status: RunStatus::Failed,
+            exit_reason: None,
+            failure: Some(format!("agent step failed: {reason}")),
+            workspace_root: "/w".into(),
+            spec_path: "/w/specs/widget.md".into(),
+            plan_path: "/w/specs/planning/widget-plan.md".into(),
+            base_branch: "main".into(),
+            run_branch: "run/widget".into(),
+            merge_target_branch: None,
+            merge_strategy: MergeStrategy::Squash,
+            worktree_path: "/w.run-widget".into(),
+            config: serde_json::json!({}),
+            iterations_run: 1,
+            tasks_done: 0,
+            tasks_total: 1,
+            created_at: 0,
+            updated_at: 0,
+            worker_id: None,
+            lease_expires_at: None,
+        };
+        let step = Step {
+            id: StepId::new(),
+            run_id: run.id,
+            seq: 1,
+            iteration: 1,
+            label: "1".into(),
+            phase: StepPhase::Implementation,
+            status: StepStatus::Failed,
+            attempt: 1,
+            started_at: Some(0),
+            ended_at: Some(0),
+            exit_code: Some(1),
+            reason: Some(reason.to_owned()),
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+        };
+        let text = inspect(
+            &loop_http::api::RunResource::new(&run, Some(&step)),
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(text.matches("IS_SANDBOX=1").count(), 1, "{text}");
+        assert!(text.contains("last step"), "{text}");
+    }
+
+    #[test]
     fn stream_json_becomes_readable_lines() {
         let mut v = AgentView::default();
         let init = r#"{"type":"system","subtype":"init","model":"opus"}"#;
@@ -444,6 +518,12 @@ mod tests {
             AgentView::line(failed),
             "✗ done in 1 turns, API error 401\n"
         );
+    }
+
+    #[test]
+    fn lone_surrogates_are_rendered_not_printed_as_json() {
+        let line = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"bad \udcff char"}]}}"#;
+        assert_eq!(AgentView::line(line), "bad \u{fffd} char\n");
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl RunFolder {
         self.root.join("prompt.txt")
     }
 
+    /// `plan.snapshot.md`: the plan as it was when the run was created; the run's worktree
+    /// plan is seeded from it (so a queued run does not inherit an earlier run's ticks).
+    pub(crate) fn plan_snapshot(&self) -> PathBuf {
+        self.root.join("plan.snapshot.md")
+    }
+
     /// `run.log`: the human-readable run log.
     pub(crate) fn run_log(&self) -> PathBuf {
         self.root.join("run.log")

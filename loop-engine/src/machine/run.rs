@@ -48,6 +48,8 @@ pub(crate) struct History {
     /// Verification failures in a row at the end of the history (an interrupted verification
     /// counts neither way).
     pub(crate) consecutive_verification_failures: u32,
+    /// The run has not begun an iteration yet (`iterations_run` is 0).
+    pub(crate) unstarted: bool,
 }
 
 /// Which verification this is.
@@ -93,6 +95,14 @@ pub(crate) enum Failure {
     Verification {
         /// The limit that was reached.
         limit: u32,
+    },
+    /// The run began with nothing to do: no open task and nothing to review
+    /// (`plan_already_done`).
+    PlanAlreadyDone {
+        /// Tasks done.
+        done: u32,
+        /// Tasks in the plan.
+        total: u32,
     },
     /// The driver reported something the loop did not ask for (a bug; `failed`).
     Protocol {
@@ -256,6 +266,8 @@ enum At {
     Begin,
     /// The plan asked of a run resumed with its iteration budget spent.
     ResumedSpent,
+    /// The plan asked before a run's first iteration.
+    Unstarted,
     /// `StartIteration` asked.
     Starting,
     /// HEAD asked at the start of a review pass.
@@ -312,6 +324,7 @@ pub(crate) struct RunLoop {
     pass_head: Option<Option<String>>,
     rewrites_used: u32,
     consecutive_verification_failures: u32,
+    unstarted: bool,
     watchdog: Watchdog,
 }
 
@@ -329,6 +342,7 @@ impl RunLoop {
             pass_head: None,
             rewrites_used: history.rewrites_used,
             consecutive_verification_failures: history.consecutive_verification_failures,
+            unstarted: history.unstarted,
             watchdog: Watchdog::new(),
         }
     }
@@ -337,6 +351,11 @@ impl RunLoop {
     pub(crate) fn start(&mut self) -> Decision {
         if self.at != At::Begin {
             return self.protocol("start called twice");
+        }
+        if self.unstarted {
+            // A run that would begin with nothing to do says so instead of completing.
+            self.at = At::Unstarted;
+            return Decision::ReadPlan;
         }
         if self.iteration >= self.cfg.iterations {
             // Resumed with its budget spent (say, after a crash in the last iteration): the
@@ -350,6 +369,15 @@ impl RunLoop {
     /// The decision that follows `obs`, the answer to the previous decision.
     pub(crate) fn next(&mut self, obs: Observation) -> Decision {
         match (self.at, obs) {
+            (At::Unstarted, Observation::Plan(plan)) => {
+                if plan.pending == 0 && !(self.cfg.reviewer && plan.to_review > 0) {
+                    return self.fail(Failure::PlanAlreadyDone {
+                        done: plan.done,
+                        total: plan.total,
+                    });
+                }
+                self.next_iteration()
+            }
             (At::ResumedSpent, Observation::Plan(plan)) => {
                 if plan.pending == 0 && !(self.cfg.reviewer && plan.to_review > 0) {
                     return self.final_verification(Pass::After);

@@ -220,6 +220,35 @@ fn table() -> Vec<Row> {
             ],
         },
         Row {
+            rule: "a run that begins with nothing to do fails plan_already_done, no agent step",
+            cfg: base(),
+            history: History {
+                first_iteration: 1,
+                unstarted: true,
+                ..History::default()
+            },
+            first: read_plan(),
+            script: vec![(
+                Observation::Plan(PlanCounts {
+                    done: 2,
+                    total: 2,
+                    ..PlanCounts::default()
+                }),
+                fail(Failure::PlanAlreadyDone { done: 2, total: 2 }),
+            )],
+        },
+        Row {
+            rule: "a run that begins with a review backlog has work: the first iteration",
+            cfg: with(|c| c.reviewer = true),
+            history: History {
+                first_iteration: 1,
+                unstarted: true,
+                ..History::default()
+            },
+            first: read_plan(),
+            script: vec![(plan(0, 1), start(1))],
+        },
+        Row {
             rule: "§6.3 pending tasks: an implementation step",
             cfg: base(),
             history: fresh(),

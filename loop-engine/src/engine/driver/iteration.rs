@@ -148,6 +148,18 @@ impl RunDriver {
                     self.last_verify_failure.as_deref().unwrap_or("unknown")
                 ),
             },
+            Failure::PlanAlreadyDone { done, total } => Stop::Fail {
+                reason: ExitReason::PlanAlreadyDone,
+                detail: format!(
+                    "the plan {} had no open task when the run was created ({done} of {total} tasks done{}): nothing to do, no agent step ran; add or reopen tasks and start a new run",
+                    self.run.plan_path.display(),
+                    if self.cfg.reviewer {
+                        ", none left to review"
+                    } else {
+                        ""
+                    },
+                ),
+            },
             Failure::Protocol { detail } => {
                 Stop::failed(format!("run {}: internal error: {detail}", self.run.id))
             }

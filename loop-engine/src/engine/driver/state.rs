@@ -282,6 +282,7 @@ impl RunDriver {
             first_iteration: first_iteration(self.run.iterations_run, &steps),
             rewrites_used,
             consecutive_verification_failures: consecutive,
+            unstarted: self.run.iterations_run == 0,
         })
     }
 

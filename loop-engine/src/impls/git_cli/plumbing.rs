@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backend::VcsError;
+use crate::config::resolve_path;
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The identity of commits the engine makes when git has none configured.
@@ -255,19 +256,12 @@ pub(super) fn existing_dir(path: &Path) -> PathBuf {
 }
 
 /// Compares paths after resolving symlinks (git prints resolved paths), also for a path whose
-/// last component no longer exists.
+/// last components no longer exist ([`resolve_path`], the one path normaliser).
 pub(super) fn same_path(a: &Path, b: &Path) -> bool {
     normalize(a) == normalize(b)
 }
 
+/// `path` absolute, with symlinks and `..` resolved ([`resolve_path`]).
 pub(super) fn normalize(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
-    }
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
-            .map(|p| p.join(name))
-            .unwrap_or_else(|_| path.to_owned()),
-        _ => path.to_owned(),
-    }
+    resolve_path(Path::new("/"), path)
 }
