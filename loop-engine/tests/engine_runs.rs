@@ -110,7 +110,8 @@ async fn reviewer_sends_a_task_back() {
     // The reviewer reopens the task once; then implementation and review go through.
     let send_back = Act::ShellThenAgent(
         "sed -i 's/- \\[x\\] Task number 1/- [ ] Task number 1/' specs/planning/widget-plan.md && \
-         git commit -qam 'Review: send back' && exit 0"
+         git -c user.name=reviewer -c user.email=reviewer@localhost \
+         commit -qam 'Review: send back' && exit 0"
             .into(),
     );
     let exec = ScriptedExecutor::new(vec![(IMPL, Act::Agent), (REVIEW, send_back)]).then_agent();
