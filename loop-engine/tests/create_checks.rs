@@ -480,3 +480,23 @@ async fn queued_runs_of_one_spec_work_from_their_own_plan_snapshot() {
     );
     assert_eq!(implementation_steps(&h.steps(third.id).await), 0);
 }
+
+/// A run stored before the duration limits existed (or written by hand) with a huge duration
+/// does not panic its driver: it fails at start, naming the key and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_run_with_a_huge_duration_fails_at_start_without_a_panic() {
+    let h = Harness::new(Setup::default(), SimulatedAgent::new());
+    let mut run = h.create().await;
+    run.config["heartbeat_sec"] = serde_json::json!(1u64 << 63);
+    h.store.update_run(&run).await.expect("stored");
+    h.drive().await;
+    let run = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let failure = run.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("heartbeat_sec") && failure.contains("86400"),
+        "{failure}"
+    );
+    assert!(h.engine.running_runs().is_empty());
+    assert_eq!(h.steps(run.id).await.len(), 0);
+}
