@@ -185,3 +185,69 @@ impl From<crate::backend::StoreError> for EngineError {
         }
     }
 }
+
+/// An error and its sources, joined by `": "` (`cannot merge: git failed: exit 128`): the one
+/// formatter for error chains in logs, step reasons and API messages. A source whose text the
+/// message already contains (an error that prints its cause itself) is not repeated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least one layer")
+    }
+
+    #[test]
+    fn chain_joins_every_source() {
+        assert_eq!(chain(&layers(&["a"])), "a");
+        assert_eq!(
+            chain(&layers(&["cannot merge", "git failed", "exit 128"])),
+            "cannot merge: git failed: exit 128"
+        );
+    }
+
+    #[test]
+    fn chain_does_not_repeat_a_cause_the_message_already_shows() {
+        assert_eq!(
+            chain(&layers(&["store error: disk full", "disk full"])),
+            "store error: disk full"
+        );
+        let io = std::io::Error::other("denied");
+        let err = ConfigError::Io {
+            path: PathBuf::from("/x/config"),
+            source: io,
+        };
+        assert_eq!(chain(&err), "cannot read config file /x/config: denied");
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::config::resolve_path;
 
 /// The longest run name or slug we produce, in characters (SPEC §9).
-pub const MAX_NAME_CHARS: usize = 64;
+pub(crate) const MAX_NAME_CHARS: usize = 64;
 
 /// The slug used when nothing usable is left of the input.
 const FALLBACK_SLUG: &str = "run";
@@ -36,7 +36,7 @@ const NAMING_EXCERPT_CHARS: usize = 2_000;
 /// A worktree path template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum NamingError {
+pub(crate) enum NamingError {
     /// The template names a placeholder other than `repo` and `run_branch`.
     #[error("render worktree path template `{template}`: unknown placeholder `{name}`")]
     UnknownPlaceholder {
@@ -76,7 +76,7 @@ pub enum NamingError {
 /// Turns any text into a slug: lowercase ASCII letters, digits and single `-`, no leading or
 /// trailing `-`, at most [`MAX_NAME_CHARS`] characters, `run` when nothing is left.
 /// Non-ASCII characters are dropped; every other ASCII character separates words.
-pub fn slugify(text: &str) -> String {
+pub(crate) fn slugify(text: &str) -> String {
     let mut slug = String::with_capacity(text.len().min(MAX_NAME_CHARS));
     for c in text.chars().filter(char::is_ascii) {
         if c.is_ascii_alphanumeric() {
@@ -97,7 +97,7 @@ pub fn slugify(text: &str) -> String {
 /// The slug of a spec: its file stem, or, when the stem is generic (`spec`, `readme`,
 /// `index`, ...), the first `# ` heading of its contents. Falls back to the stem when there is
 /// no usable heading.
-pub fn spec_slug(spec_path: &Path, spec_contents: Option<&str>) -> String {
+pub(crate) fn spec_slug(spec_path: &Path, spec_contents: Option<&str>) -> String {
     let stem = spec_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -140,7 +140,7 @@ fn first_heading(contents: &str) -> Option<&str> {
 /// Markdown, a `Name:`-style prefix or punctuation, ASCII only, single spaces, at most
 /// [`MAX_NAME_CHARS`] characters (cut at a word boundary when one exists). `None` when
 /// nothing usable remains.
-pub fn sanitize_name(raw: &str) -> Option<String> {
+pub(crate) fn sanitize_name(raw: &str) -> Option<String> {
     let line = raw.lines().map(str::trim).find(|l| !l.is_empty())?;
     // Markdown the model may wrap its answer in: headings, quotes, list bullets.
     let line = line.trim_start_matches(['#', '>', '-', '*', '+', ' ', '\t']);
@@ -194,7 +194,7 @@ fn strip_label_prefix(line: &str) -> &str {
 
 /// `prefix + slug`, made unique against `existing` with `-2`, `-3`, ...: the first free
 /// candidate wins, so gaps left by deleted branches are reused.
-pub fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
+pub(crate) fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
     let base = format!("{prefix}{slug}");
     let taken = |name: &str| existing.iter().any(|e| e == name);
     if !taken(&base) {
@@ -211,7 +211,7 @@ pub fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
 /// `merge_target_branch` or `run_branch_prefix` is refused when a run is created rather than
 /// when git first sees it; names starting with `-` are refused too, since git would read them
 /// as options.
-pub fn branch_name_problem(name: &str) -> Option<&'static str> {
+pub(crate) fn branch_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         return Some("a branch name cannot be empty");
     }
@@ -236,10 +236,9 @@ pub fn branch_name_problem(name: &str) -> Option<&'static str> {
     if name.contains("@{") {
         return Some("a branch name cannot contain `@{`");
     }
-    if name
-        .chars()
-        .any(|c| c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
-    {
+    if name.chars().any(|c| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
         return Some(
             "a branch name cannot contain spaces, control characters or any of ~ ^ : ? * [ \\",
         );
@@ -248,19 +247,21 @@ pub fn branch_name_problem(name: &str) -> Option<&'static str> {
         .split('/')
         .any(|part| part.starts_with('.') || part.ends_with(".lock"))
     {
-        return Some("no `/`-separated part of a branch name may begin with `.` or end with `.lock`");
+        return Some(
+            "no `/`-separated part of a branch name may begin with `.` or end with `.lock`",
+        );
     }
     None
 }
 
 /// The default merge target of a spec: `agent/<slug>`.
-pub fn default_merge_target(spec_slug: &str) -> String {
+pub(crate) fn default_merge_target(spec_slug: &str) -> String {
     format!("agent/{spec_slug}")
 }
 
 /// A branch name made safe for one path component: `/` and anything outside
 /// `[A-Za-z0-9._-]` become `-`.
-pub fn sanitize_branch(branch: &str) -> String {
+pub(crate) fn sanitize_branch(branch: &str) -> String {
     branch
         .chars()
         .map(|c| {
@@ -278,7 +279,7 @@ pub fn sanitize_branch(branch: &str) -> String {
 /// [`sanitize_branch`]); the spaces inside the braces are optional. A relative result is
 /// taken relative to `repo_root`; `.`, `..` and symlinks are resolved with
 /// [`resolve_path`](crate::config::resolve_path).
-pub fn render_worktree_path(
+pub(crate) fn render_worktree_path(
     template: &str,
     repo_root: &Path,
     run_branch: &str,
@@ -342,7 +343,7 @@ pub fn render_worktree_path(
 }
 
 /// The label of one step of a run: `3`, `3A2` (attempt 2), `3R1` (review 1), `3R1A2`.
-pub fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>) -> String {
+pub(crate) fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>) -> String {
     let mut label = iteration.to_string();
     if let Some(r) = review {
         label.push_str(&format!("R{r}"));
@@ -356,7 +357,7 @@ pub fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>
 /// The file-name form of a label: every number zero-padded to two digits (`7`→`07`,
 /// `3R1A2`→`03R01A02`). A label that is not a number followed by letter-number pairs is made
 /// filename-safe instead (anything outside `[A-Za-z0-9._-]` becomes `-`).
-pub fn iteration_slug(label: &str) -> String {
+pub(crate) fn iteration_slug(label: &str) -> String {
     if let Some(parts) = label_parts(label) {
         return parts
             .iter()
@@ -401,7 +402,7 @@ fn label_parts(label: &str) -> Option<Vec<(Option<char>, &str)>> {
 
 /// The prompt that asks the naming model for a short run label. Only the first
 /// 2,000 characters of `spec_excerpt` are quoted.
-pub fn naming_prompt(spec_excerpt: &str) -> String {
+pub(crate) fn naming_prompt(spec_excerpt: &str) -> String {
     let excerpt: String = spec_excerpt
         .trim()
         .chars()
@@ -574,7 +575,14 @@ mod tests {
 
     #[test]
     fn branch_rules_follow_git_check_ref_format() {
-        for ok in ["main", "agent/widget", "run/x-2", "feature/\u{e9}t\u{e9}", "v1.2", "a@b"] {
+        for ok in [
+            "main",
+            "agent/widget",
+            "run/x-2",
+            "feature/\u{e9}t\u{e9}",
+            "v1.2",
+            "a@b",
+        ] {
             assert_eq!(branch_name_problem(ok), None, "{ok}");
         }
         for bad in [

@@ -188,7 +188,6 @@ async fn invalid_utf8_output_is_logged_as_is_and_the_run_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(clippy::print_stderr, reason = "a skipped part says why in the test log")]
 async fn malformed_stream_json_from_claude_fails_the_step_cleanly() {
     // A fake `claude` printing broken stream-json: truncated objects, wrong types, no result.
     let body = r#"echo '{"type":"system","subtype":"init"'

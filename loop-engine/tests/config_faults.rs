@@ -69,12 +69,7 @@ async fn every_key_with_a_wrong_value_is_refused_naming_key_value_and_file() {
     // The keys that accept any value are a deliberate, short list.
     assert_eq!(
         free,
-        [
-            "prompt_file",
-            "context_files",
-            "verify_cmds",
-            "agent_cmd",
-        ],
+        ["prompt_file", "context_files", "verify_cmds", "agent_cmd",],
         "a new key needs a wrong value in wrong_value()"
     );
     assert!(refused >= 30, "{refused} keys checked");

@@ -69,12 +69,19 @@ async fn specs_plans_and_prompts_that_escape_the_workspace_are_refused() {
     let ws = h.repo.path();
     symlink(&out.join("secret.md"), &ws.join("specs/link.md"));
     symlink(&out, &ws.join("specs/ext"));
-    symlink(&out.join("secret.md"), &ws.join("specs/planning/link-plan.md"));
+    symlink(
+        &out.join("secret.md"),
+        &ws.join("specs/planning/link-plan.md"),
+    );
     for (spec, plan, key) in [
         ("specs/link.md", None, "spec_path"),
         ("specs/ext/secret.md", None, "spec_path"),
         ("../outside/secret.md", None, "spec_path"),
-        ("specs/widget.md", Some("specs/planning/link-plan.md"), "plan_path"),
+        (
+            "specs/widget.md",
+            Some("specs/planning/link-plan.md"),
+            "plan_path",
+        ),
         ("specs/widget.md", Some("specs/ext/secret.md"), "plan_path"),
     ] {
         let text = refused(
@@ -123,7 +130,10 @@ async fn specs_plans_and_prompts_that_escape_the_workspace_are_refused() {
         },
     )
     .await;
-    assert!(text.contains("log_dir") && text.contains("outside"), "{text}");
+    assert!(
+        text.contains("log_dir") && text.contains("outside"),
+        "{text}"
+    );
     assert_nothing_created(&h).await;
     // The untouched request is fine.
     h.create().await;
@@ -250,6 +260,10 @@ async fn huge_durations_are_refused_with_the_key_and_the_limit() {
     assert_nothing_created(&h).await;
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a test fixture: mkfifo is not an engine subprocess"
+)]
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")
         .arg(path)
@@ -279,7 +293,10 @@ async fn fifos_and_devices_as_config_or_prompt_are_refused_without_blocking() {
     .await
     .expect("no request hangs on the FIFO");
     for result in [a, b] {
-        let text = result.map(|c| c.run.id).expect_err("FIFO refused").to_string();
+        let text = result
+            .map(|c| c.run.id)
+            .expect_err("FIFO refused")
+            .to_string();
         assert!(
             text.contains("config_file") && text.contains("FIFO"),
             "{text}"
@@ -339,7 +356,9 @@ async fn a_claude_run_that_could_not_start_as_root_is_refused_at_creation() {
     let sandbox = std::env::var("IS_SANDBOX").ok();
     if is_root && sandbox.as_deref() != Some("1") {
         let err = result.map(|c| c.run.id).expect_err("refused as root");
-        assert!(matches!(err, EngineError::InvalidInput { ref field, .. } if field == "IS_SANDBOX"));
+        assert!(
+            matches!(err, EngineError::InvalidInput { ref field, .. } if field == "IS_SANDBOX")
+        );
         let text = err.to_string();
         assert!(text.contains("export IS_SANDBOX=1"), "{text}");
         assert!(loop_engine::engine::sandbox_problem().is_some());
@@ -403,7 +422,12 @@ async fn a_driver_task_that_panics_fails_its_run_and_frees_its_slot() {
     assert!(h.kinds(first.id).await.contains(&EventKind::RunFailed));
     // Its slot is free, its steps are closed, and a cancel answers from the terminal state.
     assert!(h.engine.running_runs().is_empty());
-    assert!(h.steps(first.id).await.iter().all(|s| s.status.is_terminal()));
+    assert!(
+        h.steps(first.id)
+            .await
+            .iter()
+            .all(|s| s.status.is_terminal())
+    );
     assert!(matches!(
         h.engine.cancel(first.id).await,
         Err(EngineError::InvalidState { .. })

@@ -5,6 +5,7 @@ mod agent_faults;
 mod config_faults;
 mod create_checks;
 mod engine_runs;
+mod executor_judgement;
 mod real_claude;
 mod store_faults;
 mod support;

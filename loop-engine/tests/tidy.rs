@@ -91,9 +91,13 @@ fn readme_config_table_matches_the_declarations() {
     let text = std::fs::read_to_string(&readme).expect("README.md is readable");
     let start_tag = "<!-- config-keys:start";
     let end_tag = "<!-- config-keys:end -->";
-    let start = text.find(start_tag).expect("README has the config-keys:start marker");
+    let start = text
+        .find(start_tag)
+        .expect("README has the config-keys:start marker");
     let table_start = start + text[start..].find("-->\n").expect("the marker is closed") + 4;
-    let end = text.find(end_tag).expect("README has the config-keys:end marker");
+    let end = text
+        .find(end_tag)
+        .expect("README has the config-keys:end marker");
     let want = loop_engine::config::markdown_table();
     if text[table_start..end] == want {
         return;

@@ -159,7 +159,7 @@ mod tests {
 
     use super::*;
 
-/// The `run`/`prompt` flags that set a config key: (flag, key).
+    /// The `run`/`prompt` flags that set a config key: (flag, key).
     const CONFIG_FLAGS: &[(&str, &str)] = &[
         ("name-source", "run_naming_mode"),
         ("name-model", "run_naming_model"),

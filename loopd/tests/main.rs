@@ -280,7 +280,6 @@ async fn runs_survive_sigterm_and_kill_9_of_the_daemon() {
 /// Claude run at `POST /runs` (HTTP 400) saying what to set; a daemon with `IS_SANDBOX=1`
 /// accepts it. Skipped (with the reason in the log) when not running as root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(clippy::print_stderr, reason = "a skipped test says why in the test log")]
 async fn is_sandbox_is_checked_at_start_up_and_at_run_creation() {
     if loop_engine::process::effective_uid() != Some(0) {
         eprintln!("skipped: the IS_SANDBOX rule only applies to root");

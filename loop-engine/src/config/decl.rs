@@ -206,7 +206,8 @@ pub fn flag_help(key: &str) -> String {
 /// default, what it accepts and its description. A test keeps README.md equal to it.
 pub fn markdown_table() -> String {
     let cell = |text: &str| text.replace('|', "\\|");
-    let mut out = String::from("| key | default | accepts | meaning |\n| --- | --- | --- | --- |\n");
+    let mut out =
+        String::from("| key | default | accepts | meaning |\n| --- | --- | --- | --- |\n");
     for spec in KEY_SPECS {
         let default = default_text(spec.key);
         let default = if default.is_empty() {

@@ -230,7 +230,10 @@ pub(super) fn value_from_text(
                 spec,
                 raw,
                 source,
-                format!("expected a number of seconds from 0 to {max} (the limit of `{}`)", spec.key),
+                format!(
+                    "expected a number of seconds from 0 to {max} (the limit of `{}`)",
+                    spec.key
+                ),
             )),
         },
         ValueKind::U64 => text.parse::<u64>().map(Value::from).map_err(|_| {
@@ -282,9 +285,7 @@ pub(super) fn value_from_json(
             ValueKind::U32 { .. }
             | ValueKind::OptU32 { .. }
             | ValueKind::U64
-            | ValueKind::Secs { .. } => {
-                value_from_text(spec, &n.to_string(), source)
-            }
+            | ValueKind::Secs { .. } => value_from_text(spec, &n.to_string(), source),
             _ => Err(wrong_type()),
         },
         J::Array(items) => {

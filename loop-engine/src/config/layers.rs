@@ -21,7 +21,6 @@ pub fn workspace_config_path(workspace_root: &Path) -> PathBuf {
     workspace_root.join(".loop").join("config")
 }
 
-
 /// Where a configuration is loaded from, lowest precedence first: built-in defaults, the
 /// workspace's `.loop/config`, the explicit config file (`config_file`, else
 /// `env_config_file`), then the overrides.

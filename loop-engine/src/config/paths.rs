@@ -146,7 +146,11 @@ pub fn read_user_file(key: &str, path: &Path, limit: u64) -> Result<Option<Strin
             file_kind(&meta)
         )));
     }
-    let too_large = |size: u64| unusable(format!("it is {size} bytes, more than the {limit} bytes accepted"));
+    let too_large = |size: u64| {
+        unusable(format!(
+            "it is {size} bytes, more than the {limit} bytes accepted"
+        ))
+    };
     if meta.len() > limit {
         return Err(too_large(meta.len()));
     }
@@ -485,8 +489,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("secret.md"), f.root.join("specs/link.md"))
             .unwrap();
         std::os::unix::fs::symlink(&outside, f.root.join("specs/dirlink")).unwrap();
-        std::os::unix::fs::symlink(f._dir.path().join("nowhere"), f.root.join("dangling"))
-            .unwrap();
+        std::os::unix::fs::symlink(f._dir.path().join("nowhere"), f.root.join("dangling")).unwrap();
         touch(&f.root.join("specs/real.md"));
         for given in [
             "specs/link.md",
@@ -513,7 +516,10 @@ mod tests {
             resolve_inside(&f.root, Path::new("logs/loop"), "log_dir").unwrap(),
             f.root.join("logs/loop")
         );
-        assert_eq!(resolve_inside(&f.root, Path::new("."), "log_dir").unwrap(), f.root);
+        assert_eq!(
+            resolve_inside(&f.root, Path::new("."), "log_dir").unwrap(),
+            f.root
+        );
     }
 
     #[test]
@@ -527,9 +533,11 @@ mod tests {
         );
         let err = read_user_file("prompt_file", &ok, 4).unwrap_err();
         assert!(err.to_string().contains("more than the 4 bytes"), "{err}");
-        assert!(read_user_file("prompt_file", &f.root.join("missing"), 4)
-            .unwrap()
-            .is_none());
+        assert!(
+            read_user_file("prompt_file", &f.root.join("missing"), 4)
+                .unwrap()
+                .is_none()
+        );
         let err = read_user_file("config_file", &f.root, 4).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
         let err = read_user_file(".loop/config", Path::new("/dev/zero"), 1 << 20).unwrap_err();

@@ -67,7 +67,11 @@ impl Config {
         // Each key's own rule (required, range, branch name, choice) is the one its
         // declaration gives, applied to the value as it is stored.
         let json = serde_json::to_value(self).map_err(|e| {
-            invalid("config", String::new(), &format!("cannot be represented as JSON: {e}"))
+            invalid(
+                "config",
+                String::new(),
+                &format!("cannot be represented as JSON: {e}"),
+            )
         })?;
         for spec in KEY_SPECS {
             let value = json.get(spec.key).unwrap_or(&serde_json::Value::Null);

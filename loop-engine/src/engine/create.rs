@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use crate::artifacts::RunFolder;
 use crate::backend::RunFilter;
 use crate::config::{
-    Config, ConfigLayers, ExecutorKind, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES,
-    read_user_file, resolve_inside, resolve_path, resolve_plan_path, resolve_spec_path,
+    Config, ConfigLayers, ExecutorKind, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES, read_user_file,
+    resolve_inside, resolve_path, resolve_plan_path, resolve_spec_path,
 };
 use crate::domain::{
     EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
@@ -360,7 +360,11 @@ impl Engine {
                 choose_branch(inner, &mut run, &r.config).await
             };
             match chosen {
-                Ok(()) => inner.store.create_run(&run).await.map_err(EngineError::from),
+                Ok(()) => inner
+                    .store
+                    .create_run(&run)
+                    .await
+                    .map_err(EngineError::from),
                 Err(e) => Err(e),
             }
         };
@@ -408,23 +412,23 @@ impl Engine {
 /// The prompts of resolved inputs (reads the prompt file: blocking).
 fn preview(r: &Resolved) -> Result<PromptPreview, EngineError> {
     let paths = prompt_paths(
-            &r.config,
-            &r.workspace,
-            &r.spec,
-            Some(&r.plan),
-            &r.workspace,
-            None,
-        );
-        let implementation = implementation_prompt_text(&r.config, &paths, &r.workspace)?;
-        let reviewer = r
-            .config
-            .reviewer
-            .then(|| prompt::reviewer_prompt(&paths, &r.workspace, r.config.completion_mode));
-        Ok(PromptPreview {
-            implementation,
-            reviewer,
-            warnings: r.warnings.clone(),
-        })
+        &r.config,
+        &r.workspace,
+        &r.spec,
+        Some(&r.plan),
+        &r.workspace,
+        None,
+    );
+    let implementation = implementation_prompt_text(&r.config, &paths, &r.workspace)?;
+    let reviewer = r
+        .config
+        .reviewer
+        .then(|| prompt::reviewer_prompt(&paths, &r.workspace, r.config.completion_mode));
+    Ok(PromptPreview {
+        implementation,
+        reviewer,
+        warnings: r.warnings.clone(),
+    })
 }
 
 /// Where the prompt's files are for an agent working in `workdir` (a worktree mirroring the

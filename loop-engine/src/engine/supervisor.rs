@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::task::{AbortHandle, JoinError};
 
 use crate::domain::{EventKind, ExitReason, NewEvent, RunId, RunStatus, now_ms};
-use crate::engine::inner::Inner;
 use crate::engine::driver::chain;
+use crate::engine::inner::Inner;
 use crate::engine::recovery;
 
 /// Aborts the supervised task when the supervisor itself is dropped (e.g. aborted at the end

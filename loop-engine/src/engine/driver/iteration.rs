@@ -64,7 +64,11 @@ impl RunDriver {
                 self.run.plan_path.display(),
                 counts.done,
                 counts.total,
-                if self.cfg.reviewer { ", none left to review" } else { "" },
+                if self.cfg.reviewer {
+                    ", none left to review"
+                } else {
+                    ""
+                },
             ),
         })
     }

@@ -12,7 +12,7 @@ use crate::engine::driver::state::{RunDriver, ms, rebase};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::report::Row;
-use crate::outcome::{Verdict, judge};
+use crate::outcome::Verdict;
 use crate::{naming, prompt};
 
 impl RunDriver {
@@ -138,11 +138,18 @@ impl RunDriver {
             } else {
                 path.clone()
             };
-            let key = if what == "plan" { "plan_path" } else { "spec_path" };
+            let key = if what == "plan" {
+                "plan_path"
+            } else {
+                "spec_path"
+            };
             let primary = read_user_file(key, &source, MAX_DOC_FILE_BYTES)
                 .map_err(|e| Stop::failed(format!("cannot read the {what}: {}", chain(&e))))?
                 .ok_or_else(|| {
-                    Stop::failed(format!("cannot read the {what} {}: it is gone", source.display()))
+                    Stop::failed(format!(
+                        "cannot read the {what} {}: it is gone",
+                        source.display()
+                    ))
                 })?
                 .into_bytes();
             if in_worktree.as_deref() == Some(primary.as_slice()) {
@@ -224,7 +231,7 @@ impl RunDriver {
                 match executor.execute(req, ctx).await {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
-                        match judge(&outcome, self.inner.expects_result_line(&self.cfg)) {
+                        match executor.judge(&outcome) {
                             Verdict::Success => naming::sanitize_name(&outcome.output_text)
                                 .ok_or_else(|| {
                                     "the naming model answered no usable name".to_owned()

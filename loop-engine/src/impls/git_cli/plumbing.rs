@@ -140,7 +140,11 @@ impl GitCli {
                     .to_owned(),
             },
             other => VcsError::Fatal {
-                detail: format!("cannot run git in {}: {}", dir.display(), chain(&other)),
+                detail: format!(
+                    "cannot run git in {}: {}",
+                    dir.display(),
+                    crate::error::chain(&other)
+                ),
             },
         })
     }
@@ -232,18 +236,6 @@ pub(super) fn show_args(args: &[OsString]) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// An error with its sources, `a: b: c`.
-pub(super) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A path printed by git on one line (kept as bytes: paths need not be UTF-8).
