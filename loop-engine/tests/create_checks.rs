@@ -260,23 +260,25 @@ async fn huge_durations_are_refused_with_the_key_and_the_limit() {
     assert_nothing_created(&h).await;
 }
 
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a test fixture: mkfifo is not an engine subprocess"
-)]
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
+async fn mkfifo(path: &Path) {
+    let made = loop_engine::process::Cmd::new("mkfifo", "/")
         .arg(path)
-        .status()
+        .output()
+        .await
         .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
+    assert!(
+        made.success(),
+        "mkfifo {}: {}",
+        path.display(),
+        made.stderr_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifos_and_devices_as_config_or_prompt_are_refused_without_blocking() {
     let h = Harness::new(Setup::default(), SimulatedAgent::new());
     let fifo = h.repo.root().join("config.fifo");
-    mkfifo(&fifo);
+    mkfifo(&fifo).await;
     let started = Instant::now();
     // Two requests naming the FIFO and one ordinary request, at once: all answer.
     let fifo_req = || CreateRun {
@@ -322,7 +324,7 @@ async fn fifos_and_devices_as_config_or_prompt_are_refused_without_blocking() {
     std::fs::remove_file(&config).expect("remove link");
     // A prompt file that is a FIFO, or too large, is refused naming it.
     let prompt_fifo = h.repo.path().join("prompt.fifo");
-    mkfifo(&prompt_fifo);
+    mkfifo(&prompt_fifo).await;
     let big = h.repo.path().join("big-prompt.txt");
     std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).expect("big prompt");
     for (file, reason) in [(&prompt_fifo, "FIFO"), (&big, "bytes")] {

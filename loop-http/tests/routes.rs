@@ -331,11 +331,12 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
 async fn a_fifo_config_file_does_not_freeze_the_api() {
     let server = Server::start().await;
     let fifo = server.repo.root().join("config.fifo");
-    let status = std::process::Command::new("mkfifo")
+    let made = loop_engine::process::Cmd::new("mkfifo", server.repo.root())
         .arg(&fifo)
-        .status()
+        .output()
+        .await
         .expect("mkfifo runs");
-    assert!(status.success());
+    assert!(made.success(), "{}", made.stderr_text());
     let body = || {
         json_body(serde_json::json!({
             "spec_path": "specs/widget.md",
