@@ -25,16 +25,17 @@ async fn plan_completes_without_reviewer_and_is_squash_merged() {
     assert_eq!((run.tasks_done, run.tasks_total), (3, 3));
     let counts = plan::counts(&h.worktree_plan(&run));
     assert_eq!(counts.pending, 0);
-    // The merge target holds the work in one squashed commit, checked out in the primary.
+    // The merge target holds the work in one squashed commit; the user's checkout stays on
+    // its branch.
     let target = run.merge_target_branch.clone().expect("merge target");
     assert_eq!(target, "agent/widget");
     assert_eq!(
         h.repo.git(["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
-        target
+        "main"
     );
     let subjects = h.repo.log_subjects(&target);
     assert!(subjects[0].starts_with("loop: "), "{subjects:?}");
-    assert!(h.repo.path().join("sim-work/task-004.txt").exists());
+    assert!(h.repo.file_at(&target, "sim-work/task-004.txt").is_some());
     let kinds = h.kinds(run.id).await;
     for k in [
         EventKind::RunCreated,

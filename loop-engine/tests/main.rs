@@ -4,6 +4,7 @@
 mod agent_faults;
 mod config_faults;
 mod engine_runs;
+mod merge_checkout;
 mod real_claude;
 mod store_faults;
 mod support;

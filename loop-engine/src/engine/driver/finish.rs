@@ -13,12 +13,14 @@ use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
 
 impl RunDriver {
-    pub(super) async fn merge(&mut self) -> Result<(), Stop> {
+    /// Merges the finished run branch; `Ok(Some(reason))` when the merge is pending (it
+    /// would touch a user's uncommitted work), which leaves the run completed.
+    pub(super) async fn merge(&mut self) -> Result<Option<String>, Stop> {
         let Some(target) = self.run.merge_target_branch.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         if self.run.merge_strategy == MergeStrategy::None {
-            return Ok(());
+            return Ok(None);
         }
         // The merge takes the run branch only: uncommitted work in the worktree would be
         // dropped from the target without a word.
@@ -60,18 +62,51 @@ impl RunDriver {
         };
         drop(worktree);
         match merged {
+            Ok(MergeOutcome::Pending { reason }) => {
+                step.reason = Some(reason.clone());
+                step.exit_code = Some(0);
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
+                self.rec
+                    .log(format!("MERGE_PENDING into {target}: {reason}"));
+                self.event(
+                    Some(step.id),
+                    EventKind::MergePending,
+                    serde_json::json!({
+                        "target": target,
+                        "strategy": self.run.merge_strategy,
+                        "run_branch": self.run.run_branch,
+                        "reason": reason,
+                    }),
+                )
+                .await?;
+                Ok(Some(reason))
+            }
             Ok(outcome) => {
-                let (what, commit) = match &outcome {
-                    MergeOutcome::Merged { commit } => ("merged", Some(commit.clone())),
-                    MergeOutcome::AlreadyMerged { commit } => {
-                        ("already_merged", Some(commit.clone()))
+                let (what, commit, checkout) = match &outcome {
+                    MergeOutcome::Merged { commit, checkout } => {
+                        ("merged", Some(commit.clone()), checkout.clone())
                     }
-                    MergeOutcome::NothingToMerge => ("nothing_to_merge", None),
+                    MergeOutcome::AlreadyMerged { commit } => {
+                        ("already_merged", Some(commit.clone()), None)
+                    }
+                    _ => ("nothing_to_merge", None, None),
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
                 self.end_step(&mut step, StepStatus::Succeeded, ms(started))
                     .await?;
+                // The user's checkout moved only if it already had the target checked out.
+                let message = checkout.as_ref().map(|dir| {
+                    format!(
+                        "your checkout {} is now on {target} at {}",
+                        dir.display(),
+                        commit.as_deref().unwrap_or_default()
+                    )
+                });
+                if let Some(text) = &message {
+                    self.rec.log(text.clone());
+                }
                 self.event(
                     Some(step.id),
                     EventKind::MergeDone,
@@ -80,9 +115,12 @@ impl RunDriver {
                         "strategy": self.run.merge_strategy,
                         "outcome": what,
                         "commit": commit,
+                        "checkout": checkout,
+                        "message": message,
                     }),
                 )
-                .await
+                .await?;
+                Ok(None)
             }
             Err(e) => {
                 let detail = format!(
@@ -103,9 +141,13 @@ impl RunDriver {
     }
 
     pub(super) async fn finish(mut self, result: Result<ExitReason, Stop>) {
+        let mut merge_pending = None;
         let result = match result {
             Ok(reason) => match self.merge().await {
-                Ok(()) => Ok(reason),
+                Ok(pending) => {
+                    merge_pending = pending;
+                    Ok(reason)
+                }
                 Err(stop) => Err(stop),
             },
             Err(stop) => Err(stop),
@@ -193,7 +235,7 @@ impl RunDriver {
         let (kind, payload, note) = match status {
             RunStatus::Completed => (
                 EventKind::RunCompleted,
-                serde_json::json!({"run_id": run_id, "mode": reason_text}),
+                serde_json::json!({"run_id": run_id, "mode": reason_text, "merge_pending": merge_pending}),
                 NotificationKind::RunCompleted,
             ),
             RunStatus::Canceled => (
