@@ -111,7 +111,7 @@ async fn reviewer_sends_a_task_back() {
     // The reviewer reopens the task once; then implementation and review go through.
     let send_back = Act::ShellThenAgent(
         "sed -i 's/- \\[x\\] Task number 1/- [ ] Task number 1/' specs/planning/widget-plan.md && \
-         git commit -qam 'Review: send back' && exit 0"
+         git -c user.name=reviewer -c user.email=reviewer@localhost commit -qam 'Review: send back' && exit 0"
             .into(),
     );
     let exec = ScriptedExecutor::new(vec![(IMPL, Act::Agent), (REVIEW, send_back)]).then_agent();
@@ -849,6 +849,40 @@ async fn real_agent_script_completes_the_plan() {
     assert!(
         subjects.iter().any(|s| s == "agent: tick a task"),
         "{subjects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_git_identity_commits_as_the_engine() {
+    // A bare `git commit`, as a real agent does it; git knows no identity here.
+    let body = "set -e\nplan=specs/planning/widget-plan.md\nsed -i '0,/- \\[ \\]/s//- [x]/' \"$plan\"\ngit add -A\ngit commit -qm 'agent: tick a task'\necho '<promise>COMPLETE</promise>'\n";
+    let dir = tempfile::tempdir().expect("temp files");
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, body).expect("temp files");
+    let h = Harness::without_executor(Setup {
+        tasks: 1,
+        config: vec![
+            ("executor", "command".to_owned()),
+            (
+                "agent_cmd",
+                format!("sh {} {{prompt_file}}", script.display()),
+            ),
+        ],
+        git_identity: false,
+        ..Setup::default()
+    });
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    let author = h.repo.git([
+        "log",
+        "-1",
+        "--format=%an <%ae> / %cn <%ce>",
+        "--grep=agent: tick a task",
+        &run.run_branch,
+    ]);
+    assert_eq!(
+        author,
+        "agent-loop <agent-loop@localhost> / agent-loop <agent-loop@localhost>"
     );
 }
 

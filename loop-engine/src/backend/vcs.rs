@@ -179,6 +179,17 @@ pub trait Vcs: Send + Sync {
         message: &str,
     ) -> Result<Option<String>, VcsError>;
 
+    /// The environment that gives commits made in `dir` an identity when git has none
+    /// configured there (no `user.name`/`user.email` in the repository, the user's or the
+    /// system's config, nor `GIT_AUTHOR_*`/`GIT_COMMITTER_*` set): the engine's fallback
+    /// identity as `GIT_AUTHOR_NAME`, `GIT_AUTHOR_EMAIL`, `GIT_COMMITTER_NAME` and
+    /// `GIT_COMMITTER_EMAIL`, for the agent. Empty when git has an identity. Asked once per run.
+    /// The default is empty, for backends without identities.
+    async fn identity_env(&self, dir: &Path) -> Result<Vec<(String, String)>, VcsError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
+
     /// Removes the stale locks a killed git leaves in the worktree at `dir` (`index.lock`,
     /// `HEAD.lock`, the lock of its checked-out branch); true if one was removed. Call it only
     /// when no git process works in that worktree.

@@ -43,6 +43,9 @@ pub(crate) struct RunDriver {
     pub(super) last_iter_tail: Option<PathBuf>,
     pub(super) completed_iteration: Option<u32>,
     pub(super) completion_seen: bool,
+    /// The engine's fallback git identity for the agent when git has none (asked once per
+    /// run, at preparation).
+    pub(super) identity_env: Vec<(String, String)>,
 }
 
 impl RunDriver {
@@ -92,6 +95,7 @@ impl RunDriver {
             last_iter_tail: None,
             completed_iteration: None,
             completion_seen: false,
+            identity_env: Vec::new(),
             run,
         })
     }
@@ -355,6 +359,7 @@ impl RunDriver {
             env.push(("CLAUDE_CODE_MAX_RETRIES".into(), n.to_string()));
         }
         env.push(("LOOP_RUN_ID".into(), self.run.id.to_string()));
+        env.extend(self.identity_env.iter().cloned());
         env
     }
 

@@ -11,7 +11,7 @@ use crate::backend::VcsError;
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The identity of commits the engine makes when git has none configured.
-const FALLBACK_IDENTITY: [(&str, &str); 4] = [
+pub(super) const FALLBACK_IDENTITY: [(&str, &str); 4] = [
     ("GIT_AUTHOR_NAME", "agent-loop"),
     ("GIT_AUTHOR_EMAIL", "agent-loop@localhost"),
     ("GIT_COMMITTER_NAME", "agent-loop"),
