@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 mod chaos;
 mod real_claude;
+mod secrets;
 
 const TOKEN: &str = "loopd-test-token";
 

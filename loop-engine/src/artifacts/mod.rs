@@ -20,7 +20,10 @@ mod run_log;
 mod summary;
 mod tail;
 
-pub use files::{ArtifactFile, describe, mirror_file, sha256_file, write_atomic, write_derived};
+pub use files::{
+    ArtifactFile, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, describe, mirror_file, private_options,
+    sha256_file, write_atomic, write_derived, write_private,
+};
 pub use layout::RunFolder;
 pub use report::{
     REPORT_COLUMNS, ReportRow, ReportWriter, parse_report, read_report, sanitize_field,

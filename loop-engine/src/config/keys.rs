@@ -199,6 +199,11 @@ pub const KEY_SPECS: &[KeySpec] = &[
         "command template for executor=command, e.g. `codex exec --full-auto {prompt}`",
     ),
     spec(
+        "agent_env",
+        ValueKind::OptText,
+        "environment for agents and verification commands on top of the allow-list: space-separated NAMEs to pass through and NAME=value pairs (never LOOPD_*)",
+    ),
+    spec(
         "artifact_mode",
         ValueKind::Choice(&["mirror", "workspace"]),
         "also copy run artifacts under global_log_dir (mirror) or keep them in the workspace only",
@@ -323,6 +328,7 @@ pub const KEYS: &[&str] = &[
     "claude_bin",
     "executor",
     "agent_cmd",
+    "agent_env",
     "artifact_mode",
     "global_log_dir",
     "run_naming_mode",

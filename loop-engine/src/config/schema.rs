@@ -84,6 +84,9 @@ pub struct Config {
     pub executor: ExecutorKind,
     /// Command template for `executor=command` (required then).
     pub agent_cmd: Option<String>,
+    /// Environment for agents and verification commands on top of the allow-list:
+    /// space-separated `NAME`s to pass through and `NAME=value` pairs (never `LOOPD_*`).
+    pub agent_env: String,
     /// Whether artifacts are mirrored under `global_log_dir`.
     pub artifact_mode: ArtifactMode,
     /// Machine-wide artifact folder, as written (see [`Config::global_log_dir_expanded`]).
@@ -150,6 +153,7 @@ impl Default for Config {
             claude_bin: "claude".into(),
             executor: ExecutorKind::Claude,
             agent_cmd: None,
+            agent_env: String::new(),
             artifact_mode: ArtifactMode::Mirror,
             global_log_dir: "~/.local/share/loopd".into(),
             run_naming_mode: NameSource::Haiku,
@@ -250,6 +254,9 @@ impl Config {
                     "paths must be valid UTF-8",
                 ));
             }
+        }
+        if let Err(reason) = crate::process::parse_agent_env(&self.agent_env) {
+            return Err(invalid("agent_env", self.agent_env.clone(), &reason));
         }
         let agent_cmd_set = self
             .agent_cmd

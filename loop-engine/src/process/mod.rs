@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod env;
 mod tree;
+
+pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
 
 use tree::terminate_group;
 pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
@@ -86,6 +89,7 @@ pub struct Cmd {
     env_remove: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    allowed_env_only: bool,
 }
 
 impl Cmd {
@@ -99,6 +103,7 @@ impl Cmd {
             env_remove: Vec::new(),
             stdin: None,
             timeout: None,
+            allowed_env_only: false,
         }
     }
 
@@ -123,6 +128,29 @@ impl Cmd {
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.env.extend(
+            vars.into_iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())),
+        );
+        self
+    }
+
+    /// Inherits only the allow-listed part of this process's environment (see
+    /// [`is_allowed`]: `PATH`, `HOME`, locale, `ANTHROPIC_*`, `CLAUDE_*`, the git identity,
+    /// proxies, ..., never `LOOPD_*`); variables set with [`Cmd::env`] still apply. For agents
+    /// and verification commands.
+    pub fn allowed_env_only(mut self) -> Self {
+        self.allowed_env_only = true;
         self
     }
 
@@ -188,6 +216,10 @@ impl Cmd {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if self.allowed_env_only {
+            cmd.env_clear();
+            cmd.envs(env::allowed_inherited());
+        }
         for key in &self.env_remove {
             cmd.env_remove(key);
         }

@@ -360,7 +360,20 @@ impl RunDriver {
         }
         env.push(("LOOP_RUN_ID".into(), self.run.id.to_string()));
         env.extend(self.identity_env.iter().cloned());
+        env.extend(self.configured_env());
         env
+    }
+
+    /// What `agent_env` adds to the allow-listed environment of agents and verification
+    /// commands (validated when the run was created).
+    pub(super) fn configured_env(&self) -> Vec<(String, String)> {
+        match crate::process::parse_agent_env(&self.cfg.agent_env) {
+            Ok(entries) => crate::process::agent_env_vars(&entries),
+            Err(e) => {
+                tracing::warn!(run_id = %self.run.id, error = %e, "agent_env ignored");
+                Vec::new()
+            }
+        }
     }
 
     pub(super) fn prompt_paths(&self) -> prompt::PromptPaths {
