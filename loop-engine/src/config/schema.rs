@@ -86,7 +86,7 @@ pub struct Config {
     pub agent_cmd: Option<String>,
     /// Environment for agents and verification commands on top of the allow-list:
     /// space-separated `NAME`s to pass through and `NAME=value` pairs (never `LOOPD_*`).
-    pub agent_env: String,
+    pub agent_env: Option<String>,
     /// Whether artifacts are mirrored under `global_log_dir`.
     pub artifact_mode: ArtifactMode,
     /// Machine-wide artifact folder, as written (see [`Config::global_log_dir_expanded`]).
@@ -153,7 +153,7 @@ impl Default for Config {
             claude_bin: "claude".into(),
             executor: ExecutorKind::Claude,
             agent_cmd: None,
-            agent_env: String::new(),
+            agent_env: None,
             artifact_mode: ArtifactMode::Mirror,
             global_log_dir: "~/.local/share/loopd".into(),
             run_naming_mode: NameSource::Haiku,
@@ -255,8 +255,10 @@ impl Config {
                 ));
             }
         }
-        if let Err(reason) = crate::process::parse_agent_env(&self.agent_env) {
-            return Err(invalid("agent_env", self.agent_env.clone(), &reason));
+        if let Some(value) = &self.agent_env
+            && let Err(reason) = crate::process::parse_agent_env(value)
+        {
+            return Err(invalid("agent_env", value.clone(), &reason));
         }
         let agent_cmd_set = self
             .agent_cmd

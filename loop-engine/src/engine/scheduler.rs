@@ -165,7 +165,9 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
     }
     let inner2 = inner.clone();
     tasks.spawn(async move {
-        drive(inner2.clone(), run, control).await;
+        // Every child of the run (git included) carries `LOOP_RUN_ID`, for recovery.
+        crate::process::with_run_marker(run_id.to_string(), drive(inner2.clone(), run, control))
+            .await;
         inner2.sched().running.remove(&run_id);
         inner2.forget_unused_prep_locks().await;
         inner2.wake.notify_one();

@@ -16,6 +16,26 @@ mod env;
 mod tree;
 
 pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
+pub(crate) use tree::wait_run_vcs_children;
+
+/// The environment variable that marks every child of a run (agents, verification commands,
+/// the engine's own git) with the run's id, so a restarted daemon finds what a crashed one
+/// left running.
+pub const RUN_MARKER_KEY: &str = "LOOP_RUN_ID";
+
+/// Set (to `1`) on the git processes the engine itself runs for a run (and so on their
+/// hooks): recovery lets them finish instead of killing them halfway through a merge.
+pub const VCS_CHILD_KEY: &str = "LOOP_VCS_CHILD";
+
+tokio::task_local! {
+    static RUN_MARKER: String;
+}
+
+/// Runs `fut` with every subprocess it starts through [`Cmd`] marked with
+/// `LOOP_RUN_ID=<run_id>` (see [`RUN_MARKER_KEY`]).
+pub async fn with_run_marker<F: std::future::Future>(run_id: String, fut: F) -> F::Output {
+    RUN_MARKER.scope(run_id, fut).await
+}
 
 use tree::terminate_group;
 pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
@@ -219,6 +239,9 @@ impl Cmd {
         if self.allowed_env_only {
             cmd.env_clear();
             cmd.envs(env::allowed_inherited());
+        }
+        if let Ok(run_id) = RUN_MARKER.try_with(Clone::clone) {
+            cmd.env(RUN_MARKER_KEY, run_id);
         }
         for key in &self.env_remove {
             cmd.env_remove(key);

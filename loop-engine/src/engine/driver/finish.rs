@@ -4,13 +4,16 @@
 use std::time::{Duration, Instant};
 
 use crate::artifacts::{self, Summary};
-use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind};
+use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind, VcsError};
 use crate::domain::{
     ArtifactKind, EventKind, ExitReason, MergeStrategy, RunStatus, StepPhase, StepStatus, now_ms,
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
+
+/// How often a merge that found a git lock held is tried again (about 16 s in all).
+const MERGE_LOCK_RETRIES: u64 = 10;
 
 impl RunDriver {
     /// Merges the finished run branch; `Ok(Some(reason))` when the merge is pending (it
@@ -58,7 +61,18 @@ impl RunDriver {
         let merged = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
             let _guard = lock.lock().await;
-            self.inner.vcs.merge(&req).await
+            // A lock held by a live git (the user's, say) is waited for, a while.
+            let mut attempt = 0u64;
+            loop {
+                match self.inner.vcs.merge(&req).await {
+                    Err(VcsError::Retryable { detail }) if attempt < MERGE_LOCK_RETRIES => {
+                        attempt += 1;
+                        tracing::info!(run_id = %self.run.id, %detail, attempt, "merge waits for a git lock");
+                        tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                    }
+                    other => break other,
+                }
+            }
         };
         drop(worktree);
         match merged {

@@ -367,7 +367,7 @@ impl RunDriver {
     /// What `agent_env` adds to the allow-listed environment of agents and verification
     /// commands (validated when the run was created).
     pub(super) fn configured_env(&self) -> Vec<(String, String)> {
-        match crate::process::parse_agent_env(&self.cfg.agent_env) {
+        match crate::process::parse_agent_env(self.cfg.agent_env.as_deref().unwrap_or_default()) {
             Ok(entries) => crate::process::agent_env_vars(&entries),
             Err(e) => {
                 tracing::warn!(run_id = %self.run.id, error = %e, "agent_env ignored");

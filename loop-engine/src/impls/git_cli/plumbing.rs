@@ -120,6 +120,8 @@ impl GitCli {
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
+            // With the run marker the door adds inside a run, recovery finds this git.
+            .env(crate::process::VCS_CHILD_KEY, "1")
             .timeout(Some(GIT_TIMEOUT));
         for var in REPO_LOCATING_VARS {
             cmd = cmd.env_remove(var);
