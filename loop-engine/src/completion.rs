@@ -13,7 +13,7 @@ spelled_enum!(
 );
 
 /// The token an agent answers with when it believes the plan is done.
-pub const COMPLETION_TOKEN: &str = "<promise>COMPLETE</promise>";
+pub(crate) const COMPLETION_TOKEN: &str = "<promise>COMPLETE</promise>";
 
 /// How many characters of output a [`Completion::Malformed`] snippet keeps.
 const SNIPPET_CHARS: usize = 100;
@@ -21,7 +21,7 @@ const SNIPPET_CHARS: usize = 100;
 /// What the agent's output says about completion. An accepted token alone never completes a
 /// run: the caller still checks the plan (SPEC §5).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Completion {
+pub(crate) enum Completion {
     /// The token is present where the mode expects it.
     Accepted,
     /// The token is present but not where the mode accepts it (`WARN_MALFORMED_COMPLETE`).
@@ -35,14 +35,15 @@ pub enum Completion {
 
 impl Completion {
     /// Whether the agent claimed completion in the accepted form.
-    pub fn is_accepted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_accepted(&self) -> bool {
         matches!(self, Self::Accepted)
     }
 }
 
 /// Looks for the completion token in `output` (for stream-json output, the agent's final
 /// result text) according to `mode`.
-pub fn detect(output: &str, mode: CompletionMode) -> Completion {
+pub(crate) fn detect(output: &str, mode: CompletionMode) -> Completion {
     if output.trim() == COMPLETION_TOKEN {
         return Completion::Accepted;
     }

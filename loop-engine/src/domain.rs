@@ -283,6 +283,10 @@ pub enum ExitReason {
         /// The configured limit that was reached.
         limit: u32,
     },
+    /// The run's plan (as snapshotted at creation) had no open task and nothing to review when
+    /// the run started: no agent step ran, nothing was verified or merged. Ends `FAILED`, with
+    /// the plan's counts in the failure reason.
+    PlanAlreadyDone,
     /// Any other failure (store, git, merge, config); the detail is in `RUN_FAILED`.
     Failed,
     /// A user canceled the run.
@@ -306,6 +310,7 @@ impl fmt::Display for ExitReason {
             Self::MaxConsecutiveFailures { kind, limit } => {
                 write!(f, "max_consecutive_failures:{kind}:{limit}")
             }
+            Self::PlanAlreadyDone => f.write_str("plan_already_done"),
             Self::Failed => f.write_str("failed"),
             Self::Canceled => f.write_str("canceled"),
         }
@@ -324,6 +329,7 @@ impl FromStr for ExitReason {
             "complete_reviewer" => Self::CompleteReviewer,
             "iterations_exhausted" => Self::IterationsExhausted,
             "claude_failed" => Self::ClaudeFailed,
+            "plan_already_done" => Self::PlanAlreadyDone,
             "failed" => Self::Failed,
             "canceled" => Self::Canceled,
             other => {
@@ -677,6 +683,7 @@ mod tests {
             ExitReason::CompleteReviewer,
             ExitReason::IterationsExhausted,
             ExitReason::ClaudeFailed,
+            ExitReason::PlanAlreadyDone,
             ExitReason::Failed,
             ExitReason::Canceled,
             ExitReason::MaxConsecutiveFailures {

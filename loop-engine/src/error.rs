@@ -86,6 +86,30 @@ pub enum ConfigError {
         /// The source of the value that makes it required.
         source_name: ConfigSource,
     },
+    /// A path given for `key` resolves (symlinks followed, `..` removed) outside the workspace
+    /// (or the run's worktree) it must stay in.
+    #[error("`{key}`: {} resolves to {}, outside the workspace {}", path.display(), resolved.display(), root.display())]
+    OutsideRoot {
+        /// The key or request field (`spec_path`, `log_dir`, `worktree_path_template`, ...).
+        key: String,
+        /// The path as given (or rendered).
+        path: PathBuf,
+        /// Where it really points.
+        resolved: PathBuf,
+        /// The folder it must stay in.
+        root: PathBuf,
+    },
+    /// A file read when a run is created (config, prompt, spec, plan) is not usable: not a
+    /// regular file, larger than its cap, or not text.
+    #[error("`{key}`: cannot use {}: {reason}", path.display())]
+    UnusableFile {
+        /// The key or file role (`config_file`, `.loop/config`, `prompt_file`, `spec_path`, ...).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The spec file does not exist.
     #[error("spec not found: `{given}` (looked at {})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     SpecNotFound {
@@ -159,5 +183,71 @@ impl From<crate::backend::StoreError> for EngineError {
             crate::backend::StoreError::NotFound { what } => Self::NotFound { what },
             other => Self::Store(other),
         }
+    }
+}
+
+/// An error and its sources, joined by `": "` (`cannot merge: git failed: exit 128`): the one
+/// formatter for error chains in logs, step reasons and API messages. A source whose text the
+/// message already contains (an error that prints its cause itself) is not repeated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least one layer")
+    }
+
+    #[test]
+    fn chain_joins_every_source() {
+        assert_eq!(chain(&layers(&["a"])), "a");
+        assert_eq!(
+            chain(&layers(&["cannot merge", "git failed", "exit 128"])),
+            "cannot merge: git failed: exit 128"
+        );
+    }
+
+    #[test]
+    fn chain_does_not_repeat_a_cause_the_message_already_shows() {
+        assert_eq!(
+            chain(&layers(&["store error: disk full", "disk full"])),
+            "store error: disk full"
+        );
+        let io = std::io::Error::other("denied");
+        let err = ConfigError::Io {
+            path: PathBuf::from("/x/config"),
+            source: io,
+        };
+        assert_eq!(chain(&err), "cannot read config file /x/config: denied");
     }
 }

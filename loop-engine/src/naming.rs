@@ -1,13 +1,16 @@
 //! Naming (SPEC §9): run names, spec slugs, branch names, worktree paths, iteration slugs.
 //!
 //! Names end up in branch names, folder names and file names, so everything here produces
-//! plain ASCII and never an empty string. All functions are pure; the caller supplies what
-//! already exists (branches, file contents).
+//! plain ASCII and never an empty string. All functions are pure (but
+//! `render_worktree_path`, which resolves symlinks in the path it renders); the caller
+//! supplies what already exists (branches, file contents).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::config::resolve_path;
 
 /// The longest run name or slug we produce, in characters (SPEC §9).
-pub const MAX_NAME_CHARS: usize = 64;
+pub(crate) const MAX_NAME_CHARS: usize = 64;
 
 /// The slug used when nothing usable is left of the input.
 const FALLBACK_SLUG: &str = "run";
@@ -33,7 +36,7 @@ const NAMING_EXCERPT_CHARS: usize = 2_000;
 /// A worktree path template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum NamingError {
+pub(crate) enum NamingError {
     /// The template names a placeholder other than `repo` and `run_branch`.
     #[error("render worktree path template `{template}`: unknown placeholder `{name}`")]
     UnknownPlaceholder {
@@ -73,7 +76,7 @@ pub enum NamingError {
 /// Turns any text into a slug: lowercase ASCII letters, digits and single `-`, no leading or
 /// trailing `-`, at most [`MAX_NAME_CHARS`] characters, `run` when nothing is left.
 /// Non-ASCII characters are dropped; every other ASCII character separates words.
-pub fn slugify(text: &str) -> String {
+pub(crate) fn slugify(text: &str) -> String {
     let mut slug = String::with_capacity(text.len().min(MAX_NAME_CHARS));
     for c in text.chars().filter(char::is_ascii) {
         if c.is_ascii_alphanumeric() {
@@ -94,7 +97,7 @@ pub fn slugify(text: &str) -> String {
 /// The slug of a spec: its file stem, or, when the stem is generic (`spec`, `readme`,
 /// `index`, ...), the first `# ` heading of its contents. Falls back to the stem when there is
 /// no usable heading.
-pub fn spec_slug(spec_path: &Path, spec_contents: Option<&str>) -> String {
+pub(crate) fn spec_slug(spec_path: &Path, spec_contents: Option<&str>) -> String {
     let stem = spec_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -137,7 +140,7 @@ fn first_heading(contents: &str) -> Option<&str> {
 /// Markdown, a `Name:`-style prefix or punctuation, ASCII only, single spaces, at most
 /// [`MAX_NAME_CHARS`] characters (cut at a word boundary when one exists). `None` when
 /// nothing usable remains.
-pub fn sanitize_name(raw: &str) -> Option<String> {
+pub(crate) fn sanitize_name(raw: &str) -> Option<String> {
     let line = raw.lines().map(str::trim).find(|l| !l.is_empty())?;
     // Markdown the model may wrap its answer in: headings, quotes, list bullets.
     let line = line.trim_start_matches(['#', '>', '-', '*', '+', ' ', '\t']);
@@ -191,7 +194,7 @@ fn strip_label_prefix(line: &str) -> &str {
 
 /// `prefix + slug`, made unique against `existing` with `-2`, `-3`, ...: the first free
 /// candidate wins, so gaps left by deleted branches are reused.
-pub fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
+pub(crate) fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
     let base = format!("{prefix}{slug}");
     let taken = |name: &str| existing.iter().any(|e| e == name);
     if !taken(&base) {
@@ -203,14 +206,62 @@ pub fn branch_name(prefix: &str, slug: &str, existing: &[String]) -> String {
         .unwrap_or(base)
 }
 
+/// The rule of `git check-ref-format --branch` that `name` breaks, or `None` when git would
+/// accept it as a branch name. Checked in process, so a bad `base_branch`,
+/// `merge_target_branch` or `run_branch_prefix` is refused when a run is created rather than
+/// when git first sees it; names starting with `-` are refused too, since git would read them
+/// as options.
+pub(crate) fn branch_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("a branch name cannot be empty");
+    }
+    if name.starts_with('-') {
+        return Some("a branch name cannot begin with `-` (git would read it as an option)");
+    }
+    if name == "HEAD" {
+        return Some("`HEAD` is not a branch name");
+    }
+    if name == "@" {
+        return Some("a branch name cannot be the single character `@`");
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        return Some("a branch name cannot begin or end with `/` or contain `//`");
+    }
+    if name.ends_with('.') {
+        return Some("a branch name cannot end with `.`");
+    }
+    if name.contains("..") {
+        return Some("a branch name cannot contain `..`");
+    }
+    if name.contains("@{") {
+        return Some("a branch name cannot contain `@{`");
+    }
+    if name.chars().any(|c| {
+        c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    }) {
+        return Some(
+            "a branch name cannot contain spaces, control characters or any of ~ ^ : ? * [ \\",
+        );
+    }
+    if name
+        .split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
+        return Some(
+            "no `/`-separated part of a branch name may begin with `.` or end with `.lock`",
+        );
+    }
+    None
+}
+
 /// The default merge target of a spec: `agent/<slug>`.
-pub fn default_merge_target(spec_slug: &str) -> String {
+pub(crate) fn default_merge_target(spec_slug: &str) -> String {
     format!("agent/{spec_slug}")
 }
 
 /// A branch name made safe for one path component: `/` and anything outside
 /// `[A-Za-z0-9._-]` become `-`.
-pub fn sanitize_branch(branch: &str) -> String {
+pub(crate) fn sanitize_branch(branch: &str) -> String {
     branch
         .chars()
         .map(|c| {
@@ -226,13 +277,14 @@ pub fn sanitize_branch(branch: &str) -> String {
 /// Renders `worktree_path_template`. Placeholders: `{{ repo }}` (the repository's folder
 /// name) and `{{ run_branch }}`, each optionally followed by `| sanitize` (see
 /// [`sanitize_branch`]); the spaces inside the braces are optional. A relative result is
-/// taken relative to `repo_root`; `.` and `..` are resolved lexically (no filesystem access).
-pub fn render_worktree_path(
+/// taken relative to `repo_root`; `.`, `..` and symlinks are resolved with
+/// [`resolve_path`](crate::config::resolve_path).
+pub(crate) fn render_worktree_path(
     template: &str,
     repo_root: &Path,
     run_branch: &str,
 ) -> Result<PathBuf, NamingError> {
-    let root = normalize(repo_root);
+    let root = resolve_path(Path::new("/"), repo_root);
     let repo = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -287,31 +339,11 @@ pub fn render_worktree_path(
     } else {
         root.join(rendered)
     };
-    Ok(normalize(&full))
-}
-
-/// Resolves `.` and `..` without touching the filesystem. A `..` above the root of an
-/// absolute path stays at the root; above the start of a relative path it is kept.
-pub(crate) fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => match out.components().next_back() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir | Component::Prefix(_)) => {}
-                Some(Component::ParentDir | Component::CurDir) | None => out.push(".."),
-            },
-            other => out.push(other),
-        }
-    }
-    out
+    Ok(resolve_path(&root, &full))
 }
 
 /// The label of one step of a run: `3`, `3A2` (attempt 2), `3R1` (review 1), `3R1A2`.
-pub fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>) -> String {
+pub(crate) fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>) -> String {
     let mut label = iteration.to_string();
     if let Some(r) = review {
         label.push_str(&format!("R{r}"));
@@ -325,7 +357,7 @@ pub fn iteration_label(iteration: u32, review: Option<u32>, attempt: Option<u32>
 /// The file-name form of a label: every number zero-padded to two digits (`7`→`07`,
 /// `3R1A2`→`03R01A02`). A label that is not a number followed by letter-number pairs is made
 /// filename-safe instead (anything outside `[A-Za-z0-9._-]` becomes `-`).
-pub fn iteration_slug(label: &str) -> String {
+pub(crate) fn iteration_slug(label: &str) -> String {
     if let Some(parts) = label_parts(label) {
         return parts
             .iter()
@@ -370,7 +402,7 @@ fn label_parts(label: &str) -> Option<Vec<(Option<char>, &str)>> {
 
 /// The prompt that asks the naming model for a short run label. Only the first
 /// 2,000 characters of `spec_excerpt` are quoted.
-pub fn naming_prompt(spec_excerpt: &str) -> String {
+pub(crate) fn naming_prompt(spec_excerpt: &str) -> String {
     let excerpt: String = spec_excerpt
         .trim()
         .chars()
@@ -539,6 +571,50 @@ mod tests {
             "run/auth-3"
         );
         assert_eq!(branch_name("", "auth", &existing(&["auth"])), "auth-2");
+    }
+
+    #[test]
+    fn branch_rules_follow_git_check_ref_format() {
+        for ok in [
+            "main",
+            "agent/widget",
+            "run/x-2",
+            "feature/\u{e9}t\u{e9}",
+            "v1.2",
+            "a@b",
+        ] {
+            assert_eq!(branch_name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "HEAD",
+            "--upload-pack=evil",
+            "-x/",
+            "--output=/tmp/x",
+            "@",
+            "a..b",
+            "/a",
+            "a/",
+            "a//b",
+            "a.",
+            "a@{1}",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            "a\tb",
+            ".hidden",
+            "x/.hidden",
+            "x.lock",
+            "x.lock/y",
+        ] {
+            assert!(branch_name_problem(bad).is_some(), "{bad:?} accepted");
+        }
     }
 
     #[test]

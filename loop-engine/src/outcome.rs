@@ -57,6 +57,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The standard judgement of `outcome`. `expect_result_line` is true for agents that must
+    /// end with a stream-json `result` line (the Claude CLI); for other agents exit code 0 is
+    /// success. A `result` line, when one came, decides in both cases; timeouts and cancels
+    /// are failures whatever the exit code.
+    pub fn of(outcome: &ExecOutcome, expect_result_line: bool) -> Self {
+        judge(outcome, expect_result_line)
+    }
+
     /// True for [`Verdict::Success`].
     pub fn is_success(&self) -> bool {
         matches!(self, Self::Success)
@@ -71,12 +79,12 @@ impl Verdict {
 }
 
 /// What to do about the root refusal, shared by the pre-check and the verdict.
-pub const ROOT_REFUSAL_FIX: &str = "set IS_SANDBOX=1 in loopd's environment (`export IS_SANDBOX=1`) or run loopd as a non-root user";
+pub(crate) const ROOT_REFUSAL_FIX: &str = "set IS_SANDBOX=1 in loopd's environment (`export IS_SANDBOX=1`) or run loopd as a non-root user";
 
 /// Judges `outcome`. `expect_result_line` is true for agents that must end with a stream-json
 /// `result` line (the Claude CLI); for other agents exit code 0 is success. A `result` line,
 /// when one came, decides in both cases.
-pub fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict {
+pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict {
     let secs = outcome.duration_ms / 1000;
     match outcome.termination {
         Some(Termination::TimedOut) => {
@@ -265,7 +273,7 @@ fn classify_text(text: &str, status: Option<u16>) -> Option<Verdict> {
 }
 
 /// True when `text` holds the Claude CLI's refusal to skip permissions as root.
-pub fn is_root_refusal(text: &str) -> bool {
+pub(crate) fn is_root_refusal(text: &str) -> bool {
     let lower = text.to_lowercase();
     lower.contains("root/sudo privileges")
         || (lower.contains("dangerously-skip-permissions") && lower.contains("root"))

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::completion::{COMPLETION_TOKEN, CompletionMode};
-use crate::naming::normalize;
+use crate::config::resolve_path;
 
 /// The header written into a new learnings file.
-pub const LEARNINGS_HEADER: &str = "\
+pub(crate) const LEARNINGS_HEADER: &str = "\
 # Learnings
 
 Shared lessons for agents working in this repository: commands that work, pitfalls met,
@@ -22,34 +22,32 @@ agent should know, add one short bullet under the matching heading (create it if
 ";
 
 /// The word a custom prompt uses for the spec path.
-pub const SPEC_PATH_WORD: &str = "SPEC_PATH";
+pub(crate) const SPEC_PATH_WORD: &str = "SPEC_PATH";
 
 /// The word a custom prompt uses for the plan path.
-pub const PLAN_PATH_WORD: &str = "PLAN_PATH";
+pub(crate) const PLAN_PATH_WORD: &str = "PLAN_PATH";
 
 /// The files a prompt refers to. All of them normally live inside the run's worktree.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PromptPaths {
+pub(crate) struct PromptPaths {
     /// The spec.
-    pub spec: PathBuf,
+    pub(crate) spec: PathBuf,
     /// The plan; `None` when the spec carries the checklist itself.
-    pub plan: Option<PathBuf>,
+    pub(crate) plan: Option<PathBuf>,
     /// The runner-notes file (top-priority instructions from the loop, e.g. a failed check).
-    pub runner_notes: PathBuf,
+    pub(crate) runner_notes: PathBuf,
     /// The repo-wide learnings file (`<specs_dir>/LEARNINGS.md`).
-    pub learnings: PathBuf,
+    pub(crate) learnings: PathBuf,
     /// Extra files from the `context_files` setting.
-    pub context_files: Vec<PathBuf>,
+    pub(crate) context_files: Vec<PathBuf>,
 }
 
 /// A path as the agent should see it: relative to `workdir` when inside it, else absolute
 /// (a relative path is taken as already relative to `workdir`).
 fn show(path: &Path, workdir: &Path) -> String {
-    let path = normalize(path);
-    if path.is_relative() {
-        return path.display().to_string();
-    }
-    match path.strip_prefix(normalize(workdir)) {
+    let workdir = resolve_path(Path::new("/"), workdir);
+    let path = resolve_path(&workdir, path);
+    match path.strip_prefix(&workdir) {
         Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
         Ok(rel) => rel.display().to_string(),
         Err(_) => path.display().to_string(),
@@ -68,7 +66,7 @@ fn plan_ref(paths: &PromptPaths, workdir: &Path) -> String {
 }
 
 /// The context line: `@spec @plan @runner-notes @learnings @ctx1 ...`, without duplicates.
-pub fn context_line(paths: &PromptPaths, workdir: &Path) -> String {
+pub(crate) fn context_line(paths: &PromptPaths, workdir: &Path) -> String {
     let all = [&paths.spec]
         .into_iter()
         .chain(paths.plan.as_ref())
@@ -88,7 +86,7 @@ pub fn context_line(paths: &PromptPaths, workdir: &Path) -> String {
 }
 
 /// The sentence that tells the agent how the loop detects completion in `mode`.
-pub fn completion_sentence(mode: CompletionMode) -> String {
+pub(crate) fn completion_sentence(mode: CompletionMode) -> String {
     match mode {
         CompletionMode::Exact => format!(
             "Completion is detected in exact mode: when the plan is finished, your whole answer \
@@ -104,7 +102,11 @@ pub fn completion_sentence(mode: CompletionMode) -> String {
 }
 
 /// The default implementation prompt (SPEC §4).
-pub fn implementation_prompt(paths: &PromptPaths, workdir: &Path, mode: CompletionMode) -> String {
+pub(crate) fn implementation_prompt(
+    paths: &PromptPaths,
+    workdir: &Path,
+    mode: CompletionMode,
+) -> String {
     let spec = show(&paths.spec, workdir);
     let plan = plan_ref(paths, workdir);
     let notes = show(&paths.runner_notes, workdir);
@@ -169,7 +171,7 @@ count) answer with the completion token {COMPLETION_TOKEN} instead.
 }
 
 /// The reviewer prompt (SPEC §4).
-pub fn reviewer_prompt(paths: &PromptPaths, workdir: &Path, mode: CompletionMode) -> String {
+pub(crate) fn reviewer_prompt(paths: &PromptPaths, workdir: &Path, mode: CompletionMode) -> String {
     let spec = show(&paths.spec, workdir);
     let plan = plan_ref(paths, workdir);
     let learnings = show(&paths.learnings, workdir);
@@ -222,7 +224,7 @@ or `- [~]` tasks remain.
 /// longer identifier such as `MY_SPEC_PATH` is left alone) and appends the completion
 /// sentence when the template does not mention the completion token itself. Without a plan
 /// file, `PLAN_PATH` becomes the spec path, since the spec then carries the checklist.
-pub fn custom_prompt(
+pub(crate) fn custom_prompt(
     template: &str,
     paths: &PromptPaths,
     workdir: &Path,
@@ -242,7 +244,8 @@ pub fn custom_prompt(
 }
 
 /// Reads a custom prompt file (`prompt_file` or `<workspace>/.loop/prompt.txt`).
-pub fn read_custom_prompt(path: &Path) -> std::io::Result<String> {
+#[cfg(test)]
+pub(crate) fn read_custom_prompt(path: &Path) -> std::io::Result<String> {
     std::fs::read_to_string(path)
 }
 
@@ -268,7 +271,7 @@ fn replace_word(text: &str, word: &str, with: &str) -> String {
 
 /// Creates the learnings file with [`LEARNINGS_HEADER`] (and its parent folders) when it is
 /// missing. Returns `true` when it was created; an existing file is never touched.
-pub fn ensure_learnings(path: &Path) -> std::io::Result<bool> {
+pub(crate) fn ensure_learnings(path: &Path) -> std::io::Result<bool> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -289,7 +292,7 @@ pub fn ensure_learnings(path: &Path) -> std::io::Result<bool> {
 
 /// The runner notes written after a failed verification command: top-priority instructions
 /// to fix the failure first, with the command, its exit code, its log and the last lines.
-pub fn runner_notes_for_failure(
+pub(crate) fn runner_notes_for_failure(
     command: &str,
     exit_code: i32,
     log_path: &Path,
@@ -368,7 +371,12 @@ fn watchdog_advice(signal: &str) -> &'static str {
 /// `malformed_complete`; anything else gets generic advice), then `base_prompt`. A leading
 /// `@` context line of the base prompt stays first, since that is where the agent CLI reads
 /// it.
-pub fn watchdog_rewrite(base_prompt: &str, signal: &str, detail: &str, rewrite_no: u32) -> String {
+pub(crate) fn watchdog_rewrite(
+    base_prompt: &str,
+    signal: &str,
+    detail: &str,
+    rewrite_no: u32,
+) -> String {
     let (context, body) = match base_prompt.split_once('\n') {
         Some((first, rest)) if first.starts_with('@') => {
             (Some(first), rest.trim_start_matches(['\n', '\r']))

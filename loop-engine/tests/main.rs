@@ -3,7 +3,9 @@
 
 mod agent_faults;
 mod config_faults;
+mod create_checks;
 mod engine_runs;
+mod executor_judgement;
 mod merge_checkout;
 mod real_claude;
 mod store_faults;

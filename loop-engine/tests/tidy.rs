@@ -78,3 +78,36 @@ fn no_ignored_tests_stubs_or_silenced_lints() {
     }
     assert!(hits.is_empty(), "banned constructs: {hits:#?}");
 }
+
+/// README's configuration table is generated from the key declarations
+/// (`loop_engine::config::markdown_table`); this keeps it current. With `UPDATE_README=1` the
+/// table is rewritten in place instead.
+#[test]
+fn readme_config_table_matches_the_declarations() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loop-engine sits in the workspace")
+        .join("README.md");
+    let text = std::fs::read_to_string(&readme).expect("README.md is readable");
+    let start_tag = "<!-- config-keys:start";
+    let end_tag = "<!-- config-keys:end -->";
+    let start = text
+        .find(start_tag)
+        .expect("README has the config-keys:start marker");
+    let table_start = start + text[start..].find("-->\n").expect("the marker is closed") + 4;
+    let end = text
+        .find(end_tag)
+        .expect("README has the config-keys:end marker");
+    let want = loop_engine::config::markdown_table();
+    if text[table_start..end] == want {
+        return;
+    }
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{want}{}", &text[..table_start], &text[end..]);
+        std::fs::write(&readme, updated).expect("README.md is writable");
+        return;
+    }
+    panic!(
+        "README.md's config table is out of date; run `UPDATE_README=1 cargo test -p loop-engine --test main readme_config_table` to regenerate it:\n{want}"
+    );
+}

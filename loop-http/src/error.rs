@@ -55,17 +55,8 @@ impl ApiError {
     }
 }
 
-/// `e` and its sources, joined with `: ` (the messages never repeat their source's text).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+/// `e` and its sources, joined with `: ` (the engine's one error-chain formatter).
+pub(crate) use loop_engine::error::chain;
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {

@@ -25,14 +25,7 @@ async fn open(path: &Path) -> SqliteStore {
 
 /// Every error of `err`'s source chain, joined, for asserting on what it names.
 fn chain(err: &StoreError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    loop_engine::error::chain(err)
 }
 
 mod contract {

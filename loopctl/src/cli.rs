@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use loop_engine::config::flag_help;
 
 /// Command-line client for loopd, the agent-loop daemon.
 #[derive(Debug, Parser)]
@@ -56,7 +57,8 @@ pub(crate) enum Command {
     Completions(CompletionsArgs),
 }
 
-/// The inputs of a run (shared by `run` and `prompt`).
+/// The inputs of a run (shared by `run` and `prompt`). The help of a flag that sets a config
+/// key is that key's declaration (`loop_engine::config::flag_help`).
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The spec (as given, relative to the workspace, or under specs_dir).
@@ -69,35 +71,25 @@ pub(crate) struct RunArgs {
     /// Run name (ASCII, at most 64 characters).
     #[arg(long)]
     pub(crate) name: Option<String>,
-    /// How to name the run: haiku or spec_slug.
-    #[arg(long)]
+    #[arg(long, help = flag_help("run_naming_mode"))]
     pub(crate) name_source: Option<String>,
-    /// Model used for haiku naming.
-    #[arg(long)]
+    #[arg(long, help = flag_help("run_naming_model"))]
     pub(crate) name_model: Option<String>,
-    /// Branch the run starts from.
-    #[arg(long)]
+    #[arg(long, help = flag_help("base_branch"))]
     pub(crate) base_branch: Option<String>,
-    /// Prefix of the run branch.
-    #[arg(long)]
+    #[arg(long, help = flag_help("run_branch_prefix"))]
     pub(crate) run_branch_prefix: Option<String>,
-    /// Branch the finished work is merged into.
-    #[arg(long)]
+    #[arg(long, help = flag_help("merge_target_branch"))]
     pub(crate) merge_target: Option<String>,
-    /// squash, merge or none.
-    #[arg(long)]
+    #[arg(long, help = flag_help("merge_strategy"))]
     pub(crate) merge_strategy: Option<String>,
-    /// Worktree path template.
-    #[arg(long)]
+    #[arg(long, help = flag_help("worktree_path_template"))]
     pub(crate) worktree_path_template: Option<String>,
-    /// Runs executing at once before this one may start.
-    #[arg(long)]
+    #[arg(long, help = flag_help("max_concurrency"))]
     pub(crate) max_concurrency: Option<u32>,
-    /// Runs of this workspace executing at once before this one may start.
-    #[arg(long)]
+    #[arg(long, help = flag_help("max_runs_per_workspace"))]
     pub(crate) max_runs_per_workspace: Option<u32>,
-    /// fifo or newest_first.
-    #[arg(long)]
+    #[arg(long, help = flag_help("queue_policy"))]
     pub(crate) queue_policy: Option<String>,
     /// Any other config key, as key=value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -159,4 +151,42 @@ pub(crate) struct DemoArgs {
 pub(crate) struct CompletionsArgs {
     /// bash, zsh, fish, elvish or powershell.
     pub(crate) shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The `run`/`prompt` flags that set a config key: (flag, key).
+    const CONFIG_FLAGS: &[(&str, &str)] = &[
+        ("name-source", "run_naming_mode"),
+        ("name-model", "run_naming_model"),
+        ("base-branch", "base_branch"),
+        ("run-branch-prefix", "run_branch_prefix"),
+        ("merge-target", "merge_target_branch"),
+        ("merge-strategy", "merge_strategy"),
+        ("worktree-path-template", "worktree_path_template"),
+        ("max-concurrency", "max_concurrency"),
+        ("max-runs-per-workspace", "max_runs_per_workspace"),
+        ("queue-policy", "queue_policy"),
+    ];
+
+    /// Every flag that sets a config key is documented by that key's declaration.
+    #[test]
+    fn config_flags_take_their_help_from_the_key_declarations() {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("run subcommand");
+        for (flag, key) in CONFIG_FLAGS {
+            assert!(loop_engine::config::key_spec(key).is_some(), "{key}");
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag} missing"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert_eq!(help, flag_help(key), "--{flag}");
+            assert!(help.contains(key), "{help}");
+        }
+    }
 }

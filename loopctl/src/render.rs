@@ -195,8 +195,10 @@ pub(crate) fn inspect(
                 s.phase,
                 s.status,
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                // The run's failure already says it: the reason is shown once.
                 s.reason
                     .as_deref()
+                    .filter(|r| !run.failure.as_deref().is_some_and(|f| f.contains(r)))
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
             ),
@@ -408,6 +410,67 @@ impl AgentView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inspect_shows_a_failure_once() {
+        use loop_engine::domain::{
+            MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
+        };
+        let reason = "loopd runs as root (IS_SANDBOX is `yes`): set IS_SANDBOX=1";
+        let run = Run {
+            id: RunId::new(),
+            name: "widget".into(),
+            name_source: NameSource::SpecSlug,
+            status: RunStatus::Failed,
+            exit_reason: None,
+            failure: Some(format!("agent step failed: {reason}")),
+            workspace_root: "/w".into(),
+            spec_path: "/w/specs/widget.md".into(),
+            plan_path: "/w/specs/planning/widget-plan.md".into(),
+            base_branch: "main".into(),
+            run_branch: "run/widget".into(),
+            merge_target_branch: None,
+            merge_strategy: MergeStrategy::Squash,
+            worktree_path: "/w.run-widget".into(),
+            config: serde_json::json!({}),
+            iterations_run: 1,
+            tasks_done: 0,
+            tasks_total: 1,
+            created_at: 0,
+            updated_at: 0,
+            worker_id: None,
+            lease_expires_at: None,
+        };
+        let step = Step {
+            id: StepId::new(),
+            run_id: run.id,
+            seq: 1,
+            iteration: 1,
+            label: "1".into(),
+            phase: StepPhase::Implementation,
+            status: StepStatus::Failed,
+            attempt: 1,
+            started_at: Some(0),
+            ended_at: Some(0),
+            exit_code: Some(1),
+            reason: Some(reason.to_owned()),
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+        };
+        let text = inspect(
+            &loop_http::api::RunResource::new(&run, Some(&step)),
+            &[],
+            &[],
+            false,
+        );
+        assert_eq!(text.matches("IS_SANDBOX=1").count(), 1, "{text}");
+        assert!(text.contains("last step"), "{text}");
+    }
 
     #[test]
     fn stream_json_becomes_readable_lines() {

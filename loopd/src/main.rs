@@ -174,6 +174,11 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
             ..EngineSettings::default()
         })
         .build()?;
+    // Said once at start-up rather than at the first step of every Claude run: such runs are
+    // refused at creation (HTTP 400) with the same message until it is fixed.
+    if let Some(problem) = loop_engine::engine::sandbox_problem() {
+        tracing::warn!("{problem}; runs with executor=claude are refused until then");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let addr = listener

@@ -48,13 +48,21 @@ fn free_port() -> u16 {
 }
 
 async fn start(data: &Path, port: u16) -> Daemon {
+    start_with_env(data, port, &[]).await
+}
+
+/// [`start`] with extra environment variables for the daemon.
+async fn start_with_env(data: &Path, port: u16, env: &[(&str, &str)]) -> Daemon {
     let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_loopd"), data)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
         .args(["--stop-grace-sec", "5"])
         .env("LOOPD_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .to_tokio();
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let mut cmd = cmd.to_tokio();
     cmd.stdout(std::process::Stdio::null());
     // Keep the daemon's own words: if it does not come up, the test says why.
     let log_path = data.join(format!("loopd-{port}.stderr"));
@@ -268,4 +276,64 @@ async fn runs_survive_sigterm_and_kill_9_of_the_daemon() {
     }
     signal(&d.child, Signal::SIGTERM);
     d.child.wait().await.expect("exits");
+}
+
+/// As root, a daemon whose `IS_SANDBOX` is not exactly `1` warns at start-up, and refuses a
+/// Claude run at `POST /runs` (HTTP 400) saying what to set; a daemon with `IS_SANDBOX=1`
+/// accepts it. Skipped (with the reason in the log) when not running as root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_sandbox_is_checked_at_start_up_and_at_run_creation() {
+    if loop_engine::process::effective_uid() != Some(0) {
+        eprintln!("skipped: the IS_SANDBOX rule only applies to root");
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let (repo, _script) = repo_with_agent(1);
+    let mut req = create_request(&repo);
+    let mut claude = serde_json::Map::new();
+    claude.insert("executor".into(), serde_json::json!("claude"));
+    req.config_override = Some(claude);
+    let port = free_port();
+    let mut daemon = start_with_env(data.path(), port, &[("IS_SANDBOX", "yes")]).await;
+    let err = daemon
+        .client
+        .create_run(&req)
+        .await
+        .map(|c| c.run.id)
+        .expect_err("refused");
+    match &err {
+        loop_http::ClientError::Api {
+            status, message, ..
+        } => {
+            assert_eq!(*status, 400, "{message}");
+            assert!(
+                message.contains("IS_SANDBOX") && message.contains("export IS_SANDBOX=1"),
+                "{message}"
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let stderr =
+        std::fs::read_to_string(data.path().join(format!("loopd-{port}.stderr"))).expect("log");
+    assert_eq!(
+        stderr.matches("refused until then").count(),
+        1,
+        "one start-up warning: {stderr}"
+    );
+    assert!(stderr.contains("IS_SANDBOX is `yes`"), "{stderr}");
+    // Runs of other executors are not concerned.
+    daemon
+        .client
+        .create_run(&create_request(&repo))
+        .await
+        .expect("executor=command accepted");
+    signal(&daemon.child, Signal::SIGTERM);
+    let _ = daemon.child.wait().await;
+    // With IS_SANDBOX=1 the Claude run is accepted.
+    let port = free_port();
+    let mut daemon = start_with_env(data.path(), port, &[("IS_SANDBOX", "1")]).await;
+    let created = daemon.client.create_run(&req).await.expect("accepted");
+    daemon.client.cancel(created.run.id).await.expect("cancel");
+    signal(&daemon.child, Signal::SIGTERM);
+    let _ = daemon.child.wait().await;
 }

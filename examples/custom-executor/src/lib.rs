@@ -1,22 +1,33 @@
 //! custom-executor: a template `Executor` for an agent CLI that loop-engine does not know.
 //!
-//! Copy this file, change `ScriptAgent::command` to build your CLI's command line, and pass
-//! the executor to `Engine::builder().executor(...)`. The contract to keep (see the
-//! `Executor` trait docs): write the whole output to `req.log_path`, honour the timeout and
-//! `ctx.cancel`, and return the answer text in `ExecOutcome::output_text` so completion
-//! detection works. For most CLIs the built-in `executor=command` config (a template such as
-//! `aider --message {prompt}`) is enough; write your own when you need more control.
+//! Copy this crate, change [`ScriptAgent::command`] to build your CLI's command line, and pass
+//! the executor to `Engine::builder().executor(...)`. The process half of the `Executor`
+//! contract comes from [`run_agent`]: the output is written to `req.log_path` and published on
+//! `ctx.output` as it arrives, `req.timeout` and `req.idle_timeout` stop the agent (exit code
+//! 124), `ctx.cancel` stops it promptly (exit code 130), and every process it started is
+//! stopped with it. What is left to you is the command line and, if your CLI's exit code is not
+//! its verdict, [`Executor::judge`].
+//!
+//! For most CLIs the built-in `executor=command` config (a template such as
+//! `aider --message {prompt}`) is enough; write your own executor when you need more control
+//! (a prompt file in a format of your own, extra setup per call, your own judgement).
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use loop_engine::backend::{
-    ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Termination,
+    ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Verdict,
 };
-use loop_engine::process::{Cmd, ProcessError};
+use loop_engine::impls::{ProgramKey, run_agent};
+use loop_engine::process::Cmd;
 
-/// Runs `<program> <prompt file>` in the worktree and takes its last stdout line as the answer.
+/// What a missing program is blamed on in the error the engine reports.
+const PROGRAM: ProgramKey = ProgramKey {
+    key: "ScriptAgent program",
+    hint: "pass the path of an executable to ScriptAgent::new",
+};
+
+/// Runs `<program> <prompt file>` in the worktree, with the model in `AGENT_MODEL`.
 #[derive(Clone, Debug)]
 pub struct ScriptAgent {
     program: PathBuf,
@@ -30,19 +41,13 @@ impl ScriptAgent {
         }
     }
 
-    /// The command line for one request: change this for your CLI.
-    fn command(&self, req: &ExecRequest, prompt_file: &std::path::Path) -> Cmd {
+    /// The command line for one request: change this for your CLI. Only the command: the
+    /// working directory is the worktree, `req.env` is added by [`run_agent`], and timeouts
+    /// and cancellation are handled there too.
+    pub fn command(&self, req: &ExecRequest, prompt_file: &Path) -> Cmd {
         Cmd::new(&self.program, &req.workdir)
             .arg(prompt_file)
             .env("AGENT_MODEL", &req.model)
-            .timeout(req.timeout)
-    }
-}
-
-fn fatal(detail: String, e: impl std::error::Error + Send + Sync + 'static) -> ExecutorError {
-    ExecutorError::Fatal {
-        detail,
-        source: Some(Box::new(e)),
     }
 }
 
@@ -53,59 +58,30 @@ impl Executor for ScriptAgent {
         req: ExecRequest,
         ctx: ExecContext,
     ) -> Result<ExecOutcome, ExecutorError> {
-        let started = Instant::now();
+        // The prompt goes to a file beside the log (`iter-03.log` -> `iter-03.prompt.txt`).
         let prompt_file = req.log_path.with_extension("prompt.txt");
+        if let Some(dir) = prompt_file.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| fatal(format!("cannot create {}", dir.display()), e))?;
+        }
         tokio::fs::write(&prompt_file, &req.prompt)
             .await
             .map_err(|e| fatal(format!("cannot write {}", prompt_file.display()), e))?;
-        let run = self.command(&req, &prompt_file).output();
-        // Dropping the future kills the child (the door sets kill_on_drop), so a cancel only
-        // has to stop waiting.
-        let out = tokio::select! {
-            out = run => out,
-            () = ctx.cancel.cancelled() => {
-                return Ok(ExecOutcome {
-                    exit_code: 130,
-                    termination: Some(Termination::Canceled),
-                    ..ExecOutcome::default()
-                });
-            }
-        };
-        let out = match out {
-            Ok(o) => o,
-            Err(ProcessError::NotFound { program, .. }) => {
-                return Err(ExecutorError::NotFound {
-                    program,
-                    key: "agent program".into(),
-                    hint: "pass the path of an executable".into(),
-                });
-            }
-            Err(e) => return Err(fatal("agent could not be started".into(), e)),
-        };
-        let mut log = out.stdout.clone();
-        log.extend_from_slice(&out.stderr);
-        tokio::fs::write(&req.log_path, &log)
-            .await
-            .map_err(|e| fatal(format!("cannot write {}", req.log_path.display()), e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let answer = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        Ok(ExecOutcome {
-            exit_code: out.code,
-            termination: Some(if out.timed_out {
-                Termination::TimedOut
-            } else {
-                Termination::Exited
-            }),
-            result: None,
-            output_text: answer.to_owned(),
-            stderr_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            output_bytes: log.len() as u64,
-            output_lines: log.iter().filter(|b| **b == b'\n').count() as u64,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        })
+        run_agent(self.command(&req, &prompt_file), PROGRAM, &req, &ctx).await
+    }
+
+    /// Exit code 0 is success (a stream-json `result` line decides when your CLI prints one).
+    /// Change this if your CLI says more: e.g. `Verdict::of(outcome, true)` for a CLI that
+    /// must end with a `result` line, as the Claude executor does.
+    fn judge(&self, outcome: &ExecOutcome) -> Verdict {
+        Verdict::of(outcome, false)
+    }
+}
+
+fn fatal(detail: String, e: std::io::Error) -> ExecutorError {
+    ExecutorError::Fatal {
+        detail,
+        source: Some(Box::new(e)),
     }
 }

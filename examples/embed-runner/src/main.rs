@@ -7,7 +7,7 @@
 //!
 //! `--simulate` uses the built-in simulated agent (no model, no network); without it the agent
 //! is the one the workspace's config names (Claude Code by default). Exit code: 0 completed,
-//! 1 failed, 2 canceled.
+//! 1 failed or bad arguments, 2 canceled.
 #![expect(
     clippy::print_stdout,
     reason = "a command-line example prints its progress"
@@ -16,60 +16,52 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::Parser;
 use loop_engine::domain::{EventKind, RunStatus};
 use loop_engine::engine::{CreateRun, Engine};
 use loop_engine::impls::SimulatedAgent;
 use loop_store::SqliteStore;
 
+/// Runs one spec and plan to completion in-process, printing progress.
+#[derive(Debug, Parser)]
+#[command(name = "embed-runner", version, about)]
 struct Args {
+    /// The git repository to work on.
     workspace: PathBuf,
+    /// The spec, relative to the workspace.
     spec: PathBuf,
+    /// The plan (default: the one the spec's name implies).
     plan: Option<PathBuf>,
+    /// The SQLite database (default: a throw-away one).
+    #[arg(long, value_name = "FILE")]
     db: Option<PathBuf>,
+    /// Use the built-in simulated agent (no model, no network).
+    #[arg(long)]
     simulate: bool,
+    /// Override a config key for this run (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
     overrides: Vec<(String, String)>,
 }
 
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected key=value"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+/// The arguments, with a usage error exiting 1 (2 means a canceled run).
 fn parse_args() -> anyhow::Result<Args> {
-    let mut positional = Vec::new();
-    let mut db = None;
-    let mut simulate = false;
-    let mut overrides = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--db" => db = Some(PathBuf::from(it.next().context("--db needs a file")?)),
-            "--simulate" => simulate = true,
-            "--set" => {
-                let kv = it.next().context("--set needs key=value")?;
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--set `{kv}`: expected key=value"))?;
-                overrides.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: embed-runner <workspace> <spec> [plan] [--db FILE] [--simulate] [--set key=value]..."
-                );
-                std::process::exit(0);
-            }
-            _ if a.starts_with("--") => bail!("unknown option {a}"),
-            _ => positional.push(PathBuf::from(a)),
-        }
-    }
-    let mut positional = positional.into_iter();
-    let workspace = positional.next().context("missing <workspace>")?;
-    let spec = positional.next().context("missing <spec>")?;
-    Ok(Args {
-        workspace: std::path::absolute(&workspace)
-            .with_context(|| format!("bad workspace path {}", workspace.display()))?,
-        spec,
-        plan: positional.next(),
-        db,
-        simulate,
-        overrides,
-    })
+    let mut args = Args::try_parse().unwrap_or_else(|e| {
+        let code = i32::from(e.use_stderr());
+        // Nothing sensible is left to do if the terminal is gone.
+        let _ = e.print();
+        std::process::exit(code)
+    });
+    args.workspace = std::path::absolute(&args.workspace)
+        .with_context(|| format!("bad workspace path {}", args.workspace.display()))?;
+    Ok(args)
 }
 
 #[tokio::main]

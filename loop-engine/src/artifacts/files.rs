@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 
 use super::layout::RunFolder;
-use crate::domain::{ArtifactKind, ArtifactLocation, NewArtifact, RunId};
+use crate::domain::{ArtifactKind, ArtifactLocation};
 
 /// Block size for streaming reads: large enough to be fast, small enough to never matter.
 const BLOCK: usize = 64 * 1024;
@@ -25,20 +25,20 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Replaces `path` with `bytes` atomically: temporary file in the same directory, fsync,
 /// rename. Missing parent directories are created. On error the temporary file is removed and
 /// the old `path` (if any) is left untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace_with(path, true, |file| file.write_all(bytes))
 }
 
 /// Replaces `path` with `bytes` atomically like [`write_atomic`], without syncing to disk: for
 /// files derived from others (a log's tail) that a crash may lose but never tear. It keeps
 /// two `fsync` calls off the path between two agent calls.
-pub fn write_derived(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_derived(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace_with(path, false, |file| file.write_all(bytes))
 }
 
 /// The SHA-256 of a file's contents, as 64 lowercase hex digits. Streams the file in 64 KiB
 /// blocks, so large agent logs are never held in memory.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BLOCK];
@@ -58,7 +58,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 /// `dst_folder`, creating directories as needed, and returns the destination path. The copy
 /// is streamed into a temporary file and renamed into place, so a reader of the mirror never
 /// sees a half-copied file; copying again replaces the previous copy.
-pub fn mirror_file(
+pub(crate) fn mirror_file(
     src_folder: &RunFolder,
     dst_folder: &RunFolder,
     file: &Path,
@@ -82,21 +82,25 @@ pub fn mirror_file(
 
 /// An artifact file ready to be recorded in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArtifactFile {
+pub(crate) struct ArtifactFile {
     /// What it is.
-    pub kind: ArtifactKind,
+    pub(crate) kind: ArtifactKind,
     /// Which copy it is.
-    pub location: ArtifactLocation,
+    pub(crate) location: ArtifactLocation,
     /// Where it is.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// SHA-256 of its contents when described, hex.
-    pub checksum: String,
+    pub(crate) checksum: String,
 }
 
 impl ArtifactFile {
     /// The store record of this file for `run_id`.
-    pub fn into_new_artifact(self, run_id: RunId) -> NewArtifact {
-        NewArtifact {
+    #[cfg(test)]
+    pub(crate) fn into_new_artifact(
+        self,
+        run_id: crate::domain::RunId,
+    ) -> crate::domain::NewArtifact {
+        crate::domain::NewArtifact {
             run_id,
             kind: self.kind,
             location: self.location,
@@ -107,7 +111,7 @@ impl ArtifactFile {
 }
 
 /// Describes an existing artifact file: its kind, location, path and current checksum.
-pub fn describe(
+pub(crate) fn describe(
     kind: ArtifactKind,
     location: ArtifactLocation,
     path: &Path,
@@ -308,7 +312,7 @@ mod tests {
             a.checksum,
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
-        let run_id = RunId::new();
+        let run_id = crate::domain::RunId::new();
         let rec = a.clone().into_new_artifact(run_id);
         assert_eq!(rec.run_id, run_id);
         assert_eq!(rec.kind, ArtifactKind::Prompt);

@@ -10,14 +10,14 @@ use crate::domain::RunId;
 ///
 /// Only names paths; nothing touches the disk until [`RunFolder::create`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunFolder {
+pub(crate) struct RunFolder {
     root: PathBuf,
 }
 
 impl RunFolder {
     /// The workspace copy: `<workspace_root>/<log_dir>/run-<run_id>/`. An absolute `log_dir`
     /// replaces the workspace root, as `Path::join` does.
-    pub fn workspace(workspace_root: &Path, log_dir: &Path, run_id: RunId) -> Self {
+    pub(crate) fn workspace(workspace_root: &Path, log_dir: &Path, run_id: RunId) -> Self {
         Self {
             root: workspace_root.join(log_dir).join(folder_name(run_id)),
         }
@@ -25,80 +25,87 @@ impl RunFolder {
 
     /// The global mirror: `<global_log_dir>/runs/run-<run_id>/`. `global_log_dir` must already
     /// be expanded (no `~`).
-    pub fn global(global_log_dir: &Path, run_id: RunId) -> Self {
+    pub(crate) fn global(global_log_dir: &Path, run_id: RunId) -> Self {
         Self {
             root: global_log_dir.join("runs").join(folder_name(run_id)),
         }
     }
 
     /// A run folder at an explicit path (e.g. one read back from the store).
-    pub fn at(root: impl Into<PathBuf>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn at(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
 
     /// The folder itself.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// `prompt.txt`: the prompt snapshot.
-    pub fn prompt(&self) -> PathBuf {
+    pub(crate) fn prompt(&self) -> PathBuf {
         self.root.join("prompt.txt")
     }
 
+    /// `plan.snapshot.md`: the plan as it was when the run was created; the run's worktree
+    /// plan is seeded from it (so a queued run does not inherit an earlier run's ticks).
+    pub(crate) fn plan_snapshot(&self) -> PathBuf {
+        self.root.join("plan.snapshot.md")
+    }
+
     /// `run.log`: the human-readable run log.
-    pub fn run_log(&self) -> PathBuf {
+    pub(crate) fn run_log(&self) -> PathBuf {
         self.root.join("run.log")
     }
 
     /// `report.tsv`: one row per reported event.
-    pub fn report(&self) -> PathBuf {
+    pub(crate) fn report(&self) -> PathBuf {
         self.root.join("report.tsv")
     }
 
     /// `summary.json`: written at every run end.
-    pub fn summary(&self) -> PathBuf {
+    pub(crate) fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
     }
 
     /// `runner-notes.txt`: instructions the runner passes to the next agent step.
-    pub fn runner_notes(&self) -> PathBuf {
+    pub(crate) fn runner_notes(&self) -> PathBuf {
         self.root.join("runner-notes.txt")
     }
 
     /// `iter-<slug>.log`: the whole output of one agent step.
-    pub fn iteration_log(&self, slug: &str) -> PathBuf {
+    pub(crate) fn iteration_log(&self, slug: &str) -> PathBuf {
         self.root.join(format!("iter-{slug}.log"))
     }
 
     /// `iter-<slug>.tail.txt`: the last lines of that output.
-    pub fn iteration_tail(&self, slug: &str) -> PathBuf {
+    pub(crate) fn iteration_tail(&self, slug: &str) -> PathBuf {
         self.root.join(format!("iter-{slug}.tail.txt"))
     }
 
     /// `verify/`: the verification logs.
-    pub fn verify_dir(&self) -> PathBuf {
+    pub(crate) fn verify_dir(&self) -> PathBuf {
         self.root.join("verify")
     }
 
     /// `verify/verify-<slug>-<n>.log`: the log of the `n`-th verification command.
-    pub fn verify_log(&self, slug: &str, n: u32) -> PathBuf {
+    pub(crate) fn verify_log(&self, slug: &str, n: u32) -> PathBuf {
         self.verify_dir().join(format!("verify-{slug}-{n}.log"))
     }
 
     /// `verify/verify-<slug>-failure.txt`: what failed, for the runner notes.
-    pub fn verify_failure(&self, slug: &str) -> PathBuf {
+    pub(crate) fn verify_failure(&self, slug: &str) -> PathBuf {
         self.verify_dir().join(format!("verify-{slug}-failure.txt"))
     }
 
     /// `prompt.rewrite.<n>.txt`: the `n`-th watchdog rewrite of the prompt.
-    pub fn prompt_rewrite(&self, n: u32) -> PathBuf {
+    pub(crate) fn prompt_rewrite(&self, n: u32) -> PathBuf {
         self.root.join(format!("prompt.rewrite.{n}.txt"))
     }
 
     /// Creates the folder and its `verify/` subfolder (and any missing parents). Idempotent.
     /// Both are private to their owner (mode 0700).
-    pub fn create(&self) -> std::io::Result<()> {
+    pub(crate) fn create(&self) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(self.verify_dir())?;
         for dir in [self.root.clone(), self.verify_dir()] {
@@ -110,7 +117,7 @@ impl RunFolder {
 
     /// `path` relative to the folder, so the same file can be placed under another run folder.
     /// `None` when `path` is not strictly inside the folder (or climbs out of it with `..`).
-    pub fn relative(&self, path: &Path) -> Option<PathBuf> {
+    pub(crate) fn relative(&self, path: &Path) -> Option<PathBuf> {
         let rel = path.strip_prefix(&self.root).ok()?;
         let mut components = rel.components().peekable();
         components.peek()?;

@@ -7,11 +7,11 @@
 //! from `tokio::task::spawn_blocking`.
 //!
 //! - [`RunFolder`] names every file of a run folder, in the workspace or the global log dir.
-//! - [`ReportWriter`] appends rows to `report.tsv`; [`read_report`] parses it back.
+//! - [`ReportWriter`] appends rows to `report.tsv` (tests parse it back).
 //! - [`Summary`] and [`write_summary`] produce `summary.json`.
 //! - [`RunLog`] appends timestamped lines to `run.log`.
-//! - [`tail_lines`], [`tail_of_text`] and [`write_tail`] produce `iter-<slug>.tail.txt`.
-//! - [`write_atomic`], [`sha256_file`], [`mirror_file`] and [`describe`] handle whole files.
+//! - [`tail_lines`] and [`write_tail`] produce `iter-<slug>.tail.txt`.
+//! - [`write_atomic`], [`mirror_file`] and [`describe`] handle whole files (with checksums).
 
 mod files;
 mod layout;
@@ -20,14 +20,12 @@ mod run_log;
 mod summary;
 mod tail;
 
-pub use files::{
-    ArtifactFile, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, describe, mirror_file, private_options,
-    sha256_file, write_atomic, write_derived, write_private,
+pub(crate) use files::{
+    ArtifactFile, describe, mirror_file, private_options, write_atomic, write_derived,
+    write_private,
 };
-pub use layout::RunFolder;
-pub use report::{
-    REPORT_COLUMNS, ReportRow, ReportWriter, parse_report, read_report, sanitize_field,
-};
-pub use run_log::{RunLog, rfc3339};
-pub use summary::{Summary, read_summary, write_summary};
-pub use tail::{DEFAULT_TAIL_LINES, tail_lines, tail_of_text, write_tail};
+pub(crate) use layout::RunFolder;
+pub(crate) use report::{ReportRow, ReportWriter};
+pub(crate) use run_log::RunLog;
+pub(crate) use summary::{Summary, write_summary};
+pub(crate) use tail::{tail_lines, write_tail};

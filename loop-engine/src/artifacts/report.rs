@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::domain::{EventKind, UnixMs};
 
 /// The header columns, in order.
-pub const REPORT_COLUMNS: [&str; 11] = [
+pub(crate) const REPORT_COLUMNS: [&str; 11] = [
     "timestamp_ms",
     "kind",
     "iteration",
@@ -29,34 +29,35 @@ pub const REPORT_COLUMNS: [&str; 11] = [
 
 /// One row of `report.tsv`. Absent values are written as empty fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportRow {
+pub(crate) struct ReportRow {
     /// When it happened.
-    pub timestamp_ms: UnixMs,
+    pub(crate) timestamp_ms: UnixMs,
     /// What happened.
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// The iteration label (`3`, `3A2`, `3R1`, ...), empty for run-level rows.
-    pub iteration: String,
+    pub(crate) iteration: String,
     /// How long the step took.
-    pub duration_ms: Option<u64>,
+    pub(crate) duration_ms: Option<u64>,
     /// The process exit code.
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// Size of the output.
-    pub output_bytes: Option<u64>,
+    pub(crate) output_bytes: Option<u64>,
     /// Lines of the output.
-    pub output_lines: Option<u64>,
+    pub(crate) output_lines: Option<u64>,
     /// Where the output is.
-    pub output_path: Option<PathBuf>,
+    pub(crate) output_path: Option<PathBuf>,
     /// Free text, e.g. `reason=complete_plan` on `RUN_END`.
-    pub message: String,
+    pub(crate) message: String,
     /// Ticked tasks of the plan.
-    pub tasks_done: Option<u32>,
+    pub(crate) tasks_done: Option<u32>,
     /// All tasks of the plan.
-    pub tasks_total: Option<u32>,
+    pub(crate) tasks_total: Option<u32>,
 }
 
 impl ReportRow {
     /// A row of `kind` at `timestamp_ms` with every other field empty.
-    pub fn new(timestamp_ms: UnixMs, kind: EventKind) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(timestamp_ms: UnixMs, kind: EventKind) -> Self {
         Self {
             timestamp_ms,
             kind,
@@ -73,7 +74,7 @@ impl ReportRow {
     }
 
     /// The row as one line of `report.tsv`, newline included, with every field sanitised.
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         fn opt<T: ToString>(v: Option<T>) -> String {
             v.map(|v| v.to_string()).unwrap_or_default()
         }
@@ -102,21 +103,20 @@ impl ReportRow {
 }
 
 /// A field made safe for TSV: tabs, carriage returns and newlines become spaces.
-pub fn sanitize_field(text: &str) -> String {
+pub(crate) fn sanitize_field(text: &str) -> String {
     text.replace(['\t', '\r', '\n'], " ")
 }
 
 /// Appends rows to a `report.tsv`, writing the header first when the file is new or empty.
 #[derive(Debug)]
-pub struct ReportWriter {
+pub(crate) struct ReportWriter {
     file: File,
-    path: PathBuf,
 }
 
 impl ReportWriter {
     /// Opens (or creates) the report at `path` for appending. Writes the header if the file is
     /// empty, and ends a row torn by an earlier crash so the next row starts on its own line.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -137,26 +137,19 @@ impl ReportWriter {
             }
         }
         file.flush()?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The report file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { file })
     }
 
     /// Appends one row as a single write.
-    pub fn append(&mut self, row: &ReportRow) -> io::Result<()> {
+    pub(crate) fn append(&mut self, row: &ReportRow) -> io::Result<()> {
         self.file.write_all(row.to_line().as_bytes())?;
         self.file.flush()
     }
 }
 
 /// Reads and parses a `report.tsv` (see [`parse_report`]).
-pub fn read_report(path: &Path) -> io::Result<Vec<ReportRow>> {
+#[cfg(test)]
+pub(crate) fn read_report(path: &Path) -> io::Result<Vec<ReportRow>> {
     let bytes = std::fs::read(path)?;
     parse_report(&String::from_utf8_lossy(&bytes))
 }
@@ -164,7 +157,8 @@ pub fn read_report(path: &Path) -> io::Result<Vec<ReportRow>> {
 /// Parses the text of a `report.tsv`: the header line, then rows. Lines that do not have
 /// exactly 11 fields, and a last line without its newline, are rows torn by a crash and are
 /// skipped; a complete row with a bad value is an `InvalidData` error naming its line.
-pub fn parse_report(text: &str) -> io::Result<Vec<ReportRow>> {
+#[cfg(test)]
+pub(crate) fn parse_report(text: &str) -> io::Result<Vec<ReportRow>> {
     let mut lines = text.split_inclusive('\n');
     let header = lines.next().unwrap_or_default();
     if header.trim_end_matches(['\r', '\n']) != REPORT_COLUMNS.join("\t") {
@@ -211,11 +205,13 @@ pub fn parse_report(text: &str) -> io::Result<Vec<ReportRow>> {
     Ok(rows)
 }
 
+#[cfg(test)]
 fn required<T: std::str::FromStr>(line: usize, column: &str, text: &str) -> io::Result<T> {
     text.parse()
         .map_err(|_| invalid(line, &format!("bad {column} `{text}`")))
 }
 
+#[cfg(test)]
 fn optional<T: std::str::FromStr>(line: usize, column: &str, text: &str) -> io::Result<Option<T>> {
     if text.is_empty() {
         Ok(None)
@@ -224,6 +220,7 @@ fn optional<T: std::str::FromStr>(line: usize, column: &str, text: &str) -> io::
     }
 }
 
+#[cfg(test)]
 fn invalid(line: usize, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -318,7 +315,6 @@ mod tests {
         end.message = "reason=complete_plan".into();
         w.append(&full_row()).unwrap();
         w.append(&end).unwrap();
-        assert_eq!(w.path(), p);
         assert_eq!(read_report(&p).unwrap(), vec![full_row(), end]);
     }
 

@@ -7,22 +7,23 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::domain::{UnixMs, now_ms};
+use crate::domain::UnixMs;
 
 /// Appends to a run's `run.log`.
 #[derive(Clone, Copy, Debug)]
-pub struct RunLog;
+pub(crate) struct RunLog;
 
 impl RunLog {
     /// Appends `[<now, RFC 3339 UTC>] <line>` to the log at `path`, creating it if needed.
-    pub fn append(path: &Path, line: &str) -> io::Result<()> {
-        Self::append_at(path, now_ms(), line)
+    #[cfg(test)]
+    pub(crate) fn append(path: &Path, line: &str) -> io::Result<()> {
+        Self::append_at(path, crate::domain::now_ms(), line)
     }
 
     /// Appends `[<at, RFC 3339 UTC>] <line>`. Newlines inside `line` become spaces, so every
     /// call adds exactly one line; the line goes out in a single write on an append-mode file,
     /// so concurrent writers and crashes cannot interleave halves of entries.
-    pub fn append_at(path: &Path, at: UnixMs, line: &str) -> io::Result<()> {
+    pub(crate) fn append_at(path: &Path, at: UnixMs, line: &str) -> io::Result<()> {
         let text = format!("[{}] {}\n", rfc3339(at), line.replace(['\r', '\n'], " "));
         let mut file = OpenOptions::new()
             .create(true)
@@ -36,7 +37,7 @@ impl RunLog {
 
 /// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g.
 /// `2024-02-29T12:34:56.789Z`. Instants before 1970 are formatted too.
-pub fn rfc3339(ms: UnixMs) -> String {
+pub(crate) fn rfc3339(ms: UnixMs) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

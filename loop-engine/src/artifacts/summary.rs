@@ -13,50 +13,51 @@ use crate::domain::{ExitReason, RunId, UnixMs};
 /// The contents of `summary.json`. The keys are exactly those of SPEC §7, in that order;
 /// absent values are written as `null`, never left out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// The run.
-    pub run_id: RunId,
+    pub(crate) run_id: RunId,
     /// When the run started.
-    pub start_ms: UnixMs,
+    pub(crate) start_ms: UnixMs,
     /// When the run ended.
-    pub end_ms: UnixMs,
+    pub(crate) end_ms: UnixMs,
     /// `end_ms - start_ms`.
-    pub total_duration_ms: u64,
+    pub(crate) total_duration_ms: u64,
     /// Iterations started.
-    pub iterations_run: u32,
+    pub(crate) iterations_run: u32,
     /// The iteration in which completion was detected; `null` if the run did not complete.
-    pub completed_iteration: Option<u32>,
+    pub(crate) completed_iteration: Option<u32>,
     /// Mean duration of the agent steps; 0 when none ran.
-    pub avg_duration_ms: u64,
+    pub(crate) avg_duration_ms: u64,
     /// Exit code of the last agent step; `null` when no agent step ran.
-    pub last_exit_code: Option<i32>,
+    pub(crate) last_exit_code: Option<i32>,
     /// The completion mode that accepted the token; `null` if the run did not complete.
-    pub completion_mode: Option<CompletionMode>,
+    pub(crate) completion_mode: Option<CompletionMode>,
     /// The agent model.
-    pub model: String,
+    pub(crate) model: String,
     /// Why the run ended, e.g. `complete_plan`.
-    pub exit_reason: ExitReason,
+    pub(crate) exit_reason: ExitReason,
     /// Path of `run.log`.
-    pub run_log: String,
+    pub(crate) run_log: String,
     /// Path of `report.tsv`.
-    pub run_report: String,
+    pub(crate) run_report: String,
     /// Path of `prompt.txt`.
-    pub prompt_snapshot: String,
+    pub(crate) prompt_snapshot: String,
     /// Path of the last `iter-<slug>.tail.txt`; `null` when no agent step ran.
-    pub last_iteration_tail: Option<String>,
+    pub(crate) last_iteration_tail: Option<String>,
     /// Path of the last `iter-<slug>.log`; `null` when no agent step ran.
-    pub last_iteration_log: Option<String>,
+    pub(crate) last_iteration_log: Option<String>,
 }
 
 /// Writes `summary` as pretty JSON to `path`, atomically (see [`write_atomic`]).
-pub fn write_summary(path: &Path, summary: &Summary) -> io::Result<()> {
+pub(crate) fn write_summary(path: &Path, summary: &Summary) -> io::Result<()> {
     let mut json = serde_json::to_vec_pretty(summary).map_err(io::Error::other)?;
     json.push(b'\n');
     write_atomic(path, &json)
 }
 
 /// Reads a `summary.json` back.
-pub fn read_summary(path: &Path) -> io::Result<Summary> {
+#[cfg(test)]
+pub(crate) fn read_summary(path: &Path) -> io::Result<Summary> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

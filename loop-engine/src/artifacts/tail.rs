@@ -9,15 +9,12 @@ use std::path::Path;
 
 use super::files::write_derived;
 
-/// How many lines `iter-<slug>.tail.txt` keeps.
-pub const DEFAULT_TAIL_LINES: usize = 200;
-
 /// Block size for the backwards scan.
 const BLOCK: u64 = 64 * 1024;
 
 /// The last `n` lines of the file at `path`, with their line endings as in the file (a last
 /// line without a newline stays without one). Invalid UTF-8 is replaced with U+FFFD.
-pub fn tail_lines(path: &Path, n: usize) -> io::Result<String> {
+pub(crate) fn tail_lines(path: &Path, n: usize) -> io::Result<String> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     if n == 0 || len == 0 {
@@ -50,7 +47,8 @@ pub fn tail_lines(path: &Path, n: usize) -> io::Result<String> {
 }
 
 /// The last `n` lines of `text`, as [`tail_lines`] does for files.
-pub fn tail_of_text(text: &str, n: usize) -> &str {
+#[cfg(test)]
+pub(crate) fn tail_of_text(text: &str, n: usize) -> &str {
     if n == 0 {
         return "";
     }
@@ -64,7 +62,7 @@ pub fn tail_of_text(text: &str, n: usize) -> &str {
 
 /// Writes the last `n` lines of `log` to `tail_path`, atomically (not synced: the tail is
 /// derived from the log and rewritten after every step).
-pub fn write_tail(log: &Path, tail_path: &Path, n: usize) -> io::Result<()> {
+pub(crate) fn write_tail(log: &Path, tail_path: &Path, n: usize) -> io::Result<()> {
     let tail = tail_lines(log, n)?;
     write_derived(tail_path, tail.as_bytes())
 }

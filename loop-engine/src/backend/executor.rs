@@ -1,5 +1,6 @@
-//! The `Executor` trait: runs one agent invocation (an implementation, review or naming step)
-//! and reports what happened. The engine decides what the outcome means (retry, fail, done).
+//! The `Executor` trait: runs one agent invocation (an implementation, review or naming step),
+//! reports what happened and judges it (success, or which kind of failure). The engine decides
+//! what a verdict means for the run (retry, fail, done).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{AgentUsage, RunId, StepId};
+use crate::outcome::Verdict;
 
 /// Why the agent is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -221,7 +223,13 @@ pub enum ExecutorError {
 /// - **Idempotency**: none; each call starts a new agent. The engine records the pid sent in
 ///   [`ExecSignal::Spawned`] so a crashed daemon's agents can be found and killed.
 /// - **Errors**: `Err` only when the agent could not be started or its log not written.
-#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
+/// - **Judgement**: [`Executor::judge`] says what an outcome of this executor means. The
+///   engine asks the executor that ran the step, so an injected executor is judged exactly
+///   like the same executor chosen by configuration.
+///
+/// [`run_agent`](crate::impls::run_agent) keeps the output, timeout and cancellation parts of
+/// this contract for any agent that is a process: an executor built on it only chooses the
+/// command line.
 #[async_trait]
 pub trait Executor: Send + Sync {
     /// Runs the agent once.
@@ -230,4 +238,28 @@ pub trait Executor: Send + Sync {
         req: ExecRequest,
         ctx: ExecContext,
     ) -> Result<ExecOutcome, ExecutorError>;
+
+    /// What `outcome` (returned by [`Executor::execute`]) means. The default suits agents
+    /// whose exit code is their verdict: exit 0 is success, and a stream-json `result` line
+    /// decides when one came. Executors whose agent must end with a `result` line (the Claude
+    /// CLI) override it with [`Verdict::of`]`(outcome, true)`.
+    fn judge(&self, outcome: &ExecOutcome) -> Verdict {
+        Verdict::of(outcome, false)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+mockall::mock! {
+    /// A mockall mock of [`Executor`]: `execute` is driven by expectations, `judge` keeps the
+    /// trait's default.
+    pub Executor {}
+
+    #[async_trait]
+    impl Executor for Executor {
+        async fn execute(
+            &self,
+            req: ExecRequest,
+            ctx: ExecContext,
+        ) -> Result<ExecOutcome, ExecutorError>;
+    }
 }

@@ -5,6 +5,7 @@ mod notifier;
 mod store;
 mod vcs;
 
+pub use crate::outcome::{FailureKind, Verdict};
 pub use executor::*;
 pub use notifier::*;
 pub use store::*;

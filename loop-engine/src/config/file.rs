@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use figment::value::{Dict, Map};
 use figment::{Metadata, Profile, Provider};
 
-use super::keys::{key_spec, value_from_text};
-use super::layers::Layer;
+use super::decl::key_spec;
+use super::keys::value_from_text;
+use super::layer::Layer;
+use super::paths::{MAX_CONFIG_FILE_BYTES, read_user_file};
 use crate::error::{ConfigError, ConfigSource};
 
 /// A parsed `key=value` config file: typed values plus the warnings found while parsing.
@@ -127,24 +129,28 @@ impl KeyValueFile {
         })
     }
 
-    /// Reads and parses the file at `path`; a missing file is an [`ConfigError::Io`].
+    /// Reads and parses the file at `path`, named `key` in errors (`config_file`,
+    /// `.loop/config`); a missing file is an [`ConfigError::Io`]. Only a regular file of at
+    /// most [`MAX_CONFIG_FILE_BYTES`] is read (never a FIFO or a device).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        match Self::read_if_exists_as("config_file", path)? {
+            Some(file) => Ok(file),
+            None => Err(ConfigError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
     }
 
     /// Like [`KeyValueFile::read`], but a missing file is `Ok(None)`.
     pub fn read_if_exists(path: &Path) -> Result<Option<Self>, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(path, &text).map(Some),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ConfigError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Self::read_if_exists_as(".loop/config", path)
+    }
+
+    fn read_if_exists_as(key: &str, path: &Path) -> Result<Option<Self>, ConfigError> {
+        match read_user_file(key, path, MAX_CONFIG_FILE_BYTES)? {
+            Some(text) => Self::parse(path, &text).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -196,8 +202,8 @@ mod tests {
             "# a comment\n\
              \n\
              \t  model =  sonnet  \n\
-             run_branch_prefix=\"agent/#1 \"\n\
-             base_branch='dev # not a comment'\n\
+             run_branch_prefix=\"agent/#1\"\n\
+             run_naming_model=' dev # not a comment'\n\
              iterations=12 # a trailing comment\n\
              merge_target_branch = \"ship\"   # comment after quotes\n\
              worktree_path_template=../wt#{{ repo }}\n\
@@ -207,8 +213,8 @@ mod tests {
              prompt_file= # empty, so unset\n",
         );
         assert_eq!(config.model, "sonnet");
-        assert_eq!(config.run_branch_prefix, "agent/#1 ");
-        assert_eq!(config.base_branch.as_deref(), Some("dev # not a comment"));
+        assert_eq!(config.run_branch_prefix, "agent/#1");
+        assert_eq!(config.run_naming_model, " dev # not a comment");
         assert_eq!(config.iterations, 12);
         assert_eq!(config.merge_target_branch.as_deref(), Some("ship"));
         assert_eq!(config.worktree_path_template, "../wt#{{ repo }}");

@@ -1,6 +1,6 @@
-//! The table of config keys: every key with its kind and a one-line description, and the
-//! conversion of a raw value (text from a file or a flag, JSON from the HTTP API or a stored
-//! run) into a typed figment value.
+//! What a config key accepts ([`KeySpec`], [`ValueKind`]) and the conversion of a raw value
+//! (text from a file or a flag, JSON from the HTTP API or a stored run) into a typed figment
+//! value. The keys themselves are declared once, in `decl.rs`.
 //!
 //! Values are typed here, per layer, rather than by figment at extraction time: only here do
 //! we still know the value as the user wrote it and the file it came from, which every error
@@ -10,9 +10,10 @@ use figment::value::{Empty, Tag, Value};
 
 use crate::error::{ConfigError, ConfigSource};
 
-/// What a key accepts; decides how raw text and JSON are turned into a typed value.
+/// What a key accepts; decides how raw text and JSON are turned into a typed value, and what
+/// is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ValueKind {
+pub(super) enum ValueKind {
     /// A path; must not be empty.
     Path,
     /// A path; empty means unset.
@@ -21,18 +22,24 @@ enum ValueKind {
     Text,
     /// Free text; empty means unset.
     OptText,
+    /// A branch name git accepts (`git check-ref-format --branch`); empty means unset.
+    OptBranch,
+    /// The start of a branch name: with a name appended it must be a valid branch name.
+    BranchPrefix,
     /// Paths separated by whitespace (a JSON array in JSON).
     PathList,
     /// Shell commands separated by `|` (a JSON array in JSON); blanks dropped.
     CmdList,
     /// `true/false/1/0/yes/no/on/off`, any case.
     Bool,
-    /// A whole number of at least `min`.
-    U32 { min: u32 },
+    /// A whole number from `min` to `max`.
+    U32 { min: u32, max: u32 },
     /// A whole number of at least `min`; empty means unset.
     OptU32 { min: u32 },
-    /// A whole number (seconds, bytes).
+    /// A whole number (bytes).
     U64,
+    /// A number of seconds from 0 to `max`.
+    Secs { max: u64 },
     /// One of the listed spellings (any case).
     Choice(&'static [&'static str]),
 }
@@ -42,12 +49,20 @@ enum ValueKind {
 pub struct KeySpec {
     /// The key, as written in files, flags and JSON.
     pub key: &'static str,
-    /// One line for `--help` and the docs.
+    /// What the key does, for `--help`, README and the docs.
     pub description: &'static str,
     kind: ValueKind,
 }
 
 impl KeySpec {
+    pub(super) const fn new(key: &'static str, kind: ValueKind, description: &'static str) -> Self {
+        Self {
+            key,
+            description,
+            kind,
+        }
+    }
+
     /// A short human description of the accepted values, e.g. `integer >= 1` or
     /// `exact|trailing`.
     pub fn accepts(&self) -> String {
@@ -56,12 +71,16 @@ impl KeySpec {
             ValueKind::OptPath => "path (empty = unset)".to_owned(),
             ValueKind::Text => "text".to_owned(),
             ValueKind::OptText => "text (empty = unset)".to_owned(),
+            ValueKind::OptBranch => "branch name (empty = unset)".to_owned(),
+            ValueKind::BranchPrefix => "start of a branch name".to_owned(),
             ValueKind::PathList => "space-separated paths".to_owned(),
             ValueKind::CmdList => "commands separated by `|`".to_owned(),
             ValueKind::Bool => "true|false|1|0|yes|no|on|off".to_owned(),
-            ValueKind::U32 { min } => format!("integer >= {min}"),
+            ValueKind::U32 { min, max } if max == u32::MAX => format!("integer >= {min}"),
+            ValueKind::U32 { min, max } => format!("integer {min}..={max}"),
             ValueKind::OptU32 { min } => format!("integer >= {min} (empty = unset)"),
             ValueKind::U64 => "integer >= 0".to_owned(),
+            ValueKind::Secs { max } => format!("seconds 0..={max}"),
             ValueKind::Choice(options) => options.join("|"),
         }
     }
@@ -74,286 +93,29 @@ impl KeySpec {
         }
     }
 
+    /// The largest accepted value of a number key (seconds included).
+    pub fn max(&self) -> Option<u64> {
+        match self.kind {
+            ValueKind::U32 { max, .. } => Some(u64::from(max)),
+            ValueKind::OptU32 { .. } => Some(u64::from(u32::MAX)),
+            ValueKind::U64 => Some(u64::MAX),
+            ValueKind::Secs { max } => Some(max),
+            _ => None,
+        }
+    }
+
     /// True when an empty value means "unset" rather than being an error.
     pub fn is_optional(&self) -> bool {
         matches!(
             self.kind,
             ValueKind::OptPath
                 | ValueKind::OptText
+                | ValueKind::OptBranch
                 | ValueKind::OptU32 { .. }
                 | ValueKind::PathList
                 | ValueKind::CmdList
         )
     }
-}
-
-const fn spec(key: &'static str, kind: ValueKind, description: &'static str) -> KeySpec {
-    KeySpec {
-        key,
-        description,
-        kind,
-    }
-}
-
-/// Every key, in the order of [`KEYS`] and of the fields of [`Config`](super::Config).
-pub const KEY_SPECS: &[KeySpec] = &[
-    spec(
-        "specs_dir",
-        ValueKind::Path,
-        "folder of spec files, relative to the workspace root",
-    ),
-    spec(
-        "plans_dir",
-        ValueKind::Path,
-        "folder of plan files, relative to the workspace root",
-    ),
-    spec(
-        "log_dir",
-        ValueKind::Path,
-        "folder of run artifacts, relative to the workspace root",
-    ),
-    spec(
-        "model",
-        ValueKind::Text,
-        "model the agent CLI is asked to use",
-    ),
-    spec(
-        "iterations",
-        ValueKind::U32 { min: 1 },
-        "iteration budget of a run",
-    ),
-    spec(
-        "completion_mode",
-        ValueKind::Choice(&["exact", "trailing"]),
-        "how the completion token is recognised in the agent's output",
-    ),
-    spec(
-        "reviewer",
-        ValueKind::Bool,
-        "run reviewer passes over implemented tasks",
-    ),
-    spec(
-        "prompt_file",
-        ValueKind::OptPath,
-        "custom implementation prompt (default: .loop/prompt.txt if present)",
-    ),
-    spec(
-        "context_files",
-        ValueKind::PathList,
-        "extra files referenced with @ in every implementation prompt",
-    ),
-    spec(
-        "verify_cmds",
-        ValueKind::CmdList,
-        "verification commands, run with bash -lc in the worktree",
-    ),
-    spec(
-        "verify_timeout_sec",
-        ValueKind::U64,
-        "timeout of each verification command (0 = none)",
-    ),
-    spec(
-        "claude_timeout_sec",
-        ValueKind::U64,
-        "timeout of each agent step (0 = none)",
-    ),
-    spec(
-        "claude_idle_timeout_sec",
-        ValueKind::U64,
-        "kill an agent step that prints nothing for this long (0 = never)",
-    ),
-    spec(
-        "claude_retries",
-        ValueKind::U32 { min: 0 },
-        "extra attempts of an agent step that exits non-zero",
-    ),
-    spec(
-        "claude_retry_backoff_sec",
-        ValueKind::U64,
-        "pause between those attempts",
-    ),
-    spec(
-        "claude_transient_retries",
-        ValueKind::U32 { min: 0 },
-        "extra attempts, with exponential backoff and jitter, after a transient API failure",
-    ),
-    spec(
-        "claude_transient_backoff_max_sec",
-        ValueKind::U64,
-        "cap of the transient-failure backoff",
-    ),
-    spec(
-        "claude_max_retries",
-        ValueKind::OptU32 { min: 0 },
-        "passed to the agent CLI as CLAUDE_CODE_MAX_RETRIES when set",
-    ),
-    spec("claude_bin", ValueKind::Text, "the Claude Code executable"),
-    spec(
-        "executor",
-        ValueKind::Choice(&["claude", "command", "simulate"]),
-        "which agent runs the steps: the Claude CLI, the agent_cmd template, or the built-in simulation",
-    ),
-    spec(
-        "agent_cmd",
-        ValueKind::OptText,
-        "command template for executor=command, e.g. `codex exec --full-auto {prompt}`",
-    ),
-    spec(
-        "agent_env",
-        ValueKind::OptText,
-        "environment for agents and verification commands on top of the allow-list: space-separated NAMEs to pass through and NAME=value pairs (never LOOPD_*)",
-    ),
-    spec(
-        "artifact_mode",
-        ValueKind::Choice(&["mirror", "workspace"]),
-        "also copy run artifacts under global_log_dir (mirror) or keep them in the workspace only",
-    ),
-    spec(
-        "global_log_dir",
-        ValueKind::Path,
-        "machine-wide artifact folder (a leading ~ is $HOME)",
-    ),
-    spec(
-        "run_naming_mode",
-        ValueKind::Choice(&["haiku", "spec_slug"]),
-        "name runs with the naming model (haiku) or from the spec (spec_slug)",
-    ),
-    spec(
-        "run_naming_model",
-        ValueKind::Text,
-        "model used to name runs",
-    ),
-    spec(
-        "base_branch",
-        ValueKind::OptText,
-        "branch runs start from (default: the detected default branch, else main)",
-    ),
-    spec(
-        "run_branch_prefix",
-        ValueKind::Text,
-        "prefix of every run branch",
-    ),
-    spec(
-        "merge_target_branch",
-        ValueKind::OptText,
-        "branch finished work is merged into (default: agent/<spec_slug>)",
-    ),
-    spec(
-        "merge_strategy",
-        ValueKind::Choice(&["squash", "merge", "none"]),
-        "how finished work reaches the merge target",
-    ),
-    spec(
-        "worktree_path_template",
-        ValueKind::Text,
-        "where run worktrees go, relative to the workspace root",
-    ),
-    spec(
-        "max_concurrency",
-        ValueKind::U32 { min: 1 },
-        "runs worked at once by the daemon",
-    ),
-    spec(
-        "max_runs_per_workspace",
-        ValueKind::OptU32 { min: 1 },
-        "runs worked at once per workspace (unset = no cap)",
-    ),
-    spec(
-        "queue_policy",
-        ValueKind::Choice(&["fifo", "newest_first"]),
-        "order in which pending runs are started",
-    ),
-    spec(
-        "max_consecutive_verification_failures",
-        ValueKind::U32 { min: 0 },
-        "fail a run after this many verification failures in a row (0 = never)",
-    ),
-    spec(
-        "watchdog_max_rewrites",
-        ValueKind::U32 { min: 0 },
-        "prompt rewrites per run at most",
-    ),
-    spec(
-        "watchdog_no_progress_steps",
-        ValueKind::U32 { min: 0 },
-        "steps without a commit or plan change before the watchdog acts",
-    ),
-    spec(
-        "watchdog_repeat_task_steps",
-        ValueKind::U32 { min: 0 },
-        "steps on the same task before the watchdog acts",
-    ),
-    spec(
-        "max_review_passes",
-        ValueKind::U32 { min: 0 },
-        "reviewer steps per iteration at most",
-    ),
-    spec(
-        "heartbeat_sec",
-        ValueKind::U64,
-        "interval of heartbeat events of a running step",
-    ),
-    spec(
-        "warn_iteration_sec",
-        ValueKind::U64,
-        "warn when a step runs longer than this",
-    ),
-    spec(
-        "warn_output_bytes",
-        ValueKind::U64,
-        "warn when a step prints more than this",
-    ),
-];
-
-/// Every config key, in the order of the fields of [`Config`](super::Config).
-pub const KEYS: &[&str] = &[
-    "specs_dir",
-    "plans_dir",
-    "log_dir",
-    "model",
-    "iterations",
-    "completion_mode",
-    "reviewer",
-    "prompt_file",
-    "context_files",
-    "verify_cmds",
-    "verify_timeout_sec",
-    "claude_timeout_sec",
-    "claude_idle_timeout_sec",
-    "claude_retries",
-    "claude_retry_backoff_sec",
-    "claude_transient_retries",
-    "claude_transient_backoff_max_sec",
-    "claude_max_retries",
-    "claude_bin",
-    "executor",
-    "agent_cmd",
-    "agent_env",
-    "artifact_mode",
-    "global_log_dir",
-    "run_naming_mode",
-    "run_naming_model",
-    "base_branch",
-    "run_branch_prefix",
-    "merge_target_branch",
-    "merge_strategy",
-    "worktree_path_template",
-    "max_concurrency",
-    "max_runs_per_workspace",
-    "queue_policy",
-    "max_consecutive_verification_failures",
-    "watchdog_max_rewrites",
-    "watchdog_no_progress_steps",
-    "watchdog_repeat_task_steps",
-    "max_review_passes",
-    "heartbeat_sec",
-    "warn_iteration_sec",
-    "warn_output_bytes",
-];
-
-/// The spec of `key`, if it is a config key.
-pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
-    KEY_SPECS.iter().find(|s| s.key == key)
 }
 
 /// The "unset" value of figment (deserialises as `None`).
@@ -401,7 +163,10 @@ pub(super) fn value_from_text(
     let text = raw.trim();
     if text.is_empty() {
         return match spec.kind {
-            ValueKind::OptPath | ValueKind::OptText | ValueKind::OptU32 { .. } => Ok(none()),
+            ValueKind::OptPath
+            | ValueKind::OptText
+            | ValueKind::OptBranch
+            | ValueKind::OptU32 { .. } => Ok(none()),
             ValueKind::PathList | ValueKind::CmdList => Ok(Value::from(Vec::<String>::new())),
             _ => Err(invalid(
                 spec,
@@ -416,6 +181,21 @@ pub(super) fn value_from_text(
         ValueKind::Path | ValueKind::OptPath | ValueKind::Text | ValueKind::OptText => {
             Ok(Value::from(raw))
         }
+        ValueKind::OptBranch => match crate::naming::branch_name_problem(raw) {
+            None => Ok(Value::from(raw)),
+            Some(rule) => Err(invalid(spec, raw, source, rule.to_owned())),
+        },
+        ValueKind::BranchPrefix => {
+            match crate::naming::branch_name_problem(&format!("{raw}name")) {
+                None => Ok(Value::from(raw)),
+                Some(rule) => Err(invalid(
+                    spec,
+                    raw,
+                    source,
+                    format!("with a run name appended it must be a valid branch name: {rule}"),
+                )),
+            }
+        }
         ValueKind::PathList => Ok(Value::from(split_paths(text))),
         ValueKind::CmdList => Ok(Value::from(split_cmds(text.split('|')))),
         ValueKind::Bool => parse_bool(text).map(Value::from).ok_or_else(|| {
@@ -426,13 +206,34 @@ pub(super) fn value_from_text(
                 format!("expected one of {}", spec.accepts()),
             )
         }),
-        ValueKind::U32 { min } | ValueKind::OptU32 { min } => match text.parse::<u32>() {
+        ValueKind::U32 { min, max } => match text.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Value::from(n)),
+            _ => Err(invalid(
+                spec,
+                raw,
+                source,
+                format!("expected a whole number from {min} to {max}"),
+            )),
+        },
+        ValueKind::OptU32 { min } => match text.parse::<u32>() {
             Ok(n) if n >= min => Ok(Value::from(n)),
             _ => Err(invalid(
                 spec,
                 raw,
                 source,
                 format!("expected a whole number from {min} to {}", u32::MAX),
+            )),
+        },
+        ValueKind::Secs { max } => match text.parse::<u64>() {
+            Ok(n) if n <= max => Ok(Value::from(n)),
+            _ => Err(invalid(
+                spec,
+                raw,
+                source,
+                format!(
+                    "expected a number of seconds from 0 to {max} (the limit of `{}`)",
+                    spec.key
+                ),
             )),
         },
         ValueKind::U64 => text.parse::<u64>().map(Value::from).map_err(|_| {
@@ -481,9 +282,10 @@ pub(super) fn value_from_json(
         J::Null => value_from_text(spec, "", source).map_err(|_| wrong_type()),
         J::Bool(b) if spec.kind == ValueKind::Bool => Ok(Value::from(*b)),
         J::Number(n) => match spec.kind {
-            ValueKind::U32 { .. } | ValueKind::OptU32 { .. } | ValueKind::U64 => {
-                value_from_text(spec, &n.to_string(), source)
-            }
+            ValueKind::U32 { .. }
+            | ValueKind::OptU32 { .. }
+            | ValueKind::U64
+            | ValueKind::Secs { .. } => value_from_text(spec, &n.to_string(), source),
             _ => Err(wrong_type()),
         },
         J::Array(items) => {
@@ -510,6 +312,7 @@ pub(super) fn value_from_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::decl::{KEY_SPECS, KEYS, key_spec};
 
     fn file() -> ConfigSource {
         ConfigSource::File("/w/.loop/config".into())
@@ -619,5 +422,71 @@ mod tests {
         let v = value_from_json(files, &serde_json::json!(["a b.md", "c.md"]), &src).unwrap();
         assert_eq!(v.deserialize::<Vec<String>>().unwrap(), ["a b.md", "c.md"]);
         assert!(value_from_json(files, &serde_json::json!([1]), &src).is_err());
+    }
+
+    #[test]
+    fn every_duration_key_has_a_maximum_named_in_the_error() {
+        let durations: Vec<&KeySpec> = KEY_SPECS
+            .iter()
+            .filter(|s| matches!(s.kind, ValueKind::Secs { .. }))
+            .collect();
+        let names: Vec<&str> = durations.iter().map(|s| s.key).collect();
+        for key in [
+            "heartbeat_sec",
+            "claude_timeout_sec",
+            "claude_idle_timeout_sec",
+            "verify_timeout_sec",
+            "claude_retry_backoff_sec",
+            "claude_transient_backoff_max_sec",
+            "warn_iteration_sec",
+        ] {
+            assert!(names.contains(&key), "{key} is not a duration key");
+        }
+        // Every `*_sec` key is one of them.
+        for spec in KEY_SPECS.iter().filter(|s| s.key.ends_with("_sec")) {
+            assert!(names.contains(&spec.key), "{} has no maximum", spec.key);
+        }
+        for spec in durations {
+            let max = spec.max().unwrap();
+            assert!(value_from_text(spec, &max.to_string(), &file()).is_ok());
+            for too_big in [max + 1, 1 << 63, u64::MAX] {
+                let err = value_from_text(spec, &too_big.to_string(), &file()).unwrap_err();
+                let text = err.to_string();
+                assert!(
+                    text.contains(spec.key) && text.contains(&max.to_string()),
+                    "{text}"
+                );
+                let json = serde_json::json!(too_big);
+                assert!(value_from_json(spec, &json, &ConfigSource::Override).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn branch_keys_are_refused_with_the_rule() {
+        for (key, value) in [
+            ("merge_target_branch", "../../x"),
+            ("merge_target_branch", "HEAD"),
+            ("merge_target_branch", "--upload-pack=touch /tmp/x"),
+            ("run_branch_prefix", "-x/"),
+            ("run_branch_prefix", "a..b/"),
+            ("base_branch", "--output=/tmp/x"),
+            ("base_branch", "a b"),
+        ] {
+            let err = value_from_text(key_spec(key).unwrap(), value, &file()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(value) && text.contains("branch name"),
+                "{text}"
+            );
+        }
+        for (key, value) in [
+            ("merge_target_branch", "agent/x"),
+            ("run_branch_prefix", "run/"),
+            ("run_branch_prefix", "loop-"),
+            ("base_branch", "develop"),
+        ] {
+            assert!(value_from_text(key_spec(key).unwrap(), value, &file()).is_ok());
+        }
     }
 }

@@ -5,16 +5,23 @@
 //! the command line or the HTTP API. The path helpers find the workspace root and resolve
 //! the spec and plan a run works on.
 
+mod decl;
 mod file;
 mod keys;
+mod layer;
 mod layers;
 mod paths;
 mod schema;
 
+pub use decl::{
+    ArtifactMode, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
+    default_text, flag_help, key_spec, markdown_table,
+};
 pub use file::KeyValueFile;
-pub use keys::{KEY_SPECS, KEYS, KeySpec, key_spec};
+pub use keys::KeySpec;
 pub use layers::{ConfigLayers, LOOP_CONFIG_ENV, LoadedConfig, workspace_config_path};
 pub use paths::{
-    default_plan_path, find_workspace_root, normalize_path, resolve_plan_path, resolve_spec_path,
+    MAX_CONFIG_FILE_BYTES, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES, default_plan_path,
+    find_workspace_root, read_user_file, resolve_inside, resolve_path, resolve_plan_path,
+    resolve_spec_path,
 };
-pub use schema::{ArtifactMode, Config, ExecutorKind};

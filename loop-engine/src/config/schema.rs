@@ -1,182 +1,16 @@
-//! The typed configuration: [`Config`] with its defaults (SPEC §8), the rules that span
-//! several keys, and the JSON form stored with every run.
+//! What [`Config`] does beyond its declaration (`decl.rs`): validation (each key's own rule
+//! from its declaration, then the rules that span several keys) and the JSON form stored with
+//! every run.
 
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::Serialized;
-use serde::{Deserialize, Serialize};
 
-use super::keys::{key_spec, value_from_json};
-use super::layers::{Layer, map_figment_error};
-use crate::backend::QueueOrder;
-use crate::completion::CompletionMode;
-use crate::domain::{MergeStrategy, NameSource, spelled_enum};
+use super::decl::{Config, ExecutorKind, KEY_SPECS, key_spec};
+use super::keys::value_from_json;
+use super::layer::{Layer, map_figment_error};
 use crate::error::{ConfigError, ConfigSource};
-
-spelled_enum!(
-    /// Which agent runs the steps of a run.
-    ExecutorKind {
-        /// The Claude Code CLI (`claude_bin`).
-        Claude => "claude",
-        /// Any agent CLI, started from the `agent_cmd` template.
-        Command => "command",
-        /// The built-in simulated agent: works the plan without any model (demos, rehearsals).
-        Simulate => "simulate",
-    }
-);
-
-spelled_enum!(
-    /// Where run artifacts are written.
-    ArtifactMode {
-        /// In the workspace's `log_dir`, copied under `global_log_dir` too.
-        Mirror => "mirror",
-        /// In the workspace's `log_dir` only.
-        Workspace => "workspace",
-    }
-);
-
-/// The effective configuration of a run (SPEC §8). Field names are the config keys; see
-/// [`KEY_SPECS`](super::KEY_SPECS) for a description of each.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// Folder of spec files, relative to the workspace root.
-    pub specs_dir: PathBuf,
-    /// Folder of plan files, relative to the workspace root.
-    pub plans_dir: PathBuf,
-    /// Folder of run artifacts, relative to the workspace root.
-    pub log_dir: PathBuf,
-    /// Model the agent CLI is asked to use.
-    pub model: String,
-    /// Iteration budget of a run (at least 1).
-    pub iterations: u32,
-    /// How the completion token is recognised.
-    pub completion_mode: CompletionMode,
-    /// Run reviewer passes over implemented tasks.
-    pub reviewer: bool,
-    /// Custom implementation prompt.
-    pub prompt_file: Option<PathBuf>,
-    /// Extra files referenced in every implementation prompt.
-    pub context_files: Vec<PathBuf>,
-    /// Verification commands.
-    pub verify_cmds: Vec<String>,
-    /// Timeout of each verification command in seconds (0 = none).
-    pub verify_timeout_sec: u64,
-    /// Timeout of each agent step in seconds (0 = none).
-    pub claude_timeout_sec: u64,
-    /// Kill an agent step that prints nothing for this many seconds (0 = never).
-    pub claude_idle_timeout_sec: u64,
-    /// Extra attempts of an agent step that exits non-zero.
-    pub claude_retries: u32,
-    /// Seconds between those attempts.
-    pub claude_retry_backoff_sec: u64,
-    /// Extra attempts after a transient API failure (429/529/5xx/connection), with
-    /// exponential backoff and jitter.
-    pub claude_transient_retries: u32,
-    /// Cap of the transient-failure backoff in seconds.
-    pub claude_transient_backoff_max_sec: u64,
-    /// Passed to the agent CLI as `CLAUDE_CODE_MAX_RETRIES` when set.
-    pub claude_max_retries: Option<u32>,
-    /// The Claude Code executable.
-    pub claude_bin: String,
-    /// Which agent runs the steps.
-    pub executor: ExecutorKind,
-    /// Command template for `executor=command` (required then).
-    pub agent_cmd: Option<String>,
-    /// Environment for agents and verification commands on top of the allow-list:
-    /// space-separated `NAME`s to pass through and `NAME=value` pairs (never `LOOPD_*`).
-    pub agent_env: Option<String>,
-    /// Whether artifacts are mirrored under `global_log_dir`.
-    pub artifact_mode: ArtifactMode,
-    /// Machine-wide artifact folder, as written (see [`Config::global_log_dir_expanded`]).
-    pub global_log_dir: PathBuf,
-    /// How runs are named.
-    pub run_naming_mode: NameSource,
-    /// Model used to name runs.
-    pub run_naming_model: String,
-    /// Branch runs start from; `None` = the detected default branch, else `main`.
-    pub base_branch: Option<String>,
-    /// Prefix of every run branch.
-    pub run_branch_prefix: String,
-    /// Branch finished work is merged into; `None` = `agent/<spec_slug>`.
-    pub merge_target_branch: Option<String>,
-    /// How finished work reaches the merge target.
-    pub merge_strategy: MergeStrategy,
-    /// Where run worktrees go (`{{ repo }}`, `{{ run_branch | sanitize }}`).
-    pub worktree_path_template: String,
-    /// Runs worked at once by the daemon (at least 1).
-    pub max_concurrency: u32,
-    /// Runs worked at once per workspace; `None` = no cap.
-    pub max_runs_per_workspace: Option<u32>,
-    /// Order in which pending runs are started.
-    pub queue_policy: QueueOrder,
-    /// Fail a run after this many verification failures in a row (0 = never).
-    pub max_consecutive_verification_failures: u32,
-    /// Prompt rewrites per run at most.
-    pub watchdog_max_rewrites: u32,
-    /// Steps without a commit or plan change before the watchdog acts.
-    pub watchdog_no_progress_steps: u32,
-    /// Steps on the same task before the watchdog acts.
-    pub watchdog_repeat_task_steps: u32,
-    /// Reviewer steps per iteration at most.
-    pub max_review_passes: u32,
-    /// Seconds between heartbeat events of a running step.
-    pub heartbeat_sec: u64,
-    /// Warn when a step runs longer than this many seconds.
-    pub warn_iteration_sec: u64,
-    /// Warn when a step prints more than this many bytes.
-    pub warn_output_bytes: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            specs_dir: "specs".into(),
-            plans_dir: "specs/planning".into(),
-            log_dir: "logs/loop".into(),
-            model: "opus".into(),
-            iterations: 50,
-            completion_mode: CompletionMode::Trailing,
-            reviewer: true,
-            prompt_file: None,
-            context_files: Vec::new(),
-            verify_cmds: Vec::new(),
-            verify_timeout_sec: 0,
-            claude_timeout_sec: 0,
-            claude_idle_timeout_sec: 0,
-            claude_retries: 0,
-            claude_retry_backoff_sec: 5,
-            claude_transient_retries: 4,
-            claude_transient_backoff_max_sec: 300,
-            claude_max_retries: None,
-            claude_bin: "claude".into(),
-            executor: ExecutorKind::Claude,
-            agent_cmd: None,
-            agent_env: None,
-            artifact_mode: ArtifactMode::Mirror,
-            global_log_dir: "~/.local/share/loopd".into(),
-            run_naming_mode: NameSource::Haiku,
-            run_naming_model: "haiku".into(),
-            base_branch: None,
-            run_branch_prefix: "run/".into(),
-            merge_target_branch: None,
-            merge_strategy: MergeStrategy::Squash,
-            worktree_path_template: "../{{ repo }}.{{ run_branch | sanitize }}".into(),
-            max_concurrency: 3,
-            max_runs_per_workspace: None,
-            queue_policy: QueueOrder::Fifo,
-            max_consecutive_verification_failures: 3,
-            watchdog_max_rewrites: 2,
-            watchdog_no_progress_steps: 3,
-            watchdog_repeat_task_steps: 3,
-            max_review_passes: 10,
-            heartbeat_sec: 300,
-            warn_iteration_sec: 300,
-            warn_output_bytes: 200_000,
-        }
-    }
-}
 
 /// Expands a leading `~` of `path` to `home`; other paths, and every path when `home` is
 /// unknown, are returned unchanged.
@@ -213,37 +47,12 @@ impl Config {
             source_name: source_of(key),
             reason: reason.to_owned(),
         };
-        for (key, n, min) in [
-            ("iterations", Some(self.iterations), 1),
-            ("max_concurrency", Some(self.max_concurrency), 1),
-            ("max_runs_per_workspace", self.max_runs_per_workspace, 1),
-        ] {
-            if let Some(n) = n.filter(|n| *n < min) {
-                return Err(invalid(key, n.to_string(), "must be at least 1"));
-            }
-        }
-        for (key, text) in [
-            ("model", &self.model),
-            ("claude_bin", &self.claude_bin),
-            ("run_naming_model", &self.run_naming_model),
-            ("run_branch_prefix", &self.run_branch_prefix),
-            ("worktree_path_template", &self.worktree_path_template),
-        ] {
-            if text.trim().is_empty() {
-                return Err(invalid(key, text.clone(), "a value is required"));
-            }
-        }
         let mut paths = vec![
             ("specs_dir", &self.specs_dir),
             ("plans_dir", &self.plans_dir),
             ("log_dir", &self.log_dir),
             ("global_log_dir", &self.global_log_dir),
         ];
-        for (key, path) in &paths {
-            if path.as_os_str().is_empty() {
-                return Err(invalid(key, String::new(), "a value is required"));
-            }
-        }
         paths.extend(self.prompt_file.iter().map(|p| ("prompt_file", p)));
         paths.extend(self.context_files.iter().map(|p| ("context_files", p)));
         for (key, path) in paths {
@@ -254,6 +63,19 @@ impl Config {
                     "paths must be valid UTF-8",
                 ));
             }
+        }
+        // Each key's own rule (required, range, branch name, choice) is the one its
+        // declaration gives, applied to the value as it is stored.
+        let json = serde_json::to_value(self).map_err(|e| {
+            invalid(
+                "config",
+                String::new(),
+                &format!("cannot be represented as JSON: {e}"),
+            )
+        })?;
+        for spec in KEY_SPECS {
+            let value = json.get(spec.key).unwrap_or(&serde_json::Value::Null);
+            value_from_json(spec, value, &source_of(spec.key))?;
         }
         if let Some(value) = &self.agent_env
             && let Err(reason) = crate::process::parse_agent_env(value)
@@ -328,7 +150,10 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KEYS;
+    use crate::backend::QueueOrder;
+    use crate::completion::CompletionMode;
+    use crate::config::{ArtifactMode, KEYS};
+    use crate::domain::{MergeStrategy, NameSource};
 
     #[test]
     fn defaults_match_the_spec() {

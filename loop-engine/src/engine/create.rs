@@ -1,16 +1,20 @@
 //! Creating runs: configuration, spec/plan resolution, naming, branch and worktree choice;
 //! and previewing the prompt a run would get.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use crate::artifacts::RunFolder;
 use crate::backend::RunFilter;
-use crate::config::{Config, ConfigLayers, resolve_plan_path, resolve_spec_path};
+use crate::config::{
+    Config, ConfigLayers, ExecutorKind, MAX_DOC_FILE_BYTES, MAX_PROMPT_FILE_BYTES, read_user_file,
+    resolve_inside, resolve_path, resolve_plan_path, resolve_spec_path,
+};
 use crate::domain::{
     EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
 };
 use crate::engine::core::Engine;
 use crate::engine::inner::Inner;
-use crate::error::EngineError;
+use crate::error::{ConfigError, EngineError};
 use crate::naming;
 use crate::prompt;
 
@@ -68,40 +72,94 @@ struct Resolved {
     warnings: Vec<String>,
     spec: PathBuf,
     plan: PathBuf,
-    spec_text: Option<String>,
+    spec_text: String,
+    plan_text: String,
 }
 
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
+/// Refuses `path` when it resolves outside `root`, naming `key` and the path as the user gave
+/// it (`given`), not the candidate it was found as.
+fn contained(root: &Path, found: &Path, given: &Path, key: &str) -> Result<PathBuf, EngineError> {
+    resolve_inside(root, found, key).map_err(|e| match e {
+        ConfigError::OutsideRoot {
+            key,
+            resolved,
+            root,
+            ..
+        } => EngineError::Config(ConfigError::OutsideRoot {
+            key,
+            path: given.to_path_buf(),
+            resolved,
+            root,
+        }),
+        other => EngineError::Config(other),
+    })
 }
 
-/// Checks that `path` lies inside `workspace` (lexically, after resolving `..`).
-pub(crate) fn inside(workspace: &Path, path: &Path, field: &str) -> Result<PathBuf, EngineError> {
-    let p = normalize(path);
-    if p.starts_with(workspace) {
-        Ok(p)
-    } else {
-        Err(EngineError::InvalidInput {
-            field: field.into(),
-            detail: format!(
-                "{} is outside the workspace {}",
-                path.display(),
-                workspace.display()
-            ),
+/// Reads a spec or plan at creation: a regular file of at most [`MAX_DOC_FILE_BYTES`].
+fn read_doc(key: &str, path: &Path) -> Result<String, EngineError> {
+    read_user_file(key, path, MAX_DOC_FILE_BYTES)?.ok_or_else(|| {
+        EngineError::Config(ConfigError::UnusableFile {
+            key: key.to_owned(),
+            path: path.to_path_buf(),
+            reason: "it disappeared while the run was being created".to_owned(),
         })
-    }
+    })
 }
 
+/// Checks the paths of a configuration against the workspace (symlinks followed): `log_dir`,
+/// `prompt_file` and `context_files` must stay inside it.
+fn check_config_paths(config: &Config, workspace: &Path) -> Result<(), EngineError> {
+    resolve_inside(workspace, &config.log_dir, "log_dir")?;
+    if let Some(p) = &config.prompt_file {
+        resolve_inside(workspace, p, "prompt_file")?;
+    }
+    for p in &config.context_files {
+        resolve_inside(workspace, p, "context_files")?;
+    }
+    Ok(())
+}
+
+/// The folder run worktrees must stay in: the workspace's parent (the workspace itself when it
+/// has none).
+fn worktree_root(workspace: &Path) -> &Path {
+    workspace.parent().unwrap_or(workspace)
+}
+
+/// Renders `worktree_path_template` for `branch` and refuses a result outside
+/// [`worktree_root`], naming the key.
+fn worktree_path(cfg: &Config, workspace: &Path, branch: &str) -> Result<PathBuf, EngineError> {
+    let rendered = naming::render_worktree_path(&cfg.worktree_path_template, workspace, branch)
+        .map_err(|e| EngineError::InvalidInput {
+            field: "worktree_path_template".into(),
+            detail: e.to_string(),
+        })?;
+    let resolved = resolve_inside(worktree_root(workspace), &rendered, "worktree_path_template")
+        .map_err(|e| match e {
+            ConfigError::OutsideRoot { resolved, root, .. } => EngineError::InvalidInput {
+                field: "worktree_path_template".into(),
+                detail: format!(
+                    "`{}` puts the worktree at {}, outside {} (worktrees must stay in the workspace's parent folder)",
+                    cfg.worktree_path_template,
+                    resolved.display(),
+                    root.display()
+                ),
+            },
+            other => EngineError::Config(other),
+        })?;
+    if resolved.as_path() == workspace {
+        return Err(EngineError::InvalidInput {
+            field: "worktree_path_template".into(),
+            detail: format!(
+                "`{}` puts the worktree at the workspace itself",
+                cfg.worktree_path_template
+            ),
+        });
+    }
+    Ok(resolved)
+}
+
+/// Resolves and checks everything a run is created from. Blocking (file system, bounded
+/// reads): call it through `spawn_blocking`.
 fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
     if !req.workspace_root.is_absolute() {
         return Err(EngineError::InvalidInput {
@@ -115,7 +173,7 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
             detail: format!("{} is not a directory", req.workspace_root.display()),
         });
     }
-    let workspace = normalize(&req.workspace_root);
+    let workspace = resolve_path(Path::new("/"), &req.workspace_root);
     let loaded = Config::load(&ConfigLayers {
         workspace_root: workspace.clone(),
         config_file: req.config_file.clone(),
@@ -125,12 +183,30 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
     })?;
     let config = loaded.config;
     config.validate()?;
+    check_config_paths(&config, &workspace)?;
+    if let Some(branch) = &req.merge_target_branch
+        && let Some(rule) = naming::branch_name_problem(branch)
+    {
+        return Err(EngineError::InvalidInput {
+            field: "merge_target_branch".into(),
+            detail: format!("`{branch}` is not a valid branch name: {rule}"),
+        });
+    }
+    // The template is checked now with a stand-in branch; the real branch is checked again
+    // when it is chosen.
+    worktree_path(
+        &config,
+        &workspace,
+        &format!("{}name", config.run_branch_prefix),
+    )?;
     let cwd = req.cwd.clone().unwrap_or_else(|| workspace.clone());
     let spec = resolve_spec_path(&workspace, &cwd, &req.spec_path, &config)?;
-    let spec = inside(&workspace, &spec, "spec_path")?;
+    let spec = contained(&workspace, &spec, &req.spec_path, "spec_path")?;
     let plan = resolve_plan_path(&workspace, &cwd, req.plan_path.as_deref(), &config, &spec)?;
-    let plan = inside(&workspace, &plan, "plan_path")?;
-    let spec_text = std::fs::read_to_string(&spec).ok();
+    let plan_given = req.plan_path.clone().unwrap_or_else(|| plan.clone());
+    let plan = contained(&workspace, &plan, &plan_given, "plan_path")?;
+    let spec_text = read_doc("spec_path", &spec)?;
+    let plan_text = read_doc("plan_path", &plan)?;
     Ok(Resolved {
         workspace,
         config,
@@ -138,7 +214,59 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
         spec,
         plan,
         spec_text,
+        plan_text,
     })
+}
+
+/// Writes the run's plan snapshot ([`RunFolder::plan_snapshot`]) into its workspace run folder.
+async fn write_plan_snapshot(run: &Run, cfg: &Config, plan: &str) -> Result<PathBuf, EngineError> {
+    let path = RunFolder::workspace(&run.workspace_root, &cfg.log_dir, run.id).plan_snapshot();
+    let bytes = plan.as_bytes().to_vec();
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || crate::artifacts::write_atomic(&target, &bytes))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| EngineError::InvalidInput {
+            field: "log_dir".into(),
+            detail: format!("cannot write the plan snapshot {}: {e}", path.display()),
+        })?;
+    Ok(path)
+}
+
+/// [`resolve`] off the async workers.
+async fn resolve_blocking(req: &CreateRun) -> Result<Resolved, EngineError> {
+    let req = req.clone();
+    tokio::task::spawn_blocking(move || resolve(&req))
+        .await
+        .map_err(|e| EngineError::InvalidInput {
+            field: "request".into(),
+            detail: format!("reading the run's files was interrupted: {e}"),
+        })?
+}
+
+/// Refuses a run the Claude CLI would refuse at its first step: as root, the CLI rejects
+/// `--dangerously-skip-permissions` unless `IS_SANDBOX` is exactly `1`. Only for the
+/// configured Claude executor (an injected executor decides for itself).
+fn check_sandbox(inner: &Inner, cfg: &Config) -> Result<(), EngineError> {
+    if inner.executor.is_some() || cfg.executor != ExecutorKind::Claude {
+        return Ok(());
+    }
+    match sandbox_problem() {
+        Some(detail) => Err(EngineError::InvalidInput {
+            field: "IS_SANDBOX".into(),
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why the Claude CLI would refuse to start under this process (root without
+/// `IS_SANDBOX=1`), with what to set; `None` when it would start. loopd warns with it at
+/// start-up, and run creation refuses `executor=claude` runs with it.
+pub fn sandbox_problem() -> Option<String> {
+    let is_sandbox = std::env::var_os("IS_SANDBOX").map(|v| v.to_string_lossy().into_owned());
+    crate::impls::root_refusal(crate::process::effective_uid(), is_sandbox.as_deref())
 }
 
 impl Engine {
@@ -149,8 +277,9 @@ impl Engine {
         if self.is_shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
-        let r = resolve(&req)?;
+        let r = resolve_blocking(&req).await?;
         let inner = &self.inner;
+        check_sandbox(inner, &r.config)?;
         inner
             .vcs
             .repo_root(&r.workspace)
@@ -159,7 +288,7 @@ impl Engine {
                 field: "workspace_root".into(),
                 detail: format!("{} is not a git repository: {e}", r.workspace.display()),
             })?;
-        let slug = naming::spec_slug(&r.spec, r.spec_text.as_deref());
+        let slug = naming::spec_slug(&r.spec, Some(&r.spec_text));
         let base_branch = match &r.config.base_branch {
             Some(b) => b.clone(),
             None => inner.vcs.default_branch(&r.workspace).await?,
@@ -213,21 +342,38 @@ impl Engine {
             worker_id: None,
             lease_expires_at: None,
         };
-        if let Ok(text) = std::fs::read_to_string(&r.plan) {
-            let counts = crate::plan::counts(&text);
-            run.tasks_done = counts.done;
-            run.tasks_total = counts.total;
-        }
+        let counts = crate::plan::counts(&r.plan_text);
+        run.tasks_done = counts.done;
+        run.tasks_total = counts.total;
         // A name chosen now fixes the branch now; a haiku name is asked for when the run
         // starts, and the branch follows it then.
         let needs_naming = req.name.is_none() && name_source == NameSource::Haiku;
-        {
+        // The plan is fixed now: the worktree's plan is seeded from this snapshot when the
+        // run starts, whatever happened to the workspace's plan in between.
+        let snapshot = write_plan_snapshot(&run, &r.config, &r.plan_text).await?;
+        let created = {
             let lock = inner.prep_lock(&run.workspace_root).await;
             let _guard = lock.lock().await;
-            if !needs_naming {
-                choose_branch(inner, &mut run, &r.config).await?;
+            let chosen = if needs_naming {
+                Ok(())
+            } else {
+                choose_branch(inner, &mut run, &r.config).await
+            };
+            match chosen {
+                Ok(()) => inner
+                    .store
+                    .create_run(&run)
+                    .await
+                    .map_err(EngineError::from),
+                Err(e) => Err(e),
             }
-            inner.store.create_run(&run).await?;
+        };
+        if let Err(e) = created {
+            let folder = snapshot.parent().map(Path::to_path_buf);
+            if let Some(folder) = folder {
+                let _ = tokio::fs::remove_dir_all(folder).await;
+            }
+            return Err(e);
         }
         inner
             .emit(NewEvent::new(
@@ -251,27 +397,38 @@ impl Engine {
     }
 
     /// The prompts a run with these inputs would get, without creating or running anything.
-    pub fn preview_prompt(&self, req: &CreateRun) -> Result<PromptPreview, EngineError> {
-        let r = resolve(req)?;
-        let paths = prompt_paths(
-            &r.config,
-            &r.workspace,
-            &r.spec,
-            Some(&r.plan),
-            &r.workspace,
-            None,
-        );
-        let implementation = implementation_prompt_text(&r.config, &paths, &r.workspace)?;
-        let reviewer = r
-            .config
-            .reviewer
-            .then(|| prompt::reviewer_prompt(&paths, &r.workspace, r.config.completion_mode));
-        Ok(PromptPreview {
-            implementation,
-            reviewer,
-            warnings: r.warnings,
-        })
+    /// The files are read off the async workers.
+    pub async fn preview_prompt(&self, req: &CreateRun) -> Result<PromptPreview, EngineError> {
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || preview(&resolve(&req)?))
+            .await
+            .map_err(|e| EngineError::InvalidInput {
+                field: "request".into(),
+                detail: format!("reading the run's files was interrupted: {e}"),
+            })?
     }
+}
+
+/// The prompts of resolved inputs (reads the prompt file: blocking).
+fn preview(r: &Resolved) -> Result<PromptPreview, EngineError> {
+    let paths = prompt_paths(
+        &r.config,
+        &r.workspace,
+        &r.spec,
+        Some(&r.plan),
+        &r.workspace,
+        None,
+    );
+    let implementation = implementation_prompt_text(&r.config, &paths, &r.workspace)?;
+    let reviewer = r
+        .config
+        .reviewer
+        .then(|| prompt::reviewer_prompt(&paths, &r.workspace, r.config.completion_mode));
+    Ok(PromptPreview {
+        implementation,
+        reviewer,
+        warnings: r.warnings.clone(),
+    })
 }
 
 /// Where the prompt's files are for an agent working in `workdir` (a worktree mirroring the
@@ -309,7 +466,10 @@ pub(crate) fn prompt_paths(
 }
 
 /// The implementation prompt of a run's config: the custom prompt file when one is set
-/// (`prompt_file`, else `<workdir>/.loop/prompt.txt`), else the default prompt.
+/// (`prompt_file`, else `<workdir>/.loop/prompt.txt`), else the default prompt. A relative
+/// prompt file must resolve inside `workdir` (an absolute one was checked against the
+/// workspace when the run was created); either must be a regular file of at most
+/// [`MAX_PROMPT_FILE_BYTES`].
 pub(crate) fn implementation_prompt_text(
     cfg: &Config,
     paths: &prompt::PromptPaths,
@@ -317,19 +477,25 @@ pub(crate) fn implementation_prompt_text(
 ) -> Result<String, EngineError> {
     let custom = match &cfg.prompt_file {
         Some(p) => {
-            let p = if p.is_absolute() {
+            let path = if p.is_absolute() {
                 p.clone()
             } else {
-                workdir.join(p)
+                resolve_inside(workdir, p, "prompt_file")?
             };
             Some(
-                std::fs::read_to_string(&p).map_err(|e| EngineError::InvalidInput {
-                    field: "prompt_file".into(),
-                    detail: format!("cannot read {}: {e}", p.display()),
+                read_user_file("prompt_file", &path, MAX_PROMPT_FILE_BYTES)?.ok_or_else(|| {
+                    EngineError::InvalidInput {
+                        field: "prompt_file".into(),
+                        detail: format!("cannot read {}: no such file", path.display()),
+                    }
                 })?,
             )
         }
-        None => std::fs::read_to_string(workdir.join(".loop").join("prompt.txt")).ok(),
+        None => {
+            let default = Path::new(".loop").join("prompt.txt");
+            let path = resolve_inside(workdir, &default, ".loop/prompt.txt")?;
+            read_user_file(".loop/prompt.txt", &path, MAX_PROMPT_FILE_BYTES)?
+        }
     };
     Ok(match custom {
         Some(template) => prompt::custom_prompt(&template, paths, workdir, cfg.completion_mode),
@@ -370,14 +536,6 @@ async fn choose_branch(inner: &Inner, run: &mut Run, cfg: &Config) -> Result<(),
     );
     let slug = naming::slugify(&run.name);
     run.run_branch = naming::branch_name(&cfg.run_branch_prefix, &slug, &existing);
-    run.worktree_path = naming::render_worktree_path(
-        &cfg.worktree_path_template,
-        &run.workspace_root,
-        &run.run_branch,
-    )
-    .map_err(|e| EngineError::InvalidInput {
-        field: "worktree_path_template".into(),
-        detail: e.to_string(),
-    })?;
+    run.worktree_path = worktree_path(cfg, &run.workspace_root, &run.run_branch)?;
     Ok(())
 }

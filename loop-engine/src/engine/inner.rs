@@ -101,11 +101,6 @@ impl Inner {
         }
     }
 
-    /// True when the agent's output is expected to end with a stream-json `result` line.
-    pub(crate) fn expects_result_line(&self, cfg: &Config) -> bool {
-        self.executor.is_none() && cfg.executor == ExecutorKind::Claude
-    }
-
     /// Appends an event to the store and publishes it to followers.
     pub(crate) async fn emit(&self, event: NewEvent) -> Result<Event, crate::backend::StoreError> {
         let stored = self.store.append_event(&event).await?;

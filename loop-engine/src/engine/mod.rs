@@ -12,11 +12,12 @@ mod metrics;
 mod recovery;
 mod report;
 mod scheduler;
+mod supervisor;
 #[cfg(test)]
 mod tests;
 
 pub use core::{Engine, EngineBuilder};
-pub use create::{CreateRun, CreatedRun, PromptPreview};
+pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};

@@ -1,6 +1,7 @@
-//! Running one agent process, shared by the Claude and command executors: spawning it, streaming
-//! its output to the log and to followers, watching the timeouts and the cancel token, and
-//! stopping it together with everything it started.
+//! Running one agent process under the [`Executor`](crate::backend::Executor) contract, shared
+//! by the Claude and command executors and public as [`run_agent`] for custom executors:
+//! spawning it, streaming its output to the log and to followers, watching the timeouts and the
+//! cancel token, and stopping it together with everything it started.
 //!
 //! Memory stays bounded whatever the agent prints: output is handled chunk by chunk, only short
 //! tails are kept, and of the line being assembled for the stream-json parser at most
@@ -47,13 +48,15 @@ const SWEEP_AFTER_EXIT: Duration = Duration::from_millis(20);
 /// process we could not find) before reading stops.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// What a missing program is called in the configuration, and what to do about it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ProgramKey {
-    /// The config key that names the program.
-    pub(crate) key: &'static str,
-    /// The hint for [`ExecutorError::NotFound`].
-    pub(crate) hint: &'static str,
+/// Where a missing agent program is configured, and what to do about it: the `key` and `hint`
+/// of the [`ExecutorError::NotFound`] that [`run_agent`] returns when the program cannot be
+/// started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramKey {
+    /// The config key (or other setting) that names the program, e.g. `claude_bin`.
+    pub key: &'static str,
+    /// What to do about it, e.g. `install the CLI or set claude_bin to its path`.
+    pub hint: &'static str,
 }
 
 /// The outcome plus what the tests need to check that memory stayed bounded.
@@ -354,10 +357,42 @@ fn spawn_error(program: &str, key: ProgramKey, e: io::Error) -> ExecutorError {
     }
 }
 
-/// Runs `cmd` as the agent of `req`: see the [`Executor`](crate::backend::Executor) contract.
-/// The output is parsed as stream-json where it is JSON; the outcome's `output_text` is the
-/// `result` line's text when one came, else the end of stdout.
-pub(crate) async fn run_agent(
+/// Runs `cmd` as the agent of `req`, keeping every part of the
+/// [`Executor`](crate::backend::Executor) contract that concerns the process:
+///
+/// - the output is written to `req.log_path` as it arrives and published on `ctx.output` with
+///   its byte offsets, in bounded memory whatever the agent prints;
+/// - `req.timeout` and `req.idle_timeout` stop it (exit code 124, [`Termination::TimedOut`] /
+///   [`Termination::IdleTimedOut`]); `ctx.cancel` stops it promptly (exit code 130,
+///   [`Termination::Canceled`]); dropping the future stops it too;
+/// - stopping means the whole process tree: its group, and descendants that left the group
+///   (`setsid`), found by an environment marker; leftovers of a normal exit are stopped as well;
+/// - [`ExecSignal::Spawned`] is sent with the pid, and stream-json `api_retry` lines become
+///   [`ExecSignal::ApiRetry`];
+/// - stdout is parsed as stream-json where it is JSON: a `result` line fills
+///   [`ExecOutcome::result`], and `output_text` is its text, else the end of stdout.
+///
+/// `cmd` is the command line only (program, arguments, extra environment, stdin bytes);
+/// `req.env` is added to it, and `req.workdir` must exist. `program` names the setting to
+/// blame when the program cannot be found.
+///
+/// # Errors
+/// [`ExecutorError::NotFound`] when the program does not exist, [`ExecutorError::Retryable`]
+/// when the system is out of processes or memory, [`ExecutorError::Fatal`] when the log cannot
+/// be written or the working directory does not exist.
+pub async fn run_agent(
+    cmd: Cmd,
+    program: ProgramKey,
+    req: &ExecRequest,
+    ctx: &ExecContext,
+) -> Result<ExecOutcome, ExecutorError> {
+    run_measured(cmd, program, req, ctx)
+        .await
+        .map(|run| run.outcome)
+}
+
+/// [`run_agent`], also reporting how much memory the output handling retained.
+pub(crate) async fn run_measured(
     mut cmd: Cmd,
     key: ProgramKey,
     req: &ExecRequest,
@@ -670,7 +705,7 @@ mod tests {
 
     async fn run_sh(script: &str, req: &ExecRequest, ctx: &ExecContext) -> AgentRun {
         let cmd = Cmd::new("sh", &req.workdir).args(["-c", script]);
-        run_agent(cmd, KEY, req, ctx).await.unwrap()
+        run_measured(cmd, KEY, req, ctx).await.unwrap()
     }
 
     fn spawned_pid(rx: &mut UnboundedReceiver<ExecSignal>) -> u32 {

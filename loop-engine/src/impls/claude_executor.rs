@@ -3,15 +3,15 @@
 //! `claude -p --dangerously-skip-permissions --model <model> --output-format stream-json
 //! --verbose <prompt>` runs in the worktree, in its own process group, with stdin closed and
 //! the daemon's environment plus `ExecRequest.env`. What the run means is judged from the final
-//! `result` line (see [`crate::outcome`]), never from the exit code alone.
+//! `result` line (see [`Verdict::of`]), never from the exit code alone.
 
 use std::ffi::OsStr;
 use std::path::Path;
 
 use async_trait::async_trait;
 
-use crate::backend::{ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError};
-use crate::impls::agent_process::{ProgramKey, run_agent};
+use crate::backend::{ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Verdict};
+use crate::impls::agent_process::{ProgramKey, run_measured};
 use crate::outcome::ROOT_REFUSAL_FIX;
 use crate::process::{self, Cmd};
 
@@ -76,7 +76,7 @@ impl Executor for ClaudeExecutor {
             });
         }
         let cmd = Cmd::new(&self.claude_bin, &req.workdir).args(Self::args(&req));
-        let run = run_agent(cmd, CLAUDE_KEY, &req, &ctx).await?;
+        let run = run_measured(cmd, CLAUDE_KEY, &req, &ctx).await?;
         tracing::debug!(
             step_id = %req.step_id,
             exit_code = run.outcome.exit_code,
@@ -85,6 +85,12 @@ impl Executor for ClaudeExecutor {
             "claude finished"
         );
         Ok(run.outcome)
+    }
+
+    /// The Claude CLI must end with its stream-json `result` line: exit code 0 without one
+    /// means it was interrupted ([`FailureKind::NoResult`](crate::backend::FailureKind)).
+    fn judge(&self, outcome: &ExecOutcome) -> Verdict {
+        Verdict::of(outcome, true)
     }
 }
 
@@ -142,9 +148,9 @@ fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::FailureKind;
     use crate::backend::{ExecPurpose, ExecSignal, Termination};
     use crate::domain::{RunId, StepId};
-    use crate::outcome::{FailureKind, Verdict, judge};
     use tokio_util::sync::CancellationToken;
 
     fn request(dir: &Path) -> ExecRequest {
@@ -216,7 +222,7 @@ EOF"#;
         assert_eq!(result.usage.cost_usd, Some(0.01));
         assert_eq!(outcome.output_text, "Completed task 1. 0 tasks remain.");
         assert_eq!(outcome.output_lines, 5);
-        assert!(judge(&outcome, true).is_success());
+        assert!(judge(&outcome).is_success());
 
         let log = std::fs::read(&req.log_path).unwrap();
         assert_eq!(log.len() as u64, outcome.output_bytes);
@@ -270,6 +276,11 @@ EOF"#;
             .unwrap()
     }
 
+    /// The verdict of the executor itself, as the engine asks for it.
+    fn judge(outcome: &ExecOutcome) -> Verdict {
+        ClaudeExecutor::new("claude").judge(outcome)
+    }
+
     fn kind(v: Verdict) -> Option<FailureKind> {
         match v {
             Verdict::Success => None,
@@ -285,7 +296,7 @@ EOF"#;
         .await;
         assert_eq!(overloaded.exit_code, 1);
         assert_eq!(
-            kind(judge(&overloaded, true)),
+            kind(judge(&overloaded)),
             Some(FailureKind::Transient { status: Some(529) })
         );
 
@@ -294,7 +305,7 @@ EOF"#;
         )
         .await;
         assert_eq!(refused.exit_code, 0);
-        let verdict = judge(&refused, true);
+        let verdict = judge(&refused);
         assert_eq!(kind(verdict.clone()), Some(FailureKind::AuthRefused));
         assert!(matches!(verdict, Verdict::Failure { message, .. } if message.contains("401")));
     }
@@ -306,7 +317,7 @@ EOF"#;
         assert_eq!(outcome.exit_code, 0);
         assert!(outcome.result.is_none());
         assert!(outcome.output_text.ends_with("partial text\n"));
-        assert_eq!(kind(judge(&outcome, true)), Some(FailureKind::NoResult));
+        assert_eq!(kind(judge(&outcome)), Some(FailureKind::NoResult));
     }
 
     #[tokio::test]
@@ -317,7 +328,7 @@ EOF"#;
         .await;
         assert_eq!(outcome.exit_code, 1);
         assert!(outcome.stderr_tail.contains("root/sudo"));
-        assert_eq!(kind(judge(&outcome, true)), Some(FailureKind::RootRefused));
+        assert_eq!(kind(judge(&outcome)), Some(FailureKind::RootRefused));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::backend::{ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError};
-use crate::impls::agent_process::{ProgramKey, run_agent};
+use crate::impls::agent_process::{ProgramKey, run_measured};
 use crate::process::Cmd;
 
 const COMMAND_KEY: ProgramKey = ProgramKey {
@@ -137,7 +137,7 @@ impl Executor for CommandExecutor {
         if !self.prompt_in_args() {
             cmd = cmd.stdin_bytes(req.prompt.as_bytes());
         }
-        let run = run_agent(cmd, COMMAND_KEY, &req, &ctx).await?;
+        let run = run_measured(cmd, COMMAND_KEY, &req, &ctx).await?;
         tracing::debug!(
             step_id = %req.step_id,
             exit_code = run.outcome.exit_code,
@@ -240,7 +240,6 @@ mod tests {
     use super::*;
     use crate::backend::{ExecPurpose, Termination};
     use crate::domain::{RunId, StepId};
-    use crate::outcome::judge;
     use tokio_util::sync::CancellationToken;
 
     fn request(dir: &Path, prompt: &str) -> ExecRequest {
@@ -324,7 +323,12 @@ mod tests {
                 dir.path().display()
             )
         );
-        assert!(judge(&outcome, false).is_success());
+        assert!(
+            CommandExecutor::new("true")
+                .unwrap()
+                .judge(&outcome)
+                .is_success()
+        );
     }
 
     #[tokio::test]
@@ -370,7 +374,12 @@ mod tests {
         assert_eq!(outcome.exit_code, 3);
         assert_eq!(outcome.termination, Some(Termination::Exited));
         assert_eq!(outcome.stderr_tail, "failing\n");
-        assert!(!judge(&outcome, false).is_success());
+        assert!(
+            !CommandExecutor::new("true")
+                .unwrap()
+                .judge(&outcome)
+                .is_success()
+        );
     }
 
     #[tokio::test]

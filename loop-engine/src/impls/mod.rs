@@ -1,5 +1,6 @@
 //! Reference backends: the in-memory store, the git CLI, the agent process executors (Claude
-//! CLI and command template), the simulated agent and the tracing notifier.
+//! CLI and command template), the simulated agent and the tracing notifier; and
+//! [`run_agent`], the agent-process runner they are built on, for custom executors.
 
 mod agent_process;
 mod claude_executor;
@@ -11,7 +12,9 @@ mod memory_store;
 pub(crate) mod sim_agent;
 pub mod stream_json;
 
+pub use agent_process::{ProgramKey, run_agent};
 pub use claude_executor::ClaudeExecutor;
+pub(crate) use claude_executor::root_refusal;
 pub use command_executor::{AgentCmdError, CommandExecutor, prompt_file_for};
 pub use git_cli::{GitCli, RUN_ID_TRAILER};
 pub use log_notifier::LogNotifier;

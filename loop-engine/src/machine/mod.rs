@@ -4,5 +4,5 @@
 mod retry;
 mod watchdog;
 
-pub use retry::*;
-pub use watchdog::*;
+pub(crate) use retry::*;
+pub(crate) use watchdog::*;

@@ -6,30 +6,30 @@ use crate::outcome::FailureKind;
 
 /// The retry settings of a run (from its config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// `claude_retries`: extra attempts after any failure.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// `claude_retry_backoff_sec`: pause between those attempts.
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// `claude_transient_retries`: extra attempts after transient API failures, on top of
     /// `retries`, with exponential backoff.
-    pub transient_retries: u32,
+    pub(crate) transient_retries: u32,
     /// `claude_transient_backoff_max_sec`: cap of the exponential backoff.
-    pub transient_backoff_max: Duration,
+    pub(crate) transient_backoff_max: Duration,
 }
 
 /// Retries used so far by one step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     /// Plain retries used.
-    pub plain_used: u32,
+    pub(crate) plain_used: u32,
     /// Transient retries used.
-    pub transient_used: u32,
+    pub(crate) transient_used: u32,
 }
 
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RetryDecision {
+pub(crate) enum RetryDecision {
     /// Try again after `delay`.
     Retry {
         /// How long to wait first.
@@ -42,11 +42,11 @@ pub enum RetryDecision {
 }
 
 /// Base delay of the exponential backoff for transient failures.
-pub const TRANSIENT_BASE_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const TRANSIENT_BASE_DELAY: Duration = Duration::from_secs(5);
 
 /// Decides whether a failure of `kind` is retried, updating `budget`. `jitter` is a number in
 /// `[0, 1)` that spreads the exponential backoff by up to ±25% (pass a random number).
-pub fn decide_retry(
+pub(crate) fn decide_retry(
     policy: &RetryPolicy,
     budget: &mut RetryBudget,
     kind: &FailureKind,

@@ -4,7 +4,7 @@
 /// Why the watchdog wants the prompt rewritten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WatchdogSignal {
+pub(crate) enum WatchdogSignal {
     /// The same open task was worked again and again without being ticked.
     RepeatedTask,
     /// Verification failed repeatedly.
@@ -17,7 +17,7 @@ pub enum WatchdogSignal {
 
 impl WatchdogSignal {
     /// The SPEC spelling (`repeated_task`, ...).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::RepeatedTask => "repeated_task",
             Self::VerificationFailed => "verification_failed",
@@ -29,46 +29,46 @@ impl WatchdogSignal {
 
 /// What one implementation step changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StepObservation {
+pub(crate) struct StepObservation {
     /// HEAD moved.
-    pub head_changed: bool,
+    pub(crate) head_changed: bool,
     /// The plan file's contents changed.
-    pub plan_changed: bool,
+    pub(crate) plan_changed: bool,
     /// The first open task before the step (normalised), if any.
-    pub open_task_before: Option<String>,
+    pub(crate) open_task_before: Option<String>,
     /// The first open task after the step.
-    pub open_task_after: Option<String>,
+    pub(crate) open_task_after: Option<String>,
     /// The completion token came in a form that was not accepted.
-    pub malformed_complete: bool,
+    pub(crate) malformed_complete: bool,
     /// The verification after the step: `Some(false)` failed, `Some(true)` passed, `None` not run.
-    pub verification_passed: Option<bool>,
+    pub(crate) verification_passed: Option<bool>,
 }
 
 /// Thresholds of the watchdog (from the run's config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WatchdogConfig {
+pub(crate) struct WatchdogConfig {
     /// `watchdog_no_progress_steps`.
-    pub no_progress_steps: u32,
+    pub(crate) no_progress_steps: u32,
     /// `watchdog_repeat_task_steps`.
-    pub repeat_task_steps: u32,
+    pub(crate) repeat_task_steps: u32,
     /// Consecutive verification failures that raise `verification_failed`.
-    pub verification_failures: u32,
+    pub(crate) verification_failures: u32,
 }
 
 /// The watchdog's memory of recent implementation steps.
 #[derive(Clone, Debug, Default)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     history: Vec<StepObservation>,
 }
 
 impl Watchdog {
     /// An empty watchdog.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records a finished implementation step.
-    pub fn observe(&mut self, obs: StepObservation) {
+    pub(crate) fn observe(&mut self, obs: StepObservation) {
         self.history.push(obs);
         // Only the recent past matters; keep memory bounded on very long runs.
         if self.history.len() > 64 {
@@ -77,19 +77,19 @@ impl Watchdog {
     }
 
     /// Attaches a verification result to the latest step.
-    pub fn observe_verification(&mut self, passed: bool) {
+    pub(crate) fn observe_verification(&mut self, passed: bool) {
         if let Some(last) = self.history.last_mut() {
             last.verification_passed = Some(passed);
         }
     }
 
     /// Forgets the history, after a rewrite (the new prompt gets a fresh chance).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.history.clear();
     }
 
     /// The signal that the recent steps raise, if any (most specific first).
-    pub fn signal(&self, cfg: &WatchdogConfig) -> Option<WatchdogSignal> {
+    pub(crate) fn signal(&self, cfg: &WatchdogConfig) -> Option<WatchdogSignal> {
         let last = self.history.last()?;
         if last.malformed_complete {
             return Some(WatchdogSignal::MalformedComplete);

@@ -130,7 +130,7 @@ async fn route(
             allow(method, &path, &[Method::POST])?;
             let req: CreateRunRequest =
                 read_json(&parts.headers, body, state.opts.max_body_bytes).await?;
-            let preview = engine.preview_prompt(&req.to_engine())?;
+            let preview = engine.preview_prompt(&req.to_engine()).await?;
             Ok(body::json(
                 StatusCode::OK,
                 &PromptResponse {

@@ -3,7 +3,9 @@
 //! runs the plan with live progress to the end, then shows where the artifacts are. The agent
 //! is the real Claude CLI talking to a scripted model server on 127.0.0.1 (no network, no API
 //! key) when the CLI is installed (`CLAUDE_BIN` or `claude` on PATH), else the built-in
-//! simulated agent, clearly labelled as a simulation.
+//! simulated agent, clearly labelled as a simulation. The scripted model is a separate program
+//! (`test-support/scripted-model`, the binary next to this one, started like the private
+//! loopd), so loopctl itself does not link a test server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use anyhow::{Context, bail};
 use loop_engine::process::Cmd;
 use loop_http::Client;
 use loop_http::api::CreateRunRequest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::cli::{Cli, DemoArgs};
 use crate::commands::{Ctx, out, token};
@@ -50,18 +53,87 @@ enum Agent {
     RealCli { wrapper: PathBuf },
 }
 
-/// A script that runs the CLI against the scripted model (and nothing else).
-fn write_wrapper(dir: &Path, claude: &Path, base_url: &str) -> anyhow::Result<PathBuf> {
-    let wrapper = dir.join(".loop/claude-demo.sh");
-    scripted_model::cli::Wrapper {
-        claude: claude.to_path_buf(),
-        base_url: base_url.to_owned(),
-        exports: vec![("CLAUDE_CODE_MAX_RETRIES".into(), "1".into())],
-        ..scripted_model::cli::Wrapper::default()
+/// The Claude CLI, if installed: `CLAUDE_BIN`, else `claude` on `PATH`.
+fn find_claude() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("CLAUDE_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
     }
-    .write(&wrapper)
-    .with_context(|| format!("cannot write {}", wrapper.display()))?;
-    Ok(wrapper)
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("claude"))
+        .find(|p| p.is_file())
+}
+
+/// The scripted model server (the `scripted-model` program), running while the demo does.
+struct Model {
+    base_url: String,
+    /// The script that runs the CLI against this model (and nothing else): the `claude_bin`.
+    wrapper: PathBuf,
+    /// Killed when dropped.
+    child: tokio::process::Child,
+}
+
+impl Model {
+    /// Stops the server and waits for it to end.
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The first line the model server prints, before the URL.
+const LISTENING: &str = "scripted model listening on ";
+
+/// Starts the scripted model next to this binary, with a wrapper script for `claude` in the
+/// project's `.loop/`. `Ok(None)` when the program is not there (the demo then simulates).
+async fn start_model(dir: &Path, claude: &Path) -> anyhow::Result<Option<Model>> {
+    let exe = std::env::current_exe().context("cannot find loopctl's own path")?;
+    let program = exe.with_file_name("scripted-model");
+    if !program.is_file() {
+        return Ok(None);
+    }
+    let wrapper = dir.join(".loop/claude-demo.sh");
+    let mut cmd = Cmd::new(&program, dir)
+        .args(["--listen", "127.0.0.1:0", "--wrapper"])
+        .arg(&wrapper)
+        .arg("--claude")
+        .arg(claude)
+        .args(["--export", "CLAUDE_CODE_MAX_RETRIES=1"])
+        .to_tokio();
+    // Both pipes are captured: stdout for the URL, stderr for why it did not start.
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("no stdout from the scripted model")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    let base_url = match first {
+        Ok(Ok(Some(line))) => line.strip_prefix(LISTENING).map(str::to_owned),
+        _ => None,
+    };
+    let Some(base_url) = base_url else {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), pipe.read_to_string(&mut stderr))
+                .await;
+        }
+        bail!(
+            "the scripted model ({}) did not start: {}",
+            program.display(),
+            stderr.trim()
+        );
+    };
+    // The rest of what it prints is for people running it by hand.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Some(Model {
+        base_url,
+        wrapper,
+        child,
+    }))
 }
 
 async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
@@ -141,24 +213,25 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join(".loop"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let claude = if a.simulate {
-        None
-    } else {
-        scripted_model::cli::find_claude()
-    };
+    let claude = if a.simulate { None } else { find_claude() };
     // The scripted model lives as long as the demo: it answers the CLI like a model would.
     let model = match &claude {
-        Some(_) => Some(
-            scripted_model::ModelServer::start(scripted_model::Script::plan_agent())
-                .context("cannot start the scripted model server")?,
-        ),
+        Some(bin) => {
+            let model = start_model(&dir, bin).await?;
+            if model.is_none() {
+                out(
+                    "the Claude CLI is installed, but the scripted model it would talk to is not built next to loopctl (cargo build --release -p scripted-model); simulating instead",
+                );
+            }
+            model
+        }
         None => None,
     };
-    let agent = match (&claude, &model) {
-        (Some(bin), Some(m)) => Agent::RealCli {
-            wrapper: write_wrapper(&dir, bin, &m.base_url())?,
+    let agent = match &model {
+        Some(m) => Agent::RealCli {
+            wrapper: m.wrapper.clone(),
         },
-        _ => Agent::Simulated,
+        None => Agent::Simulated,
     };
     create_project(&dir, &agent).await?;
     out(&format!("sample project: {}", dir.display()));
@@ -168,7 +241,7 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
             out(&format!(
                 "agent: the real Claude CLI ({}) against a scripted model at {} (no network, no API key)",
                 bin.display(),
-                m.base_url()
+                m.base_url
             ));
             if root {
                 out(
@@ -238,7 +311,9 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-    drop(model);
+    if let Some(model) = model {
+        model.stop().await;
+    }
     if !run.status.is_terminal() || run.status != loop_engine::domain::RunStatus::Completed {
         bail!("the demo run ended {}", run.status);
     }

@@ -22,7 +22,7 @@ use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
 use crate::machine::{RetryBudget, RetryDecision, RetryPolicy, decide_retry};
 use crate::naming;
-use crate::outcome::{FailureKind, Verdict, judge};
+use crate::outcome::{FailureKind, Verdict};
 
 /// How long after an agent's start the journal is flushed (see `run_agent`).
 const FLUSH_AFTER_SPAWN: Duration = Duration::from_millis(3);
@@ -205,7 +205,8 @@ impl RunDriver {
                     message: step.reason.clone().unwrap_or_default(),
                 }
             } else {
-                judge(&outcome, self.inner.expects_result_line(&self.cfg))
+                // The executor that ran the step says what its outcome means.
+                executor.judge(&outcome)
             };
             let message = match &verdict {
                 Verdict::Success => "ok".to_owned(),

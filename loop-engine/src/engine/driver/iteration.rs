@@ -26,6 +26,9 @@ impl RunDriver {
         self.checkpoint()?;
         self.load_history().await?;
         self.prepare().await?;
+        if self.run.iterations_run == 0 {
+            self.refuse_done_plan()?;
+        }
         let first = self.run.iterations_run.max(1);
         for iteration in first..=self.cfg.iterations {
             self.checkpoint()?;
@@ -41,6 +44,31 @@ impl RunDriver {
             detail: format!(
                 "run {}: all {} iterations used and the plan is not done ({} of {} tasks done)",
                 self.run.id, self.cfg.iterations, self.run.tasks_done, self.run.tasks_total
+            ),
+        })
+    }
+
+    /// Ends a run that would start with nothing to do: its plan (seeded from the snapshot
+    /// taken at creation) has no open task and nothing for the reviewer. Such a run would
+    /// otherwise complete without one agent step; it fails `plan_already_done` instead.
+    fn refuse_done_plan(&mut self) -> Result<(), Stop> {
+        let (_, counts) = self.read_plan()?;
+        let review_left = self.cfg.reviewer && counts.to_review > 0;
+        if counts.pending > 0 || review_left {
+            return Ok(());
+        }
+        Err(Stop::Fail {
+            reason: ExitReason::PlanAlreadyDone,
+            detail: format!(
+                "the plan {} had no open task when the run was created ({} of {} tasks done{}): nothing to do, no agent step ran; add or reopen tasks and start a new run",
+                self.run.plan_path.display(),
+                counts.done,
+                counts.total,
+                if self.cfg.reviewer {
+                    ", none left to review"
+                } else {
+                    ""
+                },
             ),
         })
     }

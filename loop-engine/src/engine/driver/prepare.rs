@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use crate::artifacts;
 use crate::backend::{ExecContext, ExecPurpose, ExecRequest};
+use crate::config::{MAX_DOC_FILE_BYTES, read_user_file};
 use crate::domain::{ArtifactKind, EventKind, NameSource, StepPhase, StepStatus};
 use crate::engine::create::assign_branch;
 use crate::engine::driver::state::{RunDriver, ms, rebase};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::report::Row;
-use crate::outcome::{Verdict, judge};
+use crate::outcome::Verdict;
 use crate::{naming, prompt};
 
 impl RunDriver {
@@ -124,7 +125,9 @@ impl RunDriver {
     }
 
     /// Copies a spec or plan that is missing or different at the base branch into the
-    /// worktree and commits it, so the agent only ever works inside its worktree.
+    /// worktree and commits it, so the agent only ever works inside its worktree. The plan is
+    /// the run's snapshot (`plan.snapshot.md`, taken at creation), so a run queued behind
+    /// another run of the same spec does not start from that run's ticks.
     pub(super) async fn seed(&mut self, created_worktree: bool) -> Result<(), Stop> {
         let mut to_commit = Vec::new();
         for (path, what) in [(&self.run.spec_path, "spec"), (&self.run.plan_path, "plan")] {
@@ -142,9 +145,28 @@ impl RunDriver {
             if !created_worktree && in_worktree.is_some() {
                 continue;
             }
-            let primary = std::fs::read(path).map_err(|e| {
-                Stop::failed(format!("cannot read the {what} {}: {e}", path.display()))
-            })?;
+            // The plan comes from the snapshot taken when the run was created (runs created
+            // before snapshots existed fall back to the workspace's plan).
+            let snapshot = self.rec.folder.plan_snapshot();
+            let source = if what == "plan" && snapshot.is_file() {
+                snapshot
+            } else {
+                path.clone()
+            };
+            let key = if what == "plan" {
+                "plan_path"
+            } else {
+                "spec_path"
+            };
+            let primary = read_user_file(key, &source, MAX_DOC_FILE_BYTES)
+                .map_err(|e| Stop::failed(format!("cannot read the {what}: {}", chain(&e))))?
+                .ok_or_else(|| {
+                    Stop::failed(format!(
+                        "cannot read the {what} {}: it is gone",
+                        source.display()
+                    ))
+                })?
+                .into_bytes();
             if in_worktree.as_deref() == Some(primary.as_slice()) {
                 continue;
             }
@@ -224,7 +246,7 @@ impl RunDriver {
                 match executor.execute(req, ctx).await {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
-                        match judge(&outcome, self.inner.expects_result_line(&self.cfg)) {
+                        match executor.judge(&outcome) {
                             Verdict::Success => naming::sanitize_name(&outcome.output_text)
                                 .ok_or_else(|| {
                                     "the naming model answered no usable name".to_owned()

@@ -27,20 +27,8 @@ impl Stop {
     }
 }
 
-/// The error and its sources, joined by ": ".
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
+/// The error and its sources, joined by ": " (the crate's one formatter).
+pub(crate) use crate::error::chain;
 
 impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Self {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::backend::VcsError;
+use crate::config::resolve_path;
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The identity of commits the engine makes when git has none configured.
@@ -141,7 +142,11 @@ impl GitCli {
                     .to_owned(),
             },
             other => VcsError::Fatal {
-                detail: format!("cannot run git in {}: {}", dir.display(), chain(&other)),
+                detail: format!(
+                    "cannot run git in {}: {}",
+                    dir.display(),
+                    crate::error::chain(&other)
+                ),
             },
         })
     }
@@ -235,18 +240,6 @@ pub(super) fn show_args(args: &[OsString]) -> String {
         .join(" ")
 }
 
-/// An error with its sources, `a: b: c`.
-pub(super) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A path printed by git on one line (kept as bytes: paths need not be UTF-8).
 pub(super) fn path_from_stdout(stdout: &[u8]) -> PathBuf {
     let line = stdout.strip_suffix(b"\n").unwrap_or(stdout);
@@ -265,19 +258,12 @@ pub(super) fn existing_dir(path: &Path) -> PathBuf {
 }
 
 /// Compares paths after resolving symlinks (git prints resolved paths), also for a path whose
-/// last component no longer exists.
+/// last components no longer exist ([`resolve_path`], the one path normaliser).
 pub(super) fn same_path(a: &Path, b: &Path) -> bool {
     normalize(a) == normalize(b)
 }
 
+/// `path` absolute, with symlinks and `..` resolved ([`resolve_path`]).
 pub(super) fn normalize(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
-    }
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
-            .map(|p| p.join(name))
-            .unwrap_or_else(|_| path.to_owned()),
-        _ => path.to_owned(),
-    }
+    resolve_path(Path::new("/"), path)
 }

@@ -1,6 +1,10 @@
 //! `scripted-model`: runs the scripted Messages API server so a loop can be rehearsed offline
 //! with the real Claude Code CLI. Default script: name runs "scripted widget run", then act on
 //! the plan forever ([`scripted_model::Turn::PlanAgent`]).
+//!
+//! With `--wrapper FILE --claude BIN` it also writes a script that runs that CLI against this
+//! server and nothing else (what `loopctl demo` uses as `claude_bin`), before it prints its
+//! first line, `scripted model listening on <url>`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use scripted_model::cli::Wrapper;
 use scripted_model::{ModelServer, Script};
 
 /// A scripted Anthropic Messages API server for the Claude Code CLI.
@@ -21,6 +26,22 @@ struct Args {
     /// agent forever.
     #[arg(long)]
     script: Option<PathBuf>,
+    /// Write a script that runs `--claude` against this server (and nothing else) here.
+    #[arg(long, value_name = "FILE", requires = "claude")]
+    wrapper: Option<PathBuf>,
+    /// The Claude CLI the `--wrapper` script runs.
+    #[arg(long, value_name = "BIN", requires = "wrapper")]
+    claude: Option<PathBuf>,
+    /// An `export KEY=VALUE` line for the `--wrapper` script (repeatable).
+    #[arg(long = "export", value_name = "KEY=VALUE", value_parser = key_value, requires = "wrapper")]
+    exports: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Script> {
@@ -37,6 +58,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = ModelServer::start_on(args.listen, script)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let url = server.base_url();
+    if let (Some(path), Some(claude)) = (&args.wrapper, &args.claude) {
+        Wrapper {
+            claude: claude.clone(),
+            base_url: url.clone(),
+            exports: args.exports.clone(),
+            ..Wrapper::default()
+        }
+        .write(path)
+        .with_context(|| format!("cannot write the wrapper {}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "scripted model listening on {url}")?;
     writeln!(
@@ -88,6 +119,20 @@ mod tests {
         let args = Args::try_parse_from(["scripted-model", "--listen", "127.0.0.1:9999"]).unwrap();
         assert_eq!(args.listen.port(), 9999);
         assert!(args.script.is_none());
+        assert!(args.wrapper.is_none());
+        let args = Args::try_parse_from([
+            "scripted-model",
+            "--wrapper",
+            "/w.sh",
+            "--claude",
+            "/bin/claude",
+            "--export",
+            "A=b=c",
+        ])
+        .unwrap();
+        assert_eq!(args.exports, [("A".to_owned(), "b=c".to_owned())]);
+        assert!(Args::try_parse_from(["scripted-model", "--wrapper", "/w.sh"]).is_err());
+        assert!(Args::try_parse_from(["scripted-model", "--export", "A=b"]).is_err());
         assert_eq!(load(None).unwrap(), Script::plan_agent());
 
         let dir = tempfile::tempdir().unwrap();
