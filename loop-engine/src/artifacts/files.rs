@@ -178,13 +178,13 @@ fn replace_with(
 
 /// Mode of the files of a run folder: its owner only (an agent's log may hold what it printed,
 /// secrets included).
-pub const PRIVATE_FILE_MODE: u32 = 0o600;
+pub(super) const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// Mode of run folders: their owner only.
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub(super) const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Options that create a file with [`PRIVATE_FILE_MODE`] (for writing).
-pub fn private_options() -> fs::OpenOptions {
+pub(crate) fn private_options() -> fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = fs::OpenOptions::new();
     options.write(true).mode(PRIVATE_FILE_MODE);
@@ -192,7 +192,7 @@ pub fn private_options() -> fs::OpenOptions {
 }
 
 /// Writes `bytes` to `path`, created with [`PRIVATE_FILE_MODE`] or truncated.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut file = private_options().create(true).truncate(true).open(path)?;
     file.write_all(bytes)
