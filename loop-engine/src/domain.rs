@@ -443,6 +443,15 @@ spelled_enum!(
         WarnCompleteWithPending => "WARN_COMPLETE_WITH_PENDING",
         /// report.tsv: the reviewer claimed completion with tasks pending.
         WarnReviewerCompleteWithPending => "WARN_REVIEWER_COMPLETE_WITH_PENDING",
+        /// report.tsv: the merge of the run branch into its target started
+        /// (`target=<branch> strategy=<strategy> run_branch=<branch>`).
+        MergeStart => "MERGE_START",
+        /// report.tsv: the merge ended (`target=<branch> strategy=<strategy>
+        /// status=ok|failed|pending`, then `outcome=`/`commit=` or `reason=`).
+        MergeEnd => "MERGE_END",
+        /// report.tsv: a step ticked tasks in the plan without committing (HEAD did not move)
+        /// (`tasks=<n>`).
+        WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
         /// report.tsv: the run ended (`reason=<exit reason>`).
         RunEnd => "RUN_END",
     }
@@ -559,6 +568,9 @@ pub struct AgentUsage {
     pub is_error: bool,
     /// `duration_api_ms`.
     pub duration_api_ms: Option<u64>,
+    /// The model the agent reported (`model`, else the costliest key of `modelUsage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// An event to append; the store assigns its id and per-run sequence number.

@@ -2,6 +2,7 @@
 //! the in-memory store and scripted agents.
 
 mod agent_faults;
+mod artifacts_trail;
 mod config_faults;
 mod create_checks;
 mod driver_fixes;

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::files::write_atomic;
 use crate::completion::CompletionMode;
-use crate::domain::{ExitReason, RunId, UnixMs};
+use crate::domain::{ExitReason, RunId, RunStatus, UnixMs};
 
-/// The contents of `summary.json`. The keys are exactly those of SPEC §7, in that order;
-/// absent values are written as `null`, never left out.
+/// The contents of `summary.json`. The keys of SPEC §7 come first, in that order, then the
+/// keys this project adds (status, name, failure, tasks, branches, cost, tokens); absent values
+/// are written as `null`, never left out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Summary {
     /// The run.
@@ -46,6 +47,34 @@ pub(crate) struct Summary {
     pub(crate) last_iteration_tail: Option<String>,
     /// Path of the last `iter-<slug>.log`; `null` when no agent step ran.
     pub(crate) last_iteration_log: Option<String>,
+    /// The run's status at its end (`completed`, `failed`, `canceled`).
+    pub(crate) status: RunStatus,
+    /// The run's name.
+    pub(crate) name: String,
+    /// Why the run failed (the run's `failure` text); `null` unless it failed.
+    pub(crate) failure: Option<String>,
+    /// The merge into the target waits (the reason); `null` when it does not.
+    pub(crate) merge_pending: Option<String>,
+    /// Ticked tasks of the plan at the end.
+    pub(crate) tasks_done: u32,
+    /// All tasks of the plan at the end.
+    pub(crate) tasks_total: u32,
+    /// The branch the run worked on.
+    pub(crate) run_branch: String,
+    /// The branch the run started from.
+    pub(crate) base_branch: String,
+    /// The branch the run merges into; `null` when it does not merge.
+    pub(crate) target_branch: Option<String>,
+    /// Sum of the agent steps' reported cost in USD; `null` when none reported one.
+    pub(crate) cost_usd: Option<f64>,
+    /// Sum of the agent steps' reported input tokens.
+    pub(crate) input_tokens: u64,
+    /// Sum of the agent steps' reported output tokens.
+    pub(crate) output_tokens: u64,
+    /// Sum of the agent steps' reported cache-read input tokens.
+    pub(crate) cache_read_input_tokens: u64,
+    /// Sum of the agent steps' reported cache-creation input tokens.
+    pub(crate) cache_creation_input_tokens: u64,
 }
 
 /// Writes `summary` as pretty JSON to `path`, atomically (see [`write_atomic`]).
@@ -103,11 +132,42 @@ mod tests {
             prompt_snapshot: "/r/prompt.txt".into(),
             last_iteration_tail: None,
             last_iteration_log: None,
+            status: RunStatus::Canceled,
+            name: "add-login".into(),
+            failure: None,
+            merge_pending: None,
+            tasks_done: 1,
+            tasks_total: 3,
+            run_branch: "run/add-login-1".into(),
+            base_branch: "main".into(),
+            target_branch: Some("agent/add-login".into()),
+            cost_usd: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_input_tokens: 0,
+            cache_creation_input_tokens: 0,
         }
     }
 
+    const ADDED_KEYS: [&str; 14] = [
+        "status",
+        "name",
+        "failure",
+        "merge_pending",
+        "tasks_done",
+        "tasks_total",
+        "run_branch",
+        "base_branch",
+        "target_branch",
+        "cost_usd",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ];
+
     #[test]
-    fn keys_are_exactly_the_spec_keys_in_order_with_nulls() {
+    fn keys_are_the_spec_keys_in_order_then_the_added_ones_with_nulls() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("summary.json");
         let s = unfinished();
@@ -117,6 +177,7 @@ mod tests {
         let obj = value.as_object().unwrap();
         let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         let mut expected = SPEC_KEYS.to_vec();
+        expected.extend(ADDED_KEYS);
         keys.sort_unstable();
         expected.sort_unstable();
         assert_eq!(keys, expected);
@@ -126,14 +187,20 @@ mod tests {
             "last_iteration_tail",
             "last_iteration_log",
             "last_exit_code",
+            "failure",
+            "merge_pending",
+            "cost_usd",
         ] {
             assert!(obj[k].is_null(), "{k} should be null");
         }
+        assert_eq!(obj["status"], "CANCELED");
+        assert_eq!(obj["tasks_total"], 3);
         assert_eq!(obj["exit_reason"], "canceled");
         assert_eq!(obj["run_id"], s.run_id.to_string());
-        // The file lists the keys in SPEC order.
+        // The file lists the SPEC keys first, in SPEC order, then the added ones.
         let positions: Vec<usize> = SPEC_KEYS
             .iter()
+            .chain(ADDED_KEYS.iter())
             .map(|k| text.find(&format!("\"{k}\"")).unwrap())
             .collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
@@ -153,6 +220,11 @@ mod tests {
             exit_reason: ExitReason::CompletePlan,
             last_iteration_tail: Some("/r/iter-04.tail.txt".into()),
             last_iteration_log: Some("/r/iter-04.log".into()),
+            status: RunStatus::Completed,
+            tasks_done: 3,
+            cost_usd: Some(0.25),
+            input_tokens: 100,
+            output_tokens: 20,
             ..unfinished()
         };
         write_summary(&p, &s).unwrap();
@@ -161,6 +233,8 @@ mod tests {
         assert_eq!(value["completion_mode"], "trailing");
         assert_eq!(value["exit_reason"], "complete_plan");
         assert_eq!(value["completed_iteration"], 4);
+        assert_eq!(value["status"], "COMPLETED");
+        assert_eq!(value["cost_usd"], 0.25);
         assert_eq!(read_summary(&p).unwrap(), s);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary files may remain");

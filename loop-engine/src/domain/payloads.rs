@@ -449,6 +449,12 @@ event_payloads! {
         WarnCompleteWithPending => "WARN_COMPLETE_WITH_PENDING",
         /// The reviewer claimed completion with tasks pending.
         WarnReviewerCompleteWithPending => "WARN_REVIEWER_COMPLETE_WITH_PENDING",
+        /// The merge of the run branch into its target started.
+        MergeStart => "MERGE_START",
+        /// The merge ended (`status=ok|failed|pending`).
+        MergeEnd => "MERGE_END",
+        /// A step ticked tasks in the plan without committing.
+        WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
         /// The run ended.
         RunEnd => "RUN_END",
     }

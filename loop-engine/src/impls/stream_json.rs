@@ -194,8 +194,33 @@ fn agent_result(v: &Value) -> AgentResult {
             cost_usd,
             is_error,
             duration_api_ms: uint(v, "duration_api_ms"),
+            model: reported_model(v),
         },
     }
+}
+
+/// The model a `result` line names: its `model` field, else the key of `modelUsage` with the
+/// highest `costUSD` (the main model; helpers such as a small model cost less).
+fn reported_model(v: &Value) -> Option<String> {
+    if let Some(m) = v
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+    {
+        return Some(m.to_owned());
+    }
+    let models = v.get("modelUsage")?.as_object()?;
+    models
+        .iter()
+        .map(|(name, u)| {
+            let cost = u.get("costUSD").and_then(Value::as_f64).unwrap_or(0.0);
+            (name, cost)
+        })
+        .fold(None::<(&String, f64)>, |best, (name, cost)| match best {
+            Some((_, c)) if c >= cost => best,
+            _ => Some((name, cost)),
+        })
+        .map(|(name, _)| name.clone())
 }
 
 fn api_retry(v: &Value) -> ApiRetry {
@@ -242,6 +267,24 @@ mod tests {
         assert_eq!(r.usage.cache_creation_input_tokens, Some(300));
         assert_eq!(r.usage.cost_usd, Some(0.0123));
         assert_eq!(r.usage.duration_api_ms, Some(4800));
+    }
+
+    #[test]
+    fn result_line_names_the_reported_model() {
+        let StreamLine::Result(r) = parse_line(RESULT_LINE.as_bytes()) else {
+            panic!("not a result");
+        };
+        assert_eq!(r.usage.model, None);
+        let line = br#"{"type":"result","result":"x","modelUsage":{"claude-haiku-4-5":{"costUSD":0.001},"claude-sonnet-4-5":{"costUSD":0.2}}}"#;
+        let StreamLine::Result(r) = parse_line(line) else {
+            panic!("not a result");
+        };
+        assert_eq!(r.usage.model.as_deref(), Some("claude-sonnet-4-5"));
+        let line = br#"{"type":"result","result":"x","model":"m-1","modelUsage":{"other":{}}}"#;
+        let StreamLine::Result(r) = parse_line(line) else {
+            panic!("not a result");
+        };
+        assert_eq!(r.usage.model.as_deref(), Some("m-1"));
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub fn full_step(run_id: RunId, seq: u32) -> Step {
             cost_usd: Some(0.125),
             is_error: true,
             duration_api_ms: Some(59_000),
+            model: Some("claude-opus-4-1".to_owned()),
         }),
         ..sample_step(run_id, seq)
     }

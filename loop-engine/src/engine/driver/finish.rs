@@ -41,6 +41,19 @@ impl RunDriver {
         let mut step = self.new_step(iteration, "merge", StepPhase::Merge, 1);
         step.head_before = self.head().await?;
         self.start_step(&step).await?;
+        let strategy = self.run.merge_strategy;
+        self.report(
+            Some(step.id),
+            ReportKind::MergeStart,
+            Row::msg(
+                "merge",
+                format!(
+                    "target={target} strategy={strategy} run_branch={}",
+                    self.run.run_branch
+                ),
+            ),
+        )
+        .await?;
         let started = Instant::now();
         let req = MergeRequest {
             run_id: self.run.id,
@@ -80,8 +93,15 @@ impl RunDriver {
             Ok(MergeOutcome::Pending { reason }) => {
                 step.reason = Some(reason.clone());
                 step.exit_code = Some(0);
-                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                let duration = ms(started);
+                self.end_step(&mut step, StepStatus::Succeeded, duration)
                     .await?;
+                self.merge_end_row(
+                    &step,
+                    duration,
+                    format!("target={target} strategy={strategy} status=pending reason={reason}"),
+                )
+                .await?;
                 self.rec
                     .log(format!("MERGE_PENDING into {target}: {reason}"));
                 self.event(
@@ -108,8 +128,18 @@ impl RunDriver {
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
-                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                let duration = ms(started);
+                self.end_step(&mut step, StepStatus::Succeeded, duration)
                     .await?;
+                self.merge_end_row(
+                    &step,
+                    duration,
+                    format!(
+                        "target={target} strategy={strategy} status=ok outcome={what} commit={}",
+                        commit.as_deref().unwrap_or("-")
+                    ),
+                )
+                .await?;
                 // The user's checkout moved only if it already had the target checked out.
                 let message = checkout.as_ref().map(|dir| {
                     format!(
@@ -146,11 +176,38 @@ impl RunDriver {
                 );
                 step.reason = Some(chain(&e));
                 step.exit_code = Some(1);
-                self.end_step(&mut step, StepStatus::Failed, ms(started))
+                let duration = ms(started);
+                self.end_step(&mut step, StepStatus::Failed, duration)
                     .await?;
+                self.merge_end_row(
+                    &step,
+                    duration,
+                    format!(
+                        "target={target} strategy={strategy} status=failed reason={}",
+                        chain(&e)
+                    ),
+                )
+                .await?;
                 Err(Stop::failed(detail))
             }
         }
+    }
+
+    /// The `MERGE_END` row of the merge step (report.tsv, run.log and the event).
+    async fn merge_end_row(
+        &self,
+        step: &crate::domain::Step,
+        duration: u64,
+        message: String,
+    ) -> Result<(), Stop> {
+        let row = Row {
+            iteration: "merge".into(),
+            duration_ms: Some(duration),
+            exit_code: step.exit_code,
+            message,
+            ..Row::default()
+        };
+        self.report(Some(step.id), ReportKind::MergeEnd, row).await
     }
 
     pub(super) async fn finish(mut self, result: Result<ExitReason, Stop>) {
@@ -240,6 +297,12 @@ impl RunDriver {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
+        // RUN_END keeps the seed's whole message (scripts match it); why the run failed, in
+        // words, is the line before it in run.log.
+        if let Some(why) = &detail {
+            self.rec
+                .log(format!("RUN_FAILED reason={reason_text} failure={why}"));
+        }
         let _ = self
             .report(
                 None,
@@ -252,7 +315,7 @@ impl RunDriver {
                 EventPayload::RunCompleted(payloads::RunCompleted {
                     run_id,
                     mode: reason_text.clone(),
-                    merge_pending,
+                    merge_pending: merge_pending.clone(),
                 }),
                 NotificationKind::RunCompleted,
             ),
@@ -272,8 +335,11 @@ impl RunDriver {
                 NotificationKind::RunFailed,
             ),
         };
-        self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed))
-            .await;
+        self.write_summary(
+            exit_reason.as_ref().unwrap_or(&ExitReason::Failed),
+            merge_pending.as_deref(),
+        )
+        .await;
         let _ = self.event(None, payload).await;
         if let Err(e) = self.flush().await {
             tracing::error!(%run_id, error = ?e, "cannot record the last events of the run");
@@ -291,8 +357,32 @@ impl RunDriver {
         self.inner.hub.close(run_id);
     }
 
-    pub(super) async fn write_summary(&self, reason: &ExitReason) {
+    /// Writes summary.json (the seed's keys, then status, name, failure, tasks, branches and
+    /// the agent steps' summed cost and tokens) and records the run's text artifacts.
+    pub(super) async fn write_summary(&self, reason: &ExitReason, merge_pending: Option<&str>) {
         let end = now_ms();
+        // Every agent step of the run, those of earlier workers included (the store has them
+        // all; the end of the run was flushed before this).
+        let steps = match self.inner.store.list_steps(self.run.id).await {
+            Ok(steps) => steps,
+            Err(e) => {
+                tracing::warn!(run_id = %self.run.id, error = %chain(&e), "summary.json: cannot list the steps; cost and tokens count none");
+                Vec::new()
+            }
+        };
+        let usages: Vec<&crate::domain::AgentUsage> =
+            steps.iter().filter_map(|s| s.usage.as_ref()).collect();
+        let sum = |f: fn(&crate::domain::AgentUsage) -> Option<u64>| -> u64 {
+            usages.iter().filter_map(|u| f(u)).sum()
+        };
+        let costs: Vec<f64> = usages.iter().filter_map(|u| u.cost_usd).collect();
+        // The model the agent said it ran (the last step that said one), else the configured.
+        let model = steps
+            .iter()
+            .rev()
+            .filter_map(|s| s.usage.as_ref()?.model.clone())
+            .next()
+            .unwrap_or_else(|| self.cfg.model.clone());
         let summary = Summary {
             run_id: self.run.id,
             start_ms: self.start_ms,
@@ -306,7 +396,7 @@ impl RunDriver {
                 .unwrap_or(0),
             last_exit_code: self.last_exit_code,
             completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
-            model: self.cfg.model.clone(),
+            model,
             exit_reason: reason.clone(),
             run_log: self.rec.folder.run_log().display().to_string(),
             run_report: self.rec.folder.report().display().to_string(),
@@ -316,6 +406,20 @@ impl RunDriver {
                 .as_ref()
                 .map(|p| p.display().to_string()),
             last_iteration_log: self.last_iter_log.as_ref().map(|p| p.display().to_string()),
+            status: self.run.status,
+            name: self.run.name.clone(),
+            failure: self.run.failure.clone(),
+            merge_pending: merge_pending.map(str::to_owned),
+            tasks_done: self.run.tasks_done,
+            tasks_total: self.run.tasks_total,
+            run_branch: self.run.run_branch.clone(),
+            base_branch: self.run.base_branch.clone(),
+            target_branch: self.run.merge_target_branch.clone(),
+            cost_usd: (!costs.is_empty()).then(|| costs.iter().sum()),
+            input_tokens: sum(|u| u.input_tokens),
+            output_tokens: sum(|u| u.output_tokens),
+            cache_read_input_tokens: sum(|u| u.cache_read_input_tokens),
+            cache_creation_input_tokens: sum(|u| u.cache_creation_input_tokens),
         };
         let path = self.rec.folder.summary();
         if let Err(e) = self

@@ -297,6 +297,16 @@ impl RunDriver {
             .await?;
         let head_after = self.head().await?;
         let (text_after, plan_after) = self.read_plan()?;
+        // One task, one commit: a tick that no commit carries is flagged at its step.
+        let ticked = ticked_tasks(&before.plan_text, &text_after);
+        if ticked > 0 && head_after == before.head {
+            self.report(
+                Some(done.step_id),
+                ReportKind::WarnTickWithoutCommit,
+                Row::msg(i.to_string(), format!("tasks={ticked}")),
+            )
+            .await?;
+        }
         self.save_run().await?;
         Ok(Observation::Implemented {
             token,
@@ -416,4 +426,18 @@ impl RunDriver {
             Completion::Absent => Token::Absent,
         })
     }
+}
+
+/// How many tasks open (`[ ]` or `[~]`) in `before` are implemented (`[x]`, `[r]`) in
+/// `after`, matched by their text.
+fn ticked_tasks(before: &str, after: &str) -> usize {
+    let open: std::collections::HashSet<String> = plan::tasks(before)
+        .iter()
+        .filter(|t| t.marker.is_pending())
+        .map(plan::task_key)
+        .collect();
+    plan::tasks(after)
+        .iter()
+        .filter(|t| !t.marker.is_pending() && open.contains(&plan::task_key(t)))
+        .count()
 }
