@@ -133,6 +133,21 @@ fn usage_text(step: &StepResource) -> String {
 }
 
 /// The `inspect` view: the run's state, its steps, its artifacts.
+/// The run's MERGE_PENDING in one line (`the merge into <target> waits: <reason>`): a run that
+/// completed with its merge step succeeded with a reason (the engine gives a merge step a
+/// reason only when the merge waits for the user's checkout).
+pub(crate) fn merge_pending(run: &RunResource) -> Option<String> {
+    let step = run.last_step.as_ref()?;
+    if run.status != RunStatus::Completed || step.phase != "merge" || step.status != "SUCCEEDED" {
+        return None;
+    }
+    let reason = step.reason.as_deref()?;
+    Some(format!(
+        "the merge into {} waits: {reason}",
+        run.merge_target_branch.as_deref().unwrap_or("the target")
+    ))
+}
+
 pub(crate) fn inspect(
     run: &RunResource,
     steps: &[StepResource],
@@ -150,6 +165,10 @@ pub(crate) fn inspect(
     ];
     if let Some(f) = &run.failure {
         kv.push(("failure", f.clone()));
+    }
+    let pending = merge_pending(run);
+    if let Some(p) = &pending {
+        kv.push(("merge", p.clone()));
     }
     kv.extend([
         (
@@ -186,6 +205,8 @@ pub(crate) fn inspect(
         ("updated", run.updated_at.clone()),
     ]);
     if let Some(s) = &run.last_step {
+        // A pending merge's reason is on its own line already.
+        let shown_reason = s.reason.as_deref().filter(|_| pending.is_none());
         kv.push((
             "last step",
             format!(
@@ -200,8 +221,7 @@ pub(crate) fn inspect(
                 s.status,
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 // The run's failure already says it: the reason is shown once.
-                s.reason
-                    .as_deref()
+                shown_reason
                     .filter(|r| !run.failure.as_deref().is_some_and(|f| f.contains(r)))
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default()
@@ -485,6 +505,43 @@ mod tests {
         );
         assert_eq!(text.matches("IS_SANDBOX=1").count(), 1, "{text}");
         assert!(text.contains("last step"), "{text}");
+        assert!(!text.contains("waits"), "{text}");
+
+        // A completed run whose merge waits says so in one line, once.
+        let why = "main is checked out in /w with uncommitted changes (specs/widget.md)";
+        let done = Run {
+            status: RunStatus::Completed,
+            failure: None,
+            merge_target_branch: Some("main".into()),
+            ..run
+        };
+        let merge = Step {
+            label: "merge".into(),
+            phase: StepPhase::Merge,
+            status: StepStatus::Succeeded,
+            exit_code: Some(0),
+            reason: Some(why.to_owned()),
+            ..step
+        };
+        let resource = loop_http::api::RunResource::new(&done, Some(&merge));
+        let line = format!("the merge into main waits: {why}");
+        assert_eq!(merge_pending(&resource).as_deref(), Some(line.as_str()));
+        let text = inspect(&resource, &[], &[], false);
+        assert_eq!(text.matches(why).count(), 1, "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("merge ") && l.ends_with(&line)),
+            "{text}"
+        );
+        // A merge that landed waits for nothing.
+        let landed = Step {
+            reason: None,
+            ..merge
+        };
+        assert_eq!(
+            merge_pending(&loop_http::api::RunResource::new(&done, Some(&landed))),
+            None
+        );
     }
 
     #[test]

@@ -451,3 +451,77 @@ async fn logs_are_rendered_unless_raw() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dirty_checkout_is_warned_at_run_and_the_pending_merge_is_shown() {
+    let d = daemon(0).await;
+    let repo = d.repo.path().to_path_buf();
+    let clean = loopctl(&d, &repo, &["run", "specs/widget.md", "--name", "clean"]).await;
+    assert!(clean.success(), "{}", clean.stderr_text());
+    assert!(
+        !clean.stderr_text().contains("uncommitted"),
+        "{}",
+        clean.stderr_text()
+    );
+    let clean_id = created_id_text(&clean);
+    assert_eq!(loopctl(&d, &repo, &["wait", &clean_id]).await.code, 0);
+
+    d.repo
+        .write_file("specs/widget.md", "# Widget\n\nmy unsaved edit\n");
+    let created = loopctl(
+        &d,
+        &repo,
+        &[
+            "run",
+            "specs/widget.md",
+            "--merge-target",
+            "main",
+            "--name",
+            "dirty",
+        ],
+    )
+    .await;
+    assert!(created.success(), "{}", created.stderr_text());
+    let stderr = created.stderr_text();
+    let warning: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("uncommitted changes to tracked files"))
+        .collect();
+    assert_eq!(warning.len(), 1, "one warning line: {stderr}");
+    assert!(warning[0].contains("specs/widget.md"), "{stderr}");
+    assert!(
+        warning[0].contains("will not touch your checkout"),
+        "{stderr}"
+    );
+    assert!(warning[0].contains("MERGE_PENDING"), "{stderr}");
+    let id = created_id_text(&created);
+    let waited = loopctl(&d, &repo, &["wait", &id]).await;
+    assert_eq!(waited.code, 0, "{}", waited.stderr_text());
+    let shown = loopctl(&d, &repo, &["inspect", &id]).await;
+    let text = shown.stdout_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the merge into main waits: "))
+        .unwrap_or_else(|| panic!("no pending merge line: {text}"));
+    assert!(line.contains("uncommitted changes"), "{line}");
+    let tailed = loopctl(&d, &repo, &["tail", &id]).await;
+    assert_eq!(tailed.code, 0, "{}", tailed.stderr_text());
+    assert!(
+        tailed
+            .stdout_text()
+            .lines()
+            .any(|l| l.starts_with("the merge into main waits: ")),
+        "{}",
+        tailed.stdout_text()
+    );
+}
+
+/// The run id that `loopctl run` printed (`<id> <name>`).
+fn created_id_text(out: &CmdOutput) -> String {
+    out.stdout_text()
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -107,8 +107,57 @@ pub(crate) fn request(a: &RunArgs) -> anyhow::Result<CreateRunRequest> {
     })
 }
 
+/// The tracked files with uncommitted changes in the checkout at `workspace`, as `git status`
+/// names them; `None` when it is not a git checkout (or git cannot say).
+pub(crate) fn dirty_tracked_files(workspace: &Path) -> Option<Vec<String>> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(workspace)
+        .args(["status", "--porcelain=v1", "--untracked-files=no"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.get(3..))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The one-line warning for a checkout with uncommitted changes to tracked files.
+pub(crate) fn dirty_warning(workspace: &Path, files: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut names = files
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if files.len() > SHOWN {
+        names.push_str(&format!(" and {} more", files.len() - SHOWN));
+    }
+    format!(
+        "warning: your checkout {} has uncommitted changes to tracked files ({names}); the \
+         run's merge will not touch your checkout, but if the merge target is checked out \
+         there and still has uncommitted changes when the run ends, the merge waits \
+         (MERGE_PENDING) and the work stays on the run branch",
+        workspace.display()
+    )
+}
+
 pub(crate) async fn run(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
-    let created = ctx.client.create_run(&request(a)?).await?;
+    let req = request(a)?;
+    let created = ctx.client.create_run(&req).await?;
+    // Said at creation, not found at the end: the user's checkout is dirty.
+    if let Some(files) = dirty_tracked_files(&req.workspace_root).filter(|f| !f.is_empty()) {
+        eprintln!("{}", dirty_warning(&req.workspace_root, &files));
+    }
     if ctx.json {
         let mut v = serde_json::to_value(&created.run).context("cannot render the run")?;
         if let Some(obj) = v.as_object_mut() {
@@ -133,4 +182,48 @@ pub(crate) async fn prompt(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
     }
     out(&p.implementation);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .output()
+            .expect("git runs")
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn a_dirty_checkout_is_detected_and_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ws = dir.path();
+        assert_eq!(dirty_tracked_files(ws), None, "not a git checkout");
+        git(ws, &["init", "-q"]);
+        std::fs::write(ws.join("a.txt"), "one\n").expect("write");
+        git(ws, &["add", "a.txt"]);
+        git(ws, &["commit", "-qm", "a"]);
+        assert_eq!(dirty_tracked_files(ws), Some(vec![]));
+        // Untracked files are none of the merge's business.
+        std::fs::write(ws.join("new.txt"), "x\n").expect("write");
+        assert_eq!(dirty_tracked_files(ws), Some(vec![]));
+        std::fs::write(ws.join("a.txt"), "changed\n").expect("write");
+        let files = dirty_tracked_files(ws).expect("a checkout");
+        assert_eq!(files, vec!["a.txt".to_owned()]);
+        let line = dirty_warning(ws, &files);
+        assert!(line.starts_with("warning: your checkout "), "{line}");
+        assert!(line.contains("(a.txt)"), "{line}");
+        assert!(line.contains("will not touch your checkout"), "{line}");
+        assert!(line.contains("MERGE_PENDING"), "{line}");
+        assert!(!line.contains('\n'), "one line: {line}");
+        let many: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+        assert!(dirty_warning(ws, &many).contains("(f0, f1, f2 and 2 more)"));
+    }
 }

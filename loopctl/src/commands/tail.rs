@@ -271,6 +271,9 @@ fn outcome(w: &mut impl Write, run: &RunResource) -> anyhow::Result<()> {
     if let Some(f) = &run.failure {
         let _ = writeln!(w, "failure: {f}");
     }
+    if let Some(p) = render::merge_pending(run) {
+        let _ = writeln!(w, "{p}");
+    }
     let _ = w.flush();
     let code = match run.status {
         RunStatus::Completed => return Ok(()),
