@@ -235,6 +235,8 @@ struct Collector<'a> {
     stderr_tail: Tail,
     lines: LineSplitter,
     result: Option<AgentResult>,
+    /// The model the session's `init` line named.
+    init_model: Option<String>,
     bytes: u64,
     line_count: u64,
     /// Per stream: whether the last byte seen was a newline (or nothing was seen).
@@ -270,9 +272,9 @@ impl Collector<'_> {
         match stream {
             OutputStream::Stdout => {
                 self.stdout_tail.push(data);
-                let (result, ctx) = (&mut self.result, self.ctx);
+                let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
                 self.lines
-                    .feed(data, &mut |line| on_line(line, result, ctx));
+                    .feed(data, &mut |line| on_line(line, result, model, ctx));
             }
             OutputStream::Stderr => self.stderr_tail.push(data),
         }
@@ -289,8 +291,9 @@ impl Collector<'_> {
             self.at_line_start[idx] = true;
         }
         if stream == OutputStream::Stdout {
-            let (result, ctx) = (&mut self.result, self.ctx);
-            self.lines.end_line(&mut |line| on_line(line, result, ctx));
+            let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
+            self.lines
+                .end_line(&mut |line| on_line(line, result, model, ctx));
         }
     }
 }
@@ -302,9 +305,21 @@ fn stream_index(stream: OutputStream) -> usize {
     }
 }
 
-fn on_line(line: &[u8], result: &mut Option<AgentResult>, ctx: &ExecContext) {
+fn on_line(
+    line: &[u8],
+    result: &mut Option<AgentResult>,
+    init_model: &mut Option<String>,
+    ctx: &ExecContext,
+) {
     match parse_line(line) {
-        StreamLine::Result(r) => *result = Some(r),
+        StreamLine::Result(mut r) => {
+            // The result line may not name the model; the session's init line did.
+            if r.usage.model.is_none() {
+                r.usage.model = init_model.clone();
+            }
+            *result = Some(r);
+        }
+        StreamLine::Init { model } => *init_model = model,
         StreamLine::ApiRetry(retry) => {
             // The engine may have stopped listening; the retry is in the log anyway.
             let _ = ctx.signals.send(retry.into());
@@ -476,6 +491,7 @@ pub(crate) async fn run_measured(
         stderr_tail: Tail::new(STDERR_TAIL),
         lines: LineSplitter::new(LINE_CAP),
         result: None,
+        init_model: None,
         bytes: 0,
         line_count: 0,
         at_line_start: [true, true],
@@ -791,6 +807,30 @@ mod tests {
         let pid = spawned_pid(&mut rx);
         assert!(!process::group_alive(pid));
         assert!(dies(pid).await);
+    }
+
+    #[tokio::test]
+    async fn the_init_line_names_the_model_when_the_result_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let (ctx, _rx, _) = context();
+        let run = run_sh(
+            r#"echo '{"type":"system","subtype":"init","model":"claude-opus-4-5"}'; echo '{"type":"result","is_error":false,"result":"done"}'"#,
+            &req,
+            &ctx,
+        )
+        .await;
+        let result = run.outcome.result.expect("a result");
+        assert_eq!(result.usage.model.as_deref(), Some("claude-opus-4-5"));
+        // The result line's own model wins.
+        let run = run_sh(
+            r#"echo '{"type":"system","subtype":"init","model":"a"}'; echo '{"type":"result","result":"done","modelUsage":{"b":{"costUSD":1}}}'"#,
+            &req,
+            &ctx,
+        )
+        .await;
+        let result = run.outcome.result.expect("a result");
+        assert_eq!(result.usage.model.as_deref(), Some("b"));
     }
 
     #[tokio::test]

@@ -17,6 +17,11 @@ pub enum StreamLine {
     Result(AgentResult),
     /// A `{"type":"system","subtype":"api_retry",...}` line: the CLI retries an API call.
     ApiRetry(ApiRetry),
+    /// The `{"type":"system","subtype":"init",...}` line that opens a session.
+    Init {
+        /// The `model` the CLI runs, if it named one.
+        model: Option<String>,
+    },
     /// Any other JSON object (`init`, `assistant`, `user`, ...); `kind` is its `type`.
     Other {
         /// The `type` field, if any.
@@ -141,6 +146,13 @@ fn classify(v: &Value) -> StreamLine {
         (Some("system"), Some("api_retry")) | (Some("api_retry"), _) => {
             StreamLine::ApiRetry(api_retry(v))
         }
+        (Some("system"), Some("init")) => StreamLine::Init {
+            model: v
+                .get("model")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned),
+        },
         _ => StreamLine::Other {
             kind: kind.map(str::to_owned),
         },
@@ -344,6 +356,16 @@ mod tests {
     fn other_and_raw_lines() {
         assert_eq!(
             parse_line(br#"{"type":"system","subtype":"init","cwd":"/w","tools":["Bash"]}"#),
+            StreamLine::Init { model: None }
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"system","subtype":"init","model":"claude-opus-4-5"}"#),
+            StreamLine::Init {
+                model: Some("claude-opus-4-5".into())
+            }
+        );
+        assert_eq!(
+            parse_line(br#"{"type":"system","subtype":"compact_boundary"}"#),
             StreamLine::Other {
                 kind: Some("system".into())
             }
