@@ -37,7 +37,7 @@ async fn real_claude_end_to_end() {
     let claude = match scripted_model::cli::claude_for_test() {
         scripted_model::cli::ClaudeForTest::Found(bin) => bin,
         scripted_model::cli::ClaudeForTest::Skip(why) => {
-            eprintln!("real_claude: skipped: {why}");
+            scripted_model::cli::say_skipped("real_claude_end_to_end", &why);
             return;
         }
         scripted_model::cli::ClaudeForTest::Required(why) => panic!("{why}"),
@@ -383,8 +383,9 @@ async fn stalled_model(claude: &Path) {
 
 async fn root_without_sandbox(claude: &Path, root: bool) {
     if !root {
-        eprintln!(
-            "real_claude: e) skipped: not running as root, so the CLI has no root refusal to show"
+        scripted_model::cli::say_skipped(
+            "real_claude_end_to_end e)",
+            "not running as root, so the CLI has no root refusal to show",
         );
         return;
     }

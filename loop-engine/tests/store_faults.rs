@@ -152,9 +152,13 @@ impl Executor for OutageAgent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_while_the_agent_runs_stops_the_agent_and_fails_the_run() {
     let repo = GitFixture::new();
+    // The global log mirror stays inside the fixture: no test writes into HOME.
     repo.write_file(
         ".loop/config",
-        "reviewer=false\nrun_naming_mode=spec_slug\n",
+        &format!(
+            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            repo.root().join("global").display()
+        ),
     );
     repo.write_file(".gitignore", "logs/\n");
     repo.write_file("specs/widget.md", "# Widget\n");

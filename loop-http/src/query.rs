@@ -16,8 +16,9 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 /// Decodes a query component: `+` is a space, `%XX` a byte. Invalid escapes are kept as
-/// written; the bytes are read as lossy UTF-8.
-pub(crate) fn decode(s: &str) -> String {
+/// written. Bytes that are not UTF-8 are refused (a lossy decoding would silently turn a
+/// path or a status into another one).
+pub(crate) fn decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -35,7 +36,7 @@ pub(crate) fn decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -47,14 +48,16 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The decoded `(key, value)` pairs of a query string (without the `?`).
-pub(crate) fn parse(query: &str) -> Vec<(String, String)> {
+/// The decoded `(key, value)` pairs of a query string (without the `?`), or an error naming
+/// the pair whose decoded bytes are not UTF-8.
+pub(crate) fn parse(query: &str) -> Result<Vec<(String, String)>, String> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(pair), String::new()),
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |_| format!("query parameter `{pair}` is not valid UTF-8 once decoded");
+            Ok((decode(k).map_err(bad)?, decode(v).map_err(bad)?))
         })
         .collect()
 }
@@ -66,22 +69,30 @@ mod tests {
     #[test]
     fn encode_and_decode_round_trip() {
         for s in ["/tmp/a b/c", "PENDING,RUNNING", "ü&=?#%", ""] {
-            assert_eq!(decode(&encode(s)), s);
+            assert_eq!(decode(&encode(s)).unwrap(), s);
         }
         assert_eq!(encode("a b&c"), "a%20b%26c");
     }
 
     #[test]
     fn decode_keeps_invalid_escapes() {
-        assert_eq!(decode("100%"), "100%");
-        assert_eq!(decode("%zz1"), "%zz1");
-        assert_eq!(decode("a+b%2Fc"), "a b/c");
+        assert_eq!(decode("100%").unwrap(), "100%");
+        assert_eq!(decode("%zz1").unwrap(), "%zz1");
+        assert_eq!(decode("a+b%2Fc").unwrap(), "a b/c");
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_naming_the_pair() {
+        assert!(decode("%FF").is_err());
+        assert!(decode("%C3%BC").is_ok());
+        let err = parse("limit=5&status=%C3%28").unwrap_err();
+        assert!(err.contains("status=%C3%28"), "{err}");
     }
 
     #[test]
     fn parse_splits_pairs() {
         assert_eq!(
-            parse("status=PENDING%2CRUNNING&limit=5&flag&"),
+            parse("status=PENDING%2CRUNNING&limit=5&flag&").unwrap(),
             vec![
                 ("status".to_owned(), "PENDING,RUNNING".to_owned()),
                 ("limit".to_owned(), "5".to_owned()),

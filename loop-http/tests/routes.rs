@@ -368,3 +368,96 @@ async fn a_fifo_config_file_does_not_freeze_the_api() {
         .await
         .expect("an ordinary run is still created");
 }
+
+/// A body that is not declared as JSON is refused with 415 before it is read; body-less
+/// POSTs take no Content-Type; a query string that is not UTF-8 once decoded is a 400
+/// (issue 12 item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_must_be_json_and_queries_utf8() {
+    let server = Server::with(Setup {
+        scheduler: false,
+        ..Setup::default()
+    })
+    .await;
+    let auth = format!("Bearer {}", crate::support::TOKEN);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "spec_path": "specs/widget.md",
+        "workspace_root": server.repo.path(),
+    }))
+    .expect("json");
+    for path in ["/runs", "/prompt"] {
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let mut headers = vec![("authorization", auth.as_str())];
+            if let Some(t) = content_type {
+                headers.push(("content-type", t));
+            }
+            let (status, _, bytes) = server.raw("POST", path, &headers, Some(body.clone())).await;
+            let json: serde_json::Value = serde_json::from_slice(&bytes).expect("json error");
+            assert_eq!(status, 415, "{path} {content_type:?}: {json}");
+            assert_eq!(code(&json), "unsupported_media_type");
+            assert!(message(&json).contains("application/json"), "{json}");
+        }
+        let (status, _, bytes) = server
+            .raw(
+                "POST",
+                path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "Application/JSON; charset=utf-8"),
+                ],
+                Some(body.clone()),
+            )
+            .await;
+        assert!(
+            status.is_success(),
+            "{path}: {status} {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    assert!(
+        server
+            .client
+            .list_runs(&ListQuery::default())
+            .await
+            .expect("list")
+            .len()
+            == 1,
+        "only the JSON request created a run"
+    );
+    // Body-less POSTs need no Content-Type.
+    let id = server
+        .client
+        .list_runs(&ListQuery::default())
+        .await
+        .expect("list")[0]
+        .id;
+    let (status, _, _) = server
+        .raw(
+            "POST",
+            &format!("/runs/{id}/cancel"),
+            &[("authorization", auth.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Invalid UTF-8 in a query value.
+    for query in ["status=%FF", "workspace_root=%C3%28", "%FE=1"] {
+        let (status, json) = server.authed("GET", &format!("/runs?{query}"), None).await;
+        assert_eq!(status, 400, "{query}: {json}");
+        assert_eq!(code(&json), "invalid_query");
+    }
+    let (status, json) = server
+        .authed("GET", &format!("/runs/{id}/events?after=%FF"), None)
+        .await;
+    assert_eq!(status, 400, "{json}");
+    assert_eq!(code(&json), "invalid_query");
+    // Valid UTF-8 escapes still work.
+    let (status, json) = server
+        .authed("GET", "/runs?status=PENDING%2CCANCELED", None)
+        .await;
+    assert_eq!(status, 200, "{json}");
+}

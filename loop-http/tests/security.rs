@@ -118,3 +118,33 @@ async fn foreign_hosts_and_origins_are_refused() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// A daemon listening on another loopback address (`LOOPD_LISTEN=127.0.0.2:<port>`) accepts
+/// requests naming that address as their Host and Origin (issue 12 item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_another_loopback_address_accepts_its_own_host() {
+    let engine = loop_engine::Engine::builder()
+        .store(loop_engine::impls::MemoryStore::new())
+        .build()
+        .expect("engine");
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _serve = tokio::spawn(loop_http::serve(
+        listener,
+        engine,
+        loop_http::ServerOptions::new(TOKEN),
+        shutdown.clone(),
+    ));
+    let client =
+        loop_http::Client::new(&format!("http://{addr}"), Some(TOKEN.into())).expect("client");
+    assert_eq!(client.health().await.expect("health").status, "ok");
+    let runs = client
+        .list_runs(&loop_http::api::ListQuery::default())
+        .await
+        .expect("an authenticated route answers");
+    assert!(runs.is_empty());
+    shutdown.cancel();
+}

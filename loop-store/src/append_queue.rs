@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::error::map_sqlx;
 use crate::events::{self, Group, MAX_GROUP};
-use crate::store::retry;
+use crate::retry::retry;
 
 /// The queue of one database's appends, shared by the clones of its store.
 #[derive(Debug, Default)]

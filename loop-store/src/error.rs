@@ -35,6 +35,22 @@ pub enum SqliteStoreError {
         /// Why it cannot be stored.
         reason: String,
     },
+    /// The database's directory cannot take writes (full or read-only filesystem).
+    #[error("the data dir {} cannot take writes: {problem}", dir.display())]
+    DataDir {
+        /// The directory of the database file.
+        dir: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Writes failed and a probe write fails too.
+    #[error("writes fail: {probe} (the last failed write: {last})")]
+    WritesFailing {
+        /// The error of the last write that failed.
+        last: String,
+        /// The error of the health check's probe write.
+        probe: String,
+    },
     /// The database schema could not be brought up to date.
     #[error("apply the database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use loop_engine::backend::StoreError;
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -89,6 +90,31 @@ fn pool_options() -> SqlitePoolOptions {
     SqlitePoolOptions::new().test_before_acquire(false)
 }
 
+/// The settings of the writer pool: [`pool_options`], and a writer connection that comes
+/// back still inside a transaction is closed rather than kept.
+///
+/// A transaction whose `COMMIT` failed (a full disk, an I/O error) was rolled back by SQLite
+/// itself; the `ROLLBACK` sqlx then sends finds no transaction and fails, which leaves sqlx's
+/// count of open transactions at one for good, and every later `BEGIN` on that connection
+/// fails with "attempted to call begin_with at non-zero transaction depth": the store was
+/// wedged until restart. The check runs when the connection is handed back (after the
+/// rollback a dropped transaction queued has run), so the next write gets a fresh connection.
+fn writer_pool_options() -> SqlitePoolOptions {
+    pool_options().after_release(|conn, _meta| {
+        Box::pin(async move {
+            // Any command waits for the queued rollback to run first.
+            conn.ping().await?;
+            let clean = !conn.is_in_transaction();
+            if !clean {
+                tracing::warn!(
+                    "the writer connection is left inside a failed transaction; replacing it"
+                );
+            }
+            Ok(clean)
+        })
+    })
+}
+
 /// Page cache of each read connection, as a `PRAGMA cache_size` value (negative: KiB).
 ///
 /// SQLite's default is 2 MiB per connection, and every connection fills its cache as the
@@ -106,7 +132,7 @@ pub(crate) async fn open_file(path: &Path, options: &OpenOptions) -> Result<Pool
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal);
-    let writer = pool_options()
+    let writer = writer_pool_options()
         .max_connections(1)
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect.clone())

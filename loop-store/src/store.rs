@@ -2,10 +2,8 @@
 //! its table's module (appends through the group-commit queue, batches to one transaction) and
 //! retrying the ones that met a busy database.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use loop_engine::Store;
@@ -19,7 +17,9 @@ use sqlx::sqlite::SqlitePool;
 
 use crate::append_queue::AppendQueue;
 use crate::error::map_sqlx;
+use crate::health::WriteHealth;
 use crate::pool::{self, OpenOptions, Pools};
+use crate::retry::retry;
 use crate::{artifacts, batch, events, runs, steps};
 
 /// A [`Store`] in an SQLite database (WAL mode), migrated on open.
@@ -35,42 +35,9 @@ use crate::{artifacts, batch, events, runs, steps};
 pub struct SqliteStore {
     pools: Pools,
     appends: Arc<AppendQueue>,
-}
-
-/// How many times a call that met a busy or locked database is tried in all. SQLite already
-/// waited `busy_timeout` inside each attempt; the retries cover a lock held across that wait
-/// (a long checkpoint, another process's long transaction) before `Retryable` reaches the
-/// engine.
-const ATTEMPTS: u32 = 4;
-
-/// The pause before the first retry; it doubles after each one.
-const FIRST_BACKOFF: Duration = Duration::from_millis(25);
-
-/// Runs `op` until it returns anything but [`StoreError::Retryable`], at most [`ATTEMPTS`]
-/// times. Retrying is safe because a `Retryable` write was not applied (busy and locked
-/// errors abort the statement or transaction, and a pool timeout never reached SQLite).
-pub(crate) async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(StoreError::Retryable(e)) if attempt < ATTEMPTS => {
-                tracing::debug!(operation = what, attempt, error = %e, "database busy, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-                attempt += 1;
-            }
-            Err(StoreError::Retryable(e)) => {
-                tracing::warn!(operation = what, attempts = attempt, error = %e, "database stayed busy");
-                return Err(StoreError::Retryable(e));
-            }
-            other => return other,
-        }
-    }
+    /// The database file (None: in memory), for the health check's free-space test.
+    path: Option<Arc<Path>>,
+    health: Arc<WriteHealth>,
 }
 
 impl SqliteStore {
@@ -84,7 +51,9 @@ impl SqliteStore {
     pub async fn open_with(path: &Path, options: &OpenOptions) -> Result<Self, StoreError> {
         let pools = pool::open_file(path, options).await?;
         tracing::debug!(path = %path.display(), "opened sqlite store");
-        Ok(Self::with_pools(pools))
+        let mut store = Self::with_pools(pools);
+        store.path = Some(Arc::from(path));
+        Ok(store)
     }
 
     /// A fresh, migrated database that lives in memory until the store (and every clone) is
@@ -99,6 +68,8 @@ impl SqliteStore {
         Self {
             pools,
             appends: Arc::default(),
+            path: None,
+            health: Arc::default(),
         }
     }
 
@@ -125,6 +96,12 @@ impl SqliteStore {
         &self.pools.writer
     }
 
+    /// `result` of a write, remembered for the health check.
+    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.health.note(&result);
+        result
+    }
+
     /// The writer connection, waited for in the pool's fair queue.
     async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
         self.pools.writer.acquire().await.map_err(map_sqlx)
@@ -134,7 +111,8 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_run(&self, run: &Run) -> Result<(), StoreError> {
-        retry("create_run", || runs::create(&self.pools.writer, run)).await
+        let result = retry("create_run", || runs::create(&self.pools.writer, run)).await;
+        self.noted(result)
     }
 
     async fn get_run(&self, id: RunId) -> Result<Run, StoreError> {
@@ -146,17 +124,19 @@ impl Store for SqliteStore {
     }
 
     async fn update_run(&self, run: &Run) -> Result<(), StoreError> {
-        retry("update_run", || async {
+        let result = retry("update_run", || async {
             runs::update(&mut *self.writer().await?, run).await
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn claim_next_run(&self, req: &ClaimRequest) -> Result<Option<Run>, StoreError> {
-        retry("claim_next_run", || {
+        let result = retry("claim_next_run", || {
             runs::claim_next(&self.pools.writer, req)
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn renew_lease(
@@ -165,31 +145,35 @@ impl Store for SqliteStore {
         worker_id: &str,
         until: UnixMs,
     ) -> Result<(), StoreError> {
-        retry("renew_lease", || {
+        let result = retry("renew_lease", || {
             runs::renew_lease(&self.pools.writer, run_id, worker_id, until)
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn release_run(&self, run_id: RunId, worker_id: &str) -> Result<(), StoreError> {
-        retry("release_run", || {
+        let result = retry("release_run", || {
             runs::release(&self.pools.writer, run_id, worker_id)
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn insert_step(&self, step: &Step) -> Result<(), StoreError> {
-        retry("insert_step", || async {
+        let result = retry("insert_step", || async {
             steps::insert(&mut *self.writer().await?, step).await
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn update_step(&self, step: &Step) -> Result<(), StoreError> {
-        retry("update_step", || async {
+        let result = retry("update_step", || async {
             steps::update(&mut *self.writer().await?, step).await
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn get_step(&self, id: StepId) -> Result<Step, StoreError> {
@@ -202,7 +186,8 @@ impl Store for SqliteStore {
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
         // The queue retries a busy database itself.
-        self.appends.append(&self.pools.writer, event).await
+        let result = self.appends.append(&self.pools.writer, event).await;
+        self.noted(result)
     }
 
     async fn events_after(
@@ -225,10 +210,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_artifact(&self, artifact: &NewArtifact) -> Result<Artifact, StoreError> {
-        retry("record_artifact", || async {
+        let result = retry("record_artifact", || async {
             artifacts::record(&mut *self.writer().await?, artifact).await
         })
-        .await
+        .await;
+        self.noted(result)
     }
 
     async fn list_artifacts(&self, run_id: RunId) -> Result<Vec<Artifact>, StoreError> {
@@ -245,61 +231,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn check_health(&self) -> Result<(), StoreError> {
+        retry("check_health", || runs::count_by_status(&self.pools.reader)).await?;
+        self.health
+            .check(&self.pools.writer, self.path.as_deref())
+            .await
+    }
+
     async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError> {
-        retry("write_batch", || batch::write(&self.pools.writer, writes)).await
+        let result = retry("write_batch", || batch::write(&self.pools.writer, writes)).await;
+        self.noted(result)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
-
-    fn busy() -> StoreError {
-        StoreError::Retryable("database is locked".into())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_stops_at_the_first_non_retryable_result() {
-        let calls = AtomicU32::new(0);
-        let result = retry("test", || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(busy())
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
-        assert_eq!(result.unwrap(), 7);
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_gives_up_with_retryable_after_all_attempts() {
-        let calls = AtomicU32::new(0);
-        let result: Result<(), StoreError> = retry("test", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(busy())
-        })
-        .await;
-        assert!(matches!(result, Err(StoreError::Retryable(_))));
-        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS);
-    }
-
-    #[tokio::test]
-    async fn other_errors_are_not_retried() {
-        let calls = AtomicU32::new(0);
-        let result: Result<(), StoreError> = retry("test", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(StoreError::Conflict {
-                detail: "duplicate".into(),
-            })
-        })
-        .await;
-        assert!(matches!(result, Err(StoreError::Conflict { .. })));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
 
     #[tokio::test]
     async fn in_memory_store_keeps_data_across_calls() {

@@ -115,13 +115,13 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct IdArg {
-    /// The run id.
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
     pub(crate) id: String,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
-    /// The run id.
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
     pub(crate) id: String,
     /// Print the agent's output as it is (no stream-json rendering).
     #[arg(long)]
@@ -130,11 +130,14 @@ pub(crate) struct TailArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
-    /// The run id.
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
     pub(crate) id: String,
     /// The step number (see `inspect`) [default: the last agent step].
     #[arg(long)]
     pub(crate) step: Option<u32>,
+    /// Print the stored stream-json as it is (default: rendered like `tail`).
+    #[arg(long)]
+    pub(crate) raw: bool,
 }
 
 #[derive(Debug, Args)]

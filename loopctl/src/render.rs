@@ -250,19 +250,23 @@ pub(crate) fn inspect(
     out
 }
 
-/// The one-line status of `tail`.
+/// The one-line status of `tail`: status, the current step (its label and phase, once when
+/// they are the same word), tasks, elapsed time and the cost of the steps so far.
 pub(crate) fn status_line(
     run: &RunResource,
-    iteration: &str,
-    phase: &str,
+    cost_usd: Option<f64>,
     elapsed_ms: i64,
     colour: bool,
 ) -> String {
+    let step = match &run.last_step {
+        None => "-".to_owned(),
+        Some(s) if s.label.is_empty() || s.label == s.phase => s.phase.clone(),
+        Some(s) => format!("iteration {} {}", s.label, s.phase),
+    };
+    let cost = cost_usd.map(|c| format!(" | ${c:.4}")).unwrap_or_default();
     format!(
-        "[{}] iteration {} {} | tasks {}/{} | {}",
+        "[{}] {step} | tasks {}/{} | {}{cost}",
         status(run.status, colour),
-        if iteration.is_empty() { "-" } else { iteration },
-        if phase.is_empty() { "-" } else { phase },
         run.tasks_done,
         run.tasks_total,
         duration_ms(elapsed_ms)
@@ -305,7 +309,14 @@ impl AgentView {
 
     /// Renders one line of agent output.
     pub(crate) fn line(line: &str) -> String {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        // The engine's lenient parser: a lone surrogate or invalid UTF-8 in a line is
+        // repaired, not shown as raw JSON.
+        let parsed = if line.trim_start().starts_with('{') {
+            loop_engine::impls::stream_json::parse_value(line.trim().as_bytes())
+        } else {
+            None
+        };
+        let Some(v) = parsed else {
             return format!("{line}\n");
         };
         let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
@@ -507,6 +518,12 @@ mod tests {
             AgentView::line(failed),
             "✗ done in 1 turns, API error 401\n"
         );
+    }
+
+    #[test]
+    fn lone_surrogates_are_rendered_not_printed_as_json() {
+        let line = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"bad \udcff char"}]}}"#;
+        assert_eq!(AgentView::line(line), "bad \u{fffd} char\n");
     }
 
     #[test]

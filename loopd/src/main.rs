@@ -64,8 +64,19 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let args = Args::parse();
+    if let Err(e) = start(args) {
+        // Plainly, whatever RUST_BACKTRACE says: these are user-facing errors (a busy port, a
+        // held lock, a bad flag), not crashes. `main` returning the error would print its
+        // Debug form, which carries a stack trace when RUST_BACKTRACE is set.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "loopd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
     // Every wake-up of a worker is activity; the heap is trimmed once the runtime has been
     // quiet for a moment (see `trim`), never while the daemon sits idle.
     let trimmer = Arc::new(trim::Trimmer::default());

@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod chaos;
+mod full_disk;
 mod real_claude;
 
 const TOKEN: &str = "loopd-test-token";
@@ -56,7 +57,11 @@ async fn start_with_env(data: &Path, port: u16, env: &[(&str, &str)]) -> Daemon 
         .arg(data)
         .args(["--stop-grace-sec", "5"])
         .env("LOOPD_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn");
+        // LOOPD_TEST_LOG=debug keeps the daemon's debug log in `<data>/loopd-<port>.stderr`.
+        .env(
+            "RUST_LOG",
+            std::env::var("LOOPD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
@@ -145,6 +150,35 @@ fn signal(child: &tokio::process::Child, sig: Signal) {
     kill(Pid::from_raw(i32::try_from(pid).expect("pid fits")), sig).expect("signal sent");
 }
 
+/// `LOOPD_LISTEN=127.0.0.2:<port>` serves requests addressed to 127.0.0.2 (issue 12 item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_127_0_0_2_answers_its_own_address() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Cmd::new(env!("CARGO_BIN_EXE_loopd"), data.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("LOOPD_LISTEN", format!("127.0.0.2:{port}"))
+        .env("LOOPD_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .to_tokio()
+        .spawn()
+        .expect("loopd starts");
+    let client =
+        Client::new(&format!("http://127.0.0.2:{port}"), Some(TOKEN.into())).expect("client");
+    let health = client
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("health on 127.0.0.2");
+    assert_eq!(health.status, "ok");
+    client
+        .list_runs(&loop_http::api::ListQuery::default())
+        .await
+        .expect("an authenticated route on 127.0.0.2");
+    signal(&child, Signal::SIGTERM);
+    child.wait().await.expect("exits");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_data_dir_fails_at_once() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -156,17 +190,21 @@ async fn a_second_daemon_on_the_same_data_dir_fails_at_once() {
             "--data-dir",
         ])
         .arg(data.path())
+        // A user-facing error stays a plain line even with backtraces asked for.
+        .env("RUST_BACKTRACE", "1")
         .timeout(Some(Duration::from_secs(10)))
         .output()
         .await
         .expect("runs");
     assert_ne!(second.code, 0);
+    let stderr = second.stderr_text();
     assert!(
-        second
-            .stderr_text()
-            .contains("another loopd is already running"),
-        "{}",
-        second.stderr_text()
+        stderr.contains("loopd: another loopd is already running"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("backtrace") && !stderr.contains("Error {"),
+        "printed plainly: {stderr}"
     );
     signal(&first.child, Signal::SIGTERM);
     let status = first.child.wait().await.expect("exits");

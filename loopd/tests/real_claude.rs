@@ -44,7 +44,7 @@ async fn real_claude_under_loopd() {
     let claude = match scripted_model::cli::claude_for_test() {
         scripted_model::cli::ClaudeForTest::Found(bin) => bin,
         scripted_model::cli::ClaudeForTest::Skip(why) => {
-            eprintln!("real_claude: skipped: {why}");
+            scripted_model::cli::say_skipped("real_claude_under_loopd", &why);
             return;
         }
         scripted_model::cli::ClaudeForTest::Required(why) => panic!("{why}"),
@@ -563,8 +563,9 @@ async fn stalled_model(client: &Client, claude: &Path) {
 
 async fn root_without_sandbox(claude: &Path) {
     if process::effective_uid() != Some(0) {
-        eprintln!(
-            "real_claude: e) skipped: not running as root, so the CLI has no root refusal to show"
+        scripted_model::cli::say_skipped(
+            "real_claude_under_loopd e)",
+            "not running as root, so the CLI has no root refusal to show",
         );
         return;
     }

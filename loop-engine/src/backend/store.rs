@@ -223,4 +223,12 @@ pub trait Store: Send + Sync {
     /// batch is a no-op that returns an empty [`BatchOutcome`]. A dropped call is applied
     /// entirely or not at all, like any write.
     async fn write_batch(&self, writes: &[StoreWrite]) -> Result<BatchOutcome, StoreError>;
+
+    /// Whether the store can serve reads and accept writes now, for health checks (`GET
+    /// /health` reports the error as its `problem`). The error says what is wrong: a full
+    /// disk, a write that failed and still fails. The default reads the run counts; a
+    /// backend that can tell whether it can write (free space, a probe write) does more.
+    async fn check_health(&self) -> Result<(), StoreError> {
+        self.count_runs_by_status().await.map(|_| ())
+    }
 }

@@ -6,7 +6,7 @@
 //! `result` line (see [`Verdict::of`]), never from the exit code alone.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
@@ -20,6 +20,78 @@ const CLAUDE_KEY: ProgramKey = ProgramKey {
     hint: "install the Claude Code CLI (`npm install -g @anthropic-ai/claude-code`) or set claude_bin to its path",
 };
 
+/// The Claude Code version `bin/install-claude` installs (`.ci/claude-version`).
+const PINNED_VERSION: &str = include_str!("../../../.ci/claude-version");
+
+/// The Claude CLI that `bin/install-claude` installed, if any: under
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/agent-loop/claude-code-<version>/`, the pinned version
+/// first, else the newest other one. The default `claude_bin` (`claude`) falls back to it when
+/// `claude` is not on `PATH`, so loopd and `loopctl demo` find the CLI that script installed
+/// without an `export CLAUDE_BIN=...`.
+pub fn installed_claude() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    installed_claude_in(&cache)
+}
+
+/// [`installed_claude`] under the cache directory `cache`.
+pub(crate) fn installed_claude_in(cache: &Path) -> Option<PathBuf> {
+    let root = cache.join("agent-loop");
+    let binary = |dir: &Path| -> Option<PathBuf> {
+        let bin = dir.join("node_modules/.bin/claude");
+        if is_executable(&bin) {
+            return Some(bin);
+        }
+        // Installed with scripts disabled: the platform package's binary (as the script does).
+        let mut platform: Vec<PathBuf> = std::fs::read_dir(dir.join("node_modules/@anthropic-ai"))
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("claude-code-"))
+            .map(|e| e.path().join("claude"))
+            .filter(|p| is_executable(p))
+            .collect();
+        platform.sort();
+        platform.pop()
+    };
+    let pinned = root.join(format!("claude-code-{}", PINNED_VERSION.trim()));
+    if let Some(bin) = binary(&pinned) {
+        return Some(bin);
+    }
+    let mut others: Vec<PathBuf> = std::fs::read_dir(&root)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("claude-code-"))
+        .map(|e| e.path())
+        .collect();
+    others.sort();
+    others.iter().rev().find_map(|dir| binary(dir))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The program to start for `claude_bin`: itself when it exists (a path, or a name on
+/// `path_var`); for the default name `claude` missing from `PATH`, the CLI `bin/install-claude`
+/// installed (`installed`). `None` when there is nothing to start.
+fn resolve_program(
+    claude_bin: &str,
+    path_var: Option<&str>,
+    workdir: &Path,
+    installed: impl FnOnce() -> Option<PathBuf>,
+) -> Option<String> {
+    if program_exists(claude_bin, path_var, workdir) {
+        return Some(claude_bin.to_owned());
+    }
+    if claude_bin == "claude" {
+        return installed().map(|p| p.to_string_lossy().into_owned());
+    }
+    None
+}
+
 /// Runs the Claude Code CLI.
 #[derive(Clone, Debug)]
 pub struct ClaudeExecutor {
@@ -29,7 +101,8 @@ pub struct ClaudeExecutor {
 }
 
 impl ClaudeExecutor {
-    /// An executor running `claude_bin` (a program on `PATH`, or a path).
+    /// An executor running `claude_bin` (a program on `PATH`, or a path; the default `claude`
+    /// also falls back to [`installed_claude`]).
     pub fn new(claude_bin: impl Into<String>) -> Self {
         Self {
             claude_bin: claude_bin.into(),
@@ -60,13 +133,18 @@ impl Executor for ClaudeExecutor {
         ctx: ExecContext,
     ) -> Result<ExecOutcome, ExecutorError> {
         let path_var = effective_env(&req.env, "PATH");
-        if !program_exists(&self.claude_bin, path_var.as_deref(), &req.workdir) {
+        let Some(program) = resolve_program(
+            &self.claude_bin,
+            path_var.as_deref(),
+            &req.workdir,
+            installed_claude,
+        ) else {
             return Err(ExecutorError::NotFound {
                 program: self.claude_bin.clone(),
                 key: CLAUDE_KEY.key.into(),
                 hint: CLAUDE_KEY.hint.into(),
             });
-        }
+        };
         let euid = self.euid.or_else(process::effective_uid);
         let sandbox = effective_env(&req.env, "IS_SANDBOX");
         if let Some(detail) = root_refusal(euid, sandbox.as_deref()) {
@@ -75,7 +153,7 @@ impl Executor for ClaudeExecutor {
                 source: None,
             });
         }
-        let cmd = Cmd::new(&self.claude_bin, &req.workdir).args(Self::args(&req));
+        let cmd = Cmd::new(&program, &req.workdir).args(Self::args(&req));
         let run = run_measured(cmd, CLAUDE_KEY, &req, &ctx).await?;
         tracing::debug!(
             step_id = %req.step_id,
@@ -149,6 +227,39 @@ fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool
 mod tests {
     use super::*;
     use crate::backend::FailureKind;
+
+    #[test]
+    fn the_default_name_falls_back_to_the_installed_cli() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let ws = tempfile::tempdir().expect("tempdir");
+        assert_eq!(installed_claude_in(cache.path()), None);
+        let dir = cache.path().join(format!(
+            "agent-loop/claude-code-{}/node_modules/.bin",
+            PINNED_VERSION.trim()
+        ));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let bin = dir.join("claude");
+        std::fs::write(&bin, "#!/bin/sh\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(installed_claude_in(cache.path()), Some(bin.clone()));
+        let installed = || installed_claude_in(cache.path());
+        // Not on PATH: the installed one.
+        assert_eq!(
+            resolve_program("claude", Some("/nonexistent"), ws.path(), installed),
+            Some(bin.to_string_lossy().into_owned())
+        );
+        // A configured other program gets no fallback.
+        assert_eq!(
+            resolve_program("my-claude", Some("/nonexistent"), ws.path(), installed),
+            None
+        );
+        // On PATH: itself.
+        assert_eq!(
+            resolve_program("claude", dir.to_str(), ws.path(), || None),
+            Some("claude".to_owned())
+        );
+    }
     use crate::backend::{ExecPurpose, ExecSignal, Termination};
     use crate::domain::{RunId, StepId};
     use tokio_util::sync::CancellationToken;

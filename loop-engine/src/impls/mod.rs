@@ -13,8 +13,8 @@ pub(crate) mod sim_agent;
 pub mod stream_json;
 
 pub use agent_process::{ProgramKey, run_agent};
-pub use claude_executor::ClaudeExecutor;
 pub(crate) use claude_executor::root_refusal;
+pub use claude_executor::{ClaudeExecutor, installed_claude};
 pub use command_executor::{AgentCmdError, CommandExecutor, prompt_file_for};
 pub use git_cli::{GitCli, RUN_ID_TRAILER};
 pub use log_notifier::LogNotifier;

@@ -66,9 +66,12 @@ pub fn parse_line(line: &[u8]) -> StreamLine {
     }
 }
 
-/// Parses JSON, repairing what the CLI is known to get wrong: invalid UTF-8 and lone
-/// surrogate escapes, both of which serde_json rejects.
-fn parse_value(bytes: &[u8]) -> Option<Value> {
+/// Parses one line of agent output as JSON, repairing what the CLI is known to get wrong:
+/// invalid UTF-8 and lone surrogate escapes (`"\udcff"`), both of which serde_json rejects
+/// (they become U+FFFD). `None` when the line is not JSON even after the repair. This is the
+/// one stream-json parser: the engine classifies lines with it ([`parse_line`]) and clients
+/// such as `loopctl` render them from the value it returns.
+pub fn parse_value(bytes: &[u8]) -> Option<Value> {
     if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
         return Some(v);
     }

@@ -63,6 +63,10 @@ impl Store for FaultyStore {
         self.check()?;
         self.inner.create_run(run).await
     }
+    async fn check_health(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.check_health().await
+    }
     async fn get_run(&self, id: RunId) -> Result<Run, StoreError> {
         self.check()?;
         self.inner.get_run(id).await

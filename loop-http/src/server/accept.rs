@@ -79,7 +79,7 @@ pub async fn serve(
         guard: Guard {
             token: opts.token.clone(),
             allow_remote: opts.allow_remote,
-            port: local.port(),
+            listen: local,
         },
         opts,
         shutdown: shutdown.clone(),

@@ -17,8 +17,10 @@ pub(crate) struct Guard {
     pub(crate) token: String,
     /// Accept any `Host` header (the daemon listens beyond loopback on purpose).
     pub(crate) allow_remote: bool,
-    /// The listener's port, part of every accepted `Host` and `Origin`.
-    pub(crate) port: u16,
+    /// The listener's address: its port is part of every accepted `Host` and `Origin`, and
+    /// its IP is accepted beside `127.0.0.1`, `localhost` and `[::1]` (a daemon listening on
+    /// `127.0.0.2` is reached as `127.0.0.2:<port>`).
+    pub(crate) listen: SocketAddr,
 }
 
 /// Bytes of randomness in a generated token.
@@ -77,13 +79,22 @@ impl Guard {
         ))
     }
 
-    fn loopback_hosts(&self) -> [String; 3] {
-        let p = self.port;
-        [
+    fn loopback_hosts(&self) -> Vec<String> {
+        let p = self.listen.port();
+        let mut hosts = vec![
             format!("127.0.0.1:{p}"),
             format!("localhost:{p}"),
             format!("[::1]:{p}"),
-        ]
+        ];
+        // The address it listens on, unless that is a wildcard (0.0.0.0, ::), which no client
+        // names as its Host.
+        if !self.listen.ip().is_unspecified() {
+            let own = self.listen.to_string();
+            if !hosts.contains(&own) {
+                hosts.push(own);
+            }
+        }
+        hosts
     }
 
     fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -106,8 +117,8 @@ impl Guard {
                 StatusCode::FORBIDDEN,
                 "forbidden_host",
                 format!(
-                    "Host `{h}` is not accepted: use 127.0.0.1:{p} or localhost:{p} (or start the daemon with remote access allowed)",
-                    p = self.port
+                    "Host `{h}` is not accepted: use {} (or start the daemon with remote access allowed)",
+                    self.loopback_hosts().join(", ")
                 ),
             )),
             None => Err(ApiError::new(
@@ -148,8 +159,29 @@ mod tests {
         Guard {
             token: "s3cret".into(),
             allow_remote,
-            port: 7700,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
         }
+    }
+
+    #[test]
+    fn the_listening_address_is_an_accepted_host_and_origin() {
+        let g = Guard {
+            listen: SocketAddr::from(([127, 0, 0, 2], 7711)),
+            ..guard(false)
+        };
+        g.check_host(&headers(&[(HOST, "127.0.0.2:7711")]))
+            .expect("its own address");
+        g.check_host(&headers(&[(HOST, "127.0.0.1:7711")]))
+            .expect("127.0.0.1 still");
+        g.check_origin(&headers(&[(ORIGIN, "http://127.0.0.2:7711")]))
+            .expect("its own origin");
+        assert!(g.check_host(&headers(&[(HOST, "127.0.0.3:7711")])).is_err());
+        assert!(g.check_host(&headers(&[(HOST, "127.0.0.2:7712")])).is_err());
+        let v6 = Guard {
+            listen: "[::1]:7711".parse().expect("addr"),
+            ..guard(false)
+        };
+        assert_eq!(v6.loopback_hosts().len(), 3, "[::1] is listed once");
     }
 
     fn headers(pairs: &[(hyper::header::HeaderName, &str)]) -> HeaderMap {

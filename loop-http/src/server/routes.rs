@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use hyper::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use loop_engine::Engine;
 use loop_engine::backend::RunFilter;
@@ -227,10 +229,8 @@ async fn resource(engine: &Engine, run: &Run) -> Result<RunResource, ApiError> {
 
 async fn health(engine: &Engine) -> Response<RespBody> {
     let problem =
-        match tokio::time::timeout(HEALTH_STORE_TIMEOUT, engine.store().count_runs_by_status())
-            .await
-        {
-            Ok(Ok(_)) => None,
+        match tokio::time::timeout(HEALTH_STORE_TIMEOUT, engine.store().check_health()).await {
+            Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("store check failed: {}", chain(&e))),
             Err(_) => Some(format!(
                 "store check did not answer within {} ms",
@@ -315,7 +315,7 @@ fn list_filter(query: &str) -> Result<RunFilter, ApiError> {
         limit: Some(DEFAULT_LIMIT),
         ..RunFilter::default()
     };
-    for (key, value) in query::parse(query) {
+    for (key, value) in parse_query(query)? {
         match key.as_str() {
             "workspace_root" if !value.is_empty() => filter.workspace_root = Some(value.into()),
             "workspace_root" => {}
@@ -355,11 +355,48 @@ fn list_filter(query: &str) -> Result<RunFilter, ApiError> {
 
 /// Reads a JSON body of at most `max` bytes. A larger body is drained (up to a bound) before
 /// the 413, so the client reads the answer instead of a reset connection.
+/// The decoded pairs of a query string; bytes that are not UTF-8 are a 400.
+fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query::parse(query)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message))
+}
+
+/// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
+/// parameters such as `charset=utf-8` allowed) with 415. Only routes that read a body check
+/// it; body-less `POST`s (pause, resume, cancel) ignore both the type and any body.
+fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+    let is_json = given.is_some_and(|v| {
+        let essence = v.split(|b| *b == b';').next().unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/json")
+    });
+    if is_json {
+        return Ok(());
+    }
+    let message = match given {
+        None => {
+            "missing Content-Type: send the body as `Content-Type: application/json`".to_owned()
+        }
+        Some(v) => format!(
+            "Content-Type `{}` is not accepted: send the body as `application/json`",
+            String::from_utf8_lossy(v)
+        ),
+    };
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        message,
+    ))
+}
+
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Incoming,
     max: usize,
 ) -> Result<T, ApiError> {
+    require_json_type(headers)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -487,7 +524,7 @@ fn resume_point(headers: &HeaderMap, query: &str) -> Result<u64, ApiError> {
             "Last-Event-ID",
             String::from_utf8_lossy(v.as_bytes()).into_owned(),
         )),
-        None => query::parse(query)
+        None => parse_query(query)?
             .into_iter()
             .find(|(k, _)| k == "after")
             .map(|(_, v)| ("after", v)),

@@ -3,6 +3,7 @@
 //! client would never send.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use loop_engine::Engine;
+use loop_engine::backend::Store;
 use loop_engine::domain::{RunId, RunStatus};
 use loop_engine::engine::EngineSettings;
 use loop_engine::impls::{GitCli, MemoryStore, SimulatedAgent};
@@ -34,6 +36,8 @@ pub(crate) struct Setup {
     pub(crate) scheduler: bool,
     /// SSE keep-alive interval.
     pub(crate) keepalive: Duration,
+    /// The engine's store (default: a fresh `MemoryStore`).
+    pub(crate) store: Option<Arc<dyn Store>>,
 }
 
 impl Default for Setup {
@@ -42,6 +46,7 @@ impl Default for Setup {
             agent_delay: Duration::ZERO,
             scheduler: true,
             keepalive: Duration::from_secs(15),
+            store: None,
         }
     }
 }
@@ -79,7 +84,11 @@ impl Server {
             .with_delay(setup.agent_delay)
             .with_git_env(repo.env());
         let engine = Engine::builder()
-            .store(MemoryStore::new())
+            .store_arc(
+                setup
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn Store>),
+            )
             .executor(agent)
             .vcs(GitCli::with_env(repo.env()))
             .settings(EngineSettings {
@@ -183,7 +192,7 @@ impl Server {
         sender.send_request(req).await.expect("response")
     }
 
-    /// A raw request with the token.
+    /// A raw request with the token (and `Content-Type: application/json` with a body).
     pub(crate) async fn authed(
         &self,
         method: &str,
@@ -191,9 +200,11 @@ impl Server {
         body: Option<Vec<u8>>,
     ) -> (StatusCode, serde_json::Value) {
         let auth = format!("Bearer {TOKEN}");
-        let (status, _, bytes) = self
-            .raw(method, path, &[("authorization", &auth)], body)
-            .await;
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let (status, _, bytes) = self.raw(method, path, &headers, body).await;
         let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
         });

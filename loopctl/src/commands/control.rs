@@ -1,6 +1,6 @@
 //! `pause`, `resume`, `cancel` and `wait`.
 
-use crate::commands::{Ctx, out, out_json, parse_id};
+use crate::commands::{Ctx, out, out_json, resolve_id};
 use crate::exit;
 use loop_engine::domain::RunStatus;
 use loop_http::api::RunResource;
@@ -19,7 +19,7 @@ fn show(ctx: &Ctx, run: &RunResource, what: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn pause(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let run = ctx.client.pause(parse_id(id)?).await?;
+    let run = ctx.client.pause(resolve_id(ctx, id).await?).await?;
     let what = if run.status == RunStatus::Paused {
         "paused"
     } else {
@@ -29,12 +29,12 @@ pub(crate) async fn pause(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn resume(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let run = ctx.client.resume(parse_id(id)?).await?;
+    let run = ctx.client.resume(resolve_id(ctx, id).await?).await?;
     show(ctx, &run, "resumed")
 }
 
 pub(crate) async fn cancel(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let run = ctx.client.cancel(parse_id(id)?).await?;
+    let run = ctx.client.cancel(resolve_id(ctx, id).await?).await?;
     let what = if run.status == RunStatus::Canceled {
         "canceled"
     } else {
@@ -74,7 +74,7 @@ pub(crate) async fn wait_terminal(
 }
 
 pub(crate) async fn wait(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let run = wait_terminal(ctx, parse_id(id)?).await?;
+    let run = wait_terminal(ctx, resolve_id(ctx, id).await?).await?;
     if ctx.json {
         out_json(&run)?;
     } else {

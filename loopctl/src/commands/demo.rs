@@ -2,10 +2,10 @@
 //! 3-task plan in a fresh git repository), starts a private loopd if none is reachable, and
 //! runs the plan with live progress to the end, then shows where the artifacts are. The agent
 //! is the real Claude CLI talking to a scripted model server on 127.0.0.1 (no network, no API
-//! key) when the CLI is installed (`CLAUDE_BIN` or `claude` on PATH), else the built-in
-//! simulated agent, clearly labelled as a simulation. The scripted model is a separate program
-//! (`test-support/scripted-model`, the binary next to this one, started like the private
-//! loopd), so loopctl itself does not link a test server.
+//! key) when the CLI is installed (`CLAUDE_BIN`, `claude` on PATH, or `bin/install-claude`'s
+//! folder), else the built-in simulated agent, clearly labelled as a simulation. The scripted
+//! model is a separate program (`test-support/scripted-model`, the binary next to this one,
+//! started like the private loopd), so loopctl itself does not link a test server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -213,7 +213,12 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join(".loop"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let claude = if a.simulate { None } else { find_claude() };
+    let claude = if a.simulate {
+        None
+    } else {
+        // CLAUDE_BIN, `claude` on PATH, else where `bin/install-claude` put it.
+        find_claude().or_else(loop_engine::impls::installed_claude)
+    };
     // The scripted model lives as long as the demo: it answers the CLI like a model would.
     let model = match &claude {
         Some(bin) => {

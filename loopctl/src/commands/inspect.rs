@@ -4,7 +4,7 @@ use loop_engine::domain::RunStatus;
 use loop_http::api::ListQuery;
 
 use crate::cli::ListArgs;
-use crate::commands::{Ctx, out, out_json, parse_id};
+use crate::commands::{Ctx, out, out_json, resolve_id};
 use crate::exit;
 use crate::render;
 
@@ -42,7 +42,7 @@ pub(crate) async fn list(ctx: &Ctx, a: &ListArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn inspect(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
-    let id = parse_id(id)?;
+    let id = resolve_id(ctx, id).await?;
     let run = ctx.client.get_run(id).await?;
     let steps = ctx.client.steps(id).await?;
     let artifacts = ctx.client.artifacts(id).await?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use loop_engine::domain::RunId;
 use loop_http::Client;
+use loop_http::api::{ListQuery, RunResource};
 
 use crate::cli::{Cli, Command};
 use crate::exit;
@@ -48,25 +49,109 @@ pub(crate) fn token(flag: Option<String>) -> Option<String> {
     loop_http::auth::client_token(flag)
 }
 
-pub(crate) fn parse_id(text: &str) -> anyhow::Result<RunId> {
-    text.parse::<RunId>().map_err(|_| {
-        anyhow::Error::new(exit::Verdict {
-            code: exit::USAGE,
-            message: format!(
-                "`{text}` is not a run id (a UUID, as printed by `loopctl run` or `loopctl list`)"
-            ),
+/// How many of the newest runs a prefix, a name or `last` is looked up among.
+const RESOLVE_AMONG: u32 = 1000;
+
+/// The run `text` names: a full id, a unique prefix of an id (as git takes commit
+/// prefixes), a run name, or `last` (the newest run). An ambiguous prefix or name is a usage
+/// error (64) listing the candidates; nothing matching is "not found" (66).
+pub(crate) async fn resolve_id(ctx: &Ctx, text: &str) -> anyhow::Result<RunId> {
+    let text = text.trim();
+    if let Ok(id) = text.parse::<RunId>() {
+        return Ok(id);
+    }
+    if text.is_empty() {
+        return Err(verdict(exit::USAGE, "an empty run id".into()));
+    }
+    let runs = ctx
+        .client
+        .list_runs(&ListQuery {
+            limit: Some(RESOLVE_AMONG),
+            ..ListQuery::default()
         })
-    })
+        .await?;
+    match pick(&runs, text) {
+        Pick::One(id) => Ok(id),
+        Pick::None => Err(verdict(
+            exit::NOT_FOUND,
+            format!(
+                "no run matches `{text}` (give a run id, a unique prefix of one, a run name, or `last`; `loopctl list` shows them)"
+            ),
+        )),
+        Pick::Many(candidates) => {
+            let lines: Vec<String> = candidates
+                .iter()
+                .map(|r| format!("  {}  {}  {}", r.id, r.name, r.status))
+                .collect();
+            Err(verdict(
+                exit::USAGE,
+                format!(
+                    "`{text}` is ambiguous: it matches {} runs; give more of the id:\n{}",
+                    candidates.len(),
+                    lines.join("\n")
+                ),
+            ))
+        }
+    }
+}
+
+/// What a run reference matched.
+#[derive(Debug)]
+pub(crate) enum Pick<'a> {
+    One(RunId),
+    None,
+    Many(Vec<&'a RunResource>),
+}
+
+/// Matches `text` against `runs` (newest first): `last`, then id prefixes (case-insensitive),
+/// then names. A prefix that matches one run wins over names.
+pub(crate) fn pick<'a>(runs: &'a [RunResource], text: &str) -> Pick<'a> {
+    if text.eq_ignore_ascii_case("last") {
+        return runs.first().map_or(Pick::None, |r| Pick::One(r.id));
+    }
+    let lower = text.to_ascii_lowercase();
+    let by_prefix: Vec<&RunResource> = runs
+        .iter()
+        .filter(|r| r.id.to_string().starts_with(&lower))
+        .collect();
+    let chosen = if by_prefix.is_empty() {
+        runs.iter().filter(|r| r.name == text).collect()
+    } else {
+        by_prefix
+    };
+    match chosen.as_slice() {
+        [] => Pick::None,
+        [one] => Pick::One(one.id),
+        _ => Pick::Many(chosen),
+    }
+}
+
+fn verdict(code: i32, message: String) -> anyhow::Error {
+    anyhow::Error::new(exit::Verdict { code, message })
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Ctx> {
     let client = Client::new(&cli.addr, token(cli.token.clone()))?;
-    client.wait_ready(READY_TIMEOUT).await?;
+    // Say at once what is being waited for when the daemon does not answer the first probe;
+    // the backoff then goes on as before.
+    if client.health().await.is_err() {
+        waiting_notice(&cli.addr);
+        client.wait_ready(READY_TIMEOUT).await?;
+    }
     Ok(Ctx {
         client,
         json: cli.json,
         colour: crate::render::colour(),
     })
+}
+
+fn waiting_notice(addr: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "loopctl: waiting for loopd at {addr} (up to {} s; start it with `loopd` or `cargo run -p loopd`) ...",
+        READY_TIMEOUT.as_secs()
+    );
 }
 
 /// Runs the command.

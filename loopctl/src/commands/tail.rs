@@ -1,17 +1,19 @@
-//! `loopctl tail <id>`: the live agent output of a run with a status line (iteration, phase,
-//! tasks, elapsed). It survives a daemon restart: it reconnects and skips output it already
-//! printed, using the byte offsets of the output stream.
+//! `loopctl tail <id>`: the live agent output of a run with a status line (step, phase, tasks,
+//! elapsed, cost). It survives a daemon restart: it reconnects on any end of the stream while
+//! the run is not over, and skips output it already printed, using the byte offsets of the
+//! output stream.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use loop_engine::domain::{RunId, StepId, now_ms};
+use loop_engine::domain::{RunId, RunStatus, StepId, now_ms};
 use loop_http::ClientError;
 use loop_http::api::RunResource;
 use loop_http::client::OutputItem;
 
-use crate::commands::{Ctx, parse_id};
+use crate::commands::{Ctx, resolve_id};
+use crate::exit;
 use crate::render;
 
 /// How long `tail` waits for a restarted daemon.
@@ -42,87 +44,174 @@ impl Printed {
     }
 }
 
+/// Where the status line goes. On a terminal it stays drawn on the last line: output is
+/// written above it and it is redrawn after each complete line (and every second, for the
+/// elapsed time). Off a terminal it is printed as a line of its own only when something
+/// other than the elapsed time changed, and once more at the end if output came since.
 struct Screen {
     tty: bool,
     colour: bool,
-    status_shown: bool,
+    /// The status line as last drawn (on a terminal) or printed.
+    line: String,
+    /// The status line without its elapsed time, as last printed off a terminal.
+    printed_key: String,
+    /// Drawn on the terminal now.
+    drawn: bool,
+    /// Output was written since the status line was last printed (off a terminal).
+    text_since: bool,
 }
 
 impl Screen {
-    fn clear_status(&mut self, w: &mut impl Write) {
-        if self.tty && self.status_shown {
-            let _ = write!(w, "\r\x1b[2K");
-            self.status_shown = false;
+    fn new(tty: bool, colour: bool) -> Self {
+        Self {
+            tty,
+            colour,
+            line: String::new(),
+            printed_key: String::new(),
+            drawn: false,
+            text_since: false,
         }
     }
 
-    fn status(&mut self, w: &mut impl Write, line: &str) {
-        if self.tty {
-            self.clear_status(w);
-            let _ = write!(w, "{line}");
-            self.status_shown = true;
-        } else {
-            let _ = writeln!(w, "{line}");
+    fn erase(&mut self, w: &mut impl Write) {
+        if self.tty && self.drawn {
+            let _ = write!(w, "\r\x1b[2K");
+            self.drawn = false;
         }
-        let _ = w.flush();
+    }
+
+    fn draw(&mut self, w: &mut impl Write) {
+        if self.tty && !self.line.is_empty() {
+            self.erase(w);
+            let _ = write!(w, "{}", self.line);
+            self.drawn = true;
+            let _ = w.flush();
+        }
+    }
+
+    /// Shows `status`; `last` forces it out off a terminal when output came since.
+    fn status(&mut self, w: &mut impl Write, status: &Status, last: bool) {
+        self.line = status.line(self.colour);
+        if self.tty {
+            self.draw(w);
+            return;
+        }
+        let key = status.key();
+        if key != self.printed_key || (last && self.text_since) {
+            let _ = writeln!(w, "{}", self.line);
+            let _ = w.flush();
+            self.printed_key = key;
+            self.text_since = false;
+        }
     }
 
     fn text(&mut self, w: &mut impl Write, text: &str) {
-        self.clear_status(w);
+        self.erase(w);
         let _ = write!(w, "{text}");
-        let _ = w.flush();
+        self.text_since = true;
+        if text.ends_with('\n') {
+            self.draw(w);
+        } else {
+            let _ = w.flush();
+        }
+    }
+
+    /// Leaves the status line as the last line of the output.
+    fn finish(&mut self, w: &mut impl Write) {
+        if self.tty && self.drawn {
+            let _ = writeln!(w);
+            self.drawn = false;
+        }
     }
 }
 
-fn status_of(run: &RunResource, colour: bool) -> String {
-    let (iteration, phase) = run
-        .last_step
-        .as_ref()
-        .map(|s| (s.label.clone(), s.phase.clone()))
-        .unwrap_or_default();
-    render::status_line(
-        run,
-        &iteration,
-        &phase,
-        now_ms() - run.created_at_ms,
-        colour,
-    )
+/// What the status line shows.
+struct Status {
+    run: RunResource,
+    cost_usd: Option<f64>,
+}
+
+impl Status {
+    fn line(&self, colour: bool) -> String {
+        render::status_line(
+            &self.run,
+            self.cost_usd,
+            now_ms() - self.run.created_at_ms,
+            colour,
+        )
+    }
+
+    /// Everything but the elapsed time.
+    fn key(&self) -> String {
+        render::status_line(&self.run, self.cost_usd, 0, false)
+    }
+}
+
+/// The run and what its steps cost so far.
+async fn status(ctx: &Ctx, id: RunId) -> Result<Status, ClientError> {
+    let run = ctx.client.get_run(id).await?;
+    let steps = ctx.client.steps(id).await?;
+    let costs: Vec<f64> = steps
+        .iter()
+        .filter_map(|s| s.usage.as_ref().and_then(|u| u.cost_usd))
+        .collect();
+    let cost_usd = (!costs.is_empty()).then(|| costs.iter().sum());
+    Ok(Status { run, cost_usd })
 }
 
 pub(crate) async fn tail(ctx: &Ctx, id: &str, raw: bool) -> anyhow::Result<()> {
-    let id = parse_id(id)?;
+    let id = resolve_id(ctx, id).await?;
     follow(ctx, id, raw).await
 }
 
-/// Prints the run's output until it ends: readable (stream-json rendered) or `raw`.
+/// Waits for the daemon after the stream or a request broke off.
+async fn reconnect(ctx: &Ctx) -> anyhow::Result<()> {
+    ctx.client.wait_ready(RECONNECT_TIMEOUT).await?;
+    Ok(())
+}
+
+/// Prints the run's output until it ends: readable (stream-json rendered) or `raw`, with the
+/// status line. Any end of the output stream while the run is not terminal (the daemon went
+/// away, restarted gracefully, or closed the stream) is followed by a reconnect. The exit
+/// status is `wait`'s: 0 for COMPLETED, 1 for FAILED, 2 for CANCELED.
 pub(crate) async fn follow(ctx: &Ctx, id: RunId, raw: bool) -> anyhow::Result<()> {
-    let mut screen = Screen {
-        tty: std::io::stdout().is_terminal(),
-        colour: ctx.colour,
-        status_shown: false,
-    };
+    let mut screen = Screen::new(std::io::stdout().is_terminal(), ctx.colour);
     let mut printed = Printed::default();
     let mut view = render::AgentView::default();
     let mut stdout = std::io::stdout();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let run = ctx.client.get_run(id).await?;
-        screen.status(&mut stdout, &status_of(&run, screen.colour));
-        let mut stream = match ctx.client.output(id).await {
-            Ok(s) => s,
-            Err(ClientError::Connect { .. }) => {
-                ctx.client.wait_ready(RECONNECT_TIMEOUT).await?;
+        let mut stream = match status(ctx, id).await {
+            Ok(st) => {
+                screen.status(&mut stdout, &st, false);
+                match ctx.client.output(id).await {
+                    Ok(s) => s,
+                    Err(e) if transient(&e) => {
+                        reconnect(ctx).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) if transient(&e) => {
+                reconnect(ctx).await?;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        let ended = loop {
-            match stream.next().await {
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = tick.tick(), if screen.tty => {
+                    screen.draw(&mut stdout);
+                    continue;
+                }
+            };
+            match item {
                 Ok(Some(OutputItem::Step { .. })) => {
-                    if let Ok(run) = ctx.client.get_run(id).await {
-                        screen.status(&mut stdout, &status_of(&run, screen.colour));
-                        if screen.tty {
-                            screen.text(&mut stdout, "\n");
-                        }
+                    if let Ok(st) = status(ctx, id).await {
+                        screen.status(&mut stdout, &st, false);
                     }
                 }
                 Ok(Some(OutputItem::Chunk {
@@ -142,27 +231,56 @@ pub(crate) async fn follow(ctx: &Ctx, id: RunId, raw: bool) -> anyhow::Result<()
                         }
                     }
                 }
-                Ok(None) => break true,
-                // The daemon went away mid-stream: wait for it and resume.
-                Err(_) => break false,
+                // A clean end or a broken stream: the run decides what comes next.
+                Ok(None) | Err(_) => break,
             }
-        };
-        if !ended {
-            ctx.client.wait_ready(RECONNECT_TIMEOUT).await?;
-            continue;
         }
-        let run = ctx.client.get_run(id).await?;
-        if run.status.is_terminal() || run.status == loop_engine::domain::RunStatus::Paused {
-            screen.status(&mut stdout, &status_of(&run, screen.colour));
-            if screen.tty {
-                let _ = writeln!(stdout);
+        match status(ctx, id).await {
+            Ok(st) if st.run.status.is_terminal() => {
+                screen.status(&mut stdout, &st, true);
+                screen.finish(&mut stdout);
+                return outcome(&mut stdout, &st.run);
             }
-            if let Some(f) = &run.failure {
-                let _ = writeln!(stdout, "failure: {f}");
+            Ok(st) => {
+                // Not over (e.g. paused, or a stream closed by a daemon shutting down that
+                // still answers): look again shortly rather than spin.
+                screen.status(&mut stdout, &st, false);
+                let pause = if st.run.status == RunStatus::Paused {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(250)
+                };
+                tokio::time::sleep(pause).await;
             }
-            return Ok(());
+            Err(e) if transient(&e) => reconnect(ctx).await?,
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Errors after which the daemon may come back: it is unreachable or the exchange broke.
+fn transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Protocol { .. }
+    )
+}
+
+/// The failure line and `wait`'s exit status for a terminal run.
+fn outcome(w: &mut impl Write, run: &RunResource) -> anyhow::Result<()> {
+    if let Some(f) = &run.failure {
+        let _ = writeln!(w, "failure: {f}");
+    }
+    let _ = w.flush();
+    let code = match run.status {
+        RunStatus::Completed => return Ok(()),
+        RunStatus::Canceled => exit::RUN_CANCELED,
+        _ => exit::RUN_FAILED,
+    };
+    Err(anyhow::Error::new(exit::Verdict {
+        code,
+        message: String::new(),
+    }))
 }
 
 #[cfg(test)]
@@ -180,6 +298,64 @@ mod tests {
         assert_eq!(p.fresh(step, 0, "hello "), "");
         let other = StepId::new();
         assert_eq!(p.fresh(other, 0, "new step"), "new step");
+    }
+
+    fn sample(status: RunStatus, created_at_ms: i64) -> Status {
+        let run: RunResource = serde_json::from_value(serde_json::json!({
+            "id": RunId::new(), "name": "w", "name_source": "spec_slug", "status": status,
+            "exit_reason": null, "failure": null, "workspace_root": "/w", "spec_path": "s",
+            "plan_path": "p", "base_branch": "main", "run_branch": "", "merge_target_branch": null,
+            "merge_strategy": "squash", "worktree_path": "", "iterations_run": 0,
+            "tasks_done": 0, "tasks_total": 2, "created_at": "", "created_at_ms": created_at_ms,
+            "updated_at": "", "updated_at_ms": 0, "worker_id": null, "last_step": null,
+            "config": {}
+        }))
+        .expect("a run resource");
+        Status {
+            run,
+            cost_usd: Some(0.25),
+        }
+    }
+
+    #[test]
+    fn on_a_terminal_the_status_line_stays_drawn_below_the_output() {
+        let mut screen = Screen::new(true, false);
+        let mut out = Vec::new();
+        screen.status(&mut out, &sample(RunStatus::Running, now_ms()), false);
+        screen.text(&mut out, "hello\n");
+        let text = String::from_utf8(out).expect("utf-8");
+        // Drawn, erased for the output line, drawn again after it.
+        let line = "[RUNNING] - | tasks 0/2 | ";
+        assert!(text.starts_with(line), "{text:?}");
+        let after = text.rsplit("hello\n").next().expect("output");
+        assert!(
+            after.starts_with(line) && after.contains("$0.2500"),
+            "{text:?}"
+        );
+        assert!(screen.drawn);
+    }
+
+    #[test]
+    fn off_a_terminal_the_status_line_is_printed_once_per_change() {
+        let mut screen = Screen::new(false, false);
+        let mut out = Vec::new();
+        let created = now_ms() - 5000;
+        screen.status(&mut out, &sample(RunStatus::Running, created), false);
+        screen.status(&mut out, &sample(RunStatus::Running, created - 1000), false);
+        screen.text(&mut out, "work\n");
+        screen.status(&mut out, &sample(RunStatus::Running, created), false);
+        screen.status(&mut out, &sample(RunStatus::Running, created), true);
+        screen.status(&mut out, &sample(RunStatus::Completed, created), true);
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("[RUNNING]"));
+        assert_eq!(lines[1], "work");
+        assert!(
+            lines[2].starts_with("[RUNNING]"),
+            "the last one, after output"
+        );
+        assert!(lines[3].starts_with("[COMPLETED]"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The Claude CLI, if installed: `CLAUDE_BIN`, else `claude` on `PATH`
-/// (`bin/install-claude` installs the pinned version).
+/// (`bin/install-claude` installs the pinned version; `loopctl demo` also looks in its folder).
 pub fn find_claude() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("CLAUDE_BIN").filter(|b| !b.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -16,6 +16,14 @@ pub fn find_claude() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join("claude"))
         .find(|p| p.is_file())
+}
+
+/// Says that a test skipped and why, on the process's stderr directly: the test harness
+/// captures `eprintln!` (a passing test's output is never shown), but not a write to the
+/// stderr handle, so the reason shows in `cargo test`'s and CI's output.
+pub fn say_skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// What a test that needs the CLI should do.
