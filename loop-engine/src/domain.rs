@@ -12,6 +12,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod payloads;
+
+pub use payloads::{EventPayload, ReportKind, ReportLine};
+
 /// Milliseconds since the Unix epoch.
 pub type UnixMs = i64;
 
@@ -396,6 +400,9 @@ spelled_enum!(
         RecoveryCleanup => "RECOVERY_CLEANUP",
         /// The run branch was merged into the merge target.
         MergeDone => "MERGE_DONE",
+        /// The merge could not land without touching a user's uncommitted work (the target is
+        /// checked out there); the run completed and the merge waits to be retried.
+        MergePending => "MERGE_PENDING",
         /// report.tsv: the run started.
         RunStart => "RUN_START",
         /// report.tsv: the prompt was snapshotted.
@@ -565,7 +572,7 @@ pub struct NewEvent {
     pub kind: EventKind,
     /// When it happened.
     pub ts: UnixMs,
-    /// Structured detail (a JSON object).
+    /// Structured detail (a JSON object; typed: [`EventPayload`]).
     pub payload: serde_json::Value,
 }
 

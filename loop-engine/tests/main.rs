@@ -4,8 +4,10 @@
 mod agent_faults;
 mod config_faults;
 mod create_checks;
+mod driver_fixes;
 mod engine_runs;
 mod executor_judgement;
+mod merge_checkout;
 mod real_claude;
 mod store_faults;
 mod support;

@@ -6,10 +6,14 @@
 use std::sync::Arc;
 
 use crate::backend::RunFilter;
-use crate::domain::{EventKind, NewEvent, Run, RunStatus, StepStatus, now_ms};
+use crate::domain::payloads::RecoveryCleanup;
+use crate::domain::{EventPayload, NewEvent, Run, RunStatus, StepStatus, now_ms};
 use crate::engine::inner::Inner;
 use crate::error::EngineError;
 use crate::process;
+
+/// How long recovery lets a git of the previous daemon finish before stopping it.
+const VCS_CHILD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Puts this worker's orphaned runs back in the queue (their previous process is gone).
 pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
@@ -40,10 +44,12 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
         run.status = RunStatus::Pending;
         inner.store.update_run(&run).await?;
         inner
-            .emit(NewEvent::new(
+            .emit(NewEvent::typed(
                 run.id,
-                EventKind::RecoveryCleanup,
-                serde_json::json!({"run_id": run.id, "action": "requeued after restart"}),
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::Action {
+                    run_id: run.id,
+                    action: "requeued after restart".into(),
+                }),
             ))
             .await?;
         tracing::info!(run_id = %run.id, "recovered run left running by a previous process");
@@ -56,6 +62,26 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
 /// survived its daemon (matched by pid and process start time, so a reused pid is spared).
 pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), EngineError> {
     let steps = inner.store.list_steps(run.id).await?;
+    // A git of the previous process (a merge, a commit) may still be running: it is let
+    // finish before anything else touches the repository, so no lock it holds is broken and
+    // a merge it was landing is found landed.
+    let id = run.id.to_string();
+    let waited =
+        tokio::task::spawn_blocking(move || process::wait_run_vcs_children(&id, VCS_CHILD_WAIT))
+            .await
+            .unwrap_or_default();
+    if !waited.is_empty() {
+        inner
+            .emit(NewEvent::typed(
+                run.id,
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::WaitedForGit {
+                    run_id: run.id,
+                    action: "waited for the git processes of the previous daemon to finish".into(),
+                    git_pids: waited,
+                }),
+            ))
+            .await?;
+    }
     let mut interrupted_any = false;
     for mut step in steps.into_iter().filter(|s| !s.status.is_terminal()) {
         interrupted_any = true;
@@ -77,14 +103,13 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
         inner.store.update_step(&step).await?;
         inner
             .emit(
-                NewEvent::new(
+                NewEvent::typed(
                     run.id,
-                    EventKind::RecoveryCleanup,
-                    serde_json::json!({
-                        "run_id": run.id,
-                        "step_id": step.id,
-                        "action": "step marked failed: interrupted",
-                        "killed_agent_pid": killed,
+                    &EventPayload::RecoveryCleanup(RecoveryCleanup::StepInterrupted {
+                        run_id: run.id,
+                        step_id: step.id,
+                        action: "step marked failed: interrupted".into(),
+                        killed_agent_pid: killed,
                     }),
                 )
                 .with_step(step.id),
@@ -99,13 +124,12 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             .unwrap_or_default();
         if !killed.is_empty() {
             inner
-                .emit(NewEvent::new(
+                .emit(NewEvent::typed(
                     run.id,
-                    EventKind::RecoveryCleanup,
-                    serde_json::json!({
-                        "run_id": run.id,
-                        "action": "killed unrecorded agent processes of the run",
-                        "killed_pids": killed,
+                    &EventPayload::RecoveryCleanup(RecoveryCleanup::KilledUnrecorded {
+                        run_id: run.id,
+                        action: "killed unrecorded agent processes of the run".into(),
+                        killed_pids: killed,
                     }),
                 ))
                 .await?;
@@ -120,10 +144,12 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             .unwrap_or(false)
     {
         inner
-            .emit(NewEvent::new(
+            .emit(NewEvent::typed(
                 run.id,
-                EventKind::RecoveryCleanup,
-                serde_json::json!({"run_id": run.id, "action": "removed stale index.lock"}),
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::Action {
+                    run_id: run.id,
+                    action: "removed stale index.lock".into(),
+                }),
             ))
             .await?;
     }
@@ -138,13 +164,13 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
         match inner.vcs.stash_changes(&run.worktree_path, &message).await {
             Ok(true) => {
                 inner
-                    .emit(NewEvent::new(
+                    .emit(NewEvent::typed(
                         run.id,
-                        EventKind::RecoveryCleanup,
-                        serde_json::json!({
-                            "run_id": run.id,
-                            "action": "stashed the uncommitted changes of the interrupted step",
-                            "stash_message": message,
+                        &EventPayload::RecoveryCleanup(RecoveryCleanup::Stashed {
+                            run_id: run.id,
+                            action: "stashed the uncommitted changes of the interrupted step"
+                                .into(),
+                            stash_message: message.clone(),
                         }),
                     ))
                     .await?;

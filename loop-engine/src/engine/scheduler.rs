@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::task::JoinSet;
 
 use crate::backend::{ClaimRequest, Notification, NotificationKind, RunFilter};
-use crate::domain::{EventKind, NewEvent, Run, RunStatus, now_ms};
+use crate::domain::{EventPayload, NewEvent, Run, RunStatus, now_ms, payloads};
 use crate::engine::core::Engine;
 use crate::engine::driver::{chain, drive};
 use crate::engine::inner::{Inner, RunControl};
@@ -149,10 +149,12 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
         tracing::warn!(%run_id, error = %chain(&e), "cannot clean up interrupted steps");
     }
     let _ = inner
-        .emit(NewEvent::new(
+        .emit(NewEvent::typed(
             run_id,
-            EventKind::RunStarted,
-            serde_json::json!({"run_id": run_id, "worker_id": inner.settings.worker_id}),
+            &EventPayload::RunStarted(payloads::RunStarted {
+                run_id,
+                worker_id: inner.settings.worker_id.clone(),
+            }),
         ))
         .await;
     let note = Notification {
@@ -166,8 +168,13 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
     let inner2 = inner.clone();
     tasks.spawn(async move {
         // The driver runs in a task of its own: should it die (a panic), the supervisor
-        // fails the run with the reason and the slot below is freed all the same.
-        supervisor::supervise(&inner2, run_id, drive(inner2.clone(), run, control)).await;
+        // fails the run with the reason and the slot below is freed all the same. Every
+        // child of the run (git included) carries `LOOP_RUN_ID`, for recovery.
+        let marked = crate::process::with_run_marker(
+            run_id.to_string(),
+            drive(inner2.clone(), run, control),
+        );
+        supervisor::supervise(&inner2, run_id, marked).await;
         inner2.sched().running.remove(&run_id);
         inner2.forget_unused_prep_locks().await;
         inner2.wake.notify_one();
