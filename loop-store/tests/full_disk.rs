@@ -6,11 +6,8 @@
 //! Mounting needs root (these machines run the tests as root); elsewhere the test prints why
 //! it skipped.
 
-#![allow(clippy::print_stderr)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use loop_engine::Store;
 use loop_engine::backend::{StoreError, StoreWrite};
@@ -52,13 +49,13 @@ impl Tmpfs {
 }
 
 impl Drop for Tmpfs {
-    // A drop cannot await `loop_engine::process::Cmd`; a lazy unmount returns at once.
-    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
-        let _ = Command::new("umount")
+        // A drop cannot await; a lazy unmount returns at once.
+        let mut umount = loop_engine::process::Cmd::new("umount", "/")
             .arg("-l")
             .arg(self.dir.path())
-            .status();
+            .to_tokio();
+        let _ = umount.as_std_mut().status();
     }
 }
 

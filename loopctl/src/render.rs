@@ -189,10 +189,14 @@ pub(crate) fn inspect(
         kv.push((
             "last step",
             format!(
-                "#{} {} {} {} exit {}{}",
+                "#{} {} {} exit {}{}",
                 s.seq,
-                s.label,
-                s.phase,
+                // The label and the phase once when they are the same word (`merge`).
+                if s.label.is_empty() || s.label == s.phase {
+                    s.phase.clone()
+                } else {
+                    format!("{} {}", s.label, s.phase)
+                },
                 s.status,
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 // The run's failure already says it: the reason is shown once.

@@ -155,6 +155,11 @@ async fn run_wait_inspect_list_logs_with_json() {
     );
     assert!(masked.contains("\nartifacts:\nKIND"), "{masked}");
     assert!(masked.contains("summary.json"), "{masked}");
+    assert!(masked.contains("\nlast step    #"), "{masked}");
+    assert!(
+        !masked.contains("merge merge"),
+        "a step named like its phase, once: {masked}"
+    );
 
     // The stored log of the first agent step.
     let logs = loopctl(&d, &repo, &["logs", &id, "--step", "1"]).await;
