@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use loop_engine::config::find_workspace_root;
 use loop_engine::domain::{MergeStrategy, NameSource};
+use loop_engine::process::Cmd;
 use loop_http::api::CreateRunRequest;
 
 use crate::cli::RunArgs;
@@ -109,16 +110,14 @@ pub(crate) fn request(a: &RunArgs) -> anyhow::Result<CreateRunRequest> {
 
 /// The tracked files with uncommitted changes in the checkout at `workspace`, as `git status`
 /// names them; `None` when it is not a git checkout (or git cannot say).
-pub(crate) fn dirty_tracked_files(workspace: &Path) -> Option<Vec<String>> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(workspace)
+pub(crate) async fn dirty_tracked_files(workspace: &Path) -> Option<Vec<String>> {
+    let out = Cmd::new("git", workspace)
         .args(["status", "--porcelain=v1", "--untracked-files=no"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .timeout(Some(std::time::Duration::from_secs(10)))
         .output()
+        .await
         .ok()?;
-    if !out.status.success() {
+    if !out.success() {
         return None;
     }
     Some(
@@ -155,8 +154,16 @@ pub(crate) async fn run(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
     let req = request(a)?;
     let created = ctx.client.create_run(&req).await?;
     // Said at creation, not found at the end: the user's checkout is dirty.
-    if let Some(files) = dirty_tracked_files(&req.workspace_root).filter(|f| !f.is_empty()) {
-        eprintln!("{}", dirty_warning(&req.workspace_root, &files));
+    if let Some(files) = dirty_tracked_files(&req.workspace_root)
+        .await
+        .filter(|f| !f.is_empty())
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}",
+            dirty_warning(&req.workspace_root, &files)
+        );
     }
     if ctx.json {
         let mut v = serde_json::to_value(&created.run).context("cannot render the run")?;
@@ -188,34 +195,31 @@ pub(crate) async fn prompt(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn git(dir: &Path, args: &[&str]) {
-        let ok = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
+    async fn git(dir: &Path, args: &[&str]) {
+        let out = Cmd::new("git", dir)
             .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
             .args(args)
             .output()
-            .expect("git runs")
-            .status
-            .success();
-        assert!(ok, "git {args:?}");
+            .await
+            .expect("git runs");
+        assert!(out.success(), "git {args:?}: {}", out.stderr_text());
     }
 
-    #[test]
-    fn a_dirty_checkout_is_detected_and_named() {
+    #[tokio::test]
+    async fn a_dirty_checkout_is_detected_and_named() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ws = dir.path();
-        assert_eq!(dirty_tracked_files(ws), None, "not a git checkout");
-        git(ws, &["init", "-q"]);
+        assert_eq!(dirty_tracked_files(ws).await, None, "not a git checkout");
+        git(ws, &["init", "-q"]).await;
         std::fs::write(ws.join("a.txt"), "one\n").expect("write");
-        git(ws, &["add", "a.txt"]);
-        git(ws, &["commit", "-qm", "a"]);
-        assert_eq!(dirty_tracked_files(ws), Some(vec![]));
+        git(ws, &["add", "a.txt"]).await;
+        git(ws, &["commit", "-qm", "a"]).await;
+        assert_eq!(dirty_tracked_files(ws).await, Some(vec![]));
         // Untracked files are none of the merge's business.
         std::fs::write(ws.join("new.txt"), "x\n").expect("write");
-        assert_eq!(dirty_tracked_files(ws), Some(vec![]));
+        assert_eq!(dirty_tracked_files(ws).await, Some(vec![]));
         std::fs::write(ws.join("a.txt"), "changed\n").expect("write");
-        let files = dirty_tracked_files(ws).expect("a checkout");
+        let files = dirty_tracked_files(ws).await.expect("a checkout");
         assert_eq!(files, vec!["a.txt".to_owned()]);
         let line = dirty_warning(ws, &files);
         assert!(line.starts_with("warning: your checkout "), "{line}");
