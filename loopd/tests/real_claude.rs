@@ -573,33 +573,40 @@ async fn root_without_sandbox(claude: &Path) {
     let mut daemon = start_daemon(data.path(), "yes").await;
     let server = ModelServer::start(Script::plan_agent()).expect("model server starts");
     let repo = repo_for(claude, &server, &[("claude_retries", "1")]);
-    let f = run_to_end(&daemon.client, &repo).await;
-    assert_eq!(f.run.status, RunStatus::Failed);
-    assert_eq!(f.run.exit_reason.as_deref(), Some("claude_failed"));
-    f.assert_ends_with("RUN_FAILED");
-    let reason = f.run.failure.clone().unwrap_or_default();
-    eprintln!("real_claude: e) failure reason: {reason}");
+    // The daemon knows at creation that the CLI would refuse to start: the run is refused
+    // with a 400 that says what to set, before anything is queued or any agent runs.
+    let err = daemon
+        .client
+        .create_run(&create_request(&repo))
+        .await
+        .map(|c| c.run.id)
+        .expect_err("a Claude run as root without IS_SANDBOX=1 is refused");
+    let reason = match &err {
+        loop_http::ClientError::Api {
+            status, message, ..
+        } => {
+            assert_eq!(*status, 400, "{message}");
+            message.clone()
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    eprintln!("real_claude: e) refusal: {reason}");
     for needle in ["root", "IS_SANDBOX is `yes`", "export IS_SANDBOX=1"] {
         assert!(reason.contains(needle), "{needle} in {reason}");
     }
-    let failed = f.events_of("RUN_FAILED");
-    let sse_reason = failed[0].data["payload"]["reason"].as_str().unwrap_or("");
-    assert_eq!(sse_reason, reason);
+    assert!(
+        daemon
+            .client
+            .list_runs(&loop_http::api::ListQuery::default())
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing was queued"
+    );
     assert!(
         server.requests().is_empty(),
         "the CLI never talked to the model"
     );
-    let steps = f.steps_in("implementation");
-    assert_eq!(steps.len(), 1, "not retried: {steps:?}");
-    assert_eq!(steps[0].status, "FAILED");
-    assert!(
-        steps[0]
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("IS_SANDBOX")),
-        "{steps:?}"
-    );
-    assert!(f.rows_of("CLAUDE_RETRY").is_empty(), "{:?}", f.rows);
     stop(&mut daemon, data.path()).await;
     server.shutdown().await;
 }
