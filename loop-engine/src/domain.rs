@@ -12,6 +12,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod payloads;
+
+pub use payloads::{EventPayload, ReportKind, ReportLine};
+
 /// Milliseconds since the Unix epoch.
 pub type UnixMs = i64;
 
@@ -565,7 +569,7 @@ pub struct NewEvent {
     pub kind: EventKind,
     /// When it happened.
     pub ts: UnixMs,
-    /// Structured detail (a JSON object).
+    /// Structured detail (a JSON object; typed: [`EventPayload`]).
     pub payload: serde_json::Value,
 }
 

@@ -260,23 +260,25 @@ async fn huge_durations_are_refused_with_the_key_and_the_limit() {
     assert_nothing_created(&h).await;
 }
 
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a test fixture: mkfifo is not an engine subprocess"
-)]
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
+async fn mkfifo(path: &Path) {
+    let made = loop_engine::process::Cmd::new("mkfifo", "/")
         .arg(path)
-        .status()
+        .output()
+        .await
         .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
+    assert!(
+        made.success(),
+        "mkfifo {}: {}",
+        path.display(),
+        made.stderr_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifos_and_devices_as_config_or_prompt_are_refused_without_blocking() {
     let h = Harness::new(Setup::default(), SimulatedAgent::new());
     let fifo = h.repo.root().join("config.fifo");
-    mkfifo(&fifo);
+    mkfifo(&fifo).await;
     let started = Instant::now();
     // Two requests naming the FIFO and one ordinary request, at once: all answer.
     let fifo_req = || CreateRun {
@@ -322,7 +324,7 @@ async fn fifos_and_devices_as_config_or_prompt_are_refused_without_blocking() {
     std::fs::remove_file(&config).expect("remove link");
     // A prompt file that is a FIFO, or too large, is refused naming it.
     let prompt_fifo = h.repo.path().join("prompt.fifo");
-    mkfifo(&prompt_fifo);
+    mkfifo(&prompt_fifo).await;
     let big = h.repo.path().join("big-prompt.txt");
     std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).expect("big prompt");
     for (file, reason) in [(&prompt_fifo, "FIFO"), (&big, "bytes")] {
@@ -503,4 +505,24 @@ async fn queued_runs_of_one_spec_work_from_their_own_plan_snapshot() {
         "{failure}"
     );
     assert_eq!(implementation_steps(&h.steps(third.id).await), 0);
+}
+
+/// A run stored before the duration limits existed (or written by hand) with a huge duration
+/// does not panic its driver: it fails at start, naming the key and the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_run_with_a_huge_duration_fails_at_start_without_a_panic() {
+    let h = Harness::new(Setup::default(), SimulatedAgent::new());
+    let mut run = h.create().await;
+    run.config["heartbeat_sec"] = serde_json::json!(1u64 << 63);
+    h.store.update_run(&run).await.expect("stored");
+    h.drive().await;
+    let run = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let failure = run.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("heartbeat_sec") && failure.contains("86400"),
+        "{failure}"
+    );
+    assert!(h.engine.running_runs().is_empty());
+    assert_eq!(h.steps(run.id).await.len(), 0);
 }

@@ -4,6 +4,7 @@
 mod agent_faults;
 mod config_faults;
 mod create_checks;
+mod driver_fixes;
 mod engine_runs;
 mod executor_judgement;
 mod real_claude;

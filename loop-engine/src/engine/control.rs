@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::domain::{EventKind, NewEvent, Run, RunId, RunStatus};
+use crate::domain::{EventPayload, NewEvent, Run, RunId, RunStatus, payloads};
 use crate::engine::core::Engine;
 use crate::engine::driver::cancel_idle_run;
 use crate::error::EngineError;
@@ -17,10 +17,12 @@ impl Engine {
                 run.status = RunStatus::Paused;
                 self.inner.store.update_run(&run).await?;
                 self.inner
-                    .emit(NewEvent::new(
+                    .emit(NewEvent::typed(
                         id,
-                        EventKind::RunPaused,
-                        serde_json::json!({"run_id": id, "at": "queue"}),
+                        &EventPayload::RunPaused(payloads::RunPaused {
+                            run_id: id,
+                            at: "queue".into(),
+                        }),
                     ))
                     .await?;
                 Ok(self.inner.store.get_run(id).await?)
@@ -55,10 +57,9 @@ impl Engine {
                 run.status = RunStatus::Pending;
                 self.inner.store.update_run(&run).await?;
                 self.inner
-                    .emit(NewEvent::new(
+                    .emit(NewEvent::typed(
                         id,
-                        EventKind::RunResumed,
-                        serde_json::json!({"run_id": id}),
+                        &EventPayload::RunResumed(payloads::RunResumed { run_id: id }),
                     ))
                     .await?;
                 self.inner.wake.notify_one();

@@ -10,7 +10,7 @@ use crate::config::{
     resolve_inside, resolve_path, resolve_plan_path, resolve_spec_path,
 };
 use crate::domain::{
-    EventKind, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms,
+    EventPayload, MergeStrategy, NameSource, NewEvent, Run, RunId, RunStatus, now_ms, payloads,
 };
 use crate::engine::core::Engine;
 use crate::engine::inner::Inner;
@@ -376,16 +376,15 @@ impl Engine {
             return Err(e);
         }
         inner
-            .emit(NewEvent::new(
+            .emit(NewEvent::typed(
                 run.id,
-                EventKind::RunCreated,
-                serde_json::json!({
-                    "run_id": run.id,
-                    "name": run.name,
-                    "name_source": run.name_source,
-                    "spec_path": run.spec_path,
-                    "plan_path": run.plan_path,
-                    "warnings": r.warnings,
+                &EventPayload::RunCreated(payloads::RunCreated {
+                    run_id: run.id,
+                    name: run.name.clone(),
+                    name_source: run.name_source,
+                    spec_path: run.spec_path.clone(),
+                    plan_path: run.plan_path.clone(),
+                    warnings: r.warnings.clone(),
                 }),
             ))
             .await?;

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use crate::backend::RunFilter;
-use crate::domain::{EventKind, NewEvent, Run, RunStatus, StepStatus, now_ms};
+use crate::domain::payloads::RecoveryCleanup;
+use crate::domain::{EventPayload, NewEvent, Run, RunStatus, StepStatus, now_ms};
 use crate::engine::inner::Inner;
 use crate::error::EngineError;
 use crate::process;
@@ -40,10 +41,12 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
         run.status = RunStatus::Pending;
         inner.store.update_run(&run).await?;
         inner
-            .emit(NewEvent::new(
+            .emit(NewEvent::typed(
                 run.id,
-                EventKind::RecoveryCleanup,
-                serde_json::json!({"run_id": run.id, "action": "requeued after restart"}),
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::Action {
+                    run_id: run.id,
+                    action: "requeued after restart".into(),
+                }),
             ))
             .await?;
         tracing::info!(run_id = %run.id, "recovered run left running by a previous process");
@@ -77,14 +80,13 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
         inner.store.update_step(&step).await?;
         inner
             .emit(
-                NewEvent::new(
+                NewEvent::typed(
                     run.id,
-                    EventKind::RecoveryCleanup,
-                    serde_json::json!({
-                        "run_id": run.id,
-                        "step_id": step.id,
-                        "action": "step marked failed: interrupted",
-                        "killed_agent_pid": killed,
+                    &EventPayload::RecoveryCleanup(RecoveryCleanup::StepInterrupted {
+                        run_id: run.id,
+                        step_id: step.id,
+                        action: "step marked failed: interrupted".into(),
+                        killed_agent_pid: killed,
                     }),
                 )
                 .with_step(step.id),
@@ -99,13 +101,12 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             .unwrap_or_default();
         if !killed.is_empty() {
             inner
-                .emit(NewEvent::new(
+                .emit(NewEvent::typed(
                     run.id,
-                    EventKind::RecoveryCleanup,
-                    serde_json::json!({
-                        "run_id": run.id,
-                        "action": "killed unrecorded agent processes of the run",
-                        "killed_pids": killed,
+                    &EventPayload::RecoveryCleanup(RecoveryCleanup::KilledUnrecorded {
+                        run_id: run.id,
+                        action: "killed unrecorded agent processes of the run".into(),
+                        killed_pids: killed,
                     }),
                 ))
                 .await?;
@@ -120,10 +121,12 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             .unwrap_or(false)
     {
         inner
-            .emit(NewEvent::new(
+            .emit(NewEvent::typed(
                 run.id,
-                EventKind::RecoveryCleanup,
-                serde_json::json!({"run_id": run.id, "action": "removed stale index.lock"}),
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::Action {
+                    run_id: run.id,
+                    action: "removed stale index.lock".into(),
+                }),
             ))
             .await?;
     }
@@ -138,13 +141,13 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
         match inner.vcs.stash_changes(&run.worktree_path, &message).await {
             Ok(true) => {
                 inner
-                    .emit(NewEvent::new(
+                    .emit(NewEvent::typed(
                         run.id,
-                        EventKind::RecoveryCleanup,
-                        serde_json::json!({
-                            "run_id": run.id,
-                            "action": "stashed the uncommitted changes of the interrupted step",
-                            "stash_message": message,
+                        &EventPayload::RecoveryCleanup(RecoveryCleanup::Stashed {
+                            run_id: run.id,
+                            action: "stashed the uncommitted changes of the interrupted step"
+                                .into(),
+                            stash_message: message.clone(),
                         }),
                     ))
                     .await?;

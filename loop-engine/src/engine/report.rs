@@ -9,7 +9,8 @@ use crate::artifacts::{self, ReportRow, RunFolder};
 use crate::backend::StoreWrite;
 use crate::config::{ArtifactMode, Config};
 use crate::domain::{
-    ArtifactKind, ArtifactLocation, EventKind, NewArtifact, NewEvent, RunId, StepId, UnixMs, now_ms,
+    ArtifactKind, ArtifactLocation, EventKind, EventPayload, NewArtifact, NewEvent, ReportKind,
+    ReportLine, RunId, StepId, UnixMs, now_ms,
 };
 use crate::engine::inner::Inner;
 
@@ -158,23 +159,27 @@ impl Recorder {
     pub(crate) fn report(
         &self,
         step_id: Option<StepId>,
-        kind: EventKind,
+        kind: ReportKind,
         row: Row,
         tasks: (u32, u32),
     ) {
         let ts = now_ms();
-        let payload = serde_json::json!({
-            "iteration": row.iteration,
-            "duration_ms": row.duration_ms,
-            "exit_code": row.exit_code,
-            "output_bytes": row.output_bytes,
-            "output_lines": row.output_lines,
-            "output_path": row.output_path,
-            "message": row.message,
-            "tasks_done": tasks.0,
-            "tasks_total": tasks.1,
-        });
-        let mut event = NewEvent::new(self.run_id, kind, payload);
+        let payload = EventPayload::report(
+            kind,
+            ReportLine {
+                iteration: row.iteration.clone(),
+                duration_ms: row.duration_ms,
+                exit_code: row.exit_code,
+                output_bytes: row.output_bytes,
+                output_lines: row.output_lines,
+                output_path: row.output_path.clone(),
+                message: row.message.clone(),
+                tasks_done: tasks.0,
+                tasks_total: tasks.1,
+            },
+        );
+        let kind = EventKind::from(kind);
+        let mut event = NewEvent::typed(self.run_id, &payload);
         event.ts = ts;
         event.step_id = step_id;
         let line = format!(

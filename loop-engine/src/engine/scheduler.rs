@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::task::JoinSet;
 
 use crate::backend::{ClaimRequest, Notification, NotificationKind, RunFilter};
-use crate::domain::{EventKind, NewEvent, Run, RunStatus, now_ms};
+use crate::domain::{EventPayload, NewEvent, Run, RunStatus, now_ms, payloads};
 use crate::engine::core::Engine;
 use crate::engine::driver::{chain, drive};
 use crate::engine::inner::{Inner, RunControl};
@@ -149,10 +149,12 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
         tracing::warn!(%run_id, error = %chain(&e), "cannot clean up interrupted steps");
     }
     let _ = inner
-        .emit(NewEvent::new(
+        .emit(NewEvent::typed(
             run_id,
-            EventKind::RunStarted,
-            serde_json::json!({"run_id": run_id, "worker_id": inner.settings.worker_id}),
+            &EventPayload::RunStarted(payloads::RunStarted {
+                run_id,
+                worker_id: inner.settings.worker_id.clone(),
+            }),
         ))
         .await;
     let note = Notification {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::artifacts::{self, Summary};
 use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind};
 use crate::domain::{
-    ArtifactKind, EventKind, ExitReason, MergeStrategy, RunStatus, StepPhase, StepStatus, now_ms,
+    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, RunStatus, StepPhase,
+    StepStatus, now_ms, payloads,
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
@@ -74,12 +75,11 @@ impl RunDriver {
                     .await?;
                 self.event(
                     Some(step.id),
-                    EventKind::MergeDone,
-                    serde_json::json!({
-                        "target": target,
-                        "strategy": self.run.merge_strategy,
-                        "outcome": what,
-                        "commit": commit,
+                    EventPayload::MergeDone(payloads::MergeDone {
+                        target,
+                        strategy: self.run.merge_strategy,
+                        outcome: what.to_owned(),
+                        commit,
                     }),
                 )
                 .await
@@ -163,8 +163,10 @@ impl RunDriver {
                 let _ = self
                     .event(
                         None,
-                        EventKind::RunPaused,
-                        serde_json::json!({"run_id": run_id, "at": "step_boundary"}),
+                        EventPayload::RunPaused(payloads::RunPaused {
+                            run_id,
+                            at: "step_boundary".into(),
+                        }),
                     )
                     .await;
                 self.rec.log("RUN_PAUSED".into());
@@ -186,30 +188,37 @@ impl RunDriver {
         let _ = self
             .report(
                 None,
-                EventKind::RunEnd,
+                ReportKind::RunEnd,
                 Row::msg("", format!("reason={reason_text}")),
             )
             .await;
-        let (kind, payload, note) = match status {
+        let (payload, note) = match status {
             RunStatus::Completed => (
-                EventKind::RunCompleted,
-                serde_json::json!({"run_id": run_id, "mode": reason_text}),
+                EventPayload::RunCompleted(payloads::RunCompleted {
+                    run_id,
+                    mode: reason_text.clone(),
+                }),
                 NotificationKind::RunCompleted,
             ),
             RunStatus::Canceled => (
-                EventKind::RunCanceled,
-                serde_json::json!({"run_id": run_id, "reason": "canceled"}),
+                EventPayload::RunCanceled(payloads::RunCanceled {
+                    run_id,
+                    reason: Some("canceled".into()),
+                }),
                 NotificationKind::RunCanceled,
             ),
             _ => (
-                EventKind::RunFailed,
-                serde_json::json!({"run_id": run_id, "reason": detail.clone().unwrap_or_else(|| reason_text.clone()), "exit_reason": reason_text}),
+                EventPayload::RunFailed(payloads::RunFailed {
+                    run_id,
+                    reason: detail.clone().unwrap_or_else(|| reason_text.clone()),
+                    exit_reason: reason_text.clone(),
+                }),
                 NotificationKind::RunFailed,
             ),
         };
         self.write_summary(exit_reason.as_ref().unwrap_or(&ExitReason::Failed))
             .await;
-        let _ = self.event(None, kind, payload).await;
+        let _ = self.event(None, payload).await;
         if let Err(e) = self.flush().await {
             tracing::error!(%run_id, error = ?e, "cannot record the last events of the run");
         }

@@ -1,191 +1,326 @@
-//! The loop of SPEC §6: iterations, review passes, implementation steps watched by the
-//! watchdog, completion detection, and when verification runs.
+//! The interpreter of the run loop: performs each [`Decision`] of [`RunLoop`] (SPEC §6) and
+//! feeds back what it observed. The rules live in `machine/run.rs`; here is only how a
+//! decision is carried out (agent steps, verification, rewrites, warnings).
+
+use std::path::PathBuf;
 
 use crate::artifacts;
 use crate::backend::ExecPurpose;
 use crate::completion::{self, Completion};
-use crate::domain::{ArtifactKind, EventKind, ExitReason, StepId, StepPhase, StepStatus};
+use crate::domain::{
+    ArtifactKind, EventPayload, ExitReason, ReportKind, StepId, StepPhase, StepStatus, payloads,
+};
+use crate::engine::driver::agent::Attempt;
 use crate::engine::driver::state::RunDriver;
 use crate::engine::driver::stop::Stop;
-use crate::engine::driver::verify::VerifyKind;
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
-use crate::machine::{StepObservation, WatchdogConfig};
+use crate::machine::{
+    Decision, Failure, LoopConfig, Observation, RetryPolicy, RunLoop, StepObservation, Token,
+    Warning, WatchdogConfig, WatchdogSignal,
+};
 use crate::plan;
 use crate::{naming, prompt};
 
-/// A snapshot for the watchdog.
-struct Before {
+/// What an implementation call started from: the watchdog compares the step's result with it.
+pub(super) struct Before {
     head: Option<String>,
     plan_text: String,
     open_task: Option<String>,
+    prompt_text: String,
+    prompt_path: PathBuf,
 }
 
 impl RunDriver {
+    /// The loop settings of the run's config.
+    fn loop_config(&self) -> LoopConfig {
+        let cfg = &self.cfg;
+        LoopConfig {
+            iterations: cfg.iterations,
+            reviewer: cfg.reviewer,
+            max_review_passes: cfg.max_review_passes,
+            verify: !cfg.verify_cmds.is_empty(),
+            max_consecutive_verification_failures: cfg.max_consecutive_verification_failures,
+            watchdog: WatchdogConfig {
+                no_progress_steps: cfg.watchdog_no_progress_steps,
+                repeat_task_steps: cfg.watchdog_repeat_task_steps,
+                verification_failures: 2,
+            },
+            max_rewrites: cfg.watchdog_max_rewrites,
+            retry: RetryPolicy {
+                retries: cfg.claude_retries,
+                backoff: std::time::Duration::from_secs(cfg.claude_retry_backoff_sec),
+                transient_retries: cfg.claude_transient_retries,
+                transient_backoff_max: std::time::Duration::from_secs(
+                    cfg.claude_transient_backoff_max_sec,
+                ),
+            },
+        }
+    }
+
+    /// Prepares the run, then performs the loop's decisions until one ends the run.
     pub(super) async fn execute(&mut self) -> Result<ExitReason, Stop> {
         self.checkpoint()?;
-        self.load_history().await?;
+        let history = self.load_history().await?;
         self.prepare().await?;
-        if self.run.iterations_run == 0 {
-            self.refuse_done_plan()?;
+        let mut run_loop = RunLoop::new(self.loop_config(), history);
+        let mut decision = run_loop.start();
+        loop {
+            let observation = match decision {
+                Decision::StartIteration { iteration } => {
+                    self.checkpoint()?;
+                    self.run.iterations_run = iteration;
+                    self.save_run().await?;
+                    Observation::Done
+                }
+                Decision::ReadPlan => {
+                    let (_, counts) = self.read_plan()?;
+                    self.save_run().await?;
+                    Observation::Plan(counts)
+                }
+                Decision::ReadHead => Observation::Head(self.head().await?),
+                Decision::Review {
+                    iteration,
+                    pass,
+                    attempt,
+                    retry,
+                } => self.review_step(iteration, pass, attempt, retry).await?,
+                Decision::Implement {
+                    iteration,
+                    attempt,
+                    retry,
+                } => self.implementation_step(iteration, attempt, retry).await?,
+                Decision::RetryAgent { delay, transient } => {
+                    self.retry_agent(delay, transient).await?;
+                    Observation::Done
+                }
+                Decision::Verify { iteration, kind } => {
+                    let (passed, skipped) = self.verify(iteration, kind).await?;
+                    Observation::Verified { passed, skipped }
+                }
+                Decision::Rewrite {
+                    signal,
+                    rewrite,
+                    after_agent,
+                } => {
+                    let step = if after_agent {
+                        self.last_agent_step
+                    } else {
+                        None
+                    };
+                    Observation::Rewritten {
+                        ok: self.rewrite(signal, rewrite, step).await?,
+                    }
+                }
+                Decision::Warn { iteration, warning } => {
+                    self.warn(iteration, warning).await?;
+                    Observation::Done
+                }
+                Decision::Complete { iteration, reason } => {
+                    self.completed_iteration = Some(iteration);
+                    return Ok(reason);
+                }
+                Decision::Fail(failure) => return Err(self.failure(failure).await),
+            };
+            decision = run_loop.next(observation);
         }
-        let first = self.run.iterations_run.max(1);
-        for iteration in first..=self.cfg.iterations {
-            self.checkpoint()?;
-            self.run.iterations_run = iteration;
-            self.save_run().await?;
-            if let Some(reason) = self.iteration(iteration).await? {
-                self.completed_iteration = Some(iteration);
-                return Ok(reason);
-            }
-        }
-        Err(Stop::Fail {
-            reason: ExitReason::IterationsExhausted,
-            detail: format!(
-                "run {}: all {} iterations used and the plan is not done ({} of {} tasks done)",
-                self.run.id, self.cfg.iterations, self.run.tasks_done, self.run.tasks_total
-            ),
-        })
     }
 
-    /// Ends a run that would start with nothing to do: its plan (seeded from the snapshot
-    /// taken at creation) has no open task and nothing for the reviewer. Such a run would
-    /// otherwise complete without one agent step; it fails `plan_already_done` instead.
-    fn refuse_done_plan(&mut self) -> Result<(), Stop> {
-        let (_, counts) = self.read_plan()?;
-        let review_left = self.cfg.reviewer && counts.to_review > 0;
-        if counts.pending > 0 || review_left {
-            return Ok(());
-        }
-        Err(Stop::Fail {
-            reason: ExitReason::PlanAlreadyDone,
-            detail: format!(
-                "the plan {} had no open task when the run was created ({} of {} tasks done{}): nothing to do, no agent step ran; add or reopen tasks and start a new run",
-                self.run.plan_path.display(),
-                counts.done,
-                counts.total,
-                if self.cfg.reviewer {
-                    ", none left to review"
-                } else {
-                    ""
-                },
-            ),
-        })
-    }
-
-    pub(super) async fn iteration(&mut self, i: u32) -> Result<Option<ExitReason>, Stop> {
-        let reviewer = self.cfg.reviewer;
-        if reviewer && let Some(done) = self.review_pass(i).await? {
-            return Ok(Some(done));
-        }
-        let (_, counts) = self.read_plan()?;
-        if counts.pending == 0 {
-            if reviewer && counts.to_review > 0 {
-                // The review backlog is worked in the next iteration; nothing to implement.
-                return Ok(None);
-            }
-            if self.verify(i, VerifyKind::Final).await? {
-                return Ok(Some(ExitReason::CompletePlan));
-            }
-        }
-        let accepted = self.implementation(i).await?;
-        if !self.cfg.verify_cmds.is_empty() {
-            let passed = self.verify(i, VerifyKind::Gate).await?;
-            self.watchdog.observe_verification(passed);
-            if !passed {
-                self.maybe_rewrite(None).await?;
-                return Ok(None);
-            }
-        }
-        if reviewer && let Some(done) = self.review_pass(i).await? {
-            return Ok(Some(done));
-        }
-        let (_, counts) = self.read_plan()?;
-        self.save_run().await?;
-        if counts.pending == 0 && !(reviewer && counts.to_review > 0) {
-            if self.verify(i, VerifyKind::Final).await? {
-                return Ok(Some(ExitReason::CompletePlan));
-            }
-        } else if !reviewer && accepted && counts.pending > 0 {
-            self.report(
-                None,
-                EventKind::WarnCompleteWithPending,
-                Row::msg(
-                    i.to_string(),
-                    format!("{} tasks still pending", counts.pending),
+    /// The stop for a failure the loop decided.
+    async fn failure(&mut self, failure: Failure) -> Stop {
+        match failure {
+            Failure::Agent => self.agent_failure().await,
+            Failure::IterationsExhausted => Stop::Fail {
+                reason: ExitReason::IterationsExhausted,
+                detail: format!(
+                    "run {}: all {} iterations used and the plan is not done ({} of {} tasks done)",
+                    self.run.id, self.cfg.iterations, self.run.tasks_done, self.run.tasks_total
                 ),
-            )
-            .await?;
+            },
+            Failure::Verification { limit } => Stop::Fail {
+                reason: ExitReason::MaxConsecutiveFailures {
+                    kind: "verification".into(),
+                    limit,
+                },
+                detail: format!(
+                    "run {}: verification failed {limit} times in a row (last: {})",
+                    self.run.id,
+                    self.last_verify_failure.as_deref().unwrap_or("unknown")
+                ),
+            },
+            Failure::PlanAlreadyDone { done, total } => Stop::Fail {
+                reason: ExitReason::PlanAlreadyDone,
+                detail: format!(
+                    "the plan {} had no open task when the run was created ({done} of {total} tasks done{}): nothing to do, no agent step ran; add or reopen tasks and start a new run",
+                    self.run.plan_path.display(),
+                    if self.cfg.reviewer {
+                        ", none left to review"
+                    } else {
+                        ""
+                    },
+                ),
+            },
+            Failure::Protocol { detail } => {
+                Stop::failed(format!("run {}: internal error: {detail}", self.run.id))
+            }
         }
-        Ok(None)
     }
 
-    fn before(&mut self, head: Option<String>) -> Result<Before, Stop> {
+    /// Records a warning of the loop.
+    async fn warn(&mut self, iteration: u32, warning: Warning) -> Result<(), Stop> {
+        match warning {
+            Warning::CompleteWithPending { pending } => {
+                self.report(
+                    None,
+                    ReportKind::WarnCompleteWithPending,
+                    Row::msg(
+                        iteration.to_string(),
+                        format!("{pending} tasks still pending"),
+                    ),
+                )
+                .await
+            }
+            Warning::ReviewerCompleteWithPending {
+                pass,
+                pending,
+                to_review,
+            } => {
+                self.report(
+                    self.last_agent_step,
+                    ReportKind::WarnReviewerCompleteWithPending,
+                    Row::msg(
+                        naming::iteration_label(iteration, Some(pass), None),
+                        format!("{pending} pending, {to_review} awaiting review"),
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The observation of an agent attempt that did not succeed.
+    fn attempt_failed(attempt: Attempt) -> Observation {
+        match attempt {
+            Attempt::Failed { kind, jitter } => Observation::AgentFailed { kind, jitter },
+            Attempt::Broken | Attempt::Done(_) => Observation::AgentBroken,
+        }
+    }
+
+    /// One review step (attempt `attempt` of review step `pass`).
+    async fn review_step(
+        &mut self,
+        i: u32,
+        pass: u32,
+        attempt: u32,
+        retry: bool,
+    ) -> Result<Observation, Stop> {
+        let text = prompt::reviewer_prompt(
+            &self.prompt_paths(),
+            self.worktree.path(),
+            self.cfg.completion_mode,
+        );
+        let path = self.rec.folder.root().join("prompt.review.txt");
+        if !retry {
+            // Rebuilt before every review step: atomic, not synced.
+            if let Err(e) = artifacts::write_derived(&path, text.as_bytes()) {
+                tracing::warn!(run_id = %self.run.id, error = %e, "cannot write the reviewer prompt file");
+            }
+        }
+        let done = match self
+            .agent_attempt(i, Some(pass), ExecPurpose::Review, &text, &path, attempt)
+            .await?
+        {
+            Attempt::Done(done) => done,
+            failed => return Ok(Self::attempt_failed(failed)),
+        };
+        self.last_agent_step = Some(done.step_id);
+        let label = naming::iteration_label(i, Some(pass), None);
+        let token = self.completion(label, done.step_id, &done.text).await?;
+        let (_, plan) = self.read_plan()?;
+        self.save_run().await?;
+        Ok(Observation::Reviewed {
+            token,
+            returning: done.text.contains("Returning to implementation"),
+            plan,
+        })
+    }
+
+    /// What an implementation call starts from: HEAD, the plan and the prompt.
+    async fn before(&mut self) -> Result<Before, Stop> {
+        let head = self.head().await?;
         let (text, _) = self.read_plan()?;
         let open_task = plan::first_open_task(&text).map(|t| plan::task_key(&t));
+        let (prompt_text, prompt_path) = match &self.prompt_override {
+            Some((t, p)) => (t.clone(), p.clone()),
+            None => (self.implementation_prompt()?, self.rec.folder.prompt()),
+        };
         Ok(Before {
             head,
             plan_text: text,
             open_task,
+            prompt_text,
+            prompt_path,
         })
     }
 
-    /// One implementation step (with retries), watched by the watchdog. Returns whether the
-    /// agent's completion token was accepted.
-    pub(super) async fn implementation(&mut self, i: u32) -> Result<bool, Stop> {
-        let mut attempt = 0;
-        loop {
-            let head = self.head().await?;
-            let before = self.before(head)?;
-            let (prompt_text, prompt_path) = match &self.prompt_override {
-                Some((t, p)) => (t.clone(), p.clone()),
-                None => (self.implementation_prompt()?, self.rec.folder.prompt()),
-            };
-            let done = self
-                .agent_step(
-                    i,
-                    None,
-                    ExecPurpose::Implementation,
-                    &prompt_text,
-                    &prompt_path,
-                    &mut attempt,
-                )
-                .await?;
-            let completion = self
-                .completion(i.to_string(), done.step_id, &done.text)
-                .await?;
-            let head_after = self.head().await?;
-            let (text_after, _) = self.read_plan()?;
-            self.save_run().await?;
-            self.watchdog.observe(StepObservation {
+    /// One implementation step (attempt `attempt`); a retry starts from the same snapshot.
+    async fn implementation_step(
+        &mut self,
+        i: u32,
+        attempt: u32,
+        retry: bool,
+    ) -> Result<Observation, Stop> {
+        let before = match self.before_implementation.take() {
+            Some(before) if retry => before,
+            _ => self.before().await?,
+        };
+        let outcome = self
+            .agent_attempt(
+                i,
+                None,
+                ExecPurpose::Implementation,
+                &before.prompt_text,
+                &before.prompt_path,
+                attempt,
+            )
+            .await?;
+        let done = match outcome {
+            Attempt::Done(done) => done,
+            failed => {
+                self.before_implementation = Some(before);
+                return Ok(Self::attempt_failed(failed));
+            }
+        };
+        self.last_agent_step = Some(done.step_id);
+        let token = self
+            .completion(i.to_string(), done.step_id, &done.text)
+            .await?;
+        let head_after = self.head().await?;
+        let (text_after, plan_after) = self.read_plan()?;
+        self.save_run().await?;
+        Ok(Observation::Implemented {
+            token,
+            plan: plan_after,
+            progress: StepObservation {
                 head_changed: head_after != before.head,
                 plan_changed: text_after != before.plan_text,
-                open_task_before: before.open_task.clone(),
+                open_task_before: before.open_task,
                 open_task_after: plan::first_open_task(&text_after).map(|t| plan::task_key(&t)),
-                malformed_complete: matches!(completion, Completion::Malformed { .. }),
+                malformed_complete: token == Token::Malformed,
                 verification_passed: None,
-            });
-            if self.maybe_rewrite(Some(done.step_id)).await? {
-                continue;
-            }
-            return Ok(matches!(completion, Completion::Accepted));
-        }
+            },
+        })
     }
 
-    /// Rewrites the prompt when the watchdog raises a signal and rewrites are left. Returns
-    /// true when a rewrite happened (the caller re-runs the phase).
-    pub(super) async fn maybe_rewrite(&mut self, step_id: Option<StepId>) -> Result<bool, Stop> {
-        let wcfg = WatchdogConfig {
-            no_progress_steps: self.cfg.watchdog_no_progress_steps,
-            repeat_task_steps: self.cfg.watchdog_repeat_task_steps,
-            verification_failures: 2,
-        };
-        let Some(signal) = self.watchdog.signal(&wcfg) else {
-            return Ok(false);
-        };
-        if self.rewrites_used >= self.cfg.watchdog_max_rewrites {
-            return Ok(false);
-        }
+    /// Rewrites the prompt for the watchdog's `signal` (rewrite number `n`), after the agent
+    /// step `step_id` or a failed gate. Returns whether the rewritten prompt is in force: a
+    /// watchdog error is logged and the loop goes on unchanged.
+    async fn rewrite(
+        &mut self,
+        signal: WatchdogSignal,
+        n: u32,
+        step_id: Option<StepId>,
+    ) -> Result<bool, Stop> {
         let before_path = match &self.prompt_override {
             Some((_, p)) => p.clone(),
             None => self.rec.folder.prompt(),
@@ -198,21 +333,17 @@ impl RunDriver {
                 return Ok(false);
             }
         };
-        self.rewrites_used += 1;
-        let n = self.rewrites_used;
         let detail = match signal {
-            crate::machine::WatchdogSignal::NoProgress => format!(
+            WatchdogSignal::NoProgress => format!(
                 "no new commit and no plan change for {} steps",
                 self.cfg.watchdog_no_progress_steps
             ),
-            crate::machine::WatchdogSignal::RepeatedTask => format!(
+            WatchdogSignal::RepeatedTask => format!(
                 "the same task was worked {} times without being ticked",
                 self.cfg.watchdog_repeat_task_steps
             ),
-            crate::machine::WatchdogSignal::VerificationFailed => {
-                "verification failed repeatedly".to_owned()
-            }
-            crate::machine::WatchdogSignal::MalformedComplete => format!(
+            WatchdogSignal::VerificationFailed => "verification failed repeatedly".to_owned(),
+            WatchdogSignal::MalformedComplete => format!(
                 "the completion token must be sent exactly as {}",
                 completion::COMPLETION_TOKEN
             ),
@@ -221,7 +352,6 @@ impl RunDriver {
         let path = self.rec.folder.prompt_rewrite(n);
         if let Err(e) = artifacts::write_atomic(&path, rewritten.as_bytes()) {
             tracing::warn!(run_id = %self.run.id, error = %e, "watchdog cannot write the rewritten prompt");
-            self.rewrites_used -= 1;
             return Ok(false);
         }
         let iteration = self.run.iterations_run;
@@ -238,14 +368,13 @@ impl RunDriver {
         self.rec.record(ArtifactKind::PromptRewrite, &path).await;
         self.event(
             step_id.or(Some(step.id)),
-            EventKind::WatchdogRewrite,
-            serde_json::json!({
-                "step_id": step_id.unwrap_or(step.id),
-                "signal": signal.as_str(),
-                "detail": detail,
-                "prompt_before": before_path,
-                "prompt_after": path,
-                "rewrite": n,
+            EventPayload::WatchdogRewrite(payloads::WatchdogRewrite {
+                step_id: step_id.unwrap_or(step.id),
+                signal: signal.as_str().to_owned(),
+                detail,
+                prompt_before: before_path,
+                prompt_after: path.clone(),
+                rewrite: n,
             }),
         )
         .await?;
@@ -255,24 +384,18 @@ impl RunDriver {
             signal.as_str()
         ));
         self.prompt_override = Some((rewritten, path));
-        self.watchdog.reset();
         Ok(true)
     }
 
     /// Detects the completion token in an agent's answer and records what was seen.
-    pub(super) async fn completion(
-        &mut self,
-        label: String,
-        step: StepId,
-        text: &str,
-    ) -> Result<Completion, Stop> {
+    async fn completion(&mut self, label: String, step: StepId, text: &str) -> Result<Token, Stop> {
         let c = completion::detect(text, self.cfg.completion_mode);
         match &c {
             Completion::Accepted => {
                 self.completion_seen = true;
                 self.report(
                     Some(step),
-                    EventKind::CompleteDetected,
+                    ReportKind::CompleteDetected,
                     Row::msg(label, "completion token accepted"),
                 )
                 .await?;
@@ -280,79 +403,17 @@ impl RunDriver {
             Completion::Malformed { snippet } => {
                 self.report(
                     Some(step),
-                    EventKind::WarnMalformedComplete,
+                    ReportKind::WarnMalformedComplete,
                     Row::msg(label, snippet.clone()),
                 )
                 .await?;
             }
             Completion::Absent => {}
         }
-        Ok(c)
+        Ok(match c {
+            Completion::Accepted => Token::Accepted,
+            Completion::Malformed { .. } => Token::Malformed,
+            Completion::Absent => Token::Absent,
+        })
     }
-
-    /// Review steps while `[x]` tasks exist (at most `max_review_passes`). Returns
-    /// `complete_reviewer` when the reviewer finished the plan and final verification passed.
-    pub(super) async fn review_pass(&mut self, i: u32) -> Result<Option<ExitReason>, Stop> {
-        let head_start = self.head().await?;
-        let mut result = None;
-        for r in 1..=self.cfg.max_review_passes.max(1) {
-            self.checkpoint()?;
-            let (_, counts) = self.read_plan()?;
-            if counts.to_review == 0 {
-                break;
-            }
-            let text = prompt::reviewer_prompt(
-                &self.prompt_paths(),
-                self.worktree.path(),
-                self.cfg.completion_mode,
-            );
-            let path = self.rec.folder.root().join("prompt.review.txt");
-            // Rebuilt before every review step: atomic, not synced.
-            if let Err(e) = artifacts::write_derived(&path, text.as_bytes()) {
-                tracing::warn!(run_id = %self.run.id, error = %e, "cannot write the reviewer prompt file");
-            }
-            let mut attempt = 0;
-            let done = self
-                .agent_step(i, Some(r), ExecPurpose::Review, &text, &path, &mut attempt)
-                .await?;
-            let label = naming::iteration_label(i, Some(r), None);
-            let completion = self
-                .completion(label.clone(), done.step_id, &done.text)
-                .await?;
-            let (_, counts) = self.read_plan()?;
-            self.save_run().await?;
-            if matches!(completion, Completion::Accepted) {
-                if counts.pending == 0 && counts.to_review == 0 {
-                    if self.verify(i, VerifyKind::Final).await? {
-                        result = Some(ExitReason::CompleteReviewer);
-                    }
-                    break;
-                }
-                self.report(
-                    Some(done.step_id),
-                    EventKind::WarnReviewerCompleteWithPending,
-                    Row::msg(
-                        label,
-                        format!(
-                            "{} pending, {} awaiting review",
-                            counts.pending, counts.to_review
-                        ),
-                    ),
-                )
-                .await?;
-                break;
-            }
-            if done.text.contains("Returning to implementation") || counts.to_review == 0 {
-                break;
-            }
-        }
-        if result.is_none() && self.head().await? != head_start && !self.cfg.verify_cmds.is_empty()
-        {
-            // The reviewer fixed something: check it before implementation goes on.
-            self.verify(i, VerifyKind::Review).await?;
-        }
-        Ok(result)
-    }
-
-    // ----- agent steps ---------------------------------------------------------------------
 }

@@ -22,7 +22,7 @@ mod worktree;
 use std::sync::Arc;
 
 use crate::backend::StoreError;
-use crate::domain::{EventKind, ExitReason, NewEvent, Run, RunStatus};
+use crate::domain::{EventPayload, ExitReason, NewEvent, Run, RunStatus, payloads};
 use crate::engine::inner::{Inner, RunControl};
 use state::RunDriver;
 use stop::Stop;
@@ -64,10 +64,12 @@ pub(crate) async fn cancel_idle_run(inner: &Arc<Inner>, run: Run) -> Result<(), 
             run.exit_reason = Some(ExitReason::Canceled);
             inner.store.update_run(&run).await?;
             inner
-                .emit(NewEvent::new(
+                .emit(NewEvent::typed(
                     run.id,
-                    EventKind::RunCanceled,
-                    serde_json::json!({"run_id": run.id}),
+                    &EventPayload::RunCanceled(payloads::RunCanceled {
+                        run_id: run.id,
+                        reason: None,
+                    }),
                 ))
                 .await?;
             Ok(())
@@ -84,10 +86,13 @@ async fn fail_unstartable(inner: &Inner, mut run: Run, detail: String) {
         tracing::error!(run_id = %run.id, error = %chain(&e), "cannot record run failure");
     }
     let _ = inner
-        .emit(NewEvent::new(
+        .emit(NewEvent::typed(
             run.id,
-            EventKind::RunFailed,
-            serde_json::json!({"run_id": run.id, "reason": detail, "exit_reason": "failed"}),
+            &EventPayload::RunFailed(payloads::RunFailed::new(
+                run.id,
+                detail,
+                &ExitReason::Failed,
+            )),
         ))
         .await;
     let _ = inner

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use crate::artifacts;
 use crate::backend::{ExecContext, ExecPurpose, ExecRequest};
 use crate::config::{MAX_DOC_FILE_BYTES, read_user_file};
-use crate::domain::{ArtifactKind, EventKind, NameSource, StepPhase, StepStatus};
+use crate::domain::{
+    ArtifactKind, EventPayload, NameSource, ReportKind, StepPhase, StepStatus, payloads,
+};
 use crate::engine::create::assign_branch;
 use crate::engine::driver::state::{RunDriver, ms, rebase};
 use crate::engine::driver::stop::{Stop, chain};
@@ -27,7 +29,7 @@ impl RunDriver {
         if fresh {
             self.report(
                 None,
-                EventKind::RunStart,
+                ReportKind::RunStart,
                 Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
             )
             .await?;
@@ -70,21 +72,21 @@ impl RunDriver {
         };
         self.event(
             None,
-            EventKind::WorktreeReady,
-            serde_json::json!({
-                "path": self.worktree.path(),
-                "branch": self.run.run_branch,
-                "base_branch": self.run.base_branch,
-                "created_branch": wt.created_branch,
-                "created_worktree": wt.created_worktree,
+            EventPayload::WorktreeReady(payloads::WorktreeReady {
+                path: self.worktree.path().to_path_buf(),
+                branch: self.run.run_branch.clone(),
+                base_branch: self.run.base_branch.clone(),
+                created_branch: wt.created_branch,
+                created_worktree: wt.created_worktree,
             }),
         )
         .await?;
         if !wt.cleaned.is_empty() {
             self.event(
                 None,
-                EventKind::RecoveryCleanup,
-                serde_json::json!({"cleaned": wt.cleaned}),
+                EventPayload::RecoveryCleanup(payloads::RecoveryCleanup::Worktree {
+                    cleaned: wt.cleaned.clone(),
+                }),
             )
             .await?;
         }
@@ -100,7 +102,7 @@ impl RunDriver {
         self.save_run().await?;
         self.report(
             None,
-            EventKind::PromptSnapshot,
+            ReportKind::PromptSnapshot,
             Row {
                 output_path: Some(path),
                 ..Row::msg("", "prompt snapshot")
@@ -194,8 +196,10 @@ impl RunDriver {
             .await?;
         self.event(
             None,
-            EventKind::SeedCommitted,
-            serde_json::json!({"paths": to_commit, "commit": commit}),
+            EventPayload::SeedCommitted(payloads::SeedCommitted {
+                paths: to_commit,
+                commit,
+            }),
         )
         .await
     }
@@ -256,22 +260,26 @@ impl RunDriver {
                 self.run.name_source = NameSource::Haiku;
                 self.end_step(&mut step, StepStatus::Succeeded, ms(started))
                     .await?;
-                serde_json::json!({"name": self.run.name, "name_source": "haiku"})
+                payloads::RunNamed {
+                    name: self.run.name.clone(),
+                    name_source: NameSource::Haiku,
+                    fallback_reason: None,
+                }
             }
             Err(reason) => {
                 step.reason = Some(reason.clone());
                 self.run.name_source = NameSource::SpecSlug;
                 self.end_step(&mut step, StepStatus::Failed, ms(started))
                     .await?;
-                serde_json::json!({
-                    "name": self.run.name,
-                    "name_source": "spec_slug",
-                    "fallback_reason": reason,
-                })
+                payloads::RunNamed {
+                    name: self.run.name.clone(),
+                    name_source: NameSource::SpecSlug,
+                    fallback_reason: Some(reason),
+                }
             }
         };
         self.save_run().await?;
-        self.event(Some(step.id), EventKind::RunNamed, payload)
+        self.event(Some(step.id), EventPayload::RunNamed(payload))
             .await
     }
 }

@@ -1,6 +1,7 @@
 //! The driver's state for one run and its bookkeeping: the journal (steps, events, the run
 //! row), step boundaries, the plan, the history a resumed run restores, prompt inputs.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,13 +9,17 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Executor, StoreError, StoreWrite};
 use crate::config::Config;
-use crate::domain::{EventKind, NewEvent, Run, Step, StepId, StepPhase, StepStatus, now_ms};
+use crate::domain::{
+    EventPayload, NewEvent, ReportKind, Run, Step, StepId, StepPhase, StepStatus, now_ms, payloads,
+};
 use crate::engine::create::{implementation_prompt_text, prompt_paths};
+use crate::engine::driver::agent::OpenAttempt;
+use crate::engine::driver::iteration::Before;
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::inner::{Inner, RunControl};
 use crate::engine::report::{Recorder, Row};
-use crate::machine::Watchdog;
+use crate::machine::History;
 use crate::plan::{self, PlanCounts};
 use crate::prompt;
 
@@ -29,11 +34,18 @@ pub(crate) struct RunDriver {
     pub(super) worktree: Worktree,
     pub(super) plan_in_worktree: PathBuf,
     pub(super) step_seq: u32,
-    pub(super) watchdog: Watchdog,
-    pub(super) rewrites_used: u32,
     pub(super) prompt_override: Option<(String, PathBuf)>,
     pub(super) last_verified: Option<(Option<String>, bool)>,
-    pub(super) consecutive_verify_failures: u32,
+    /// The failed attempt whose step waits for the loop's decision.
+    pub(super) open_attempt: Option<OpenAttempt>,
+    /// The last agent step that succeeded (events of the loop's decisions point at it).
+    pub(super) last_agent_step: Option<StepId>,
+    /// What the current implementation call started from (kept for its retries).
+    pub(super) before_implementation: Option<Before>,
+    /// The labels of the run's verification steps so far (history included).
+    pub(super) verify_labels: HashSet<String>,
+    /// The last failed verification command, for the consecutive-failure message.
+    pub(super) last_verify_failure: Option<String>,
     pub(super) start_ms: i64,
     pub(super) lost_lease: Arc<std::sync::atomic::AtomicBool>,
     pub(super) iter_duration_sum: u64,
@@ -78,11 +90,13 @@ impl RunDriver {
             executor: None,
             rec,
             step_seq: 0,
-            watchdog: Watchdog::new(),
-            rewrites_used: 0,
             prompt_override: None,
             last_verified: None,
-            consecutive_verify_failures: 0,
+            open_attempt: None,
+            last_agent_step: None,
+            before_implementation: None,
+            last_verify_failure: None,
+            verify_labels: HashSet::new(),
             start_ms: now_ms(),
             lost_lease: Arc::default(),
             iter_duration_sum: 0,
@@ -106,7 +120,8 @@ impl RunDriver {
             let every = (lease / 3).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
-                let until = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                let until =
+                    now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
                 match inner
                     .store
                     .renew_lease(run_id, &inner.settings.worker_id, until)
@@ -135,7 +150,7 @@ impl RunDriver {
     pub(super) async fn report(
         &self,
         step: Option<StepId>,
-        kind: EventKind,
+        kind: ReportKind,
         row: Row,
     ) -> Result<(), Stop> {
         self.rec.report(step, kind, row, self.tasks());
@@ -146,10 +161,9 @@ impl RunDriver {
     pub(super) async fn event(
         &self,
         step: Option<StepId>,
-        kind: EventKind,
-        payload: serde_json::Value,
+        payload: EventPayload,
     ) -> Result<(), Stop> {
-        let mut ev = NewEvent::new(self.run.id, kind, payload);
+        let mut ev = NewEvent::typed(self.run.id, &payload);
         ev.step_id = step;
         self.rec.event(ev);
         self.flush_if_full().await
@@ -223,10 +237,15 @@ impl RunDriver {
     }
 
     /// Restores the counters a resumed run needs from its stored steps.
-    pub(super) async fn load_history(&mut self) -> Result<(), Stop> {
+    pub(super) async fn load_history(&mut self) -> Result<History, Stop> {
         let steps = self.inner.store.list_steps(self.run.id).await?;
         self.step_seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
-        self.rewrites_used = u32::try_from(
+        self.verify_labels = steps
+            .iter()
+            .filter(|s| s.phase == StepPhase::Verification)
+            .map(|s| s.label.clone())
+            .collect();
+        let rewrites_used = u32::try_from(
             steps
                 .iter()
                 .filter(|s| s.phase == StepPhase::Watchdog)
@@ -249,7 +268,6 @@ impl RunDriver {
                 _ => {}
             }
         }
-        self.consecutive_verify_failures = consecutive;
         if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
@@ -260,7 +278,12 @@ impl RunDriver {
         {
             self.prompt_override = Some((text, p.clone()));
         }
-        Ok(())
+        Ok(History {
+            first_iteration: first_iteration(self.run.iterations_run, &steps),
+            rewrites_used,
+            consecutive_verification_failures: consecutive,
+            unstarted: self.run.iterations_run == 0,
+        })
     }
 
     pub(super) fn new_step(
@@ -271,6 +294,9 @@ impl RunDriver {
         attempt: u32,
     ) -> Step {
         self.step_seq += 1;
+        if phase == StepPhase::Verification {
+            self.verify_labels.insert(label.to_owned());
+        }
         Step {
             id: StepId::new(),
             run_id: self.run.id,
@@ -298,13 +324,12 @@ impl RunDriver {
         self.rec.write(StoreWrite::InsertStep(step.clone()));
         self.event(
             Some(step.id),
-            EventKind::StepStarted,
-            serde_json::json!({
-                "step_id": step.id,
-                "phase": step.phase,
-                "attempt": step.attempt,
-                "label": step.label,
-                "iteration": step.iteration,
+            EventPayload::StepStarted(payloads::StepStarted {
+                step_id: step.id,
+                phase: step.phase,
+                attempt: step.attempt,
+                label: step.label.clone(),
+                iteration: step.iteration,
             }),
         )
         .await
@@ -323,15 +348,14 @@ impl RunDriver {
         self.rec.write(StoreWrite::UpdateStep(step.clone()));
         self.event(
             Some(step.id),
-            EventKind::StepFinished,
-            serde_json::json!({
-                "step_id": step.id,
-                "phase": step.phase,
-                "status": step.status,
-                "exit_code": step.exit_code,
-                "duration_ms": duration_ms,
-                "output_path": step.output_path,
-                "reason": step.reason,
+            EventPayload::StepFinished(payloads::StepFinished {
+                step_id: step.id,
+                phase: step.phase,
+                status: step.status,
+                exit_code: step.exit_code,
+                duration_ms,
+                output_path: step.output_path.clone(),
+                reason: step.reason.clone(),
             }),
         )
         .await
@@ -393,4 +417,24 @@ pub(super) fn secs(s: u64) -> Option<Duration> {
 
 pub(super) fn ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The iteration a run (re)starts with: a new one after any iteration that already has steps,
+/// so a resumed or recovered run never reuses a step label or overwrites a step's log, and
+/// `iterations_run` counts every iteration begun (SPEC §6 budget).
+pub(super) fn first_iteration(iterations_run: u32, steps: &[Step]) -> u32 {
+    let last_with_steps = steps
+        .iter()
+        .filter(|s| s.phase != StepPhase::Naming)
+        .map(|s| s.iteration)
+        .max();
+    match last_with_steps {
+        Some(last) if last >= iterations_run => last.saturating_add(1),
+        _ => iterations_run.max(1),
+    }
+}
+
+/// `now + after`, or `None` when that is past what an `Instant` can hold: "no deadline".
+pub(super) fn deadline(now: tokio::time::Instant, after: Duration) -> Option<tokio::time::Instant> {
+    now.checked_add(after)
 }

@@ -1,33 +1,27 @@
 //! Verification: the configured commands at one HEAD, skipped when HEAD is unchanged, the
-//! failure notes for the next agent, and the consecutive-failure limit.
+//! failure notes for the next agent. How many failures in a row end a run is the loop's rule
+//! (`machine/run.rs`).
 
 use std::time::Instant;
 
 use crate::artifacts;
-use crate::domain::{ArtifactKind, EventKind, ExitReason, StepPhase, StepStatus};
+use crate::domain::{ArtifactKind, ReportKind, StepPhase, StepStatus};
 use crate::engine::driver::state::{RunDriver, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
+use crate::machine::VerifyKind;
 use crate::naming;
 use crate::process::Cmd;
 use crate::prompt;
 
-/// Which verification this is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum VerifyKind {
-    /// After an implementation step.
-    Gate,
-    /// After a review pass that moved HEAD.
-    Review,
-    /// Before declaring the plan done.
-    Final,
-}
-
 impl RunDriver {
-    pub(super) async fn verify(&mut self, i: u32, kind: VerifyKind) -> Result<bool, Stop> {
+    /// Runs verification `kind` of iteration `i`. Returns whether it passed and whether it
+    /// was skipped (HEAD unchanged since the last verification and the tree clean: the
+    /// earlier verdict is returned).
+    pub(super) async fn verify(&mut self, i: u32, kind: VerifyKind) -> Result<(bool, bool), Stop> {
         if self.cfg.verify_cmds.is_empty() {
-            return Ok(true);
+            return Ok((true, false));
         }
         let head = self.head().await?;
         let clean = self.inner.vcs.is_clean(self.worktree.path()).await?;
@@ -43,7 +37,7 @@ impl RunDriver {
             let passed = *passed;
             self.report(
                 None,
-                EventKind::VerifySkip,
+                ReportKind::VerifySkip,
                 Row::msg(
                     label,
                     format!(
@@ -53,16 +47,26 @@ impl RunDriver {
                 ),
             )
             .await?;
-            return Ok(passed);
+            return Ok((passed, true));
         }
-        let slug = verify_slug(i, kind);
+        // A second verification of the same kind in one iteration (a failed final one before
+        // the implementation step and another after it) gets its own label and logs.
+        let mut slug = verify_slug(i, kind);
+        let mut label = label;
+        if self.verify_labels.contains(&label) {
+            let n = (2u32..)
+                .find(|n| !self.verify_labels.contains(&format!("{label}-{n}")))
+                .unwrap_or(u32::MAX);
+            label = format!("{label}-{n}");
+            slug = format!("{slug}-{n}");
+        }
         let mut step = self.new_step(i, &label, StepPhase::Verification, 1);
         step.head_before = head.clone();
         self.start_step(&step).await?;
         let started = Instant::now();
         self.report(
             Some(step.id),
-            EventKind::VerifyStart,
+            ReportKind::VerifyStart,
             Row::msg(
                 label.clone(),
                 format!("{} commands", self.cfg.verify_cmds.len()),
@@ -76,7 +80,7 @@ impl RunDriver {
             let log = self.rec.folder.verify_log(&slug, n);
             self.report(
                 Some(step.id),
-                EventKind::VerifyCmdStart,
+                ReportKind::VerifyCmdStart,
                 Row {
                     output_path: Some(log.clone()),
                     ..Row::msg(label.clone(), cmd.clone())
@@ -118,7 +122,7 @@ impl RunDriver {
             self.rec.record(ArtifactKind::VerifyLog, &log).await;
             self.report(
                 Some(step.id),
-                EventKind::VerifyCmdEnd,
+                ReportKind::VerifyCmdEnd,
                 Row {
                     duration_ms: Some(ms(t)),
                     exit_code: Some(code),
@@ -137,7 +141,7 @@ impl RunDriver {
         step.exit_code = Some(failure.as_ref().map_or(0, |f| f.1));
         self.report(
             Some(step.id),
-            EventKind::VerifyEnd,
+            ReportKind::VerifyEnd,
             Row {
                 duration_ms: Some(ms(started)),
                 exit_code: step.exit_code,
@@ -150,17 +154,15 @@ impl RunDriver {
         match failure {
             None => {
                 Metrics::inc(&self.inner.metrics.verification_pass);
-                self.consecutive_verify_failures = 0;
                 self.end_step(&mut step, StepStatus::Succeeded, ms(started))
                     .await?;
                 if notes.exists() {
                     let _ = artifacts::write_atomic(&notes, b"");
                 }
-                Ok(true)
+                Ok((true, false))
             }
             Some((cmd, code, log)) => {
                 Metrics::inc(&self.inner.metrics.verification_fail);
-                self.consecutive_verify_failures += 1;
                 let tail = artifacts::tail_lines(&log, 120).unwrap_or_default();
                 let failure_text = format!(
                     "command: {cmd}\nexit code: {code}\nlog: {}\n\nlast 120 lines:\n{tail}\n",
@@ -179,21 +181,9 @@ impl RunDriver {
                 step.reason = Some(format!("`{cmd}` exited with {code}"));
                 self.end_step(&mut step, StepStatus::Failed, ms(started))
                     .await?;
-                let limit = self.cfg.max_consecutive_verification_failures;
-                if limit > 0 && self.consecutive_verify_failures >= limit {
-                    return Err(Stop::Fail {
-                        reason: ExitReason::MaxConsecutiveFailures {
-                            kind: "verification".into(),
-                            limit,
-                        },
-                        detail: format!(
-                            "run {}: verification failed {limit} times in a row (last: `{cmd}` exited with {code}, log {})",
-                            self.run.id,
-                            log.display()
-                        ),
-                    });
-                }
-                Ok(false)
+                self.last_verify_failure =
+                    Some(format!("`{cmd}` exited with {code}, log {}", log.display()));
+                Ok((false, false))
             }
         }
     }
