@@ -400,6 +400,9 @@ spelled_enum!(
         RecoveryCleanup => "RECOVERY_CLEANUP",
         /// The run branch was merged into the merge target.
         MergeDone => "MERGE_DONE",
+        /// The merge could not land without touching a user's uncommitted work (the target is
+        /// checked out there); the run completed and the merge waits to be retried.
+        MergePending => "MERGE_PENDING",
         /// report.tsv: the run started.
         RunStart => "RUN_START",
         /// report.tsv: the prompt was snapshotted.

@@ -14,6 +14,8 @@ fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
     match (key, accepts) {
         // Free text and paths whose problems only show when used: any text is acceptable.
         ("context_files" | "verify_cmds", _) => None,
+        // Free text, but never loopd's own variables.
+        ("agent_env", _) => Some("LOOPD_TOKEN"),
         (_, "text (empty = unset)") => None,
         (_, "path (empty = unset)") => None,
         (_, "path") => Some(""),

@@ -25,16 +25,17 @@ async fn plan_completes_without_reviewer_and_is_squash_merged() {
     assert_eq!((run.tasks_done, run.tasks_total), (3, 3));
     let counts = plan::counts(&h.worktree_plan(&run));
     assert_eq!(counts.pending, 0);
-    // The merge target holds the work in one squashed commit, checked out in the primary.
+    // The merge target holds the work in one squashed commit; the user's checkout stays on
+    // its branch.
     let target = run.merge_target_branch.clone().expect("merge target");
     assert_eq!(target, "agent/widget");
     assert_eq!(
         h.repo.git(["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
-        target
+        "main"
     );
     let subjects = h.repo.log_subjects(&target);
     assert!(subjects[0].starts_with("loop: "), "{subjects:?}");
-    assert!(h.repo.path().join("sim-work/task-004.txt").exists());
+    assert!(h.repo.file_at(&target, "sim-work/task-004.txt").is_some());
     let kinds = h.kinds(run.id).await;
     for k in [
         EventKind::RunCreated,
@@ -849,6 +850,40 @@ async fn real_agent_script_completes_the_plan() {
     assert!(
         subjects.iter().any(|s| s == "agent: tick a task"),
         "{subjects:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_git_identity_commits_as_the_engine() {
+    // A bare `git commit`, as a real agent does it; git knows no identity here.
+    let body = "set -e\nplan=specs/planning/widget-plan.md\nsed -i '0,/- \\[ \\]/s//- [x]/' \"$plan\"\ngit add -A\ngit commit -qm 'agent: tick a task'\necho '<promise>COMPLETE</promise>'\n";
+    let dir = tempfile::tempdir().expect("temp files");
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, body).expect("temp files");
+    let h = Harness::without_executor(Setup {
+        tasks: 1,
+        config: vec![
+            ("executor", "command".to_owned()),
+            (
+                "agent_cmd",
+                format!("sh {} {{prompt_file}}", script.display()),
+            ),
+        ],
+        git_identity: false,
+        ..Setup::default()
+    });
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    let author = h.repo.git([
+        "log",
+        "-1",
+        "--format=%an <%ae> / %cn <%ce>",
+        "--grep=agent: tick a task",
+        &run.run_branch,
+    ]);
+    assert_eq!(
+        author,
+        "agent-loop <agent-loop@localhost> / agent-loop <agent-loop@localhost>"
     );
 }
 

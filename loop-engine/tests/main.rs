@@ -7,6 +7,7 @@ mod create_checks;
 mod driver_fixes;
 mod engine_runs;
 mod executor_judgement;
+mod merge_checkout;
 mod real_claude;
 mod store_faults;
 mod support;

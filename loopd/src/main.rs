@@ -64,6 +64,13 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Sets `path`'s permission bits to `mode` (owner-only modes).
+fn make_private(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = start(args) {
@@ -121,6 +128,8 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    // The database, the token and the run mirror hold what agents printed: the owner's only.
+    make_private(&data_dir, 0o700)?;
     // One daemon per data dir: the lock lives as long as the process.
     let lock_path = data_dir.join("loopd.lock");
     let lock = std::fs::OpenOptions::new()
@@ -158,6 +167,13 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     let store = SqliteStore::open(&data_dir.join("loopd.db"))
         .await
         .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+    // SQLite gives its -wal and -shm files the database file's mode.
+    for name in ["loopd.db", "loopd.db-wal", "loopd.db-shm"] {
+        let path = data_dir.join(name);
+        if path.exists() {
+            make_private(&path, 0o600)?;
+        }
+    }
     let engine = Engine::builder()
         .store(store)
         .settings(EngineSettings {

@@ -15,7 +15,9 @@ use nix::unistd::Pid;
 
 mod chaos;
 mod full_disk;
+mod merge_crash;
 mod real_claude;
+mod secrets;
 
 const TOKEN: &str = "loopd-test-token";
 

@@ -54,9 +54,11 @@ async fn a_script_agent_completes_a_plan() {
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
     assert_eq!(run.exit_reason, Some(ExitReason::CompletePlan));
     assert_eq!(run.tasks_done, 2);
+    // The work is on the merge target; the user's checkout stays on its branch.
+    let target = run.merge_target_branch.clone().expect("a merge target");
     assert!(
-        repo.path().join("work.txt").exists(),
-        "the work was merged into the checkout"
+        repo.file_at(&target, "work.txt").is_some(),
+        "the work was merged into {target}"
     );
 }
 

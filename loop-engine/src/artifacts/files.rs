@@ -151,7 +151,7 @@ fn replace_with(
     ));
     let temp = dir.join(temp_name);
     let result = (|| {
-        let mut file = File::create_new(&temp)?;
+        let mut file = private_options().create_new(true).open(&temp)?;
         fill(&mut file)?;
         if durable {
             file.sync_all()?;
@@ -174,6 +174,28 @@ fn replace_with(
             Err(e)
         }
     }
+}
+
+/// Mode of the files of a run folder: its owner only (an agent's log may hold what it printed,
+/// secrets included).
+pub(super) const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Mode of run folders: their owner only.
+pub(super) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Options that create a file with [`PRIVATE_FILE_MODE`] (for writing).
+pub(crate) fn private_options() -> fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).mode(PRIVATE_FILE_MODE);
+    options
+}
+
+/// Writes `bytes` to `path`, created with [`PRIVATE_FILE_MODE`] or truncated.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = private_options().create(true).truncate(true).open(path)?;
+    file.write_all(bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -104,8 +104,15 @@ impl RunFolder {
     }
 
     /// Creates the folder and its `verify/` subfolder (and any missing parents). Idempotent.
+    /// Both are private to their owner (mode 0700).
     pub(crate) fn create(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.verify_dir())
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(self.verify_dir())?;
+        for dir in [self.root.clone(), self.verify_dir()] {
+            let private = std::fs::Permissions::from_mode(super::files::PRIVATE_DIR_MODE);
+            std::fs::set_permissions(dir, private)?;
+        }
+        Ok(())
     }
 
     /// `path` relative to the folder, so the same file can be placed under another run folder.

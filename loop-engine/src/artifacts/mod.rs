@@ -20,7 +20,10 @@ mod run_log;
 mod summary;
 mod tail;
 
-pub(crate) use files::{ArtifactFile, describe, mirror_file, write_atomic, write_derived};
+pub(crate) use files::{
+    ArtifactFile, describe, mirror_file, private_options, write_atomic, write_derived,
+    write_private,
+};
 pub(crate) use layout::RunFolder;
 pub(crate) use report::{ReportRow, ReportWriter};
 pub(crate) use run_log::RunLog;

@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::domain::{EventKind, UnixMs};
@@ -120,6 +121,7 @@ impl ReportWriter {
             .create(true)
             .read(true)
             .append(true)
+            .mode(super::files::PRIVATE_FILE_MODE)
             .open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::domain::UnixMs;
@@ -24,7 +25,11 @@ impl RunLog {
     /// so concurrent writers and crashes cannot interleave halves of entries.
     pub(crate) fn append_at(path: &Path, at: UnixMs, line: &str) -> io::Result<()> {
         let text = format!("[{}] {}\n", rfc3339(at), line.replace(['\r', '\n'], " "));
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(super::files::PRIVATE_FILE_MODE)
+            .open(path)?;
         file.write_all(text.as_bytes())?;
         file.flush()
     }

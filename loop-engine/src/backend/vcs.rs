@@ -75,6 +75,9 @@ pub enum MergeOutcome {
     Merged {
         /// The new tip of the target.
         commit: String,
+        /// The checkout that had the target checked out and was moved along with it (its
+        /// index and working tree now match `commit`); `None` when no checkout has the target.
+        checkout: Option<PathBuf>,
     },
     /// The target already held this run's merge (a repeated call after a crash).
     AlreadyMerged {
@@ -83,6 +86,13 @@ pub enum MergeOutcome {
     },
     /// The run branch has no changes relative to the target.
     NothingToMerge,
+    /// The merge cannot land now without touching a user's work: the target is checked out
+    /// in a checkout with uncommitted changes (or untracked files in the way), or in a linked
+    /// worktree. Nothing changed; calling [`Vcs::merge`] again later retries it.
+    Pending {
+        /// Why, in words a user can act on.
+        reason: String,
+    },
 }
 
 /// Version control for runs.
@@ -94,6 +104,9 @@ pub enum MergeOutcome {
 ///   nothing twice (the target ref moves with a compare-and-swap).
 /// - **Atomicity**: a failed merge leaves the target branch, the run branch and the primary
 ///   checkout as they were (a conflict aborts the merge).
+/// - **The user's checkout**: a merge never checks a branch out. A checkout is touched only
+///   when it has the target itself checked out: a clean one is moved along with the target,
+///   a dirty one makes the merge [`MergeOutcome::Pending`] (nothing changed).
 /// - **Cancellation**: futures may be dropped between git commands; a dropped call may leave a
 ///   lock file, which `prepare_worktree` cleans up.
 /// - **Errors**: see [`VcsError`]; `Conflict` messages are shown to users as run failure reasons.
@@ -166,12 +179,24 @@ pub trait Vcs: Send + Sync {
         message: &str,
     ) -> Result<Option<String>, VcsError>;
 
+    /// The environment that gives commits made in `dir` an identity when git has none
+    /// configured there (no `user.name`/`user.email` in the repository, the user's or the
+    /// system's config, nor `GIT_AUTHOR_*`/`GIT_COMMITTER_*` set): the engine's fallback
+    /// identity as `GIT_AUTHOR_NAME`, `GIT_AUTHOR_EMAIL`, `GIT_COMMITTER_NAME` and
+    /// `GIT_COMMITTER_EMAIL`, for the agent. Empty when git has an identity. Asked once per run.
+    /// The default is empty, for backends without identities.
+    async fn identity_env(&self, dir: &Path) -> Result<Vec<(String, String)>, VcsError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
+
     /// Removes the stale locks a killed git leaves in the worktree at `dir` (`index.lock`,
     /// `HEAD.lock`, the lock of its checked-out branch); true if one was removed. Call it only
     /// when no git process works in that worktree.
     async fn remove_stale_lock(&self, dir: &Path) -> Result<bool, VcsError>;
 
-    /// Brings the run branch into the target (see [`MergeRequest`]), leaving the target checked
-    /// out in the primary checkout.
+    /// Brings the run branch into the target (see [`MergeRequest`]) without checking anything
+    /// out; a checkout that has the target checked out is updated when clean, else the merge
+    /// is [`MergeOutcome::Pending`]. Safe to call again (e.g. to retry a pending merge).
     async fn merge(&self, req: &MergeRequest) -> Result<MergeOutcome, VcsError>;
 }

@@ -115,6 +115,8 @@ config_keys! {
         "Which agent runs the steps: the Claude CLI, the `agent_cmd` template, or the built-in simulation (no model).";
     agent_cmd: Option<String> = None, ValueKind::OptText,
         "Command template for `executor=command` (required then), e.g. `codex exec --full-auto {prompt}` (`{prompt}`, `{prompt_file}`, `{model}`, `{workdir}`; no placeholder = prompt on stdin).";
+    agent_env: Option<String> = None, ValueKind::OptText,
+        "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
     artifact_mode: ArtifactMode = ArtifactMode::Mirror,
         ValueKind::Choice(&["mirror", "workspace"]),
         "Also copy run folders under `global_log_dir` (`mirror`) or keep them in the workspace only (`workspace`).";

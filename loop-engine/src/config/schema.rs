@@ -77,6 +77,11 @@ impl Config {
             let value = json.get(spec.key).unwrap_or(&serde_json::Value::Null);
             value_from_json(spec, value, &source_of(spec.key))?;
         }
+        if let Some(value) = &self.agent_env
+            && let Err(reason) = crate::process::parse_agent_env(value)
+        {
+            return Err(invalid("agent_env", value.clone(), &reason));
+        }
         let agent_cmd_set = self
             .agent_cmd
             .as_deref()

@@ -96,6 +96,10 @@ pub struct RunCompleted {
     pub run_id: RunId,
     /// The exit reason (`complete_plan`, `complete_reviewer`).
     pub mode: String,
+    /// Why the merge into the target branch is still to do, when the work is done but could not
+    /// be merged (the target is checked out with uncommitted changes); `None` otherwise.
+    #[serde(default)]
+    pub merge_pending: Option<String>,
 }
 
 /// `RUN_FAILED`.
@@ -209,6 +213,15 @@ pub enum RecoveryCleanup {
         /// The stash entry's message.
         stash_message: String,
     },
+    /// git processes of a previous daemon were waited for (or stopped) before recovery.
+    WaitedForGit {
+        /// The run.
+        run_id: RunId,
+        /// What was done.
+        action: String,
+        /// The git processes.
+        git_pids: Vec<u32>,
+    },
     /// Anything else done to a run (requeued, a stale lock removed).
     Action {
         /// The run.
@@ -229,6 +242,26 @@ pub struct MergeDone {
     pub outcome: String,
     /// The target's commit after the merge.
     pub commit: Option<String>,
+    /// The user's checkout that was moved along with the target (it had the target checked out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<PathBuf>,
+    /// What happened to the user's checkout, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `MERGE_PENDING`: the work is done, but the merge could not be made without touching
+/// uncommitted changes in the user's checkout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergePending {
+    /// The merge target branch.
+    pub target: String,
+    /// The strategy.
+    pub strategy: MergeStrategy,
+    /// The run branch that holds the work.
+    pub run_branch: String,
+    /// Why the merge waits.
+    pub reason: String,
 }
 
 /// `CLAUDE_API_RETRY`: the agent CLI retried an API call (fields as the CLI reported them).
@@ -372,6 +405,8 @@ event_payloads! {
         RecoveryCleanup(RecoveryCleanup) => "RECOVERY_CLEANUP",
         /// The run branch was merged.
         MergeDone(MergeDone) => "MERGE_DONE",
+        /// The merge waits for the user's checkout.
+        MergePending(MergePending) => "MERGE_PENDING",
         /// The agent CLI retried an API call.
         ClaudeApiRetry(ClaudeApiRetry) => "CLAUDE_API_RETRY",
     }
@@ -560,6 +595,8 @@ mod tests {
                     strategy: MergeStrategy::Squash,
                     outcome: "nothing_to_merge".into(),
                     commit: None,
+                    checkout: None,
+                    message: None,
                 }),
                 json!({"target": "main", "strategy": MergeStrategy::Squash,
                        "outcome": "nothing_to_merge", "commit": null}),

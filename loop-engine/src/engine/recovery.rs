@@ -12,6 +12,9 @@ use crate::engine::inner::Inner;
 use crate::error::EngineError;
 use crate::process;
 
+/// How long recovery lets a git of the previous daemon finish before stopping it.
+const VCS_CHILD_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Puts this worker's orphaned runs back in the queue (their previous process is gone).
 pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
     let running = inner
@@ -59,6 +62,26 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
 /// survived its daemon (matched by pid and process start time, so a reused pid is spared).
 pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), EngineError> {
     let steps = inner.store.list_steps(run.id).await?;
+    // A git of the previous process (a merge, a commit) may still be running: it is let
+    // finish before anything else touches the repository, so no lock it holds is broken and
+    // a merge it was landing is found landed.
+    let id = run.id.to_string();
+    let waited =
+        tokio::task::spawn_blocking(move || process::wait_run_vcs_children(&id, VCS_CHILD_WAIT))
+            .await
+            .unwrap_or_default();
+    if !waited.is_empty() {
+        inner
+            .emit(NewEvent::typed(
+                run.id,
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::WaitedForGit {
+                    run_id: run.id,
+                    action: "waited for the git processes of the previous daemon to finish".into(),
+                    git_pids: waited,
+                }),
+            ))
+            .await?;
+    }
     let mut interrupted_any = false;
     for mut step in steps.into_iter().filter(|s| !s.status.is_terminal()) {
         interrupted_any = true;

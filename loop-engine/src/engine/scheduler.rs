@@ -168,8 +168,13 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
     let inner2 = inner.clone();
     tasks.spawn(async move {
         // The driver runs in a task of its own: should it die (a panic), the supervisor
-        // fails the run with the reason and the slot below is freed all the same.
-        supervisor::supervise(&inner2, run_id, drive(inner2.clone(), run, control)).await;
+        // fails the run with the reason and the slot below is freed all the same. Every
+        // child of the run (git included) carries `LOOP_RUN_ID`, for recovery.
+        let marked = crate::process::with_run_marker(
+            run_id.to_string(),
+            drive(inner2.clone(), run, control),
+        );
+        supervisor::supervise(&inner2, run_id, marked).await;
         inner2.sched().running.remove(&run_id);
         inner2.forget_unused_prep_locks().await;
         inner2.wake.notify_one();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::task::{AbortHandle, JoinError};
 
-use crate::domain::{EventKind, ExitReason, NewEvent, RunId, RunStatus, now_ms};
+use crate::domain::payloads::RunFailed;
+use crate::domain::{EventPayload, ExitReason, NewEvent, RunId, RunStatus, now_ms};
 use crate::engine::driver::chain;
 use crate::engine::inner::Inner;
 use crate::engine::recovery;
@@ -75,10 +76,13 @@ async fn fail_dead_run(inner: &Inner, run_id: RunId, reason: &str) {
             if let Err(e) = inner.store.update_run(&run).await {
                 tracing::error!(%run_id, error = %chain(&e), "cannot record the failure of a dead run");
             }
-            let event = NewEvent::new(
+            let event = NewEvent::typed(
                 run_id,
-                EventKind::RunFailed,
-                serde_json::json!({"run_id": run_id, "reason": detail, "exit_reason": "failed"}),
+                &EventPayload::RunFailed(RunFailed {
+                    run_id,
+                    reason: detail,
+                    exit_reason: ExitReason::Failed.to_string(),
+                }),
             );
             if let Err(e) = inner.emit(event).await {
                 tracing::warn!(%run_id, error = %chain(&e), "cannot record RUN_FAILED of a dead run");

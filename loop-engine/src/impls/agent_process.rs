@@ -418,10 +418,18 @@ pub(crate) async fn run_measured(
     if let Some(dir) = req.log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(log_error)?;
     }
-    let file = File::from_std(std::fs::File::create(&req.log_path).map_err(log_error)?);
+    // Private to the owner: the agent may print secrets.
+    let file = File::from_std(
+        crate::artifacts::private_options()
+            .create(true)
+            .truncate(true)
+            .open(&req.log_path)
+            .map_err(log_error)?,
+    );
 
     let marker_value = uuid::Uuid::now_v7().to_string();
-    cmd = cmd.env(MARKER_KEY, &marker_value);
+    // Never the daemon's whole environment: its token would end up in the agent's log.
+    cmd = cmd.allowed_env_only().env(MARKER_KEY, &marker_value);
     for (k, v) in &req.env {
         cmd = cmd.env(k, v);
     }

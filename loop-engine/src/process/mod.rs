@@ -12,7 +12,30 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod env;
 mod tree;
+
+pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
+pub(crate) use tree::wait_run_vcs_children;
+
+/// The environment variable that marks every child of a run (agents, verification commands,
+/// the engine's own git) with the run's id, so a restarted daemon finds what a crashed one
+/// left running.
+pub const RUN_MARKER_KEY: &str = "LOOP_RUN_ID";
+
+/// Set (to `1`) on the git processes the engine itself runs for a run (and so on their
+/// hooks): recovery lets them finish instead of killing them halfway through a merge.
+pub const VCS_CHILD_KEY: &str = "LOOP_VCS_CHILD";
+
+tokio::task_local! {
+    static RUN_MARKER: String;
+}
+
+/// Runs `fut` with every subprocess it starts through [`Cmd`] marked with
+/// `LOOP_RUN_ID=<run_id>` (see [`RUN_MARKER_KEY`]).
+pub async fn with_run_marker<F: std::future::Future>(run_id: String, fut: F) -> F::Output {
+    RUN_MARKER.scope(run_id, fut).await
+}
 
 use tree::terminate_group;
 pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
@@ -86,6 +109,7 @@ pub struct Cmd {
     env_remove: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    allowed_env_only: bool,
 }
 
 impl Cmd {
@@ -99,6 +123,7 @@ impl Cmd {
             env_remove: Vec::new(),
             stdin: None,
             timeout: None,
+            allowed_env_only: false,
         }
     }
 
@@ -123,6 +148,29 @@ impl Cmd {
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.env.extend(
+            vars.into_iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())),
+        );
+        self
+    }
+
+    /// Inherits only the allow-listed part of this process's environment (see
+    /// [`is_allowed`]: `PATH`, `HOME`, locale, `ANTHROPIC_*`, `CLAUDE_*`, the git identity,
+    /// proxies, ..., never `LOOPD_*`); variables set with [`Cmd::env`] still apply. For agents
+    /// and verification commands.
+    pub fn allowed_env_only(mut self) -> Self {
+        self.allowed_env_only = true;
         self
     }
 
@@ -188,6 +236,13 @@ impl Cmd {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if self.allowed_env_only {
+            cmd.env_clear();
+            cmd.envs(env::allowed_inherited());
+        }
+        if let Ok(run_id) = RUN_MARKER.try_with(Clone::clone) {
+            cmd.env(RUN_MARKER_KEY, run_id);
+        }
         for key in &self.env_remove {
             cmd.env_remove(key);
         }

@@ -227,6 +227,51 @@ pub(crate) fn kill_run_survivors(run_id: &str) -> Vec<u32> {
     found.into_iter().map(|p| p.pid).collect()
 }
 
+/// Recovery after a daemon crash: waits (up to `limit`) for the git processes the engine ran
+/// for run `run_id` (marked `LOOP_RUN_ID=<run_id>` and `LOOP_VCS_CHILD=1`, hooks included)
+/// to finish by themselves: a merge cut short would leave locks and a half-updated checkout.
+/// What is still running after `limit` gets SIGTERM (git then removes its lock files), and
+/// SIGKILL after [`KILL_GRACE`]. Returns the pids found.
+pub(crate) fn wait_run_vcs_children(run_id: &str, limit: Duration) -> Vec<u32> {
+    let run = format!("LOOP_RUN_ID={run_id}");
+    let vcs = "LOOP_VCS_CHILD=1";
+    let me = std::process::id();
+    let find = || -> Vec<ProcStat> {
+        all_processes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.pid != me && p.is_alive())
+            .filter(|p| environ_contains(p.pid, &run) && environ_contains(p.pid, vcs))
+            .collect()
+    };
+    let mut seen: Vec<u32> = Vec::new();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let live = find();
+        for p in &live {
+            if !seen.contains(&p.pid) {
+                seen.push(p.pid);
+            }
+        }
+        if live.is_empty() {
+            return seen;
+        }
+        if std::time::Instant::now() >= deadline {
+            for p in &live {
+                signal_pid(p.pid, Signal::Terminate);
+            }
+            std::thread::sleep(KILL_GRACE);
+            for p in find() {
+                let mut tree = ProcessTree::with_start(p.pid, Some(p.start_time));
+                tree.kill_now();
+                wait_gone(&mut tree);
+            }
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (2 s at most) until a killed tree is gone: a process dies only when the kernel
 /// delivers the SIGKILL, and until then it may still create files (a git `index.lock`).
 fn wait_gone(tree: &mut ProcessTree) {

@@ -32,6 +32,8 @@ pub(crate) struct Setup {
     pub(crate) config: Vec<(&'static str, String)>,
     pub(crate) commit_seed: bool,
     pub(crate) max_concurrency: u32,
+    /// False: the engine's git sees no identity (as on a fresh machine).
+    pub(crate) git_identity: bool,
 }
 
 impl Default for Setup {
@@ -41,6 +43,7 @@ impl Default for Setup {
             config: Vec::new(),
             commit_seed: true,
             max_concurrency: 3,
+            git_identity: true,
         }
     }
 }
@@ -83,8 +86,12 @@ impl Harness {
         if let Some(executor) = executor {
             builder = builder.executor_arc(executor);
         }
+        let mut git_env = repo.env();
+        if !setup.git_identity {
+            git_env.retain(|(k, _)| !k.ends_with("_NAME") && !k.ends_with("_EMAIL"));
+        }
         let engine = builder
-            .vcs(GitCli::with_env(repo.env()))
+            .vcs(GitCli::with_env(git_env))
             .settings(EngineSettings {
                 worker_id: "test-worker".into(),
                 max_concurrency: setup.max_concurrency,

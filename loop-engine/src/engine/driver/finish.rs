@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::artifacts::{self, Summary};
-use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind};
+use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind, VcsError};
 use crate::domain::{
     ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, RunStatus, StepPhase,
     StepStatus, now_ms, payloads,
@@ -13,13 +13,18 @@ use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
 
+/// How often a merge that found a git lock held is tried again (about 16 s in all).
+const MERGE_LOCK_RETRIES: u64 = 10;
+
 impl RunDriver {
-    pub(super) async fn merge(&mut self) -> Result<(), Stop> {
+    /// Merges the finished run branch; `Ok(Some(reason))` when the merge is pending (it
+    /// would touch a user's uncommitted work), which leaves the run completed.
+    pub(super) async fn merge(&mut self) -> Result<Option<String>, Stop> {
         let Some(target) = self.run.merge_target_branch.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         if self.run.merge_strategy == MergeStrategy::None {
-            return Ok(());
+            return Ok(None);
         }
         // The merge takes the run branch only: uncommitted work in the worktree would be
         // dropped from the target without a word.
@@ -57,22 +62,65 @@ impl RunDriver {
         let merged = {
             let lock = self.inner.prep_lock(&self.run.workspace_root).await;
             let _guard = lock.lock().await;
-            self.inner.vcs.merge(&req).await
+            // A lock held by a live git (the user's, say) is waited for, a while.
+            let mut attempt = 0u64;
+            loop {
+                match self.inner.vcs.merge(&req).await {
+                    Err(VcsError::Retryable { detail }) if attempt < MERGE_LOCK_RETRIES => {
+                        attempt += 1;
+                        tracing::info!(run_id = %self.run.id, %detail, attempt, "merge waits for a git lock");
+                        tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                    }
+                    other => break other,
+                }
+            }
         };
         drop(worktree);
         match merged {
+            Ok(MergeOutcome::Pending { reason }) => {
+                step.reason = Some(reason.clone());
+                step.exit_code = Some(0);
+                self.end_step(&mut step, StepStatus::Succeeded, ms(started))
+                    .await?;
+                self.rec
+                    .log(format!("MERGE_PENDING into {target}: {reason}"));
+                self.event(
+                    Some(step.id),
+                    EventPayload::MergePending(payloads::MergePending {
+                        target,
+                        strategy: self.run.merge_strategy,
+                        run_branch: self.run.run_branch.clone(),
+                        reason: reason.clone(),
+                    }),
+                )
+                .await?;
+                Ok(Some(reason))
+            }
             Ok(outcome) => {
-                let (what, commit) = match &outcome {
-                    MergeOutcome::Merged { commit } => ("merged", Some(commit.clone())),
-                    MergeOutcome::AlreadyMerged { commit } => {
-                        ("already_merged", Some(commit.clone()))
+                let (what, commit, checkout) = match &outcome {
+                    MergeOutcome::Merged { commit, checkout } => {
+                        ("merged", Some(commit.clone()), checkout.clone())
                     }
-                    MergeOutcome::NothingToMerge => ("nothing_to_merge", None),
+                    MergeOutcome::AlreadyMerged { commit } => {
+                        ("already_merged", Some(commit.clone()), None)
+                    }
+                    _ => ("nothing_to_merge", None, None),
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
                 self.end_step(&mut step, StepStatus::Succeeded, ms(started))
                     .await?;
+                // The user's checkout moved only if it already had the target checked out.
+                let message = checkout.as_ref().map(|dir| {
+                    format!(
+                        "your checkout {} is now on {target} at {}",
+                        dir.display(),
+                        commit.as_deref().unwrap_or_default()
+                    )
+                });
+                if let Some(text) = &message {
+                    self.rec.log(text.clone());
+                }
                 self.event(
                     Some(step.id),
                     EventPayload::MergeDone(payloads::MergeDone {
@@ -80,9 +128,12 @@ impl RunDriver {
                         strategy: self.run.merge_strategy,
                         outcome: what.to_owned(),
                         commit,
+                        checkout,
+                        message,
                     }),
                 )
-                .await
+                .await?;
+                Ok(None)
             }
             Err(e) => {
                 let detail = format!(
@@ -103,9 +154,13 @@ impl RunDriver {
     }
 
     pub(super) async fn finish(mut self, result: Result<ExitReason, Stop>) {
+        let mut merge_pending = None;
         let result = match result {
             Ok(reason) => match self.merge().await {
-                Ok(()) => Ok(reason),
+                Ok(pending) => {
+                    merge_pending = pending;
+                    Ok(reason)
+                }
                 Err(stop) => Err(stop),
             },
             Err(stop) => Err(stop),
@@ -197,6 +252,7 @@ impl RunDriver {
                 EventPayload::RunCompleted(payloads::RunCompleted {
                     run_id,
                     mode: reason_text.clone(),
+                    merge_pending,
                 }),
                 NotificationKind::RunCompleted,
             ),

@@ -90,6 +90,21 @@ impl RunDriver {
             )
             .await?;
         }
+        // Without a git identity the agent's commits would fail; it gets the engine's.
+        match self.inner.vcs.identity_env(self.worktree.path()).await {
+            Ok(env) => {
+                if let Some((_, name)) = env.iter().find(|(k, _)| k.ends_with("_EMAIL")) {
+                    self.rec.log(format!(
+                        "git has no identity configured (user.name/user.email); the agent \
+                         commits as {name}"
+                    ));
+                }
+                self.identity_env = env;
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.run.id, error = %chain(&e), "cannot check the git identity");
+            }
+        }
         self.seed(wt.created_worktree).await?;
         // The prompt snapshot is what the agent gets; written once per start.
         let text = self.implementation_prompt()?;

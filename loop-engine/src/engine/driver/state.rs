@@ -55,6 +55,9 @@ pub(crate) struct RunDriver {
     pub(super) last_iter_tail: Option<PathBuf>,
     pub(super) completed_iteration: Option<u32>,
     pub(super) completion_seen: bool,
+    /// The engine's fallback git identity for the agent when git has none (asked once per
+    /// run, at preparation).
+    pub(super) identity_env: Vec<(String, String)>,
 }
 
 impl RunDriver {
@@ -106,6 +109,7 @@ impl RunDriver {
             last_iter_tail: None,
             completed_iteration: None,
             completion_seen: false,
+            identity_env: Vec::new(),
             run,
         })
     }
@@ -379,7 +383,21 @@ impl RunDriver {
             env.push(("CLAUDE_CODE_MAX_RETRIES".into(), n.to_string()));
         }
         env.push(("LOOP_RUN_ID".into(), self.run.id.to_string()));
+        env.extend(self.identity_env.iter().cloned());
+        env.extend(self.configured_env());
         env
+    }
+
+    /// What `agent_env` adds to the allow-listed environment of agents and verification
+    /// commands (validated when the run was created).
+    pub(super) fn configured_env(&self) -> Vec<(String, String)> {
+        match crate::process::parse_agent_env(self.cfg.agent_env.as_deref().unwrap_or_default()) {
+            Ok(entries) => crate::process::agent_env_vars(&entries),
+            Err(e) => {
+                tracing::warn!(run_id = %self.run.id, error = %e, "agent_env ignored");
+                Vec::new()
+            }
+        }
     }
 
     pub(super) fn prompt_paths(&self) -> prompt::PromptPaths {

@@ -91,8 +91,12 @@ impl RunDriver {
             let t = Instant::now();
             // The command may commit: HEAD is read afresh once it is done.
             let workdir = self.worktree.lend();
+            // Like an agent: the allow-listed environment, `agent_env`, the run marker.
             let run = Cmd::new("bash", workdir.path())
                 .args(["-lc", cmd.as_str()])
+                .allowed_env_only()
+                .envs(self.configured_env())
+                .env("LOOP_RUN_ID", self.run.id.to_string())
                 .timeout(secs(self.cfg.verify_timeout_sec));
             let out = tokio::select! {
                 out = run.output() => out,
@@ -108,14 +112,14 @@ impl RunDriver {
                     let mut all = o.stdout;
                     all.extend_from_slice(&o.stderr);
                     let len = all.len() as u64;
-                    if let Err(e) = std::fs::write(&log, &all) {
+                    if let Err(e) = artifacts::write_private(&log, &all) {
                         tracing::warn!(run_id = %self.run.id, error = %e, "cannot write verification log");
                     }
                     (o.code, len)
                 }
                 Err(e) => {
                     let text = format!("cannot run verification command `{cmd}`: {}", chain(&e));
-                    let _ = std::fs::write(&log, text.as_bytes());
+                    let _ = artifacts::write_private(&log, text.as_bytes());
                     (127, text.len() as u64)
                 }
             };

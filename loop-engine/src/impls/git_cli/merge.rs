@@ -1,9 +1,12 @@
 //! The merge of [`GitCli`]: computed without touching any checkout (`merge-tree`,
 //! `commit-tree`) and landed with a compare-and-swap on the target ref, so a conflict or a
-//! crash never leaves a half-merged branch behind. Every merge commit carries a
-//! `Loop-Run-Id` trailer, which is how a repeated merge of the same run is recognised.
+//! crash never leaves a half-merged branch behind, and the user's working tree matters only
+//! when the target itself is checked out there. Every merge commit carries a `Loop-Run-Id`
+//! trailer, which is how a repeated merge of the same run is recognised.
 
-use super::plumbing::{GitCli, failed, os_args, same_path};
+use std::path::{Path, PathBuf};
+
+use super::plumbing::{GitCli, failed, os_args};
 use crate::backend::{MergeOutcome, MergeRequest, VcsError};
 use crate::domain::MergeStrategy;
 
@@ -35,94 +38,6 @@ impl GitCli {
         args.push("--".to_owned());
         let sha = self.text(&req.repo, &args).await?;
         Ok((!sha.is_empty()).then_some(sha))
-    }
-
-    /// Checks out `target` in the primary checkout unless it is already there. The merge has
-    /// landed by then, so a failure here is reported without undoing it.
-    pub(super) async fn check_out_target(
-        &self,
-        req: &MergeRequest,
-        commit: &str,
-    ) -> Result<(), VcsError> {
-        let target_ref = format!("refs/heads/{}", req.target_branch);
-        if self.current_ref(&req.repo).await?.as_deref() == Some(target_ref.as_str()) {
-            return Ok(());
-        }
-        let mut out = self
-            .git(&req.repo, ["checkout", "--quiet", &req.target_branch, "--"])
-            .await?;
-        if !out.success() && self.clear_seeded_untracked(req, &out.stderr_text()).await? {
-            out = self
-                .git(&req.repo, ["checkout", "--quiet", &req.target_branch, "--"])
-                .await?;
-        }
-        if out.success() {
-            Ok(())
-        } else {
-            Err(VcsError::Conflict {
-                detail: format!(
-                    "the run branch {} is merged into {} at {commit}, but {} could not be \
-                     checked out in the primary checkout {}: {}; check it out by hand",
-                    req.run_branch,
-                    req.target_branch,
-                    req.target_branch,
-                    req.repo.display(),
-                    out.stderr_text()
-                ),
-            })
-        }
-    }
-
-    /// A user's spec and plan are often untracked in the primary checkout when the run seeds
-    /// them into its branch; checking the target out then trips over them. Such files are
-    /// removed (and true returned) only when every one of them is byte-identical to a version
-    /// in the run branch's history, so no content of the user's is lost.
-    pub(super) async fn clear_seeded_untracked(
-        &self,
-        req: &MergeRequest,
-        stderr: &str,
-    ) -> Result<bool, VcsError> {
-        if !stderr.contains("untracked working tree files would be overwritten") {
-            return Ok(false);
-        }
-        let files: Vec<&str> = stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix('\t'))
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .collect();
-        if files.is_empty() {
-            return Ok(false);
-        }
-        for file in &files {
-            let blob = self.text(&req.repo, ["hash-object", "--", file]).await?;
-            let history = self
-                .text(
-                    &req.repo,
-                    [
-                        "log",
-                        "--format=",
-                        "--raw",
-                        "--no-abbrev",
-                        &req.run_branch,
-                        "--",
-                        file,
-                    ],
-                )
-                .await?;
-            if blob.is_empty() || !history.contains(&blob) {
-                return Ok(false);
-            }
-        }
-        for file in &files {
-            let path = req.repo.join(file);
-            if let Err(e) = std::fs::remove_file(&path) {
-                return Err(VcsError::Fatal {
-                    detail: format!("cannot remove {}: {e}", path.display()),
-                });
-            }
-        }
-        Ok(true)
     }
 
     /// Moves `target` from `old` (`None`: it must not exist yet) to `new`, failing if it moved.
@@ -162,43 +77,105 @@ impl GitCli {
         }
     }
 
-    /// Lands `new` on a target that is checked out in the primary checkout: the index and the
-    /// working tree move first (refusing to overwrite untracked files), then the ref; if the
-    /// ref moved under us, the checkout is moved back.
-    pub(super) async fn advance_checked_out_target(
+    /// Why the merge must wait for the user when `target` is checked out in `checkout`, or
+    /// `None` when that checkout can be moved along (no staged or unstaged changes to tracked
+    /// files).
+    async fn checkout_blocks(
         &self,
         req: &MergeRequest,
+        checkout: &Path,
+        primary: bool,
+    ) -> Result<Option<String>, VcsError> {
+        if !primary {
+            // A linked worktree may be another run's, with an agent working in it right now.
+            return Ok(Some(format!(
+                "the merge target {} is checked out in the worktree {}; switch that worktree \
+                 to another branch, then merge again (`loopctl merge {}`); the run branch {} \
+                 is kept",
+                req.target_branch,
+                checkout.display(),
+                req.run_id,
+                req.run_branch
+            )));
+        }
+        // Raw stdout: each line starts with a two-letter status that may be a space.
+        let out = self
+            .run(
+                checkout,
+                ["status", "--porcelain=v1", "--untracked-files=no"],
+            )
+            .await?;
+        let dirty = String::from_utf8_lossy(&out.stdout);
+        if dirty.trim().is_empty() {
+            return Ok(None);
+        }
+        let files: Vec<&str> = dirty.lines().filter_map(|l| l.get(3..)).take(5).collect();
+        Ok(Some(format!(
+            "the merge target {} is checked out in {} with uncommitted changes ({}); commit or \
+             stash them, then merge again (`loopctl merge {}`); nothing was merged, the run \
+             branch {} is kept",
+            req.target_branch,
+            checkout.display(),
+            files.join(", "),
+            req.run_id,
+            req.run_branch
+        )))
+    }
+
+    /// Lands `new` on a target that is checked out in `checkout`: the index and the working
+    /// tree move first (refusing to overwrite untracked files), then the ref; if the ref moved
+    /// under us, the checkout is moved back. `Ok(Some(reason))` when untracked files are in
+    /// the way (nothing changed).
+    async fn advance_checked_out_target(
+        &self,
+        req: &MergeRequest,
+        checkout: &Path,
         old: &str,
         new: &str,
-    ) -> Result<(), VcsError> {
+    ) -> Result<Option<String>, VcsError> {
         // `read-tree -m` trusts the index's stat data; refresh it so clean files are not
         // mistaken for modified ones. Exit 1 only means some entries needed refreshing.
-        self.git(&req.repo, ["update-index", "-q", "--refresh"])
+        self.git(checkout, ["update-index", "-q", "--refresh"])
             .await?;
         let args = ["read-tree", "-m", "-u", old, new];
-        let out = self.git(&req.repo, args).await?;
+        let out = self.git(checkout, args).await?;
         if !out.success() {
             let stderr = out.stderr_text();
             if stderr.contains("would be overwritten") || stderr.contains("not uptodate") {
-                return Err(VcsError::Conflict {
-                    detail: format!(
-                        "merging {} into {} would overwrite files in the primary checkout {}: \
-                         {stderr}; nothing was merged, the run branch is kept",
-                        req.run_branch,
-                        req.target_branch,
-                        req.repo.display()
-                    ),
-                });
+                return Ok(Some(format!(
+                    "merging {} into {} would overwrite files in {}, where {} is checked out: \
+                     {stderr}; move them away, then merge again (`loopctl merge {}`); nothing \
+                     was merged, the run branch is kept",
+                    req.run_branch,
+                    req.target_branch,
+                    checkout.display(),
+                    req.target_branch,
+                    req.run_id
+                )));
             }
-            return Err(failed(&req.repo, &os_args(args), &out));
+            return Err(failed(checkout, &os_args(args), &out));
         }
         if let Err(e) = self.compare_and_swap(req, Some(old), new).await {
             // The ref did not move, so the checkout must go back to where the ref still is.
-            self.run(&req.repo, ["read-tree", "-m", "-u", new, old])
+            self.run(checkout, ["read-tree", "-m", "-u", new, old])
                 .await?;
             return Err(e);
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The worktree that has `target_ref` checked out, and whether it is the primary one.
+    async fn checkout_of(
+        &self,
+        repo: &Path,
+        target_ref: &str,
+    ) -> Result<Option<(PathBuf, bool)>, VcsError> {
+        let entries = self.worktrees(repo).await?;
+        Ok(entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.branch.as_deref() == Some(target_ref) && !e.prunable)
+            .map(|(i, e)| (e.path.clone(), i == 0)))
     }
 
     pub(super) async fn merge(&self, req: &MergeRequest) -> Result<MergeOutcome, VcsError> {
@@ -221,44 +198,13 @@ impl GitCli {
             });
         }
 
-        let dirty = self
-            .text(repo, ["status", "--porcelain=v1", "--untracked-files=no"])
-            .await?;
-        if !dirty.is_empty() {
-            return Err(VcsError::Conflict {
-                detail: format!(
-                    "the primary checkout {} has uncommitted changes; commit or stash them, \
-                     the run branch {} is kept",
-                    repo.display(),
-                    req.run_branch
-                ),
-            });
-        }
-
         let target_ref = format!("refs/heads/{}", req.target_branch);
-        let primary = self.repo_root(repo).await?;
-        if let Some(other) = self.worktrees(repo).await?.into_iter().find(|e| {
-            e.branch.as_deref() == Some(target_ref.as_str()) && !same_path(&e.path, &primary)
-        }) {
-            return Err(VcsError::Conflict {
-                detail: format!(
-                    "the merge target {} is checked out in the worktree {}; switch that \
-                     worktree to another branch, the run branch {} is kept",
-                    req.target_branch,
-                    other.path.display(),
-                    req.run_branch
-                ),
-            });
-        }
-
         let old_target = self.branch_tip(repo, &req.target_branch).await?;
         let run_tip = self.branch_tip(repo, &req.run_branch).await?;
         if let Some(old) = &old_target
             && self.find_run_merge(req, run_tip.is_some()).await?.is_some()
         {
-            // A repeated call after a crash: the merge stands, only the checkout may be
-            // missing.
-            self.check_out_target(req, old).await?;
+            // A repeated call after a crash: the merge stands.
             return Ok(MergeOutcome::AlreadyMerged {
                 commit: old.clone(),
             });
@@ -325,6 +271,17 @@ impl GitCli {
             return Ok(MergeOutcome::NothingToMerge);
         }
 
+        // Only a checkout that has the target itself checked out is ever touched.
+        let checkout = match &old_target {
+            Some(_) => self.checkout_of(repo, &target_ref).await?,
+            None => None,
+        };
+        if let Some((dir, primary)) = &checkout
+            && let Some(reason) = self.checkout_blocks(req, dir, *primary).await?
+        {
+            return Ok(MergeOutcome::Pending { reason });
+        }
+
         let message = format!(
             "{}\n\n{RUN_ID_TRAILER}: {}\nLoop-Run-Branch: {}\n",
             req.message.trim_end(),
@@ -338,29 +295,40 @@ impl GitCli {
         commit_tree.extend(["-m", message.as_str()]);
         let new = self.text(repo, commit_tree).await?;
 
-        let primary_on_target =
-            self.current_ref(repo).await?.as_deref() == Some(target_ref.as_str());
-        match (&old_target, primary_on_target) {
-            (Some(old), true) => self.advance_checked_out_target(req, old, &new).await?,
+        match (&old_target, checkout) {
+            (Some(old), Some((dir, _))) => {
+                if let Some(reason) = self
+                    .advance_checked_out_target(req, &dir, old, &new)
+                    .await?
+                {
+                    return Ok(MergeOutcome::Pending { reason });
+                }
+                Ok(MergeOutcome::Merged {
+                    commit: new,
+                    checkout: Some(dir),
+                })
+            }
             _ => {
                 self.compare_and_swap(req, old_target.as_deref(), &new)
                     .await?;
-                self.check_out_target(req, &new).await?;
+                Ok(MergeOutcome::Merged {
+                    commit: new,
+                    checkout: None,
+                })
             }
         }
-        Ok(MergeOutcome::Merged { commit: new })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::impls::git_cli::plumbing::normalize;
     use crate::impls::git_cli::test_support::*;
     use crate::testing::GitFixture;
-    use std::path::PathBuf;
 
     #[tokio::test]
-    async fn squash_creates_the_target_and_checks_it_out() {
+    async fn squash_creates_the_target_and_leaves_the_checkout_alone() {
         let fx = GitFixture::new();
         let vcs = cli(&fx);
         let wt = fx.root().join("repo.run-a");
@@ -378,9 +346,10 @@ mod tests {
 
         let req = request(&fx, "run/a", "agent/demo", MergeStrategy::Squash);
         let outcome = vcs.merge(&req).await.unwrap();
-        let MergeOutcome::Merged { commit } = outcome else {
+        let MergeOutcome::Merged { commit, checkout } = outcome else {
             panic!("expected Merged, got {outcome:?}");
         };
+        assert_eq!(checkout, None);
         assert_eq!(fx.git(["rev-parse", "agent/demo"]), commit);
         assert_eq!(
             fx.log_subjects("agent/demo"),
@@ -393,11 +362,9 @@ mod tests {
             body.contains(&format!("{RUN_ID_TRAILER}: {}", req.run_id)),
             "{body}"
         );
-        assert_eq!(current_branch(&fx), "agent/demo");
-        assert_eq!(
-            std::fs::read_to_string(fx.path().join("two.txt")).unwrap(),
-            "2\n"
-        );
+        // The user's checkout stays on its branch, untouched.
+        assert_eq!(current_branch(&fx), "main");
+        assert!(!fx.path().join("two.txt").exists());
         assert!(vcs.is_clean(fx.path()).await.unwrap());
         // The run branch and the base are untouched.
         assert_eq!(fx.git(["rev-parse", "run/a"]), run_tip);
@@ -416,16 +383,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn already_merged_checks_the_target_out_again() {
+    async fn a_repeated_merge_is_recognised_and_checks_nothing_out() {
         let fx = GitFixture::new();
         run_branch(&fx, "run/a", &[("one.txt", "1\n")]);
         let vcs = cli(&fx);
         let req = request(&fx, "run/a", "agent/demo", MergeStrategy::Squash);
-        let MergeOutcome::Merged { commit } = vcs.merge(&req).await.unwrap() else {
+        let MergeOutcome::Merged { commit, .. } = vcs.merge(&req).await.unwrap() else {
             panic!("expected a merge");
         };
-        // As if the engine crashed before the checkout.
-        fx.checkout("main");
         let again = vcs.merge(&req).await.unwrap();
         assert_eq!(
             again,
@@ -433,7 +398,7 @@ mod tests {
                 commit: commit.clone()
             }
         );
-        assert_eq!(current_branch(&fx), "agent/demo");
+        assert_eq!(current_branch(&fx), "main");
 
         // Still recognised once the run branch is gone.
         fx.git(["branch", "-D", "run/a"]);
@@ -469,9 +434,11 @@ mod tests {
         let target_tip = fx.commit_file("other.txt", "o\n", "meanwhile on main");
         let vcs = cli(&fx);
         let req = request(&fx, "run/a", "main", MergeStrategy::Merge);
-        let MergeOutcome::Merged { commit } = vcs.merge(&req).await.unwrap() else {
+        let MergeOutcome::Merged { commit, checkout } = vcs.merge(&req).await.unwrap() else {
             panic!("expected a merge");
         };
+        // `main` is checked out and clean: it moved along.
+        assert_eq!(checkout.map(|c| normalize(&c)), Some(normalize(fx.path())));
         let parents = fx.git(["rev-list", "--parents", "-n", "1", "main"]);
         assert_eq!(parents, format!("{commit} {target_tip} {run_tip}"));
         assert_eq!(fx.head(), commit);
@@ -520,27 +487,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dirty_primary_checkout_changes_nothing() {
+    async fn a_dirty_checkout_on_another_branch_does_not_stop_the_merge() {
         let fx = GitFixture::new();
         let run_tip = run_branch(&fx, "run/a", &[("one.txt", "1\n")]);
         let main_tip = fx.head();
         fx.write_file("README.md", "work in progress\n");
+        fx.write_file("scratch.txt", "untracked\n");
+        let status_before = fx.git(["status", "--porcelain=v1", "--untracked-files=all"]);
         let vcs = cli(&fx);
         let req = request(&fx, "run/a", "agent/demo", MergeStrategy::Squash);
-        let detail = conflict_detail(vcs.merge(&req).await);
-        assert!(detail.contains("uncommitted changes"), "{detail}");
-        assert!(detail.contains("run/a"), "{detail}");
-        assert!(
-            !vcs.list_branches(fx.path())
-                .await
-                .unwrap()
-                .contains(&"agent/demo".to_owned())
-        );
+        let outcome = vcs.merge(&req).await.unwrap();
+        let MergeOutcome::Merged { commit, checkout } = outcome else {
+            panic!("expected Merged, got {outcome:?}");
+        };
+        assert_eq!(checkout, None);
+        assert_eq!(fx.git(["rev-parse", "agent/demo"]), commit);
+        assert_eq!(fx.file_at("agent/demo", "one.txt").as_deref(), Some("1\n"));
+        // The checkout is exactly as it was: branch, HEAD, index, files.
+        assert_eq!(current_branch(&fx), "main");
+        assert_eq!(fx.head(), main_tip);
         assert_eq!(fx.git(["rev-parse", "run/a"]), run_tip);
-        assert_eq!(fx.git(["rev-parse", "main"]), main_tip);
+        assert_eq!(
+            fx.git(["status", "--porcelain=v1", "--untracked-files=all"]),
+            status_before
+        );
         assert_eq!(
             std::fs::read_to_string(fx.path().join("README.md")).unwrap(),
             "work in progress\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dirty_checked_out_target_makes_the_merge_pending_and_loses_nothing() {
+        let fx = GitFixture::new();
+        let run_tip = run_branch(&fx, "run/a", &[("one.txt", "1\n")]);
+        let main_tip = fx.head();
+        fx.write_file("README.md", "work in progress\n");
+        fx.git(["add", "README.md"]);
+        fx.write_file("README.md", "more work\n");
+        let status_before = fx.git(["status", "--porcelain=v1", "--untracked-files=all"]);
+        let vcs = cli(&fx);
+        let req = request(&fx, "run/a", "main", MergeStrategy::Squash);
+        let outcome = vcs.merge(&req).await.unwrap();
+        let MergeOutcome::Pending { reason } = outcome else {
+            panic!("expected Pending, got {outcome:?}");
+        };
+        assert!(reason.contains("uncommitted changes"), "{reason}");
+        assert!(reason.contains("README.md"), "{reason}");
+        assert!(reason.contains("loopctl merge"), "{reason}");
+        assert_eq!(fx.git(["rev-parse", "main"]), main_tip);
+        assert_eq!(fx.git(["rev-parse", "run/a"]), run_tip);
+        assert_eq!(
+            fx.git(["status", "--porcelain=v1", "--untracked-files=all"]),
+            status_before
+        );
+        assert_eq!(
+            std::fs::read_to_string(fx.path().join("README.md")).unwrap(),
+            "more work\n"
+        );
+
+        // Once the user put the work aside, the same call lands the merge.
+        fx.git(["stash", "push", "-q"]);
+        let outcome = vcs.merge(&req).await.unwrap();
+        let MergeOutcome::Merged { commit, checkout } = outcome else {
+            panic!("expected Merged, got {outcome:?}");
+        };
+        assert!(checkout.is_some());
+        assert_eq!(fx.head(), commit);
+        assert_eq!(
+            std::fs::read_to_string(fx.path().join("one.txt")).unwrap(),
+            "1\n"
+        );
+        fx.git(["stash", "pop", "-q"]);
+        assert_eq!(
+            std::fs::read_to_string(fx.path().join("README.md")).unwrap(),
+            "more work\n"
         );
     }
 
@@ -586,9 +607,10 @@ mod tests {
         fx.write_file("notes/untracked.txt", "keep me\n");
         let vcs = cli(&fx);
         let req = request(&fx, "run/a", "agent/demo", MergeStrategy::Squash);
-        let MergeOutcome::Merged { commit } = vcs.merge(&req).await.unwrap() else {
+        let MergeOutcome::Merged { commit, checkout } = vcs.merge(&req).await.unwrap() else {
             panic!("expected a merge");
         };
+        assert!(checkout.is_some());
         assert_eq!(current_branch(&fx), "agent/demo");
         assert_eq!(fx.head(), commit);
         assert_eq!(
@@ -606,15 +628,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_untracked_file_in_the_way_changes_nothing() {
+    async fn an_untracked_file_in_the_way_makes_the_merge_pending() {
         let fx = GitFixture::new();
         run_branch(&fx, "run/a", &[("one.txt", "1\n")]);
         let main_tip = fx.head();
         fx.write_file("one.txt", "my own\n");
         let vcs = cli(&fx);
         let req = request(&fx, "run/a", "main", MergeStrategy::Squash);
-        let detail = conflict_detail(vcs.merge(&req).await);
-        assert!(detail.contains("one.txt"), "{detail}");
+        let outcome = vcs.merge(&req).await.unwrap();
+        let MergeOutcome::Pending { reason } = outcome else {
+            panic!("expected Pending, got {outcome:?}");
+        };
+        assert!(reason.contains("one.txt"), "{reason}");
         assert_eq!(fx.git(["rev-parse", "main"]), main_tip);
         assert_eq!(
             std::fs::read_to_string(fx.path().join("one.txt")).unwrap(),
@@ -624,7 +649,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_target_checked_out_in_another_worktree_is_refused() {
+    async fn a_target_checked_out_in_another_worktree_makes_the_merge_pending() {
         let fx = GitFixture::new();
         run_branch(&fx, "run/a", &[("one.txt", "1\n")]);
         fx.branch("agent/demo");
@@ -635,8 +660,11 @@ mod tests {
             .unwrap();
         let before = fx.git(["rev-parse", "agent/demo"]);
         let req = request(&fx, "run/a", "agent/demo", MergeStrategy::Squash);
-        let detail = conflict_detail(vcs.merge(&req).await);
-        assert!(detail.contains("elsewhere"), "{detail}");
+        let outcome = vcs.merge(&req).await.unwrap();
+        let MergeOutcome::Pending { reason } = outcome else {
+            panic!("expected Pending, got {outcome:?}");
+        };
+        assert!(reason.contains("elsewhere"), "{reason}");
         assert_eq!(fx.git(["rev-parse", "agent/demo"]), before);
     }
 }

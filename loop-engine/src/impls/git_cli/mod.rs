@@ -89,6 +89,10 @@ impl Vcs for GitCli {
         GitCli::commit_paths(self, dir, paths, message).await
     }
 
+    async fn identity_env(&self, dir: &Path) -> Result<Vec<(String, String)>, VcsError> {
+        GitCli::identity_env(self, dir).await
+    }
+
     async fn remove_stale_lock(&self, dir: &Path) -> Result<bool, VcsError> {
         GitCli::remove_stale_lock(self, dir).await
     }

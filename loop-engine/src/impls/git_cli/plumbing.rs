@@ -12,7 +12,7 @@ use crate::config::resolve_path;
 use crate::process::{Cmd, CmdOutput, ProcessError};
 
 /// The identity of commits the engine makes when git has none configured.
-const FALLBACK_IDENTITY: [(&str, &str); 4] = [
+pub(super) const FALLBACK_IDENTITY: [(&str, &str); 4] = [
     ("GIT_AUTHOR_NAME", "agent-loop"),
     ("GIT_AUTHOR_EMAIL", "agent-loop@localhost"),
     ("GIT_COMMITTER_NAME", "agent-loop"),
@@ -121,6 +121,8 @@ impl GitCli {
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
+            // With the run marker the door adds inside a run, recovery finds this git.
+            .env(crate::process::VCS_CHILD_KEY, "1")
             .timeout(Some(GIT_TIMEOUT));
         for var in REPO_LOCATING_VARS {
             cmd = cmd.env_remove(var);

@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::plumbing::{GitCli, existing_dir, failed, os_args, path_from_stdout};
+use super::plumbing::{FALLBACK_IDENTITY, GitCli, existing_dir, failed, os_args, path_from_stdout};
 use crate::backend::VcsError;
 use crate::impls::git_refs::{HeadFile, RefFiles, plainly_valid_branch_name};
 
@@ -298,6 +298,32 @@ impl GitCli {
         self.run(dir, &commit).await?;
         self.head(dir).await
     }
+
+    /// The engine's fallback identity for each role (author, committer) git cannot name in
+    /// `dir` without guessing from the host name: two `git var` calls.
+    pub(super) async fn identity_env(&self, dir: &Path) -> Result<Vec<(String, String)>, VcsError> {
+        let mut env = Vec::new();
+        for (role, prefix) in [
+            ("GIT_AUTHOR_IDENT", "GIT_AUTHOR_"),
+            ("GIT_COMMITTER_IDENT", "GIT_COMMITTER_"),
+        ] {
+            let out = self
+                .git(
+                    &existing_dir(dir),
+                    ["-c", "user.useConfigOnly=true", "var", role],
+                )
+                .await?;
+            if !out.success() {
+                env.extend(
+                    FALLBACK_IDENTITY
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(prefix))
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+                );
+            }
+        }
+        Ok(env)
+    }
 }
 
 #[cfg(test)]
@@ -378,6 +404,34 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(author(), "Own Name <own@example.invalid>");
+    }
+
+    #[tokio::test]
+    async fn identity_env_is_the_fallback_only_where_git_has_no_identity() {
+        let fx = GitFixture::new();
+        let env: Vec<(String, String)> = fx
+            .env()
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("_NAME") && !k.ends_with("_EMAIL"))
+            .collect();
+        let vcs = GitCli::with_env(env);
+        let names = |env: Vec<(String, String)>| -> Vec<String> {
+            env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+        };
+        assert_eq!(
+            names(vcs.identity_env(fx.path()).await.unwrap()),
+            [
+                "GIT_AUTHOR_NAME=agent-loop",
+                "GIT_AUTHOR_EMAIL=agent-loop@localhost",
+                "GIT_COMMITTER_NAME=agent-loop",
+                "GIT_COMMITTER_EMAIL=agent-loop@localhost",
+            ]
+        );
+        // A configured identity wins; so does one in the environment.
+        fx.git(["config", "user.name", "Own Name"]);
+        fx.git(["config", "user.email", "own@example.invalid"]);
+        assert!(vcs.identity_env(fx.path()).await.unwrap().is_empty());
+        assert!(cli(&fx).identity_env(fx.path()).await.unwrap().is_empty());
     }
 
     #[tokio::test]
