@@ -325,6 +325,50 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
     );
 }
 
+/// Two requests naming a FIFO as `config_file` do not freeze the API: both get a 400 naming
+/// the file, and requests around them are answered (issue 12 item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_config_file_does_not_freeze_the_api() {
+    let server = Server::start().await;
+    let fifo = server.repo.root().join("config.fifo");
+    let made = loop_engine::process::Cmd::new("mkfifo", server.repo.root())
+        .arg(&fifo)
+        .output()
+        .await
+        .expect("mkfifo runs");
+    assert!(made.success(), "{}", made.stderr_text());
+    let body = || {
+        json_body(serde_json::json!({
+            "spec_path": "specs/widget.md",
+            "workspace_root": server.repo.path(),
+            "config_file": fifo,
+        }))
+    };
+    let (a, b, health) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            server.authed("POST", "/runs", body()),
+            server.authed("POST", "/runs", body()),
+            server.client.health(),
+        )
+    })
+    .await
+    .expect("nothing hangs on the FIFO");
+    for (status, json) in [a, b] {
+        assert_eq!(status, 400, "{json}");
+        let text = message(&json);
+        assert!(
+            text.contains("config_file") && text.contains("FIFO"),
+            "{text}"
+        );
+    }
+    health.expect("health answers");
+    server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("an ordinary run is still created");
+}
+
 /// A body that is not declared as JSON is refused with 415 before it is read; body-less
 /// POSTs take no Content-Type; a query string that is not UTF-8 once decoded is a 400
 /// (issue 12 item 11).
@@ -416,48 +460,4 @@ async fn bodies_must_be_json_and_queries_utf8() {
         .authed("GET", "/runs?status=PENDING%2CCANCELED", None)
         .await;
     assert_eq!(status, 200, "{json}");
-}
-
-/// Two requests naming a FIFO as `config_file` do not freeze the API: both get a 400 naming
-/// the file, and requests around them are answered (issue 12 item 3).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifo_config_file_does_not_freeze_the_api() {
-    let server = Server::start().await;
-    let fifo = server.repo.root().join("config.fifo");
-    let made = loop_engine::process::Cmd::new("mkfifo", server.repo.root())
-        .arg(&fifo)
-        .output()
-        .await
-        .expect("mkfifo runs");
-    assert!(made.success(), "{}", made.stderr_text());
-    let body = || {
-        json_body(serde_json::json!({
-            "spec_path": "specs/widget.md",
-            "workspace_root": server.repo.path(),
-            "config_file": fifo,
-        }))
-    };
-    let (a, b, health) = tokio::time::timeout(Duration::from_secs(10), async {
-        tokio::join!(
-            server.authed("POST", "/runs", body()),
-            server.authed("POST", "/runs", body()),
-            server.client.health(),
-        )
-    })
-    .await
-    .expect("nothing hangs on the FIFO");
-    for (status, json) in [a, b] {
-        assert_eq!(status, 400, "{json}");
-        let text = message(&json);
-        assert!(
-            text.contains("config_file") && text.contains("FIFO"),
-            "{text}"
-        );
-    }
-    health.expect("health answers");
-    server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("an ordinary run is still created");
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use loop_engine::domain::{EventKind, RunStatus};
+use loop_engine::domain::{EventPayload, RunStatus};
 use loop_engine::engine::{CreateRun, Engine};
 use loop_engine::impls::SimulatedAgent;
 use loop_store::SqliteStore;
@@ -101,29 +101,29 @@ async fn main() -> anyhow::Result<()> {
     let mut events = engine.subscribe_events(run.id);
     let printer = tokio::spawn(async move {
         while let Ok(ev) = events.recv().await {
-            let msg = ev
-                .payload
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("");
-            match ev.kind {
-                EventKind::IterationStart
-                | EventKind::IterationEnd
-                | EventKind::VerifyEnd
-                | EventKind::WatchdogRewrite
-                | EventKind::MergeDone
-                | EventKind::RunFailed
-                | EventKind::RunCompleted
-                | EventKind::RunCanceled => {
-                    let iter = ev
-                        .payload
-                        .get("iteration")
-                        .and_then(|i| i.as_str())
-                        .unwrap_or("");
-                    println!("  {:<24} {iter:>6} {msg}", ev.kind.as_str());
+            // Payloads are typed: match on what the engine emitted instead of reading JSON keys.
+            let (iter, msg) = match ev.typed_payload() {
+                Ok(
+                    EventPayload::IterationStart(line)
+                    | EventPayload::IterationEnd(line)
+                    | EventPayload::VerifyEnd(line),
+                ) => (line.iteration, line.message),
+                Ok(EventPayload::WatchdogRewrite(w)) => {
+                    (String::new(), format!("{}: {}", w.signal, w.detail))
                 }
-                _ => {}
-            }
+                Ok(EventPayload::MergeDone(m)) => {
+                    (String::new(), format!("{} into {}", m.outcome, m.target))
+                }
+                Ok(EventPayload::MergePending(m)) => (
+                    String::new(),
+                    format!("into {} waits: {}", m.target, m.reason),
+                ),
+                Ok(EventPayload::RunFailed(f)) => (String::new(), f.reason),
+                Ok(EventPayload::RunCompleted(c)) => (String::new(), c.mode),
+                Ok(EventPayload::RunCanceled(_)) => (String::new(), String::new()),
+                _ => continue,
+            };
+            println!("  {:<24} {iter:>6} {msg}", ev.kind.as_str());
         }
     });
 

@@ -314,9 +314,10 @@ fn adoptable() -> std::sync::MutexGuard<'static, BTreeMap<u32, u64>> {
 }
 
 /// Reaps the zombies among agent descendants that were re-parented to this process (see
-/// [`become_child_subreaper`]), and forgets recorded descendants that are gone. Only pids seen
-/// as descendants of an agent are waited for, one by one, so tokio's own children are never
-/// reaped behind its back. Cheap; loopd may call it periodically. Returns how many were reaped.
+/// [`become_child_subreaper`](crate::process::become_child_subreaper)), and forgets recorded
+/// descendants that are gone. Only pids seen as descendants of an agent are waited for, one by
+/// one, so tokio's own children are never reaped behind its back. Cheap; loopd may call it
+/// periodically. Returns how many were reaped.
 pub fn reap_orphans() -> usize {
     let candidates: Vec<(u32, u64)> = adoptable().iter().map(|(p, s)| (*p, *s)).collect();
     reap_pids(&candidates)
@@ -361,7 +362,7 @@ fn reap_one(pid: u32) -> bool {
 /// the tree therefore remembers every descendant it has seen (pid and start time, so a reused
 /// pid is never mistaken for one) and should be refreshed while the agent runs. Orphans that
 /// were started and abandoned between two refreshes are found by the marker variable when they
-/// were re-parented to us (see [`become_child_subreaper`]).
+/// were re-parented to us (see [`become_child_subreaper`](crate::process::become_child_subreaper)).
 #[derive(Clone, Debug)]
 pub(crate) struct ProcessTree {
     root: u32,

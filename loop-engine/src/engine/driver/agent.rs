@@ -16,7 +16,7 @@ use crate::domain::{
     ArtifactKind, EventPayload, ExitReason, NewEvent, ReportKind, Step, StepId, StepPhase,
     StepStatus, payloads,
 };
-use crate::engine::driver::state::{RunDriver, deadline, ms, secs};
+use crate::engine::driver::state::{OpenAttempt, RunDriver, deadline, ms, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::hub::{CurrentOutput, LiveOutput};
 use crate::engine::metrics::Metrics;
@@ -35,15 +35,6 @@ pub(super) enum Attempt {
     Failed { kind: FailureKind, jitter: f64 },
     /// The executor could not run the agent; the step stays open.
     Broken,
-}
-
-/// A failed attempt's step, open until the loop decides (retry or give up).
-pub(crate) struct OpenAttempt {
-    step: Step,
-    label: String,
-    duration: u64,
-    exit_code: Option<i32>,
-    message: String,
 }
 
 /// What an agent step produced, once accepted.

@@ -2,8 +2,6 @@
 //! feeds back what it observed. The rules live in `machine/run.rs`; here is only how a
 //! decision is carried out (agent steps, verification, rewrites, warnings).
 
-use std::path::PathBuf;
-
 use crate::artifacts;
 use crate::backend::ExecPurpose;
 use crate::completion::{self, Completion};
@@ -11,7 +9,7 @@ use crate::domain::{
     ArtifactKind, EventPayload, ExitReason, ReportKind, StepId, StepPhase, StepStatus, payloads,
 };
 use crate::engine::driver::agent::Attempt;
-use crate::engine::driver::state::RunDriver;
+use crate::engine::driver::state::{Before, RunDriver};
 use crate::engine::driver::stop::Stop;
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
@@ -21,15 +19,6 @@ use crate::machine::{
 };
 use crate::plan;
 use crate::{naming, prompt};
-
-/// What an implementation call started from: the watchdog compares the step's result with it.
-pub(super) struct Before {
-    head: Option<String>,
-    plan_text: String,
-    open_task: Option<String>,
-    prompt_text: String,
-    prompt_path: PathBuf,
-}
 
 impl RunDriver {
     /// The loop settings of the run's config.

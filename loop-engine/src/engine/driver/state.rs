@@ -13,8 +13,6 @@ use crate::domain::{
     EventPayload, NewEvent, ReportKind, Run, Step, StepId, StepPhase, StepStatus, now_ms, payloads,
 };
 use crate::engine::create::{implementation_prompt_text, prompt_paths};
-use crate::engine::driver::agent::OpenAttempt;
-use crate::engine::driver::iteration::Before;
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::inner::{Inner, RunControl};
@@ -22,6 +20,25 @@ use crate::engine::report::{Recorder, Row};
 use crate::machine::History;
 use crate::plan::{self, PlanCounts};
 use crate::prompt;
+
+/// A failed agent attempt's step, open until the loop decides (retry or give up).
+pub(super) struct OpenAttempt {
+    pub(super) step: Step,
+    pub(super) label: String,
+    pub(super) duration: u64,
+    pub(super) exit_code: Option<i32>,
+    pub(super) message: String,
+}
+
+/// What an implementation call started from: the watchdog compares the step's result with it,
+/// and its retries start from it again.
+pub(super) struct Before {
+    pub(super) head: Option<String>,
+    pub(super) plan_text: String,
+    pub(super) open_task: Option<String>,
+    pub(super) prompt_text: String,
+    pub(super) prompt_path: PathBuf,
+}
 
 /// One run being driven: its row, config, journal, worktree and the counters of SPEC §6.
 pub(crate) struct RunDriver {

@@ -35,7 +35,7 @@ const REPO_LOCATING_VARS: &[&str] = &[
     "GIT_CEILING_DIRECTORIES",
 ];
 
-/// [`Vcs`] backed by the `git` command-line tool.
+/// [`Vcs`](crate::backend::Vcs) backed by the `git` command-line tool.
 #[derive(Clone, Debug, Default)]
 pub struct GitCli {
     env: Vec<(String, String)>,
