@@ -65,8 +65,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(200);
 /// The longest wait between two tries of a store call of [`fail_dead_run`].
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Runs the store call `call` until it succeeds, waiting longer after each failure; `None`
-/// once the engine shuts down first. A driver often dies of the store failing (a full disk):
+/// Runs the store call `call` until it succeeds while the store is failing (its health check
+/// fails), waiting longer after each failure; `None` if a healthy store refuses the call or
+/// the engine shuts down first. A driver often dies of the store failing (a full disk):
 /// its run's end must land once the store works again, or the run would stay RUNNING and
 /// keep its lease for good.
 async fn until_stored<T, E, Fut>(
@@ -83,6 +84,12 @@ where
     loop {
         match call().await {
             Ok(v) => return Some(v),
+            // A refusal by a working store (the run moved on, say) is final: only an
+            // outage is waited out.
+            Err(e) if inner.store.check_health().await.is_ok() => {
+                tracing::error!(%run_id, error = %chain(&e), "cannot {what} of a dead run");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(%run_id, error = %chain(&e), "cannot {what} of a dead run; trying again in {} ms", wait.as_millis());
             }
