@@ -197,3 +197,76 @@ async fn a_store_failing_while_the_agent_runs_stops_the_agent_and_fails_the_run(
     let failure = run.failure.clone().unwrap_or_default();
     assert!(failure.contains("no space left on device"), "{failure}");
 }
+
+/// An agent that takes the store away and dies (panics) while it is away, giving the store
+/// back a moment later: a driver task dying of (or during) a store outage.
+struct DiesDuringOutage {
+    store: FaultyStore,
+}
+
+#[async_trait::async_trait]
+impl Executor for DiesDuringOutage {
+    async fn execute(
+        &self,
+        _req: ExecRequest,
+        _ctx: ExecContext,
+    ) -> Result<ExecOutcome, ExecutorError> {
+        self.store.fail();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            store.recover();
+        });
+        panic!("injected death during a store outage");
+    }
+}
+
+/// The end of a run whose driver died while the store failed lands once the store is back
+/// (issue 12 item 1): the run does not stay RUNNING with its lease and slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_dying_while_the_store_fails_ends_its_run_once_the_store_is_back() {
+    let repo = GitFixture::new();
+    repo.write_file(
+        ".loop/config",
+        &format!(
+            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            repo.root().join("global").display()
+        ),
+    );
+    repo.write_file(".gitignore", "logs/\n");
+    repo.write_file("specs/widget.md", "# Widget\n");
+    repo.write_file("specs/planning/widget-plan.md", "- [ ] one\n");
+    repo.commit_all("spec and plan");
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let engine = Engine::builder()
+        .store(store.clone())
+        .executor(DiesDuringOutage {
+            store: store.clone(),
+        })
+        .vcs(GitCli::with_env(repo.env()))
+        .settings(EngineSettings::default())
+        .build()
+        .expect("engine");
+    let run = engine
+        .create_run(CreateRun {
+            workspace_root: repo.path().to_path_buf(),
+            spec_path: "specs/widget.md".into(),
+            ..CreateRun::default()
+        })
+        .await
+        .expect("created")
+        .run;
+    tokio::time::timeout(Duration::from_secs(60), engine.run_until_idle())
+        .await
+        .expect("the engine finishes")
+        .expect("engine ok");
+    assert!(store.refused() > 0, "the driver met the outage");
+    let run = engine.get_run(run.id).await.expect("run");
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let failure = run.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains("injected death during a store outage"),
+        "{failure}"
+    );
+    assert!(engine.running_runs().is_empty());
+}

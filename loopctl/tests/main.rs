@@ -280,11 +280,16 @@ async fn runs_are_found_by_prefix_name_or_last() {
     let repo = d.repo.path().to_path_buf();
     let first = created_id(&loopctl(&d, &repo, &["--json", "run", "specs/widget.md"]).await);
     assert_eq!(loopctl(&d, &repo, &["wait", &first]).await.code, 0);
+    // A second spec with open tasks (the first run's plan is done now).
+    d.repo.write_file("specs/gadget.md", "# Gadget\n");
+    d.repo
+        .write_file("specs/planning/gadget-plan.md", "- [ ] only task\n");
+    d.repo.commit_all("gadget spec");
     let second = created_id(
         &loopctl(
             &d,
             &repo,
-            &["--json", "run", "specs/widget.md", "--name", "second-one"],
+            &["--json", "run", "specs/gadget.md", "--name", "second-one"],
         )
         .await,
     );

@@ -108,6 +108,10 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is dropped: the default
+        // reports it with `eprintln!`, which panics on the same full disk and so killed
+        // whatever thread logged, a run's driver or the database's worker (issue 12 item 1).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !args.listen.ip().is_loopback() && !args.allow_remote {

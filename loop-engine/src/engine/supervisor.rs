@@ -6,6 +6,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::{AbortHandle, JoinError};
 
@@ -58,24 +59,73 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// The first wait before a failed store call of [`fail_dead_run`] is tried again; it doubles
+/// up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two tries of a store call of [`fail_dead_run`].
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the store call `call` until it succeeds while the store is failing (its health check
+/// fails), waiting longer after each failure; `None` if a healthy store refuses the call or
+/// the engine shuts down first. A driver often dies of the store failing (a full disk):
+/// its run's end must land once the store works again, or the run would stay RUNNING and
+/// keep its lease for good.
+async fn until_stored<T, E, Fut>(
+    inner: &Inner,
+    run_id: RunId,
+    what: &str,
+    mut call: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error,
+{
+    let mut wait = RETRY_FIRST;
+    loop {
+        match call().await {
+            Ok(v) => return Some(v),
+            // A refusal by a working store (the run moved on, say) is final: only an
+            // outage is waited out.
+            Err(e) if inner.store.check_health().await.is_ok() => {
+                tracing::error!(%run_id, error = %chain(&e), "cannot {what} of a dead run");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(%run_id, error = %chain(&e), "cannot {what} of a dead run; trying again in {} ms", wait.as_millis());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = inner.shutdown.cancelled() => return None,
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
 /// Ends a run whose driver died: FAILED with `reason` (unless it already ended), its
 /// unfinished steps closed as interrupted (agents still alive are killed), its lease released
-/// and its followers told.
+/// and its followers told. Store calls that fail are tried again until they land (or the
+/// engine shuts down; the next start then recovers the run).
 async fn fail_dead_run(inner: &Inner, run_id: RunId, reason: &str) {
     let detail = format!("the run's driver task {reason}; the run was stopped here");
     tracing::error!(%run_id, %detail, "driver task died");
-    match inner.store.get_run(run_id).await {
-        Ok(mut run) if !run.status.is_terminal() => {
-            if let Err(e) = recovery::reclaim_steps(inner, &run).await {
-                tracing::warn!(%run_id, error = %chain(&e), "cannot close the steps of a dead run");
-            }
-            run.status = RunStatus::Failed;
-            run.exit_reason = Some(ExitReason::Failed);
-            run.failure = Some(detail.clone());
-            run.updated_at = now_ms();
-            if let Err(e) = inner.store.update_run(&run).await {
-                tracing::error!(%run_id, error = %chain(&e), "cannot record the failure of a dead run");
-            }
+    let run = until_stored(inner, run_id, "read the run", || {
+        inner.store.get_run(run_id)
+    })
+    .await;
+    if let Some(mut run) = run.filter(|r| !r.status.is_terminal()) {
+        if let Err(e) = recovery::reclaim_steps(inner, &run).await {
+            tracing::warn!(%run_id, error = %chain(&e), "cannot close the steps of a dead run");
+        }
+        run.status = RunStatus::Failed;
+        run.exit_reason = Some(ExitReason::Failed);
+        run.failure = Some(detail.clone());
+        run.updated_at = now_ms();
+        let failed = until_stored(inner, run_id, "record the failure", || {
+            inner.store.update_run(&run)
+        })
+        .await;
+        if failed.is_some() {
             let event = NewEvent::typed(
                 run_id,
                 &EventPayload::RunFailed(RunFailed {
@@ -84,22 +134,16 @@ async fn fail_dead_run(inner: &Inner, run_id: RunId, reason: &str) {
                     exit_reason: ExitReason::Failed.to_string(),
                 }),
             );
-            if let Err(e) = inner.emit(event).await {
-                tracing::warn!(%run_id, error = %chain(&e), "cannot record RUN_FAILED of a dead run");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(%run_id, error = %chain(&e), "cannot read a run whose driver died");
+            until_stored(inner, run_id, "record RUN_FAILED", || {
+                inner.emit(event.clone())
+            })
+            .await;
         }
     }
-    if let Err(e) = inner
-        .store
-        .release_run(run_id, &inner.settings.worker_id)
-        .await
-    {
-        tracing::warn!(%run_id, error = %chain(&e), "cannot release the lease of a dead run");
-    }
+    until_stored(inner, run_id, "release the lease", || {
+        inner.store.release_run(run_id, &inner.settings.worker_id)
+    })
+    .await;
     inner.hub.close(run_id);
 }
 
