@@ -306,11 +306,28 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         "artifacts: {}",
         dir.join("logs/loop").join(format!("run-{id}")).display()
     ));
-    if let Some(target) = &run.merge_target_branch {
-        out(&format!(
-            "the work is on branch {target} in {}",
+    // Claim a merge only when one landed: a completed run whose merge step succeeded
+    // without a reason (a pending merge keeps its reason on the step).
+    let completed = run.status == loop_engine::domain::RunStatus::Completed;
+    let merged = completed
+        && steps
+            .iter()
+            .rev()
+            .find(|s| s.phase == "merge")
+            .is_some_and(|s| s.status == "SUCCEEDED" && s.reason.is_none());
+    match &run.merge_target_branch {
+        Some(target) if merged => out(&format!(
+            "the work is merged into branch {target} in {}",
             dir.display()
-        ));
+        )),
+        Some(target) if completed => out(&format!(
+            "the work is on branch {}; its merge into {target} waits (see `loopctl inspect {id}`)",
+            run.run_branch
+        )),
+        _ => out(&format!(
+            "the work so far is on branch {} (not merged)",
+            run.run_branch
+        )),
     }
     if let Some(mut child) = daemon {
         let _ = child.start_kill();
