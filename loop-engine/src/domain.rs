@@ -403,6 +403,11 @@ spelled_enum!(
         /// The merge could not land without touching a user's uncommitted work (the target is
         /// checked out there); the run completed and the merge waits to be retried.
         MergePending => "MERGE_PENDING",
+        /// A person acted on a finished run (SPEC §12): merged it, scrapped it or opened a
+        /// pull request for it; the payload's `action` says which.
+        ReviewAction => "REVIEW_ACTION",
+        /// A failed or canceled run was started again from its last durable step (SPEC §12).
+        RunRetried => "RUN_RETRIED",
         /// report.tsv: the run started.
         RunStart => "RUN_START",
         /// report.tsv: the prompt was snapshotted.
