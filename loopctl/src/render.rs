@@ -475,6 +475,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = Step {
             id: StepId::new(),
