@@ -14,7 +14,7 @@ mod paths;
 mod schema;
 
 pub use decl::{
-    ArtifactMode, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
+    ArtifactMode, WorktreeCleanup, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
     default_text, flag_help, key_spec, markdown_table,
 };
 pub use file::KeyValueFile;
