@@ -200,6 +200,10 @@ spelled_enum!(
     }
 );
 
+#[expect(
+    clippy::derivable_impls,
+    reason = "spelled_enum! declares the enum; one of its enums takes no extra derive"
+)]
 impl Default for ReviewStatus {
     fn default() -> Self {
         Self::Pending

@@ -20,8 +20,8 @@ use crate::api::{
     ReviewActionResponse, RunList, RunResource, StepList, StepResource, WorktreeList,
     WorktreeResource,
 };
-use loop_engine::backend::DiffLimits;
 use crate::query;
+use loop_engine::backend::DiffLimits;
 
 /// `base` with `?workspace_root=` when one is given.
 fn worktree_path(base: &str, workspace_root: Option<&std::path::Path>) -> String {
@@ -393,7 +393,11 @@ impl Client {
         workspace_root: Option<&std::path::Path>,
     ) -> Result<Vec<WorktreeResource>, ClientError> {
         let list: WorktreeList = self
-            .call(Method::GET, &worktree_path("/worktrees", workspace_root), None)
+            .call(
+                Method::GET,
+                &worktree_path("/worktrees", workspace_root),
+                None,
+            )
             .await?;
         Ok(list.worktrees)
     }

@@ -14,8 +14,8 @@ mod paths;
 mod schema;
 
 pub use decl::{
-    ArtifactMode, WorktreeCleanup, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
-    default_text, flag_help, key_spec, markdown_table,
+    ArtifactMode, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
+    WorktreeCleanup, default_text, flag_help, key_spec, markdown_table,
 };
 pub use file::KeyValueFile;
 pub use keys::KeySpec;

@@ -111,7 +111,10 @@ pub(crate) async fn create_pr(
 pub(crate) async fn retry(engine: &Engine, id: RunId) -> Result<Response<RespBody>, ApiError> {
     let run = engine.retry(id).await?;
     let steps = engine.steps(id).await?;
-    Ok(body::json(StatusCode::OK, &RunResource::new(&run, steps.last())))
+    Ok(body::json(
+        StatusCode::OK,
+        &RunResource::new(&run, steps.last()),
+    ))
 }
 
 /// The limits of `GET /runs/{id}/diff` from `?max_file_bytes=&max_total_bytes=&max_files=&max_commits=`.

@@ -10,10 +10,10 @@ use crate::domain::{
     ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, ReviewStatus, RunStatus,
     StepPhase, StepStatus, now_ms, payloads,
 };
-use crate::engine::review::remove_run_worktree;
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
+use crate::engine::review::remove_run_worktree;
 
 /// How often a merge that found a git lock held is tried again (about 16 s in all).
 const MERGE_LOCK_RETRIES: u64 = 10;

@@ -45,7 +45,9 @@ pub(crate) fn default_body(run: &Run, steps: &[Step]) -> String {
     };
     let verifications: Vec<&Step> = steps
         .iter()
-        .filter(|s| s.phase == StepPhase::Verification && s.reason.as_deref() != Some("interrupted"))
+        .filter(|s| {
+            s.phase == StepPhase::Verification && s.reason.as_deref() != Some("interrupted")
+        })
         .collect();
     let passed = verifications
         .iter()
@@ -112,7 +114,13 @@ impl Engine {
         allow(Action::CreatePr, &run)?;
         let repo = run.workspace_root.clone();
         let branch_ref = format!("refs/heads/{}", run.run_branch);
-        if self.inner.vcs.resolve_commit(&repo, &branch_ref).await?.is_none() {
+        if self
+            .inner
+            .vcs
+            .resolve_commit(&repo, &branch_ref)
+            .await?
+            .is_none()
+        {
             return Err(EngineError::NotFound {
                 what: format!("run {id}: run branch `{}`", run.run_branch),
             });

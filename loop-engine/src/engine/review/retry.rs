@@ -66,7 +66,8 @@ impl Engine {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for event in page.iter().filter(|e| e.kind == EventKind::RunRetried) {
-                if let Ok(EventPayload::RunRetried(r)) = EventPayload::parse(event.kind, &event.payload)
+                if let Ok(EventPayload::RunRetried(r)) =
+                    EventPayload::parse(event.kind, &event.payload)
                 {
                     found = Some(r.iterations);
                 }

@@ -49,10 +49,9 @@ pub(crate) fn refusal(action: Action, run: &Run) -> Option<String> {
             "already merged{}; a run is merged at most once",
             merged_at()
         )),
-        (Action::Scrap | Action::CreatePr | Action::Retry, ReviewStatus::Merged) => Some(format!(
-            "cannot {verb} a run that is merged{}",
-            merged_at()
-        )),
+        (Action::Scrap | Action::CreatePr | Action::Retry, ReviewStatus::Merged) => {
+            Some(format!("cannot {verb} a run that is merged{}", merged_at()))
+        }
         (_, ReviewStatus::Scrapped) => Some(format!(
             "cannot {verb} a run that was scrapped: its worktree and the branch {} are gone",
             run.run_branch
@@ -80,7 +79,10 @@ pub(crate) fn merge_target(run: &Run, asked: Option<&str>) -> String {
 /// The strategy of a merge action: the one asked for, else the run's own, else `squash`
 /// (a run configured with `none` is merged only when a person asks). `none` cannot be asked
 /// for.
-pub(crate) fn merge_strategy(run: &Run, asked: Option<MergeStrategy>) -> Result<MergeStrategy, String> {
+pub(crate) fn merge_strategy(
+    run: &Run,
+    asked: Option<MergeStrategy>,
+) -> Result<MergeStrategy, String> {
     match asked {
         Some(MergeStrategy::None) => {
             Err("strategy `none` merges nothing; use `squash` or `merge`".into())
@@ -111,7 +113,12 @@ mod tests {
     #[test]
     fn every_action_waits_for_the_run_to_end() {
         for status in [RunStatus::Pending, RunStatus::Running, RunStatus::Paused] {
-            for action in [Action::Merge, Action::Scrap, Action::CreatePr, Action::Retry] {
+            for action in [
+                Action::Merge,
+                Action::Scrap,
+                Action::CreatePr,
+                Action::Retry,
+            ] {
                 let why = refusal(action, &run(status, ReviewStatus::Pending)).unwrap();
                 assert!(why.contains(status.as_str()), "{why}");
             }

@@ -95,9 +95,7 @@ impl GitCli {
         let mut args = vec!["diff", "--raw", "--numstat", "-z"];
         args.extend(DIFF_OPTS);
         args.extend([from, to, "--"]);
-        let out = self
-            .git_limited(&req.repo, &args, LISTING_BYTES)
-            .await?;
+        let out = self.git_limited(&req.repo, &args, LISTING_BYTES).await?;
         if !out.success() {
             return Err(failed(&req.repo, &os_args(&args), &out));
         }
@@ -152,9 +150,7 @@ impl GitCli {
             range.as_str(),
             "--",
         ];
-        let out = self
-            .git_limited(&req.repo, args, LISTING_BYTES)
-            .await?;
+        let out = self.git_limited(&req.repo, args, LISTING_BYTES).await?;
         if !out.success() {
             return Err(failed(&req.repo, &os_args(args), &out));
         }
@@ -317,7 +313,10 @@ impl PatchSplitter {
                 }
             } else {
                 // The rest of the line goes as one slice.
-                let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1);
                 let (line, tail) = rest.split_at(end);
                 self.keep(line);
                 rest = tail;
@@ -374,7 +373,12 @@ mod tests {
         let files = parse_raw_numstat(raw);
         assert_eq!(files.len(), 4);
         assert_eq!(
-            (files[0].path.as_str(), files[0].status, files[0].additions, files[0].deletions),
+            (
+                files[0].path.as_str(),
+                files[0].status,
+                files[0].additions,
+                files[0].deletions
+            ),
             ("src/a.rs", FileStatus::Modified, 3, 1)
         );
         assert!(files[1].binary);
@@ -433,7 +437,10 @@ mod tests {
             limits: DiffLimits::default(),
         };
         let diff = vcs.diff(&req).await.unwrap();
-        assert_eq!((diff.base_sha.as_str(), diff.head_sha.as_str()), (base.as_str(), head.as_str()));
+        assert_eq!(
+            (diff.base_sha.as_str(), diff.head_sha.as_str()),
+            (base.as_str(), head.as_str())
+        );
         assert_eq!(diff.commits.len(), 3);
         assert_eq!(diff.commits[0].message, "add a binary");
         assert!(diff.commits[0].files[0].binary);
@@ -444,7 +451,11 @@ mod tests {
         assert!(diff.files[0].binary);
         assert_eq!(diff.files[1].status, FileStatus::Added);
         assert_eq!(diff.files[1].additions, 3);
-        assert!(diff.files[1].patch.contains("+three"), "{}", diff.files[1].patch);
+        assert!(
+            diff.files[1].patch.contains("+three"),
+            "{}",
+            diff.files[1].patch
+        );
         assert_eq!(diff.stats.files_changed, 2);
         assert!(!diff.truncated);
 

@@ -14,8 +14,8 @@
 mod diff;
 mod merge;
 mod plumbing;
-mod review;
 mod refs;
+mod review;
 #[cfg(test)]
 mod test_support;
 mod worktrees;

@@ -166,7 +166,11 @@ impl GitCli {
         let os: Vec<OsString> = os_args(args);
         let cmd = self.command(dir, &os, false, false);
         let mut child = cmd.to_tokio().spawn().map_err(|e| VcsError::Fatal {
-            detail: format!("cannot run `git {}` in {}: {e}", show_args(&os), dir.display()),
+            detail: format!(
+                "cannot run `git {}` in {}: {e}",
+                show_args(&os),
+                dir.display()
+            ),
         })?;
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
