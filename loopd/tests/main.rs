@@ -17,6 +17,7 @@ mod chaos;
 mod full_disk;
 mod merge_crash;
 mod real_claude;
+mod review;
 mod secrets;
 
 const TOKEN: &str = "loopd-test-token";

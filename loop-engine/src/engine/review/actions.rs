@@ -229,9 +229,10 @@ impl Engine {
         } else {
             format!("branch {} was already gone", run.run_branch)
         });
-        if let Some(target) = &run.merge_target_branch {
-            details.push(format!("merge target {target} untouched"));
-        }
+        details.push(format!(
+            "merge target {} untouched",
+            rules::merge_target(&run, None)
+        ));
         let mut payload = action_payload(&run, ReviewActionKind::Scrap);
         payload.details = details.clone();
         record(&self.inner, &mut run, ReviewStatus::Scrapped, payload).await?;
