@@ -174,6 +174,42 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_merge_names_its_paths_and_a_missing_tool_is_503() {
+        let id = RunId::new();
+        let api = ApiError::from(EngineError::MergeConflict {
+            run_id: id,
+            paths: vec!["README.md".into(), "src/lib.rs".into()],
+            detail: "merging run/a into main conflicts in README.md, src/lib.rs".into(),
+        });
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::CONFLICT, "merge_conflict")
+        );
+        let body = serde_json::to_value(api.body()).unwrap();
+        assert_eq!(
+            body["error"]["paths"],
+            serde_json::json!(["README.md", "src/lib.rs"])
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&id.to_string())
+        );
+        let api = ApiError::from(EngineError::ToolMissing {
+            tool: "gh".into(),
+            detail: "the GitHub CLI `gh` is not installed".into(),
+        });
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "tool_missing")
+        );
+        // Other errors carry no `paths` key at all.
+        let body = serde_json::to_value(ApiError::not_found("x").body()).unwrap();
+        assert!(body["error"].get("paths").is_none());
+    }
+
+    #[test]
     fn messages_carry_the_source_chain_and_names() {
         let id = RunId::new();
         let api = ApiError::from(EngineError::InvalidState {
