@@ -61,10 +61,11 @@ fn header(d: &DiffResponse, colour: bool) -> String {
     for c in &d.diff.commits {
         let subject = c.message.lines().next().unwrap_or_default();
         out.push_str(&format!(
-            "  {} {subject} ({}: {} files, +{} -{})\n",
+            "  {} {subject} ({}: {} file{}, +{} -{})\n",
             paint(short(&c.sha), YELLOW, colour),
             c.author,
             c.stats.files_changed,
+            if c.stats.files_changed == 1 { "" } else { "s" },
             c.stats.additions,
             c.stats.deletions
         ));

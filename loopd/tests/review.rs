@@ -266,7 +266,10 @@ async fn a_conflicting_merge_is_refused_and_moves_nothing() {
             (409, "merge_conflict"),
             "{message}"
         );
-        assert!(message.contains("README.md"), "{message}");
+        assert!(
+            message.contains("conflicts in README.md; nothing was merged"),
+            "only the path is named: {message}"
+        );
         assert!(message.contains(&run.id.to_string()), "{message}");
         assert_eq!(snapshot(&repo, &run.worktree_path), before, "nothing moved");
     }

@@ -241,7 +241,8 @@ impl GitCli {
         let tree = match out.code {
             0 => lines.next().unwrap_or_default().to_owned(),
             1 => {
-                let mut files: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+                // The first line is the tree with conflict markers; the paths follow it.
+                let mut files: Vec<&str> = lines.skip(1).filter(|l| !l.is_empty()).collect();
                 files.dedup();
                 return Err(VcsError::MergeConflict {
                     paths: files.iter().map(|f| (*f).to_owned()).collect(),
@@ -467,7 +468,11 @@ mod tests {
 
         for target in ["main", "agent/new"] {
             let req = request(&fx, "run/a", target, MergeStrategy::Squash);
-            let detail = conflict_detail(vcs.merge(&req).await);
+            let result = vcs.merge(&req).await;
+            if let Err(VcsError::MergeConflict { paths, .. }) = &result {
+                assert_eq!(paths, &["README.md"], "only the conflicting paths");
+            }
+            let detail = conflict_detail(result);
             assert!(detail.contains("README.md"), "{detail}");
             assert!(detail.contains("run/a is kept"), "{detail}");
             assert_eq!(fx.git(["rev-parse", "main"]), main_tip);
