@@ -149,7 +149,10 @@ impl Engine {
             .create_pull_request(&req)
             .await
             .map_err(|e| match e {
-                VcsError::ToolMissing { tool, detail } => EngineError::ToolMissing { tool, detail },
+                VcsError::ToolMissing { tool, detail } => EngineError::ToolMissing {
+                    tool,
+                    detail: format!("run {id}: {detail}"),
+                },
                 other => other.into(),
             })?;
         run.pr_url = Some(url.clone());
