@@ -452,6 +452,9 @@ spelled_enum!(
         /// report.tsv: a step ticked tasks in the plan without committing (HEAD did not move)
         /// (`tasks=<n>`).
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// report.tsv: why the run failed, just before its RUN_END
+        /// (`reason=<exit reason> failure=<why, in words>`).
+        RunFailure => "RUN_FAILURE",
         /// report.tsv: the run ended (`reason=<exit reason>`).
         RunEnd => "RUN_END",
     }

@@ -10,6 +10,7 @@ mod engine_runs;
 mod executor_judgement;
 mod merge_checkout;
 mod real_claude;
+mod report_vocabulary;
 mod store_faults;
 mod support;
 mod tidy;

@@ -455,6 +455,8 @@ event_payloads! {
         MergeEnd => "MERGE_END",
         /// A step ticked tasks in the plan without committing.
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// Why the run failed (`reason=<exit reason> failure=<why>`), before RUN_END.
+        RunFailure => "RUN_FAILURE",
         /// The run ended.
         RunEnd => "RUN_END",
     }

@@ -27,10 +27,12 @@ impl RunDriver {
         }
         let fresh = self.step_seq == 0;
         if fresh {
+            self.rec
+                .log(format!("run {} ({})", self.run.name, self.run.id));
             self.report(
                 None,
                 ReportKind::RunStart,
-                Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
+                Row::msg("", self.run_start_message()),
             )
             .await?;
         }
@@ -120,10 +122,23 @@ impl RunDriver {
             ReportKind::PromptSnapshot,
             Row {
                 output_path: Some(path),
-                ..Row::msg("", "prompt snapshot")
+                ..Row::msg("", "prompt")
             },
         )
         .await
+    }
+
+    /// The RUN_START message in the seed's words (SPEC §7), split on spaces by its readers:
+    /// `spec=<path> plan=<path> iterations=<n> model=<model> mode=<completion mode>`.
+    pub(super) fn run_start_message(&self) -> String {
+        format!(
+            "spec={} plan={} iterations={} model={} mode={}",
+            self.run.spec_path.display(),
+            self.run.plan_path.display(),
+            self.cfg.iterations,
+            self.cfg.model,
+            self.cfg.completion_mode
+        )
     }
 
     /// Copies a spec or plan that is missing or different at the base branch into the
