@@ -53,6 +53,8 @@ pub(crate) async fn inspect(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
             "artifacts": artifacts,
         }));
     }
-    out(&render::inspect(&run, &steps, &artifacts, ctx.colour));
+    out(&render::inspect(
+        &run, &steps, &artifacts, ctx.colour, ctx.costs,
+    ));
     Ok(())
 }

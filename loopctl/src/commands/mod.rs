@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) json: bool,
     pub(crate) colour: bool,
+    /// How costs are shown (labelled as not billed in the demo).
+    pub(crate) costs: crate::render::Costs,
 }
 
 /// Prints a line to stdout (commands are the only place that prints).
@@ -142,6 +144,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Ctx> {
         client,
         json: cli.json,
         colour: crate::render::colour(),
+        costs: crate::render::Costs::Reported,
     })
 }
 
