@@ -4,6 +4,7 @@
 //! saying why in its folder.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use loop_engine::backend::ExecPurpose;
@@ -371,11 +372,8 @@ async fn an_agent_that_cannot_start_leaves_its_reason_in_the_report() {
     let tools = tempfile::tempdir().expect("a temp dir");
     let agent = tools.path().join("agent.sh");
     std::fs::write(&agent, "#!/bin/sh\necho hi\n").expect("the agent script");
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&agent)
-        .status()
-        .expect("chmod");
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
+        .expect("the agent script is executable");
     let h = Harness::without_executor(Setup {
         config: vec![
             ("executor", "command".into()),
