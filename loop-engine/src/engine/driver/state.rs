@@ -338,6 +338,7 @@ impl RunDriver {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         }
     }
 
