@@ -19,7 +19,7 @@ mod tree;
 pub use cgroup::{
     AgentLimits, Containment, CpuMax, NO_CGROUP_ENV, PARENT_NAME, cgroup_parent, containment,
     controllers,
-    fallback_reason,
+    fallback_reason, without_cgroups,
 };
 pub(crate) use cgroup::{AgentCgroup, agent_cgroup_name, kill_run_cgroups};
 
