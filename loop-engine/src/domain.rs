@@ -550,6 +550,25 @@ pub struct Step {
     pub agent_start_time: Option<u64>,
     /// What the agent's stream-json `result` line reported, if any.
     pub usage: Option<AgentUsage>,
+    /// What the agent's processes used, measured by its cgroup (`None` without cgroups, or
+    /// before the step ran).
+    pub resources: Option<AgentResources>,
+}
+
+/// What one agent invocation used, from the cgroup it ran in (see `process::containment`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentResources {
+    /// CPU time of every process of the invocation, in microseconds (`cpu.stat usage_usec`).
+    pub cpu_usec: u64,
+    /// Peak memory in bytes, where a memory controller is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// Most processes alive at once, where a pids controller is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_peak: Option<u64>,
+    /// The limit that stopped the agent (`agent_pids_max`, `agent_memory_max`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_hit: Option<String>,
 }
 
 /// Token usage, cost and turn count from the agent's final `result` line.

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use loop_engine::domain::{
-    AgentUsage, Artifact, Event, MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId,
+    AgentResources, AgentUsage, Artifact, Event, MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId,
     UnixMs,
 };
 use loop_engine::engine::CreateRun;
@@ -161,6 +161,10 @@ pub struct StepResource {
     pub head_after: Option<String>,
     /// Usage from the agent's result line.
     pub usage: Option<UsageResource>,
+    /// What the agent's processes used, from its cgroup: `cpu_usec`, `memory_peak_bytes`,
+    /// `pids_peak`, `limit_hit` (absent without cgroups).
+    #[serde(default)]
+    pub resources: Option<AgentResources>,
 }
 
 impl From<&Step> for StepResource {
@@ -186,6 +190,7 @@ impl From<&Step> for StepResource {
             head_before: s.head_before.clone(),
             head_after: s.head_after.clone(),
             usage: s.usage.as_ref().map(UsageResource::from),
+            resources: s.resources.clone(),
         }
     }
 }
@@ -351,6 +356,10 @@ pub struct Health {
     pub worker_id: String,
     /// Runs executing now.
     pub running: usize,
+    /// How agents are contained: `cgroup` (one cgroup per agent invocation) or
+    /// `process-group` (process group plus a `/proc` search, where no cgroup can be made).
+    #[serde(default)]
+    pub containment: String,
     /// What is wrong, when degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,

@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod chaos;
+mod containment;
 mod full_disk;
 mod merge_crash;
 mod real_claude;

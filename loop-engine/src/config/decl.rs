@@ -117,6 +117,12 @@ config_keys! {
         "Command template for `executor=command` (required then), e.g. `codex exec --full-auto {prompt}` (`{prompt}`, `{prompt_file}`, `{model}`, `{workdir}`; no placeholder = prompt on stdin).";
     agent_env: Option<String> = None, ValueKind::OptText,
         "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
+    agent_memory_max: Option<String> = None, ValueKind::OptText,
+        "Memory limit of each agent invocation's cgroup (bytes, or with `K`/`M`/`G`, e.g. `2G`); the step fails with reason `agent_memory_max` when the agent is killed for it. Needs a memory controller: refused at run creation where there is none.";
+    agent_pids_max: Option<u32> = None, ValueKind::OptU32 { min: 1 },
+        "Most processes (and threads) alive at once in each agent invocation's cgroup; a fork loop then fails the step with reason `agent_pids_max` instead of exhausting the host. Needs a pids controller: refused at run creation where there is none.";
+    agent_cpu_max: Option<String> = None, ValueKind::OptText,
+        "CPU limit of each agent invocation's cgroup, in CPUs (e.g. `1.5`). Needs the cgroup v2 cpu controller: refused at run creation where there is none.";
     artifact_mode: ArtifactMode = ArtifactMode::Mirror,
         ValueKind::Choice(&["mirror", "workspace"]),
         "Also copy run folders under `global_log_dir` (`mirror`) or keep them in the workspace only (`workspace`).";

@@ -277,6 +277,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("IS_SANDBOX".into(), "1".into())],
+            limits: Default::default(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! CLI and command template), the simulated agent and the tracing notifier; and
 //! [`run_agent`], the agent-process runner they are built on, for custom executors.
 
+#[cfg(test)]
+mod agent_containment_tests;
 mod agent_process;
 mod claude_executor;
 mod command_executor;

@@ -20,7 +20,7 @@ use crate::backend::{
     BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
 };
 use crate::domain::{
-    AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
+    AgentResources, AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
     NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
     UnixMs, now_ms,
 };
@@ -108,6 +108,7 @@ pub fn sample_step(run_id: RunId, seq: u32) -> Step {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     }
 }
 
@@ -139,6 +140,12 @@ pub fn full_step(run_id: RunId, seq: u32) -> Step {
             is_error: true,
             duration_api_ms: Some(59_000),
             model: Some("claude-opus-4-1".to_owned()),
+        }),
+        resources: Some(AgentResources {
+            cpu_usec: 1_234_567,
+            memory_peak_bytes: Some(64 << 20),
+            pids_peak: Some(17),
+            limit_hit: Some("agent_pids_max".to_owned()),
         }),
         ..sample_step(run_id, seq)
     }
@@ -510,6 +517,10 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
             num_turns: Some(1),
             ..AgentUsage::default()
         }),
+        resources: Some(AgentResources {
+            cpu_usec: 5,
+            ..AgentResources::default()
+        }),
         ..s1.clone()
     };
     ok("update_step", store.update_step(&finished).await);
@@ -521,6 +532,7 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
     );
     let cleared = Step {
         usage: None,
+        resources: None,
         exit_code: None,
         ..s2.clone()
     };

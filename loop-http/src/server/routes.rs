@@ -244,6 +244,7 @@ async fn health(engine: &Engine) -> Response<RespBody> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             worker_id: engine.settings().worker_id.clone(),
             running: engine.running_runs().len(),
+            containment: loop_engine::process::containment().as_str().to_owned(),
             problem,
         },
     )

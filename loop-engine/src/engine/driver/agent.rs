@@ -100,6 +100,8 @@ impl RunDriver {
             timeout: secs(self.cfg.claude_timeout_sec),
             idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
             env: self.agent_env(),
+            // Checked when the run was created.
+            limits: self.cfg.agent_limits().unwrap_or_default(),
         };
         let started = Instant::now();
         let (result, store_error) = self.run_agent(&executor, req, &mut step).await;
@@ -153,6 +155,7 @@ impl RunDriver {
         step.exit_code = Some(outcome.exit_code);
         step.head_after = self.head().await?;
         step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+        step.resources.clone_from(&outcome.resources);
         // An agent that left the run branch or rewrote its history would have its work
         // (or earlier steps' work) silently dropped by the merge: stop here instead.
         match self
@@ -222,10 +225,35 @@ impl RunDriver {
             self.rec
                 .log(format!("step {label}: {what} {limit} s; stopped"));
         }
+        let limit_hit = outcome
+            .resources
+            .as_ref()
+            .and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },
                 message: step.reason.clone().unwrap_or_default(),
+            }
+        } else if let Some(key) = limit_hit {
+            // The agent's cgroup refused it more processes or memory: whatever it printed,
+            // the step did not do its work.
+            Verdict::Failure {
+                kind: if outcome.exit_code == 0 {
+                    FailureKind::AgentError
+                } else {
+                    FailureKind::ExitCode(outcome.exit_code)
+                },
+                message: format!(
+                    "the agent hit its {key} limit ({}) and was stopped by it",
+                    match key.as_str() {
+                        "agent_pids_max" => self
+                            .cfg
+                            .agent_pids_max
+                            .map(|n| format!("{n} processes"))
+                            .unwrap_or_default(),
+                        _ => self.cfg.agent_memory_max.clone().unwrap_or_default(),
+                    }
+                ),
             }
         } else {
             // The executor that ran the step says what its outcome means.

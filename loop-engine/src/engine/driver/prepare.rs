@@ -259,6 +259,7 @@ impl RunDriver {
                     timeout: Some(Duration::from_secs(120)),
                     idle_timeout: None,
                     env: self.agent_env(),
+                    limits: self.cfg.agent_limits().unwrap_or_default(),
                 };
                 let ctx = ExecContext::detached(self.control.cancel.child_token());
                 self.flush().await?;

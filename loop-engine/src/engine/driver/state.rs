@@ -356,6 +356,7 @@ impl RunDriver {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         }
     }
 
