@@ -187,6 +187,30 @@ spelled_enum!(
 );
 
 spelled_enum!(
+    /// Where a finished run is in a person's review (SPEC §12).
+    ReviewStatus {
+        /// Nobody acted on the run yet.
+        Pending => "pending",
+        /// The run branch was merged into a target (by the run's own merge or by `merge`).
+        Merged => "merged",
+        /// The worktree was removed and the run branch deleted.
+        Scrapped => "scrapped",
+        /// A pull request was opened for the run branch.
+        PrCreated => "pr_created",
+    }
+);
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "spelled_enum! declares the enum; one of its enums takes no extra derive"
+)]
+impl Default for ReviewStatus {
+    fn default() -> Self {
+        Self::Pending
+    }
+}
+
+spelled_enum!(
     /// The kind of work a step does.
     StepPhase {
         /// The agent implements one task.
@@ -403,6 +427,11 @@ spelled_enum!(
         /// The merge could not land without touching a user's uncommitted work (the target is
         /// checked out there); the run completed and the merge waits to be retried.
         MergePending => "MERGE_PENDING",
+        /// A person acted on a finished run (SPEC §12): merged it, scrapped it or opened a
+        /// pull request for it; the payload's `action` says which.
+        ReviewAction => "REVIEW_ACTION",
+        /// A failed or canceled run was started again from its last durable step (SPEC §12).
+        RunRetried => "RUN_RETRIED",
         /// report.tsv: the run started.
         RunStart => "RUN_START",
         /// report.tsv: the prompt was snapshotted.
@@ -507,6 +536,18 @@ pub struct Run {
     pub worker_id: Option<String>,
     /// When that lease expires.
     pub lease_expires_at: Option<UnixMs>,
+    /// Where the run is in a person's review (SPEC §12).
+    #[serde(default)]
+    pub review_status: ReviewStatus,
+    /// When the last review action (or the run's own merge) happened.
+    #[serde(default)]
+    pub review_action_at: Option<UnixMs>,
+    /// The target's commit that holds the run's work, once merged.
+    #[serde(default)]
+    pub merge_commit: Option<String>,
+    /// The pull request opened for the run branch.
+    #[serde(default)]
+    pub pr_url: Option<String>,
 }
 
 /// One unit of work inside a run: an agent call, a verification, a merge, ...

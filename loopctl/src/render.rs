@@ -252,6 +252,19 @@ pub(crate) fn inspect(
         ("created", run.created_at.clone()),
         ("updated", run.updated_at.clone()),
     ]);
+    if run.status.is_terminal() {
+        let mut review = run.review_status.to_string();
+        if let Some(c) = &run.merge_commit {
+            review.push_str(&format!(" at {c}"));
+        }
+        if let Some(u) = &run.pr_url {
+            review.push_str(&format!(" {u}"));
+        }
+        if let Some(at) = &run.review_action_at {
+            review.push_str(&format!(" ({at})"));
+        }
+        kv.push(("review", review));
+    }
     if let Some(s) = &run.last_step {
         // A pending merge's reason is on its own line already.
         let shown_reason = s.reason.as_deref().filter(|_| pending.is_none());
@@ -580,6 +593,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = Step {
             id: StepId::new(),

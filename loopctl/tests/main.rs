@@ -13,6 +13,8 @@ use loop_engine::testing::{Act, GitFixture, ScriptedExecutor};
 use loop_http::{ServerOptions, serve};
 use tokio_util::sync::CancellationToken;
 
+mod review;
+
 const TOKEN: &str = "test-token-123";
 
 struct Daemon {

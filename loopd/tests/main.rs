@@ -18,6 +18,7 @@ mod containment;
 mod full_disk;
 mod merge_crash;
 mod real_claude;
+mod review;
 mod secrets;
 
 const TOKEN: &str = "loopd-test-token";

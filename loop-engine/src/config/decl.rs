@@ -34,6 +34,16 @@ spelled_enum!(
     }
 );
 
+spelled_enum!(
+    /// What happens to a run's worktree once its work is merged.
+    WorktreeCleanup {
+        /// Removed when the run is merged (by the run's own merge or by `loopctl merge`).
+        OnMerge => "on_merge",
+        /// Kept until scrapped or pruned (`loopctl worktrees --prune`).
+        Never => "never",
+    }
+);
+
 /// Longest accepted timeout (`*_timeout_sec`, `warn_iteration_sec`): 7 days.
 pub const MAX_TIMEOUT_SEC: u64 = 7 * 24 * 3600;
 /// Longest accepted pause or interval (backoffs, `heartbeat_sec`): 1 day.
@@ -145,6 +155,9 @@ config_keys! {
     worktree_path_template: String = "../{{ repo }}.{{ run_branch | sanitize }}".into(),
         ValueKind::Text,
         "Where run worktrees go (`{{ repo }}`, `{{ run_branch }}`, `| sanitize`), relative to the workspace root; must resolve inside the workspace's parent folder.";
+    worktree_cleanup: WorktreeCleanup = WorktreeCleanup::Never,
+        ValueKind::Choice(&["on_merge", "never"]),
+        "Remove a run's worktree once its work is merged, by the run's own merge or by `loopctl merge` (`on_merge`), or keep it until `loopctl scrap` or `loopctl worktrees --prune` (`never`).";
     max_concurrency: u32 = 3, ValueKind::U32 { min: 1, max: u32::MAX },
         "Runs executing at once before this one may start.";
     max_runs_per_workspace: Option<u32> = None, ValueKind::OptU32 { min: 1 },

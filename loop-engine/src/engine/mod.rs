@@ -11,6 +11,7 @@ mod inner;
 mod metrics;
 mod recovery;
 mod report;
+mod review;
 mod scheduler;
 mod supervisor;
 #[cfg(test)]
@@ -21,3 +22,4 @@ pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};
+pub use review::{MergeOptions, PrOptions, PruneReport, ReviewOutcome, RunDiff, WorktreeInfo};

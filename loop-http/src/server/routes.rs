@@ -30,6 +30,7 @@ use crate::query;
 use crate::server::ServerOptions;
 use crate::server::auth::Guard;
 use crate::server::body::{self, ChannelBody, RespBody};
+use crate::server::review;
 use crate::server::sse::{self, FRAME_CAPACITY, Sink, SseSettings};
 
 /// Default `limit` of `GET /runs`.
@@ -180,6 +181,36 @@ async fn route(
                 _ => engine.cancel(id).await?,
             };
             Ok(body::json(StatusCode::OK, &resource(engine, &run).await?))
+        }
+        ["runs", id, "diff"] => {
+            allow(method, &path, &[Method::GET])?;
+            review::diff(engine, parse_run_id(id)?, &parse_query(&query)?).await
+        }
+        ["runs", id, "merge"] => {
+            allow(method, &path, &[Method::POST])?;
+            let id = parse_run_id(id)?;
+            review::merge(engine, id, &parts.headers, body, state.opts.max_body_bytes).await
+        }
+        ["runs", id, "scrap"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::scrap(engine, parse_run_id(id)?).await
+        }
+        ["runs", id, "create-pr"] => {
+            allow(method, &path, &[Method::POST])?;
+            let id = parse_run_id(id)?;
+            review::create_pr(engine, id, &parts.headers, body, state.opts.max_body_bytes).await
+        }
+        ["runs", id, "retry"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::retry(engine, parse_run_id(id)?).await
+        }
+        ["worktrees"] => {
+            allow(method, &path, &[Method::GET])?;
+            review::worktrees(engine, &parse_query(&query)?).await
+        }
+        ["worktrees", "prune"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::prune(engine, &parse_query(&query)?).await
         }
         ["runs", id, "steps"] => {
             allow(method, &path, &[Method::GET])?;
@@ -365,7 +396,7 @@ fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
 /// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
 /// parameters such as `charset=utf-8` allowed) with 415. Only routes that read a body check
 /// it; body-less `POST`s (pause, resume, cancel) ignore both the type and any body.
-fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
     let is_json = given.is_some_and(|v| {
         let essence = v.split(|b| *b == b';').next().unwrap_or_default();
@@ -432,6 +463,29 @@ async fn read_json<T: DeserializeOwned>(
             format!("invalid request body: {e}"),
         )
     })
+}
+
+/// The body of at most `max` bytes (413 past it), read within the body timeout.
+pub(crate) async fn collect_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, collect_limited(body, max))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })??
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than the limit of {max} bytes"),
+            )
+        })
 }
 
 /// The body if it fits in `max` bytes, `None` if it does not (then the rest was drained).

@@ -4,6 +4,7 @@ mod control;
 mod demo;
 mod inspect;
 mod logs;
+mod review;
 mod run;
 mod tail;
 
@@ -180,6 +181,12 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Wait(a) => control::wait(&ctx, &a.id).await,
                 Command::Tail(a) => tail::tail(&ctx, &a.id, a.raw).await,
                 Command::Logs(a) => logs::logs(&ctx, a).await,
+                Command::Diff(a) => review::diff(&ctx, a).await,
+                Command::Merge(a) => review::merge(&ctx, a).await,
+                Command::Scrap(a) => review::scrap(&ctx, &a.id).await,
+                Command::Pr(a) => review::pr(&ctx, a).await,
+                Command::Retry(a) => review::retry(&ctx, &a.id).await,
+                Command::Worktrees(a) => review::worktrees(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }
         }

@@ -5,13 +5,15 @@ use std::time::{Duration, Instant};
 
 use crate::artifacts::{self, Summary};
 use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind, VcsError};
+use crate::config::WorktreeCleanup;
 use crate::domain::{
-    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, RunStatus, StepPhase,
-    StepStatus, now_ms, payloads,
+    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, ReviewStatus, RunStatus,
+    StepPhase, StepStatus, now_ms, payloads,
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
+use crate::engine::review::remove_run_worktree;
 
 /// How often a merge that found a git lock held is tried again (about 16 s in all).
 const MERGE_LOCK_RETRIES: u64 = 10;
@@ -128,6 +130,12 @@ impl RunDriver {
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
+                if let Some(commit) = &commit {
+                    // The work is in the target: the review has nothing left to merge.
+                    self.run.review_status = ReviewStatus::Merged;
+                    self.run.review_action_at = Some(now_ms());
+                    self.run.merge_commit = Some(commit.clone());
+                }
                 let duration = ms(started);
                 self.end_step(&mut step, StepStatus::Succeeded, duration)
                     .await?;
@@ -370,6 +378,15 @@ impl RunDriver {
         };
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
+        }
+        // Last, once nothing of the run needs its worktree any more.
+        if status == RunStatus::Completed
+            && self.run.review_status == ReviewStatus::Merged
+            && self.cfg.worktree_cleanup == WorktreeCleanup::OnMerge
+        {
+            let what = remove_run_worktree(&self.inner, &self.run).await;
+            self.rec.log(format!("WORKTREE_CLEANUP {what}"));
+            let _ = self.flush().await;
         }
         self.inner.hub.close(run_id);
     }
