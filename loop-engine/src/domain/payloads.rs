@@ -457,6 +457,10 @@ event_payloads! {
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
         /// The run ended.
         RunEnd => "RUN_END",
+        /// The postmortem started.
+        PostmortemStart => "POSTMORTEM_START",
+        /// The postmortem ended (`status=ok|failed`).
+        PostmortemEnd => "POSTMORTEM_END",
     }
 }
 

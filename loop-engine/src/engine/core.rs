@@ -90,6 +90,7 @@ impl EngineBuilder {
                 wake: Notify::new(),
                 prep_locks: tokio::sync::Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                postmortems: Mutex::default(),
             }),
         })
     }

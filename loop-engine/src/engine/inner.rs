@@ -1,7 +1,7 @@
 //! The engine's shared state: engine-wide settings, the backends, the scheduler's table of
 //! executing runs and their switches, the live hub and the per-workspace preparation locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -77,11 +77,18 @@ pub(crate) struct Inner {
     pub(crate) prep_locks: tokio::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Fired when the engine shuts down: running steps stop, runs go back to the queue.
     pub(crate) shutdown: CancellationToken,
+    /// Runs whose postmortem is under way (one at a time per run).
+    pub(crate) postmortems: Mutex<HashSet<RunId>>,
 }
 
 impl Inner {
     pub(crate) fn sched(&self) -> std::sync::MutexGuard<'_, SchedState> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runs whose postmortem is under way.
+    pub(crate) fn postmortems(&self) -> std::sync::MutexGuard<'_, HashSet<RunId>> {
+        self.postmortems.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The executor for a run: the injected one, else the one its config names.

@@ -9,6 +9,7 @@ mod driver;
 mod hub;
 mod inner;
 mod metrics;
+mod postmortem;
 mod recovery;
 mod report;
 mod scheduler;
@@ -21,3 +22,6 @@ pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};
+pub use postmortem::{
+    AnalysisFile, PostmortemListing, PostmortemOptions, PostmortemReport, PostmortemStatus,
+};

@@ -1,5 +1,5 @@
 //! The end of a run: the merge, the final state (with retries while the store is down), the
-//! last events, summary.json and the notification.
+//! last events, summary.json, the notification, then the postmortem (SPEC §12).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::postmortem;
 use crate::engine::report::Row;
 
 /// How often a merge that found a git lock held is tried again (about 16 s in all).
@@ -355,6 +356,14 @@ impl RunDriver {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
         }
         self.inner.hub.close(run_id);
+        if postmortem::applies_after(status, &self.cfg) {
+            // The run has ended for everyone (status, merge, events, notification): its
+            // slot goes to the next run while the postmortem, which changes none of that,
+            // analyses it.
+            self.inner.sched().running.remove(&run_id);
+            self.inner.wake.notify_one();
+            postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
+        }
     }
 
     /// Writes summary.json (the seed's keys, then status, name, failure, tasks, branches and

@@ -8,11 +8,12 @@
 //!
 //! The parts: `plumbing` (the git command door and shared helpers), `refs` (refs, HEAD,
 //! branch names, commits), `worktrees` (worktree listing and preparation, cleanliness, stale
-//! locks) and `merge`. This file only wires them to the [`Vcs`] trait.
+//! locks), `merge` and `snapshot` (what a postmortem reads). This file only wires them to the [`Vcs`] trait.
 
 mod merge;
 mod plumbing;
 mod refs;
+mod snapshot;
 #[cfg(test)]
 mod test_support;
 mod worktrees;
@@ -60,6 +61,10 @@ impl Vcs for GitCli {
 
     async fn stash_changes(&self, dir: &Path, message: &str) -> Result<bool, VcsError> {
         GitCli::stash_changes(self, dir, message).await
+    }
+
+    async fn write_snapshot(&self, dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, VcsError> {
+        GitCli::write_snapshot(self, dir, out_dir).await
     }
 
     async fn check_branch(
