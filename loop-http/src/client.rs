@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use crate::api::{
     ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, ErrorBody, Health,
-    ListQuery, PromptResponse, RunList, RunResource, StepList, StepResource,
+    ListQuery, PostmortemRequest, PostmortemResource, PromptResponse, RunList, RunResource,
+    StepList, StepResource,
 };
 use crate::query;
 
@@ -354,6 +355,23 @@ impl Client {
             .call(Method::GET, &format!("/runs/{id}/artifacts"), None)
             .await?;
         Ok(list.artifacts)
+    }
+
+    /// `POST /runs/{id}/postmortem`: starts a postmortem (answered at once, `running: true`).
+    pub async fn start_postmortem(
+        &self,
+        id: RunId,
+        req: &PostmortemRequest,
+    ) -> Result<PostmortemResource, ClientError> {
+        let body = self.json_body(req)?;
+        self.call(Method::POST, &format!("/runs/{id}/postmortem"), Some(body))
+            .await
+    }
+
+    /// `GET /runs/{id}/postmortem`: the run's `analysis/` files.
+    pub async fn postmortem(&self, id: RunId) -> Result<PostmortemResource, ClientError> {
+        self.call(Method::GET, &format!("/runs/{id}/postmortem"), None)
+            .await
     }
 
     /// `GET /runs/{id}/steps/{seq}/log`, whole.

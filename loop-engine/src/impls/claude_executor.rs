@@ -116,8 +116,8 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
-    /// A postmortem gets the read-only tools only (`--tools Read,Grep,Glob`): it reads the
-    /// run's files and must not change the worktree.
+    /// A postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
+    /// reads the run's files and must not change the worktree.
     pub fn args(req: &ExecRequest) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-p".into(),
@@ -129,7 +129,8 @@ impl ClaudeExecutor {
             "--verbose".into(),
         ];
         if req.purpose == ExecPurpose::Postmortem {
-            args.extend(["--tools".into(), READ_ONLY_TOOLS.into()]);
+            // `--tools` takes several values: `--` ends them, or the prompt would be one.
+            args.extend(["--tools".into(), READ_ONLY_TOOLS.into(), "--".into()]);
         }
         args.push(req.prompt.clone());
         args

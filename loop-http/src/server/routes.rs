@@ -22,8 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, Health, PromptResponse,
-    RunList, RunResource, StepList, StepResource,
+    ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, Health,
+    PostmortemRequest, PostmortemResource, PromptResponse, RunList, RunResource, StepList,
+    StepResource,
 };
 use crate::error::{ApiError, chain};
 use crate::query;
@@ -201,6 +202,29 @@ async fn route(
                 },
             ))
         }
+        ["runs", id, "postmortem"] => {
+            allow(method, &path, &[Method::GET, Method::POST])?;
+            let id = parse_run_id(id)?;
+            if method == Method::POST {
+                let req: PostmortemRequest = if has_body(&parts.headers) {
+                    read_json(&parts.headers, body, state.opts.max_body_bytes).await?
+                } else {
+                    PostmortemRequest::default()
+                };
+                engine.start_postmortem(id, req.to_engine()).await?;
+                let listing = engine.postmortem_listing(id).await?;
+                Ok(body::json(
+                    StatusCode::ACCEPTED,
+                    &PostmortemResource::from(listing),
+                ))
+            } else {
+                let listing = engine.postmortem_listing(id).await?;
+                Ok(body::json(
+                    StatusCode::OK,
+                    &PostmortemResource::from(listing),
+                ))
+            }
+        }
         ["runs", id, "steps", seq, "log"] => {
             allow(method, &path, &[Method::GET])?;
             step_log(engine, parse_run_id(id)?, seq).await
@@ -364,6 +388,16 @@ fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
 /// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
 /// parameters such as `charset=utf-8` allowed) with 415. Only routes that read a body check
 /// it; body-less `POST`s (pause, resume, cancel) ignore both the type and any body.
+/// True when a request says it has a body (a `Content-Type`, or a `Content-Length` above 0):
+/// routes whose body is optional take their defaults without one.
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    headers.contains_key(CONTENT_TYPE) || length.is_some_and(|n| n > 0)
+}
+
 fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
     let is_json = given.is_some_and(|v| {

@@ -1,5 +1,6 @@
 //! One module per subcommand; `dispatch` routes the parsed command line to them.
 
+mod analyze;
 mod control;
 mod demo;
 mod inspect;
@@ -126,7 +127,7 @@ pub(crate) fn pick<'a>(runs: &'a [RunResource], text: &str) -> Pick<'a> {
     }
 }
 
-fn verdict(code: i32, message: String) -> anyhow::Error {
+pub(crate) fn verdict(code: i32, message: String) -> anyhow::Error {
     anyhow::Error::new(exit::Verdict { code, message })
 }
 
@@ -177,6 +178,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Wait(a) => control::wait(&ctx, &a.id).await,
                 Command::Tail(a) => tail::tail(&ctx, &a.id, a.raw).await,
                 Command::Logs(a) => logs::logs(&ctx, a).await,
+                Command::Analyze(a) => analyze::analyze(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }
         }

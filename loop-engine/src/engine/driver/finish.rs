@@ -351,6 +351,7 @@ impl RunDriver {
             kind: note,
             run: self.run.clone(),
             reason: detail.or(Some(reason_text)),
+            event: None,
         };
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");

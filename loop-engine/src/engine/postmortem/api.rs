@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::analyse::{
-    AnalysisFile, PostmortemOptions, PostmortemReport, Running, analyse, list_files,
+    AnalysisFile, PostmortemOptions, PostmortemReport, PostmortemStatus, Running, analyse,
+    list_files,
 };
 use crate::config::Config;
 use crate::domain::{Run, RunId};
@@ -22,6 +23,9 @@ use crate::error::EngineError;
 const SUMMARY_HEAD_LINES: usize = 6;
 /// How much of `summary.md` is read for them.
 const SUMMARY_HEAD_BYTES: u64 = 8 * 1024;
+/// How much of the end of report.tsv is searched for the last `POSTMORTEM_END` row (it is
+/// among the last rows: nothing but another postmortem writes after a run's end).
+const REPORT_TAIL_BYTES: u64 = 64 * 1024;
 
 /// A run's `analysis/` folder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +40,10 @@ pub struct PostmortemListing {
     pub files: Vec<AnalysisFile>,
     /// The first non-blank lines of `summary.md`, when it exists.
     pub summary_head: Option<String>,
+    /// How the last postmortem of the run ended (its `POSTMORTEM_END` row), if one did.
+    pub last_status: Option<PostmortemStatus>,
+    /// That row's message (`status=ok files=10 cost_usd=...` or `status=failed ... reason=...`).
+    pub last_message: Option<String>,
 }
 
 /// A postmortem ready to run: the run, its config and the recorder of its folder.
@@ -88,18 +96,30 @@ impl Engine {
         let rec = recorder(&self.inner, &run, &cfg);
         let dir = rec.folder.root().join("analysis");
         let running = self.inner.postmortems().contains(&id);
-        let (files, summary_head) = {
+        let report = rec.folder.report();
+        let (files, summary_head, last) = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || (list_files(&dir), summary_head(&dir)))
-                .await
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                (list_files(&dir), summary_head(&dir), last_end(&report))
+            })
+            .await
+            .unwrap_or_default()
         };
+        let last_status = last.as_deref().map(|m| {
+            if m.starts_with("status=ok") {
+                PostmortemStatus::Ok
+            } else {
+                PostmortemStatus::Failed
+            }
+        });
         Ok(PostmortemListing {
             run_id: id,
             dir,
             running,
             files,
             summary_head,
+            last_status,
+            last_message: last,
         })
     }
 }
@@ -184,4 +204,22 @@ fn summary_head(dir: &std::path::Path) -> Option<String> {
         .take(SUMMARY_HEAD_LINES)
         .collect();
     (!head.is_empty()).then(|| head.join("\n"))
+}
+
+/// The message of the last `POSTMORTEM_END` row of the report.tsv at `report`.
+fn last_end(report: &std::path::Path) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(report).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(REPORT_TAIL_BYTES)))
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    // Columns: timestamp_ms, kind, iteration, duration_ms, exit_code, output_bytes,
+    // output_lines, output_path, message, tasks_done, tasks_total.
+    text.lines().rev().find_map(|line| {
+        let cols: Vec<&str> = line.split('\t').collect();
+        (cols.get(1) == Some(&"POSTMORTEM_END")).then(|| cols.get(8).copied().unwrap_or_default().to_owned())
+    })
 }
