@@ -9,6 +9,7 @@ mod driver_fixes;
 mod engine_runs;
 mod executor_judgement;
 mod merge_checkout;
+mod notify;
 mod postmortem;
 mod real_claude;
 mod store_faults;

@@ -1,5 +1,6 @@
 //! The engine's shared state: engine-wide settings, the backends, the scheduler's table of
-//! executing runs and their switches, the live hub and the per-workspace preparation locks.
+//! executing runs and their switches, the live hub, the notifications, the postmortems under
+//! way and the per-workspace preparation locks.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::config::{Config, ExecutorKind};
 use crate::domain::{Event, NewEvent, RunId};
 use crate::engine::hub::Hub;
 use crate::engine::metrics::Metrics;
+use crate::engine::notify::Notifications;
 use crate::impls::{ClaudeExecutor, CommandExecutor};
 
 /// Engine-wide settings (the daemon's, not a run's).
@@ -79,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Runs whose postmortem is under way (one at a time per run).
     pub(crate) postmortems: Mutex<HashSet<RunId>>,
+    /// The built-in notifiers of the runs' configs, fed with every published event.
+    pub(crate) notifications: Notifications,
 }
 
 impl Inner {
@@ -111,8 +115,15 @@ impl Inner {
     /// Appends an event to the store and publishes it to followers.
     pub(crate) async fn emit(&self, event: NewEvent) -> Result<Event, crate::backend::StoreError> {
         let stored = self.store.append_event(&event).await?;
-        self.hub.publish_event(&stored);
+        self.published(&stored);
         Ok(stored)
+    }
+
+    /// A stored event goes out: to followers, and to the run's notifiers when it concerns a
+    /// person (neither waits).
+    pub(crate) fn published(&self, event: &Event) {
+        self.hub.publish_event(event);
+        self.notifications.offer(event);
     }
 
     /// The lock that serialises branch and worktree preparation in one workspace.

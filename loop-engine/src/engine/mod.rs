@@ -9,6 +9,7 @@ mod driver;
 mod hub;
 mod inner;
 mod metrics;
+mod notify;
 mod postmortem;
 mod recovery;
 mod report;

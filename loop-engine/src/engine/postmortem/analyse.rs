@@ -24,9 +24,12 @@ use crate::outcome::Verdict;
 /// the run's own steps): a postmortem is never unbounded.
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Writes one analysis's prompt from the run's facts.
+type PromptFn = fn(&Facts) -> String;
+
 /// The analyses, in the order they run: `(name, prompt builder)`. The summary reads the
 /// answers of the first two.
-const ANALYSES: [(&str, fn(&Facts) -> String); 3] = [
+const ANALYSES: [(&str, PromptFn); 3] = [
     ("spec-compliance", prompts::spec_compliance),
     ("run-quality", prompts::run_quality),
     ("summary", prompts::summary),
