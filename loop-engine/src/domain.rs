@@ -286,6 +286,8 @@ spelled_enum!(
         VerifyFailure => "verify_failure",
         /// `prompt.rewrite.<n>.txt`.
         PromptRewrite => "prompt_rewrite",
+        /// `analysis/*`: a postmortem's git snapshot, prompts and reports.
+        Analysis => "analysis",
         /// Anything else a backend chose to record.
         Other => "other",
     }
@@ -486,6 +488,11 @@ spelled_enum!(
         RunFailure => "RUN_FAILURE",
         /// report.tsv: the run ended (`reason=<exit reason>`).
         RunEnd => "RUN_END",
+        /// report.tsv: the postmortem of a finished run started (`reason=<exit reason>`),
+        /// after its end (SPEC §12).
+        PostmortemStart => "POSTMORTEM_START",
+        /// report.tsv: the postmortem ended (`status=ok|failed`, then what failed).
+        PostmortemEnd => "POSTMORTEM_END",
     }
 );
 

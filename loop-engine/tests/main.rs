@@ -9,6 +9,8 @@ mod driver_fixes;
 mod engine_runs;
 mod executor_judgement;
 mod merge_checkout;
+mod notify;
+mod postmortem;
 mod real_claude;
 mod report_vocabulary;
 mod store_faults;

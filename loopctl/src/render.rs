@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use loop_engine::domain::RunStatus;
-use loop_http::api::{ArtifactResource, RunResource, StepResource};
+use loop_http::api::{ArtifactResource, PostmortemResource, RunResource, StepResource};
 
 /// How amounts of money are shown: as the agent reported them, or labelled as not billed
 /// (`loopctl demo`: its scripted model answers for free, whatever the CLI computes).
@@ -193,6 +193,30 @@ pub(crate) fn merge_pending(run: &RunResource) -> Option<String> {
         "the merge into {} waits: {reason}",
         run.merge_target_branch.as_deref().unwrap_or("the target")
     ))
+}
+
+/// The postmortem part of `inspect`: where the analysis is, how it ended, and the first
+/// lines of its summary; `None` when the run has no postmortem.
+pub(crate) fn postmortem_section(pm: &PostmortemResource) -> Option<String> {
+    if pm.files.is_empty() && !pm.running {
+        return None;
+    }
+    let state = if pm.running {
+        "under way".to_owned()
+    } else {
+        pm.last_message.clone().unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!("postmortem: {} ({state})\n", pm.dir.display());
+    if let Some(head) = &pm.summary_head {
+        for line in head.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&format!(
+            "  (all of it: {})\n",
+            pm.dir.join("summary.md").display()
+        ));
+    }
+    Some(out)
 }
 
 pub(crate) fn inspect(

@@ -23,6 +23,10 @@ pub enum ExecPurpose {
     Review,
     /// Name the run (answer a short label).
     Naming,
+    /// Analyse a finished run (SPEC §12 postmortem): read the run's files and answer a
+    /// Markdown report. The agent must not change the worktree: an executor that can withhold
+    /// write tools does so (the Claude CLI gets read-only tools).
+    Postmortem,
 }
 
 /// One agent invocation.

@@ -181,6 +181,16 @@ config_keys! {
         "Warn when a step runs longer than this many seconds.";
     warn_output_bytes: u64 = 200_000, ValueKind::U64,
         "Warn when a step prints more than this many bytes.";
+    postmortem: bool = true, ValueKind::Bool,
+        "After a run completes or fails (and after its merge), write `<run folder>/analysis/`: a git snapshot of the worktree and three reports (`spec-compliance`, `run-quality`, `summary`) by the run's executor with read-only tools, each call bounded by the step timeouts (10 min when unset); best effort, it never changes the run's outcome. `loopctl analyze` runs it by hand.";
+    notify_webhook_url: Option<String> = None, ValueKind::OptText,
+        "POST a JSON notification to this `http://host[:port]/path` URL when the run completes, fails or is canceled, waits for a usage limit, exhausts its budget or gets a review action (queued, retried with backoff, never blocking the run).";
+    notify_webhook_secret: Option<String> = None, ValueKind::OptText,
+        "Signs each webhook body with HMAC-SHA256 in the header `X-Loop-Signature: sha256=<hex>`; `env:NAME` reads the secret from loopd's environment variable `NAME` at send time (a literal is stored with the run's config).";
+    notify_cmd: Option<String> = None, ValueKind::OptText,
+        "Shell command (`sh -c`, in the workspace) that gets each notification's JSON on stdin, with `LOOP_NOTIFY_KIND` and `LOOP_NOTIFY_RUN_ID` set; 30 s at most per call.";
+    notify_desktop: bool = false, ValueKind::Bool,
+        "Show each notification on the desktop with `notify-send` when it is on `PATH`.";
 }
 
 /// The spec of `key`, if it is a config key.

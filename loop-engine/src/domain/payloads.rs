@@ -530,6 +530,10 @@ event_payloads! {
         RunFailure => "RUN_FAILURE",
         /// The run ended.
         RunEnd => "RUN_END",
+        /// The postmortem started.
+        PostmortemStart => "POSTMORTEM_START",
+        /// The postmortem ended (`status=ok|failed`).
+        PostmortemEnd => "POSTMORTEM_END",
     }
 }
 

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::backend::{ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Verdict};
+use crate::backend::{
+    ExecContext, ExecOutcome, ExecPurpose, ExecRequest, Executor, ExecutorError, Verdict,
+};
 use crate::impls::agent_process::{ProgramKey, run_measured};
 use crate::outcome::ROOT_REFUSAL_FIX;
 use crate::process::{self, Cmd};
@@ -19,6 +21,9 @@ const CLAUDE_KEY: ProgramKey = ProgramKey {
     key: "claude_bin",
     hint: "install the Claude Code CLI (`npm install -g @anthropic-ai/claude-code`) or set claude_bin to its path",
 };
+
+/// The tools a postmortem agent gets: it reads files, never writes them or runs commands.
+const READ_ONLY_TOOLS: &str = "Read,Grep,Glob";
 
 /// The Claude Code version `bin/install-claude` installs (`.ci/claude-version`).
 const PINNED_VERSION: &str = include_str!("../../../.ci/claude-version");
@@ -111,8 +116,10 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
+    /// A postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
+    /// reads the run's files and must not change the worktree.
     pub fn args(req: &ExecRequest) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "-p".into(),
             "--dangerously-skip-permissions".into(),
             "--model".into(),
@@ -120,8 +127,13 @@ impl ClaudeExecutor {
             "--output-format".into(),
             "stream-json".into(),
             "--verbose".into(),
-            req.prompt.clone(),
-        ]
+        ];
+        if req.purpose == ExecPurpose::Postmortem {
+            // `--tools` takes several values: `--` ends them, or the prompt would be one.
+            args.extend(["--tools".into(), READ_ONLY_TOOLS.into(), "--".into()]);
+        }
+        args.push(req.prompt.clone());
+        args
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reference backends: the in-memory store, the git CLI, the agent process executors (Claude
-//! CLI and command template), the simulated agent and the tracing notifier; and
+//! CLI and command template), the simulated agent, the tracing notifier and the built-in
+//! notifiers (`notify`: webhook, command, desktop, the retrying queue); and
 //! [`run_agent`], the agent-process runner they are built on, for custom executors.
 
 #[cfg(test)]
@@ -11,6 +12,7 @@ mod git_cli;
 mod git_refs;
 mod log_notifier;
 mod memory_store;
+pub mod notify;
 pub(crate) mod sim_agent;
 pub mod stream_json;
 

@@ -1,5 +1,6 @@
 //! One module per subcommand; `dispatch` routes the parsed command line to them.
 
+mod analyze;
 mod control;
 mod demo;
 mod inspect;
@@ -129,7 +130,7 @@ pub(crate) fn pick<'a>(runs: &'a [RunResource], text: &str) -> Pick<'a> {
     }
 }
 
-fn verdict(code: i32, message: String) -> anyhow::Error {
+pub(crate) fn verdict(code: i32, message: String) -> anyhow::Error {
     anyhow::Error::new(exit::Verdict { code, message })
 }
 
@@ -187,6 +188,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Pr(a) => review::pr(&ctx, a).await,
                 Command::Retry(a) => review::retry(&ctx, &a.id).await,
                 Command::Worktrees(a) => review::worktrees(&ctx, a).await,
+                Command::Analyze(a) => analyze::analyze(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }
         }

@@ -1,5 +1,5 @@
 //! The end of a run: the merge, the final state (with retries while the store is down), the
-//! last events, summary.json and the notification.
+//! last events, summary.json, the notification, then the postmortem (SPEC §12).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use crate::domain::{
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::postmortem;
 use crate::engine::report::Row;
 use crate::engine::review::remove_run_worktree;
 
@@ -375,6 +376,7 @@ impl RunDriver {
             kind: note,
             run: self.run.clone(),
             reason: detail.or(Some(reason_text)),
+            event: None,
         };
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
@@ -389,6 +391,14 @@ impl RunDriver {
             let _ = self.flush().await;
         }
         self.inner.hub.close(run_id);
+        if postmortem::applies_after(status, &self.cfg) {
+            // The run has ended for everyone (status, merge, events, notification): its
+            // slot goes to the next run while the postmortem, which changes none of that,
+            // analyses it.
+            self.inner.sched().running.remove(&run_id);
+            self.inner.wake.notify_one();
+            postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
+        }
     }
 
     /// The run's last exit code (RUN_END's `exit_code`, summary.json's `last_exit_code`): the
