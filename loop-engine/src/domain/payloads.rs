@@ -455,6 +455,12 @@ event_payloads! {
         MergeEnd => "MERGE_END",
         /// A step ticked tasks in the plan without committing.
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// The run waits for a usage limit's reset.
+        UsageLimitWait => "USAGE_LIMIT_WAIT",
+        /// A setup command started.
+        SetupCmdStart => "SETUP_CMD_START",
+        /// A setup command ended.
+        SetupCmdEnd => "SETUP_CMD_END",
         /// The run ended.
         RunEnd => "RUN_END",
     }
