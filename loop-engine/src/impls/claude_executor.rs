@@ -3,7 +3,9 @@
 //! `claude -p --dangerously-skip-permissions --model <model> --output-format stream-json
 //! --verbose <prompt>` runs in the worktree, in its own process group, with stdin closed and
 //! the daemon's environment plus `ExecRequest.env`. What the run means is judged from the final
-//! `result` line (see [`Verdict::of`]), never from the exit code alone.
+//! `result` line (see [`Verdict::of`]), never from the exit code alone. The naming call
+//! ([`ExecPurpose::Naming`](crate::backend::ExecPurpose)) gets no tools at all (`--tools ""`)
+//! and so no `--dangerously-skip-permissions`: it only answers a label.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -111,17 +113,23 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
+    /// The naming call runs with no tools (`--tools ""`) instead of skipping permissions.
     pub fn args(req: &ExecRequest) -> Vec<String> {
-        vec![
-            "-p".into(),
-            "--dangerously-skip-permissions".into(),
+        let mut args: Vec<String> = vec!["-p".into()];
+        if req.purpose == crate::backend::ExecPurpose::Naming {
+            args.extend(["--tools".into(), String::new()]);
+        } else {
+            args.push("--dangerously-skip-permissions".into());
+        }
+        args.extend([
             "--model".into(),
             req.model.clone(),
             "--output-format".into(),
             "stream-json".into(),
             "--verbose".into(),
             req.prompt.clone(),
-        ]
+        ]);
+        args
     }
 }
 
@@ -278,6 +286,21 @@ mod tests {
             idle_timeout: None,
             env: vec![("IS_SANDBOX".into(), "1".into())],
         }
+    }
+
+    #[test]
+    fn the_naming_call_gets_no_tools_and_skips_no_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut req = request(dir.path());
+        req.purpose = ExecPurpose::Naming;
+        let args = ClaudeExecutor::args(&req);
+        assert_eq!(&args[..3], ["-p", "--tools", ""]);
+        assert!(!args.iter().any(|a| a == "--dangerously-skip-permissions"));
+        req.purpose = ExecPurpose::Review;
+        assert_eq!(
+            ClaudeExecutor::args(&req)[1],
+            "--dangerously-skip-permissions"
+        );
     }
 
     /// A fake `claude` printing `body` (shell) after recording its arguments.

@@ -86,6 +86,8 @@ pub(crate) struct RunDriver {
     /// The last API error the agent CLI retried on during the current attempt (a timeout's
     /// reason names it).
     pub(super) last_api_error: std::sync::Mutex<Option<String>>,
+    /// `setup_cmds` succeeded in this run's worktree (history included).
+    pub(super) setup_done: bool,
 }
 
 impl RunDriver {
@@ -143,6 +145,7 @@ impl RunDriver {
             first_step_ms: None,
             resume_wait_until: None,
             last_api_error: std::sync::Mutex::new(None),
+            setup_done: false,
             run,
         })
     }
@@ -315,6 +318,9 @@ impl RunDriver {
             }
         }
         self.first_step_ms = steps.iter().filter_map(|s| s.started_at).min();
+        self.setup_done = steps
+            .iter()
+            .any(|s| s.phase == StepPhase::Setup && s.status == StepStatus::Succeeded);
         // A usage-limit wait a restart cut short goes on until its reset: the agent is not
         // called before it.
         if let Some(last) = steps.iter().max_by_key(|s| s.seq)
