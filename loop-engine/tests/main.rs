@@ -10,6 +10,8 @@ mod engine_runs;
 mod executor_judgement;
 mod merge_checkout;
 mod real_claude;
+mod real_claude_stops;
+mod stops;
 mod store_faults;
 mod support;
 mod tidy;
