@@ -13,6 +13,8 @@ mod notify;
 mod postmortem;
 mod real_claude;
 mod report_vocabulary;
+mod real_claude_stops;
+mod stops;
 mod store_faults;
 mod support;
 mod tidy;

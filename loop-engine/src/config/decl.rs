@@ -173,6 +173,24 @@ config_keys! {
         "Steps without a commit or plan change that raise `no_progress`.";
     watchdog_repeat_task_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
         "Steps on the same task that raise `repeated_task`.";
+    max_no_progress_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
+        "Fail a run (`no_progress`) after this many implementation steps that changed neither the plan nor HEAD, once the watchdog's rewrites are used up (0 = never).";
+    max_cost_usd: Option<f64> = None, ValueKind::OptUsd,
+        "Cost budget of a run in US dollars, summed from the agent's own accounting (retries and the naming call count); checked before and after every step, reached = FAILED `budget_exhausted:cost`.";
+    max_tokens: Option<u64> = None, ValueKind::OptU64,
+        "Token budget of a run (input + output tokens of every agent call); reached = FAILED `budget_exhausted:tokens`.";
+    max_wall_sec: u64 = 0, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Wall-clock budget of a run in seconds from its first start (0 = none); reached = FAILED `budget_exhausted:wall`.";
+    usage_limit_wait_max_sec: u64 = 21600, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Longest wait for an account usage limit to reset (event `USAGE_LIMIT_WAIT`); a reset further away fails the run (0 = never wait).";
+    setup_cmds: Vec<String> = Vec::new(), ValueKind::CmdList,
+        "Commands run once in a new worktree before the first agent call (install dependencies, copy an `.env`), separated by `|`, with `bash -lc`; a failure ends the run FAILED `setup_failed`.";
+    setup_timeout_sec: u64 = 1800, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Timeout of each setup command in seconds (0 = none).";
+    postmortem: bool = true, ValueKind::Bool,
+        "Seed key: analyse a run when it ends (SPEC §12). Accepted for compatibility with the seed's config files; the postmortem itself is not built yet, so the value has no effect today.";
+    summary_json: bool = true, ValueKind::Bool,
+        "Seed key: write `summary.json` at every run end. Accepted for compatibility with the seed's config files; summary.json is always written (SPEC §7).";
     max_review_passes: u32 = 10, ValueKind::U32 { min: 0, max: u32::MAX },
         "Reviewer steps per iteration at most.";
     heartbeat_sec: u64 = 300, ValueKind::Secs { max: MAX_INTERVAL_SEC },

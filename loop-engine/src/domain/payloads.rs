@@ -528,6 +528,12 @@ event_payloads! {
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
         /// Why the run failed (`reason=<exit reason> failure=<why>`), before RUN_END.
         RunFailure => "RUN_FAILURE",
+        /// The run waits for a usage limit's reset.
+        UsageLimitWait => "USAGE_LIMIT_WAIT",
+        /// A setup command started.
+        SetupCmdStart => "SETUP_CMD_START",
+        /// A setup command ended.
+        SetupCmdEnd => "SETUP_CMD_END",
         /// The run ended.
         RunEnd => "RUN_END",
         /// The postmortem started.

@@ -260,8 +260,8 @@ struct Collector<'a> {
     stderr_tail: Tail,
     lines: LineSplitter,
     result: Option<AgentResult>,
-    /// The model the session's `init` line named.
-    init_model: Option<String>,
+    /// What the session said before its result line.
+    session: Session,
     bytes: u64,
     line_count: u64,
     /// Per stream: whether the last byte seen was a newline (or nothing was seen).
@@ -297,9 +297,9 @@ impl Collector<'_> {
         match stream {
             OutputStream::Stdout => {
                 self.stdout_tail.push(data);
-                let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
+                let (result, session, ctx) = (&mut self.result, &mut self.session, self.ctx);
                 self.lines
-                    .feed(data, &mut |line| on_line(line, result, model, ctx));
+                    .feed(data, &mut |line| on_line(line, result, session, ctx));
             }
             OutputStream::Stderr => self.stderr_tail.push(data),
         }
@@ -316,9 +316,9 @@ impl Collector<'_> {
             self.at_line_start[idx] = true;
         }
         if stream == OutputStream::Stdout {
-            let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
+            let (result, session, ctx) = (&mut self.result, &mut self.session, self.ctx);
             self.lines
-                .end_line(&mut |line| on_line(line, result, model, ctx));
+                .end_line(&mut |line| on_line(line, result, session, ctx));
         }
     }
 }
@@ -330,21 +330,45 @@ fn stream_index(stream: OutputStream) -> usize {
     }
 }
 
+/// What a stream-json session said before its `result` line that the result line lacks.
+#[derive(Default)]
+struct Session {
+    /// The model the session's `init` line named.
+    model: Option<String>,
+    /// The reset time (Unix seconds) of the last rejected rate limit the session reported.
+    limit_resets_at: Option<i64>,
+}
+
 fn on_line(
     line: &[u8],
     result: &mut Option<AgentResult>,
-    init_model: &mut Option<String>,
+    session: &mut Session,
     ctx: &ExecContext,
 ) {
     match parse_line(line) {
         StreamLine::Result(mut r) => {
             // The result line may not name the model; the session's init line did.
             if r.usage.model.is_none() {
-                r.usage.model = init_model.clone();
+                r.usage.model = session.model.clone();
+            }
+            // Nor when a usage limit resets: the rate-limit event before it did.
+            if r.usage_limit_resets_at.is_none() {
+                r.usage_limit_resets_at = session.limit_resets_at;
             }
             *result = Some(r);
         }
-        StreamLine::Init { model } => *init_model = model,
+        StreamLine::RateLimit(info) => {
+            if info.is_rejected() && info.resets_at.is_some() {
+                session.limit_resets_at = info.resets_at;
+            }
+        }
+        // A malformed result line is no verdict, and it cancels an earlier one: the agent's
+        // last word is what counts (a CLI exiting 0 after it gave no valid result).
+        StreamLine::MalformedResult { problem } => {
+            tracing::debug!(%problem, "agent printed a malformed result line");
+            *result = None;
+        }
+        StreamLine::Init { model } => session.model = model,
         StreamLine::ApiRetry(retry) => {
             // The engine may have stopped listening; the retry is in the log anyway.
             let _ = ctx.signals.send(retry.into());
@@ -552,7 +576,7 @@ pub(crate) async fn run_measured(
         stderr_tail: Tail::new(STDERR_TAIL),
         lines: LineSplitter::new(LINE_CAP),
         result: None,
-        init_model: None,
+        session: Session::default(),
         bytes: 0,
         line_count: 0,
         at_line_start: [true, true],

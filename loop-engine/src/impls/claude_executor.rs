@@ -3,7 +3,9 @@
 //! `claude -p --dangerously-skip-permissions --model <model> --output-format stream-json
 //! --verbose <prompt>` runs in the worktree, in its own process group, with stdin closed and
 //! the daemon's environment plus `ExecRequest.env`. What the run means is judged from the final
-//! `result` line (see [`Verdict::of`]), never from the exit code alone.
+//! `result` line (see [`Verdict::of`]), never from the exit code alone. The naming call
+//! ([`ExecPurpose::Naming`](crate::backend::ExecPurpose)) gets no tools at all (`--tools ""`)
+//! and so no `--dangerously-skip-permissions`: it only answers a label.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -116,18 +118,23 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
-    /// A postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
+    /// The naming call runs with no tools (`--tools ""`) instead of skipping permissions. A
+    /// postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
     /// reads the run's files and must not change the worktree.
     pub fn args(req: &ExecRequest) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "-p".into(),
-            "--dangerously-skip-permissions".into(),
+        let mut args: Vec<String> = vec!["-p".into()];
+        if req.purpose == ExecPurpose::Naming {
+            args.extend(["--tools".into(), String::new()]);
+        } else {
+            args.push("--dangerously-skip-permissions".into());
+        }
+        args.extend([
             "--model".into(),
             req.model.clone(),
             "--output-format".into(),
             "stream-json".into(),
             "--verbose".into(),
-        ];
+        ]);
         if req.purpose == ExecPurpose::Postmortem {
             // `--tools` takes several values: `--` ends them, or the prompt would be one.
             args.extend(["--tools".into(), READ_ONLY_TOOLS.into(), "--".into()]);
@@ -291,6 +298,21 @@ mod tests {
             env: vec![("IS_SANDBOX".into(), "1".into())],
             limits: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_naming_call_gets_no_tools_and_skips_no_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut req = request(dir.path());
+        req.purpose = ExecPurpose::Naming;
+        let args = ClaudeExecutor::args(&req);
+        assert_eq!(&args[..3], ["-p", "--tools", ""]);
+        assert!(!args.iter().any(|a| a == "--dangerously-skip-permissions"));
+        req.purpose = ExecPurpose::Review;
+        assert_eq!(
+            ClaudeExecutor::args(&req)[1],
+            "--dangerously-skip-permissions"
+        );
     }
 
     /// A fake `claude` printing `body` (shell) after recording its arguments.
