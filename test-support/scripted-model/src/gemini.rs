@@ -310,16 +310,47 @@ fn respond(
 
 /// The Gemini tool call for a script's call: `Bash` becomes `run_shell_command`, anything
 /// else is sent as it is.
+///
+/// The Gemini CLI refuses shell commands with command substitution (`$(...)`, backticks),
+/// even in YOLO mode ("Blocked: command substitution detected"), and the plan agent's commands
+/// use it; so the command travels base64-encoded and is decoded into `bash`.
 fn shell_call(name: &str, input: &Value) -> (String, Value) {
     if name == "Bash"
         && let Some(command) = input.get("command").and_then(Value::as_str)
     {
+        let command = if command.contains("$(") || command.contains('`') {
+            format!("printf %s {} | base64 -d | bash", base64(command.as_bytes()))
+        } else {
+            command.to_owned()
+        };
         return (
             SHELL_TOOL.to_owned(),
             json!({"command": command, "description": "scripted model command"}),
         );
     }
     (name.to_owned(), input.clone())
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -358,5 +389,19 @@ mod tests {
         let (name, args) = shell_call("Bash", &json!({"command": "ls"}));
         assert_eq!(name, "run_shell_command");
         assert_eq!(args["command"], "ls");
+        let (_, args) = shell_call("Bash", &json!({"command": "echo $(date)"}));
+        assert_eq!(
+            args["command"],
+            "printf %s ZWNobyAkKGRhdGUp | base64 -d | bash"
+        );
+    }
+
+    #[test]
+    fn base64_pads() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
     }
 }
