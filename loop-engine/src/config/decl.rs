@@ -17,6 +17,10 @@ spelled_enum!(
     ExecutorKind {
         /// The Claude Code CLI (`claude_bin`).
         Claude => "claude",
+        /// The OpenAI Codex CLI (`codex_bin`).
+        Codex => "codex",
+        /// The Gemini CLI (`gemini_bin`).
+        Gemini => "gemini",
         /// Any agent CLI, started from the `agent_cmd` template.
         Command => "command",
         /// The built-in simulated agent: works the plan without any model (demos, rehearsals).
@@ -120,13 +124,25 @@ config_keys! {
         "Passed to the agent CLI as `CLAUDE_CODE_MAX_RETRIES` when set.";
     claude_bin: String = "claude".into(), ValueKind::Text,
         "The Claude Code executable.";
+    codex_bin: String = "codex".into(), ValueKind::Text,
+        "The OpenAI Codex CLI executable (`executor=codex`).";
+    codex_model: Option<String> = None, ValueKind::OptText,
+        "Model for `executor=codex` (`-m`; unset = the Codex CLI's own default; `model` is for Claude).";
+    codex_args: Option<String> = None, ValueKind::OptText,
+        "Extra arguments for `codex exec` (split like a shell would), e.g. `-c model_reasoning_effort=\"low\"`.";
+    gemini_bin: String = "gemini".into(), ValueKind::Text,
+        "The Gemini CLI executable (`executor=gemini`).";
+    gemini_model: Option<String> = None, ValueKind::OptText,
+        "Model for `executor=gemini` (`-m`; unset = the Gemini CLI's own default; `model` is for Claude).";
+    gemini_args: Option<String> = None, ValueKind::OptText,
+        "Extra arguments for `gemini` (split like a shell would), e.g. `--sandbox`.";
     executor: ExecutorKind = ExecutorKind::Claude,
-        ValueKind::Choice(&["claude", "command", "simulate"]),
-        "Which agent runs the steps: the Claude CLI, the `agent_cmd` template, or the built-in simulation (no model).";
+        ValueKind::Choice(&["claude", "codex", "gemini", "command", "simulate"]),
+        "Which agent runs the steps: the Claude CLI, the Codex CLI, the Gemini CLI, the `agent_cmd` template, or the built-in simulation (no model).";
     agent_cmd: Option<String> = None, ValueKind::OptText,
         "Command template for `executor=command` (required then), e.g. `codex exec --full-auto {prompt}` (`{prompt}`, `{prompt_file}`, `{model}`, `{workdir}`; no placeholder = prompt on stdin).";
     agent_env: Option<String> = None, ValueKind::OptText,
-        "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
+        "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `OPENAI_*`, `CODEX_*`, `GEMINI_*`, `GOOGLE_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
     agent_memory_max: Option<String> = None, ValueKind::OptText,
         "Memory limit of each agent invocation's cgroup (bytes, or with `K`/`M`/`G`, e.g. `2G`); the step fails with reason `agent_memory_max` when the agent is killed for it. Needs a memory controller: refused at run creation where there is none.";
     agent_pids_max: Option<u32> = None, ValueKind::OptU32 { min: 1 },

@@ -128,6 +128,14 @@ impl Config {
         {
             return Err(invalid("agent_cmd", template.clone(), &e.reason));
         }
+        for (key, value) in [
+            ("codex_args", &self.codex_args),
+            ("gemini_args", &self.gemini_args),
+        ] {
+            if let Err(reason) = crate::impls::agent_cli_split(key, value.as_deref()) {
+                return Err(invalid(key, value.clone().unwrap_or_default(), &reason));
+            }
+        }
         Ok(())
     }
 

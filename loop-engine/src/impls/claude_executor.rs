@@ -76,7 +76,7 @@ pub(crate) fn installed_claude_in(cache: &Path) -> Option<PathBuf> {
     others.iter().rev().find_map(|dir| binary(dir))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -193,7 +193,7 @@ impl Executor for ClaudeExecutor {
 
 /// The value `key` will have in the agent's environment: the last override in `env`, else the
 /// inherited one.
-fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
+pub(crate) fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
     env.iter()
         .rev()
         .find(|(k, _)| k == key)
@@ -220,7 +220,7 @@ pub(crate) fn root_refusal(euid: Option<u32>, is_sandbox: Option<&str>) -> Optio
 
 /// True when `program` names an executable file: a path (relative to `workdir`) when it holds
 /// a `/`, else a file in one of the `path_var` directories.
-fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
+pub(crate) fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
