@@ -587,6 +587,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         }
     }
 
@@ -730,6 +734,7 @@ mod tests {
             &[with, without],
             &[],
             false,
+            Costs::Reported,
         );
         assert!(text.contains("RESOURCES"), "{text}");
         assert!(
@@ -811,6 +816,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = |label: &str, phase: StepPhase| Step {
             id: StepId::new(),
@@ -832,6 +841,7 @@ mod tests {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         };
         let line = |s: Step, costs: Costs| {
             status_line(

@@ -25,8 +25,9 @@ fn cgroups_or_skip(test: &str) -> bool {
         std::env::var("LOOP_REQUIRE_CGROUP").ok().as_deref() != Some("1"),
         "{test}: LOOP_REQUIRE_CGROUP=1 but no cgroup can be made for agents: {why}"
     );
-    eprintln!(
-        "skipped {test}: needs a cgroup per agent (root, or a delegated cgroup v2 subtree): {why}"
+    scripted_model::cli::say_skipped(
+        test,
+        &format!("needs a cgroup per agent (root, or a delegated cgroup v2 subtree): {why}"),
     );
     false
 }
@@ -139,12 +140,19 @@ async fn kill_9_and_restart_leave_nothing(cgroups: bool) {
     signal(&daemon.child, Signal::SIGKILL);
     let _ = daemon.child.wait().await;
     for pid in [agent, setsid, double] {
-        assert!(alive(pid), "{pid} died with the daemon: nothing left to test");
+        assert!(
+            alive(pid),
+            "{pid} died with the daemon: nothing left to test"
+        );
     }
 
     let mut daemon = start_with_env(data.path(), port, &env).await;
     all_die(
-        &[("agent", agent), ("setsid'd", setsid), ("double-forked", double)],
+        &[
+            ("agent", agent),
+            ("setsid'd", setsid),
+            ("double-forked", double),
+        ],
         Duration::from_secs(30),
         data.path(),
     )

@@ -55,7 +55,11 @@ impl Agent {
     /// `CODEX_BIN` / `GEMINI_BIN`, else the installed pinned copy.
     fn find(self) -> Option<PathBuf> {
         let (var, folder, version) = match self {
-            Self::Codex => ("CODEX_BIN", "codex-", include_str!("../../.ci/codex-version")),
+            Self::Codex => (
+                "CODEX_BIN",
+                "codex-",
+                include_str!("../../.ci/codex-version"),
+            ),
             Self::Gemini => (
                 "GEMINI_BIN",
                 "gemini-cli-",
@@ -257,12 +261,7 @@ async fn stop(daemon: &mut Daemon, data: &Path) {
 
 /// A repository with the widget spec, a 3-task plan and a `.loop/config` running `agent`
 /// against `server`, plus `extra` keys (which replace defaults).
-fn repo_for(
-    agent: Agent,
-    bin: &Path,
-    server: &ModelServer,
-    extra: &[(&str, &str)],
-) -> GitFixture {
+fn repo_for(agent: Agent, bin: &Path, server: &ModelServer, extra: &[(&str, &str)]) -> GitFixture {
     let repo = GitFixture::new();
     // Ignored by git (`logs/`), private to this repository.
     let state = repo.root().join("logs/agent-state");
@@ -384,7 +383,10 @@ async fn plan_with_reviewer(client: &Client, agent: Agent, bin: &Path) {
         "{:?}",
         f.run.exit_reason
     );
-    assert_eq!(f.events.last().map(|e| e.kind.as_str()), Some("RUN_COMPLETED"));
+    assert_eq!(
+        f.events.last().map(|e| e.kind.as_str()),
+        Some("RUN_COMPLETED")
+    );
     assert_eq!((f.run.tasks_done, f.run.tasks_total), (3, 3));
     let counts = plan::counts(&f.worktree_plan());
     assert_eq!(
@@ -452,11 +454,7 @@ async fn api_key_refused(client: &Client, agent: Agent, bin: &Path) {
     assert!(reason.contains(agent.key_var()), "{reason}");
     assert!(reason.contains("401"), "{reason}");
     // Neither retried by the engine nor by the CLI more than its own few tries.
-    assert!(
-        !f.kinds().contains(&"CLAUDE_RETRY"),
-        "{:?}",
-        f.kinds()
-    );
+    assert!(!f.kinds().contains(&"CLAUDE_RETRY"), "{:?}", f.kinds());
     let steps = f.steps_in("implementation");
     assert_eq!(steps.len(), 1, "{steps:?}");
     assert_eq!(steps[0].status, "FAILED");
@@ -476,8 +474,8 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
         body: None,
         retry_after: None,
     };
-    let server = ModelServer::start(Script::plan_agent().then(unavailable()))
-        .expect("model server starts");
+    let server =
+        ModelServer::start(Script::plan_agent().then(unavailable())).expect("model server starts");
     let mut extra = vec![
         ("claude_transient_retries", "3".to_owned()),
         ("claude_transient_backoff_max_sec", "1".to_owned()),

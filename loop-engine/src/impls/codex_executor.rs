@@ -27,7 +27,8 @@ use crate::impls::stream_json::parse_value;
 use crate::process::Cmd;
 
 /// What a Codex auth failure tells the user to check.
-pub(crate) const CODEX_CREDENTIALS: &str = "OPENAI_API_KEY (or log the Codex CLI in with `codex login`)";
+pub(crate) const CODEX_CREDENTIALS: &str =
+    "OPENAI_API_KEY (or log the Codex CLI in with `codex login`)";
 
 pub(crate) const CODEX: CliInstall = CliInstall {
     name: "codex",
@@ -185,6 +186,8 @@ impl CodexStream {
                     is_error: false,
                     text: self.text.clone().unwrap_or_default(),
                     api_error_status: None,
+                    api_error: None,
+                    usage_limit_resets_at: None,
                     usage: AgentUsage {
                         num_turns: Some(self.turns),
                         // OpenAI counts cached input inside input_tokens; the budgets count
@@ -206,6 +209,8 @@ impl CodexStream {
                     subtype: Some("turn_failed".into()),
                     is_error: true,
                     api_error_status: error_status(&message),
+                    api_error: None,
+                    usage_limit_resets_at: None,
                     text: message,
                     usage: AgentUsage {
                         num_turns: Some(self.turns),
@@ -303,6 +308,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into())],
+            limits: crate::process::AgentLimits::default(),
         }
     }
 

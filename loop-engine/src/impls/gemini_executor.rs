@@ -175,14 +175,19 @@ impl GeminiStream {
             .get("message")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| if error.is_null() { String::new() } else { error.to_string() });
+            .unwrap_or_else(|| {
+                if error.is_null() {
+                    String::new()
+                } else {
+                    error.to_string()
+                }
+            });
         let stats = v.get("stats").unwrap_or(&Value::Null);
         let cached = uint(stats, "cached");
         // `input` is the prompt tokens not served from the cache; older versions only give
         // `input_tokens` (all of them).
-        let input = uint(stats, "input").or_else(|| {
-            uint(stats, "input_tokens").map(|i| i.saturating_sub(cached.unwrap_or(0)))
-        });
+        let input = uint(stats, "input")
+            .or_else(|| uint(stats, "input_tokens").map(|i| i.saturating_sub(cached.unwrap_or(0))));
         let model = stats
             .get("models")
             .and_then(Value::as_object)
@@ -197,6 +202,8 @@ impl GeminiStream {
             subtype: Some(status.to_owned()),
             is_error,
             api_error_status: is_error.then(|| api_status(&message)).flatten(),
+            api_error: None,
+            usage_limit_resets_at: None,
             text,
             usage: AgentUsage {
                 num_turns: None,
@@ -262,6 +269,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: Vec::new(),
+            limits: crate::process::AgentLimits::default(),
         }
     }
 
