@@ -72,6 +72,7 @@ fn step(run: &Run, seq: u32) -> Step {
         agent_pid: Some(4242),
         agent_start_time: Some(1),
         usage: None,
+        resources: None,
     }
 }
 

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use loop_engine::domain::{
-    AgentUsage, Artifact, Event, MergeStrategy, NameSource, ReviewStatus, Run, RunId, RunStatus,
-    Step, StepId, UnixMs,
+    AgentResources, AgentUsage, Artifact, Event, MergeStrategy, NameSource, ReviewStatus, Run,
+    RunId, RunStatus, Step, StepId, UnixMs,
 };
 use loop_engine::engine::CreateRun;
 use serde::{Deserialize, Serialize};
@@ -161,6 +161,10 @@ pub struct StepResource {
     pub head_after: Option<String>,
     /// Usage from the agent's result line.
     pub usage: Option<UsageResource>,
+    /// What the agent's processes used, from its cgroup: `cpu_usec`, `memory_peak_bytes`,
+    /// `pids_peak`, `limit_hit` (absent without cgroups).
+    #[serde(default)]
+    pub resources: Option<AgentResources>,
 }
 
 impl From<&Step> for StepResource {
@@ -186,6 +190,7 @@ impl From<&Step> for StepResource {
             head_before: s.head_before.clone(),
             head_after: s.head_after.clone(),
             usage: s.usage.as_ref().map(UsageResource::from),
+            resources: s.resources.clone(),
         }
     }
 }
@@ -360,6 +365,89 @@ pub struct ArtifactList {
     pub artifacts: Vec<ArtifactResource>,
 }
 
+/// Body of `POST /runs/{id}/postmortem` (an empty body takes the defaults).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostmortemRequest {
+    /// The model the analyses ask for (default: the run's `model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Write the git snapshot and the prompts, run no agent.
+    pub prompt_only: bool,
+}
+
+impl PostmortemRequest {
+    /// The engine's options.
+    pub fn to_engine(&self) -> loop_engine::engine::PostmortemOptions {
+        loop_engine::engine::PostmortemOptions {
+            model: self.model.clone(),
+            prompt_only: self.prompt_only,
+        }
+    }
+}
+
+/// A file of a run's `analysis/` folder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisFileResource {
+    /// File name (`summary.md`, `git-diff.patch`, ...).
+    pub name: String,
+    /// Absolute path on the daemon's host.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Answer of `GET /runs/{id}/postmortem` and `POST /runs/{id}/postmortem` (202, the
+/// postmortem then under way).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostmortemResource {
+    /// The run.
+    pub run_id: RunId,
+    /// `<run folder>/analysis/`.
+    pub dir: PathBuf,
+    /// True while a postmortem of the run is under way.
+    pub running: bool,
+    /// The folder's files, by name.
+    pub files: Vec<AnalysisFileResource>,
+    /// The first non-blank lines of `summary.md`, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_head: Option<String>,
+    /// How the last postmortem ended: `ok` or `failed` (absent before the first one ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<String>,
+    /// Its `POSTMORTEM_END` message (`status=... files=... reason=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<String>,
+}
+
+impl From<loop_engine::engine::PostmortemListing> for PostmortemResource {
+    fn from(l: loop_engine::engine::PostmortemListing) -> Self {
+        Self {
+            run_id: l.run_id,
+            dir: l.dir,
+            running: l.running,
+            files: l
+                .files
+                .into_iter()
+                .map(|f| AnalysisFileResource {
+                    name: f.name,
+                    path: f.path,
+                    bytes: f.bytes,
+                })
+                .collect(),
+            summary_head: l.summary_head,
+            last_status: l.last_status.map(|s| {
+                match s {
+                    loop_engine::engine::PostmortemStatus::Ok => "ok",
+                    loop_engine::engine::PostmortemStatus::Failed => "failed",
+                }
+                .to_owned()
+            }),
+            last_message: l.last_message,
+        }
+    }
+}
+
 /// Answer of `GET /health`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -371,6 +459,10 @@ pub struct Health {
     pub worker_id: String,
     /// Runs executing now.
     pub running: usize,
+    /// How agents are contained: `cgroup` (one cgroup per agent invocation) or
+    /// `process-group` (process group plus a `/proc` search, where no cgroup can be made).
+    #[serde(default)]
+    pub containment: String,
     /// What is wrong, when degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,

@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 
 use crate::api::{
     ArtifactList, ArtifactResource, CreatePrRequestBody, CreateRunRequest, CreatedRunResponse,
-    DiffResponse, ErrorBody, Health, ListQuery, MergeRequestBody, PromptResponse, PruneResponse,
-    ReviewActionResponse, RunList, RunResource, StepList, StepResource, WorktreeList,
-    WorktreeResource,
+    DiffResponse, ErrorBody, Health, ListQuery, MergeRequestBody, PostmortemRequest,
+    PostmortemResource, PromptResponse, PruneResponse, ReviewActionResponse, RunList, RunResource,
+    StepList, StepResource, WorktreeList, WorktreeResource,
 };
 use crate::query;
 use loop_engine::backend::DiffLimits;
@@ -447,6 +447,23 @@ impl Client {
             .call(Method::GET, &format!("/runs/{id}/artifacts"), None)
             .await?;
         Ok(list.artifacts)
+    }
+
+    /// `POST /runs/{id}/postmortem`: starts a postmortem (answered at once, `running: true`).
+    pub async fn start_postmortem(
+        &self,
+        id: RunId,
+        req: &PostmortemRequest,
+    ) -> Result<PostmortemResource, ClientError> {
+        let body = self.json_body(req)?;
+        self.call(Method::POST, &format!("/runs/{id}/postmortem"), Some(body))
+            .await
+    }
+
+    /// `GET /runs/{id}/postmortem`: the run's `analysis/` files.
+    pub async fn postmortem(&self, id: RunId) -> Result<PostmortemResource, ClientError> {
+        self.call(Method::GET, &format!("/runs/{id}/postmortem"), None)
+            .await
     }
 
     /// `GET /runs/{id}/steps/{seq}/log`, whole.

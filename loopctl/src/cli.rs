@@ -64,6 +64,9 @@ pub(crate) enum Command {
     Worktrees(WorktreesArgs),
     /// Print the prompt a run would get, without running anything.
     Prompt(RunArgs),
+    /// Write a run's postmortem (git snapshot, spec-compliance, run-quality and summary
+    /// reports) into its run folder's `analysis/`, and show the summary.
+    Analyze(AnalyzeArgs),
     /// Create a sample project and run it through the daemon, showing live progress: the real
     /// Claude CLI against a local scripted model when the CLI is installed, else a simulation.
     Demo(DemoArgs),
@@ -204,6 +207,22 @@ pub(crate) struct LogsArgs {
     /// Print the stored stream-json as it is (default: rendered like `tail`).
     #[arg(long)]
     pub(crate) raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AnalyzeArgs {
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
+    #[arg(required_unless_present = "latest", conflicts_with = "latest")]
+    pub(crate) id: Option<String>,
+    /// Analyse the newest run that has ended.
+    #[arg(long)]
+    pub(crate) latest: bool,
+    /// The model the analyses ask for [default: the run's `model`].
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Write the git snapshot and the three prompts only; run no agent.
+    #[arg(long)]
+    pub(crate) prompt_only: bool,
 }
 
 #[derive(Debug, Args)]

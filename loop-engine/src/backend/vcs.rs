@@ -166,6 +166,19 @@ pub trait Vcs: Send + Sync {
         Ok(false)
     }
 
+    /// Writes what a postmortem reads about the worktree at `dir` into the folder `out_dir`
+    /// (SPEC §12): `git-status.txt` (`git status -sb`), `git-last-commit.txt`
+    /// (`git log -1 --stat`), `git-last-commit.patch` (`git show -1 --stat --patch`) and
+    /// `git-diff.patch` (`git diff`: the uncommitted changes); returns the files written.
+    /// Reads only: no ref, index entry or file of the worktree changes. The default writes
+    /// nothing and fails saying so, for backends that cannot.
+    async fn write_snapshot(&self, dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, VcsError> {
+        let _ = (dir, out_dir);
+        Err(VcsError::Fatal {
+            detail: "this version control backend cannot write a worktree snapshot".into(),
+        })
+    }
+
     /// Checks that the worktree at `dir` still has `branch` checked out and that `since` (a
     /// commit the branch held earlier) is still in its history: an agent that switched branches
     /// or rewrote history gets `Conflict` saying which. The default accepts everything, for

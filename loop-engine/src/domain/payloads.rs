@@ -526,8 +526,20 @@ event_payloads! {
         MergeEnd => "MERGE_END",
         /// A step ticked tasks in the plan without committing.
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// Why the run failed (`reason=<exit reason> failure=<why>`), before RUN_END.
+        RunFailure => "RUN_FAILURE",
+        /// The run waits for a usage limit's reset.
+        UsageLimitWait => "USAGE_LIMIT_WAIT",
+        /// A setup command started.
+        SetupCmdStart => "SETUP_CMD_START",
+        /// A setup command ended.
+        SetupCmdEnd => "SETUP_CMD_END",
         /// The run ended.
         RunEnd => "RUN_END",
+        /// The postmortem started.
+        PostmortemStart => "POSTMORTEM_START",
+        /// The postmortem ended (`status=ok|failed`).
+        PostmortemEnd => "POSTMORTEM_END",
     }
 }
 

@@ -12,8 +12,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod cgroup;
 mod env;
 mod tree;
+
+pub(crate) use cgroup::{AgentCgroup, agent_cgroup_name, kill_run_cgroups};
+pub use cgroup::{
+    AgentLimits, Containment, CpuMax, NO_CGROUP_ENV, PARENT_NAME, cgroup_parent, containment,
+    controllers, fallback_reason, without_cgroups,
+};
 
 pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
 pub(crate) use tree::wait_run_vcs_children;
@@ -39,7 +46,9 @@ pub async fn with_run_marker<F: std::future::Future>(run_id: String, fut: F) -> 
 
 use tree::terminate_group;
 pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
-pub(crate) use tree::{ProcessTree, kill_run_survivors, kill_survivor, process_start_time};
+pub(crate) use tree::{
+    ProcessTree, adopt, kill_run_survivors, kill_survivor, process_start_time, reap_adopted,
+};
 #[cfg(test)]
 pub(crate) use tree::{group_alive, proc_stat};
 
@@ -261,6 +270,39 @@ impl Cmd {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// The same command started through `shell_args` (`/bin/sh -c SCRIPT NAME ... --`): the
+    /// program and its arguments come after them, so the script can `exec "$@"` them.
+    pub(crate) fn through_shim(mut self, shell_args: Vec<OsString>) -> Self {
+        let program = std::mem::replace(&mut self.program, OsString::from("/bin/sh"));
+        let mut args = shell_args;
+        args.push(program);
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
+    /// Whether the program exists and is executable, looked up as `execvp` would (relative to
+    /// the working directory when it holds a `/`, else in the child's `PATH`).
+    pub(crate) fn program_found(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        let executable = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if self.program.as_bytes().contains(&b'/') {
+            return executable(&self.cwd.join(&self.program));
+        }
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| executable(&self.cwd.join(dir).join(&self.program)))
     }
 
     fn spawn_error(&self, source: std::io::Error) -> ProcessError {

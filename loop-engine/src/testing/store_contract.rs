@@ -20,9 +20,9 @@ use crate::backend::{
     BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
 };
 use crate::domain::{
-    AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
-    NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
-    UnixMs, now_ms,
+    AgentResources, AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason,
+    MergeStrategy, NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId,
+    StepPhase, StepStatus, UnixMs, now_ms,
 };
 
 /// A clock value for claiming checks; leases are relative to it, not to the wall clock.
@@ -116,6 +116,7 @@ pub fn sample_step(run_id: RunId, seq: u32) -> Step {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     }
 }
 
@@ -147,6 +148,12 @@ pub fn full_step(run_id: RunId, seq: u32) -> Step {
             is_error: true,
             duration_api_ms: Some(59_000),
             model: Some("claude-opus-4-1".to_owned()),
+        }),
+        resources: Some(AgentResources {
+            cpu_usec: 1_234_567,
+            memory_peak_bytes: Some(64 << 20),
+            pids_peak: Some(17),
+            limit_hit: Some("agent_pids_max".to_owned()),
         }),
         ..sample_step(run_id, seq)
     }
@@ -522,6 +529,10 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
             num_turns: Some(1),
             ..AgentUsage::default()
         }),
+        resources: Some(AgentResources {
+            cpu_usec: 5,
+            ..AgentResources::default()
+        }),
         ..s1.clone()
     };
     ok("update_step", store.update_step(&finished).await);
@@ -533,6 +544,7 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
     );
     let cleared = Step {
         usage: None,
+        resources: None,
         exit_code: None,
         ..s2.clone()
     };

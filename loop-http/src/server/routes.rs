@@ -22,8 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, Health, PromptResponse,
-    RunList, RunResource, StepList, StepResource,
+    ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, Health,
+    PostmortemRequest, PostmortemResource, PromptResponse, RunList, RunResource, StepList,
+    StepResource,
 };
 use crate::error::{ApiError, chain};
 use crate::query;
@@ -232,6 +233,29 @@ async fn route(
                 },
             ))
         }
+        ["runs", id, "postmortem"] => {
+            allow(method, &path, &[Method::GET, Method::POST])?;
+            let id = parse_run_id(id)?;
+            if method == Method::POST {
+                let req: PostmortemRequest = if has_body(&parts.headers) {
+                    read_json(&parts.headers, body, state.opts.max_body_bytes).await?
+                } else {
+                    PostmortemRequest::default()
+                };
+                engine.start_postmortem(id, req.to_engine()).await?;
+                let listing = engine.postmortem_listing(id).await?;
+                Ok(body::json(
+                    StatusCode::ACCEPTED,
+                    &PostmortemResource::from(listing),
+                ))
+            } else {
+                let listing = engine.postmortem_listing(id).await?;
+                Ok(body::json(
+                    StatusCode::OK,
+                    &PostmortemResource::from(listing),
+                ))
+            }
+        }
         ["runs", id, "steps", seq, "log"] => {
             allow(method, &path, &[Method::GET])?;
             step_log(engine, parse_run_id(id)?, seq).await
@@ -275,6 +299,7 @@ async fn health(engine: &Engine) -> Response<RespBody> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             worker_id: engine.settings().worker_id.clone(),
             running: engine.running_runs().len(),
+            containment: loop_engine::process::containment().as_str().to_owned(),
             problem,
         },
     )
@@ -384,12 +409,20 @@ fn list_filter(query: &str) -> Result<RunFilter, ApiError> {
     Ok(filter)
 }
 
-/// Reads a JSON body of at most `max` bytes. A larger body is drained (up to a bound) before
-/// the 413, so the client reads the answer instead of a reset connection.
 /// The decoded pairs of a query string; bytes that are not UTF-8 are a 400.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     query::parse(query)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message))
+}
+
+/// True when a request says it has a body (a `Content-Type`, or a `Content-Length` above 0):
+/// routes whose body is optional take their defaults without one.
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    headers.contains_key(CONTENT_TYPE) || length.is_some_and(|n| n > 0)
 }
 
 /// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
@@ -422,6 +455,8 @@ pub(crate) fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// Reads a JSON body of at most `max` bytes. A larger body is drained (up to a bound) before
+/// the 413, so the client reads the answer instead of a reset connection.
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Incoming,

@@ -1,5 +1,5 @@
 //! The end of a run: the merge, the final state (with retries while the store is down), the
-//! last events, summary.json and the notification.
+//! last events, summary.json, the notification, then the postmortem (SPEC §12).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use crate::domain::{
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::postmortem;
 use crate::engine::report::Row;
 use crate::engine::review::remove_run_worktree;
 
@@ -306,16 +307,33 @@ impl RunDriver {
             .map(ToString::to_string)
             .unwrap_or_default();
         // RUN_END keeps the seed's whole message (scripts match it); why the run failed, in
-        // words, is the line before it in run.log.
+        // words, is the RUN_FAILURE row before it (and the RUN_FAILED line of run.log).
         if let Some(why) = &detail {
             self.rec
                 .log(format!("RUN_FAILED reason={reason_text} failure={why}"));
+            let _ = self
+                .report(
+                    None,
+                    ReportKind::RunFailure,
+                    Row::msg(
+                        self.run.iterations_run.to_string(),
+                        format!("reason={reason_text} failure={why}"),
+                    ),
+                )
+                .await;
         }
         let _ = self
             .report(
                 None,
                 ReportKind::RunEnd,
-                Row::msg("", format!("reason={reason_text}")),
+                Row {
+                    duration_ms: Some(u64::try_from(now_ms() - self.start_ms).unwrap_or(0)),
+                    exit_code: Some(self.end_exit_code()),
+                    ..Row::msg(
+                        self.run.iterations_run.to_string(),
+                        format!("reason={reason_text}"),
+                    )
+                },
             )
             .await;
         let (payload, note) = match status {
@@ -358,6 +376,7 @@ impl RunDriver {
             kind: note,
             run: self.run.clone(),
             reason: detail.or(Some(reason_text)),
+            event: None,
         };
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
@@ -372,6 +391,26 @@ impl RunDriver {
             let _ = self.flush().await;
         }
         self.inner.hub.close(run_id);
+        if postmortem::applies_after(status, &self.cfg) {
+            // The run has ended for everyone (status, merge, events, notification): its
+            // slot goes to the next run while the postmortem, which changes none of that,
+            // analyses it.
+            self.inner.sched().running.remove(&run_id);
+            self.inner.wake.notify_one();
+            postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
+        }
+    }
+
+    /// The run's last exit code (RUN_END's `exit_code`, summary.json's `last_exit_code`): the
+    /// last agent process's, or, when no agent process ran (a failure while preparing, an
+    /// agent that could not be started), the run's own as `loopctl wait` gives it: 0
+    /// completed, 1 failed, 2 canceled.
+    pub(super) fn end_exit_code(&self) -> i32 {
+        self.last_exit_code.unwrap_or(match self.run.status {
+            RunStatus::Completed => 0,
+            RunStatus::Canceled => 2,
+            _ => 1,
+        })
     }
 
     /// Writes summary.json (the seed's keys, then status, name, failure, tasks, branches and
@@ -411,7 +450,7 @@ impl RunDriver {
                 .iter_duration_sum
                 .checked_div(self.iter_count)
                 .unwrap_or(0),
-            last_exit_code: self.last_exit_code,
+            last_exit_code: Some(self.end_exit_code()),
             completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
             model,
             exit_reason: reason.clone(),

@@ -8,14 +8,16 @@
 //!
 //! The parts: `plumbing` (the git command door and shared helpers), `refs` (refs, HEAD,
 //! branch names, commits), `worktrees` (worktree listing and preparation, cleanliness, stale
-//! locks), `merge`, `diff` (the bounded diff of a run) and `review` (removing a
-//! worktree, deleting a branch, `gh pr create`). This file only wires them to the [`Vcs`] trait.
+//! locks), `merge`, `diff` (the bounded diff of a run), `review` (removing a
+//! worktree, deleting a branch, `gh pr create`) and `snapshot` (what a postmortem reads). This
+//! file only wires them to the [`Vcs`] trait.
 
 mod diff;
 mod merge;
 mod plumbing;
 mod refs;
 mod review;
+mod snapshot;
 #[cfg(test)]
 mod test_support;
 mod worktrees;
@@ -65,6 +67,10 @@ impl Vcs for GitCli {
 
     async fn stash_changes(&self, dir: &Path, message: &str) -> Result<bool, VcsError> {
         GitCli::stash_changes(self, dir, message).await
+    }
+
+    async fn write_snapshot(&self, dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, VcsError> {
+        GitCli::write_snapshot(self, dir, out_dir).await
     }
 
     async fn check_branch(
