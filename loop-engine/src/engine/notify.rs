@@ -45,6 +45,9 @@ pub(crate) fn classify(event: &Event) -> Option<NotificationKind> {
             })
         }
         "USAGE_LIMIT_WAIT" => Some(NotificationKind::UsageLimitWait),
+        // REVIEW_ACTION (merge, scrap, pull request) and a retry, which is a person's
+        // action on a finished run too.
+        "RUN_RETRIED" => Some(NotificationKind::ReviewAction),
         k if k.starts_with("REVIEW_") => Some(NotificationKind::ReviewAction),
         _ => None,
     }
@@ -229,6 +232,13 @@ mod tests {
             )),
             Some(NotificationKind::BudgetExhausted)
         );
+        for review in [EventKind::ReviewAction, EventKind::RunRetried] {
+            assert_eq!(
+                classify(&event(review, none.clone())),
+                Some(NotificationKind::ReviewAction),
+                "{review}"
+            );
+        }
         for quiet in [
             EventKind::RunStarted,
             EventKind::StepStarted,

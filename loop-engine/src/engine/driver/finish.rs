@@ -381,15 +381,6 @@ impl RunDriver {
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
         }
-        // Last, once nothing of the run needs its worktree any more.
-        if status == RunStatus::Completed
-            && self.run.review_status == ReviewStatus::Merged
-            && self.cfg.worktree_cleanup == WorktreeCleanup::OnMerge
-        {
-            let what = remove_run_worktree(&self.inner, &self.run).await;
-            self.rec.log(format!("WORKTREE_CLEANUP {what}"));
-            let _ = self.flush().await;
-        }
         self.inner.hub.close(run_id);
         if postmortem::applies_after(status, &self.cfg) {
             // The run has ended for everyone (status, merge, events, notification): its
@@ -398,6 +389,16 @@ impl RunDriver {
             self.inner.sched().running.remove(&run_id);
             self.inner.wake.notify_one();
             postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
+        }
+        // Last, once nothing of the run needs its worktree any more (the postmortem takes
+        // its git snapshot there and runs its analyses in it).
+        if status == RunStatus::Completed
+            && self.run.review_status == ReviewStatus::Merged
+            && self.cfg.worktree_cleanup == WorktreeCleanup::OnMerge
+        {
+            let what = remove_run_worktree(&self.inner, &self.run).await;
+            self.rec.log(format!("WORKTREE_CLEANUP {what}"));
+            let _ = self.flush().await;
         }
     }
 
