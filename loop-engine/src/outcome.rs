@@ -221,7 +221,9 @@ fn classify_status(status: u16, credentials: &str) -> Option<Verdict> {
         )),
         403 => Some(Verdict::failure(
             FailureKind::AuthRefused,
-            format!("the API refused access (HTTP 403): check {credentials} and the account's permissions"),
+            format!(
+                "the API refused access (HTTP 403): check {credentials} and the account's permissions"
+            ),
         )),
         429 => Some(transient("the API rate limit was hit")),
         529 => Some(transient("the API is overloaded")),

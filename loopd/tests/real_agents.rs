@@ -55,7 +55,11 @@ impl Agent {
     /// `CODEX_BIN` / `GEMINI_BIN`, else the installed pinned copy.
     fn find(self) -> Option<PathBuf> {
         let (var, folder, version) = match self {
-            Self::Codex => ("CODEX_BIN", "codex-", include_str!("../../.ci/codex-version")),
+            Self::Codex => (
+                "CODEX_BIN",
+                "codex-",
+                include_str!("../../.ci/codex-version"),
+            ),
             Self::Gemini => (
                 "GEMINI_BIN",
                 "gemini-cli-",
@@ -162,6 +166,15 @@ impl Agent {
         }
     }
 
+    /// The idle timeout of the stall scenario, in seconds: above the CLI's start-up time,
+    /// during which it prints nothing (the Gemini CLI takes 10-30 s on a loaded machine).
+    fn idle_timeout_sec(self) -> u64 {
+        match self {
+            Self::Codex => 8,
+            Self::Gemini => 60,
+        }
+    }
+
     /// The variable an auth failure names.
     fn key_var(self) -> &'static str {
         match self {
@@ -257,12 +270,7 @@ async fn stop(daemon: &mut Daemon, data: &Path) {
 
 /// A repository with the widget spec, a 3-task plan and a `.loop/config` running `agent`
 /// against `server`, plus `extra` keys (which replace defaults).
-fn repo_for(
-    agent: Agent,
-    bin: &Path,
-    server: &ModelServer,
-    extra: &[(&str, &str)],
-) -> GitFixture {
+fn repo_for(agent: Agent, bin: &Path, server: &ModelServer, extra: &[(&str, &str)]) -> GitFixture {
     let repo = GitFixture::new();
     // Ignored by git (`logs/`), private to this repository.
     let state = repo.root().join("logs/agent-state");
@@ -384,7 +392,10 @@ async fn plan_with_reviewer(client: &Client, agent: Agent, bin: &Path) {
         "{:?}",
         f.run.exit_reason
     );
-    assert_eq!(f.events.last().map(|e| e.kind.as_str()), Some("RUN_COMPLETED"));
+    assert_eq!(
+        f.events.last().map(|e| e.kind.as_str()),
+        Some("RUN_COMPLETED")
+    );
     assert_eq!((f.run.tasks_done, f.run.tasks_total), (3, 3));
     let counts = plan::counts(&f.worktree_plan());
     assert_eq!(
@@ -452,11 +463,7 @@ async fn api_key_refused(client: &Client, agent: Agent, bin: &Path) {
     assert!(reason.contains(agent.key_var()), "{reason}");
     assert!(reason.contains("401"), "{reason}");
     // Neither retried by the engine nor by the CLI more than its own few tries.
-    assert!(
-        !f.kinds().contains(&"CLAUDE_RETRY"),
-        "{:?}",
-        f.kinds()
-    );
+    assert!(!f.kinds().contains(&"CLAUDE_RETRY"), "{:?}", f.kinds());
     let steps = f.steps_in("implementation");
     assert_eq!(steps.len(), 1, "{steps:?}");
     assert_eq!(steps[0].status, "FAILED");
@@ -476,8 +483,8 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
         body: None,
         retry_after: None,
     };
-    let server = ModelServer::start(Script::plan_agent().then(unavailable()))
-        .expect("model server starts");
+    let server =
+        ModelServer::start(Script::plan_agent().then(unavailable())).expect("model server starts");
     let mut extra = vec![
         ("claude_transient_retries", "3".to_owned()),
         ("claude_transient_backoff_max_sec", "1".to_owned()),
@@ -518,11 +525,15 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
 async fn stalled_model(client: &Client, agent: Agent, bin: &Path) {
     let server =
         ModelServer::start(Script::plan_agent().then(Turn::Stall)).expect("model server starts");
+    let idle = agent.idle_timeout_sec();
     let repo = repo_for(
         agent,
         bin,
         &server,
-        &[("claude_idle_timeout_sec", "8"), ("claude_retries", "1")],
+        &[
+            ("claude_idle_timeout_sec", &idle.to_string()),
+            ("claude_retries", "1"),
+        ],
     );
     let f = run_to_end(client, &repo).await;
     assert_eq!(f.run.status, RunStatus::Completed, "{:?}", f.run.failure);
@@ -531,7 +542,10 @@ async fn stalled_model(client: &Client, agent: Agent, bin: &Path) {
     assert_eq!(first.exit_code, Some(124), "{first:?}");
     assert_eq!(first.status, "RETRYING");
     assert_eq!(first.label, "1A1");
-    assert!(first.duration_ms.unwrap_or(0) >= 8000, "{first:?}");
+    assert!(
+        first.duration_ms.unwrap_or(0) >= i64::try_from(idle * 1000).unwrap_or(i64::MAX),
+        "{first:?}"
+    );
     let timeout = f.events_of("ITERATION_TIMEOUT");
     assert_eq!(timeout.len(), 1, "{:?}", f.kinds());
     assert_eq!(timeout[0].data["payload"]["exit_code"], 124, "{timeout:?}");

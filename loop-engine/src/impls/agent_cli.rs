@@ -46,7 +46,11 @@ impl CliInstall {
         let mut others: Vec<PathBuf> = std::fs::read_dir(&root)
             .ok()?
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(self.folder_prefix))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(self.folder_prefix)
+            })
             .map(|e| e.path())
             .collect();
         others.sort();

@@ -27,7 +27,8 @@ use crate::impls::stream_json::parse_value;
 use crate::process::Cmd;
 
 /// What a Codex auth failure tells the user to check.
-pub(crate) const CODEX_CREDENTIALS: &str = "OPENAI_API_KEY (or log the Codex CLI in with `codex login`)";
+pub(crate) const CODEX_CREDENTIALS: &str =
+    "OPENAI_API_KEY (or log the Codex CLI in with `codex login`)";
 
 pub(crate) const CODEX: CliInstall = CliInstall {
     name: "codex",

@@ -175,14 +175,19 @@ impl GeminiStream {
             .get("message")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| if error.is_null() { String::new() } else { error.to_string() });
+            .unwrap_or_else(|| {
+                if error.is_null() {
+                    String::new()
+                } else {
+                    error.to_string()
+                }
+            });
         let stats = v.get("stats").unwrap_or(&Value::Null);
         let cached = uint(stats, "cached");
         // `input` is the prompt tokens not served from the cache; older versions only give
         // `input_tokens` (all of them).
-        let input = uint(stats, "input").or_else(|| {
-            uint(stats, "input_tokens").map(|i| i.saturating_sub(cached.unwrap_or(0)))
-        });
+        let input = uint(stats, "input")
+            .or_else(|| uint(stats, "input_tokens").map(|i| i.saturating_sub(cached.unwrap_or(0))));
         let model = stats
             .get("models")
             .and_then(Value::as_object)

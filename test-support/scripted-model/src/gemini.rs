@@ -122,7 +122,10 @@ pub(crate) fn generate(
         let text = fill(schema).to_string();
         let chunk = chunk(&[json!({"text": text})], Some("STOP"), Some((1, 1)));
         return if stream {
-            (sse(vec![(false, data(&chunk))], Duration::ZERO), "json helper".to_owned())
+            (
+                sse(vec![(false, data(&chunk))], Duration::ZERO),
+                "json helper".to_owned(),
+            )
         } else {
             (json_response(200, &chunk), "json helper".to_owned())
         };
@@ -192,7 +195,10 @@ pub fn error_body(status: u16) -> Value {
         ),
         403 => ("PERMISSION_DENIED", "Permission denied (scripted)."),
         404 => ("NOT_FOUND", "Not found (scripted)."),
-        429 => ("RESOURCE_EXHAUSTED", "Resource has been exhausted (scripted)."),
+        429 => (
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (scripted).",
+        ),
         _ => ("UNAVAILABLE", "The model is overloaded (scripted)."),
     };
     json!({"error": {"code": status, "message": message, "status": kind}})
@@ -319,7 +325,10 @@ fn shell_call(name: &str, input: &Value) -> (String, Value) {
         && let Some(command) = input.get("command").and_then(Value::as_str)
     {
         let command = if command.contains("$(") || command.contains('`') {
-            format!("printf %s {} | base64 -d | bash", base64(command.as_bytes()))
+            format!(
+                "printf %s {} | base64 -d | bash",
+                base64(command.as_bytes())
+            )
         } else {
             command.to_owned()
         };

@@ -45,7 +45,10 @@ pub fn to_messages(body: &Value) -> Value {
         _ => Vec::new(),
     };
     for item in &items {
-        let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
         match kind {
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
@@ -120,7 +123,10 @@ pub(crate) fn responses(
 /// The OpenAI error object for `status`.
 pub fn error_body(status: u16) -> Value {
     let (kind, message) = match status {
-        401 => ("invalid_request_error", "Incorrect API key provided (scripted)."),
+        401 => (
+            "invalid_request_error",
+            "Incorrect API key provided (scripted).",
+        ),
         429 => ("rate_limit_exceeded", "Rate limit reached (scripted)."),
         400 => ("invalid_request_error", "The body is not JSON."),
         _ => ("server_error", "The server had an error (scripted)."),
@@ -173,8 +179,10 @@ fn respond(
             for piece in pieces {
                 events.push((
                     true,
-                    event(&json!({"type": "response.output_text.delta", "item_id": item_id,
-                        "output_index": 0, "content_index": 0, "delta": piece})),
+                    event(
+                        &json!({"type": "response.output_text.delta", "item_id": item_id,
+                        "output_index": 0, "content_index": 0, "delta": piece}),
+                    ),
                 ));
             }
             events.push((
