@@ -26,6 +26,12 @@ pub enum FailureKind {
         /// The HTTP status, when known.
         status: Option<u16>,
     },
+    /// The account's usage limit is used up (Claude Code's `api_error: usage_limit_reached`).
+    /// Retrying before the reset only fails again: the loop waits for it instead.
+    UsageLimit {
+        /// When the limit resets (Unix seconds), when the agent said.
+        resets_at: Option<i64>,
+    },
     /// The agent exited successfully without its final `result` line (it was interrupted).
     NoResult,
     /// The agent reported an error of its own (`is_error: true`, neither transient nor auth).
@@ -170,6 +176,21 @@ fn judge_with(outcome: &ExecOutcome, expect_result_line: bool, credentials: &str
 fn judge_result(result: &AgentResult, outcome: &ExecOutcome, credentials: &str) -> Verdict {
     if !result.is_error {
         return Verdict::Success;
+    }
+    if result.api_error.as_deref() == Some("usage_limit_reached") {
+        let when = result.usage_limit_resets_at.map_or_else(
+            || "no reset time given".to_owned(),
+            |t| format!("resets at Unix time {t}"),
+        );
+        return Verdict::failure(
+            FailureKind::UsageLimit {
+                resets_at: result.usage_limit_resets_at,
+            },
+            format!(
+                "the account's usage limit is reached ({when}): {}",
+                snippet(&result.text)
+            ),
+        );
     }
     let status = result
         .api_error_status
@@ -357,6 +378,36 @@ mod tests {
             }),
             ..exited(code)
         }
+    }
+
+    #[test]
+    fn usage_limit_reached_is_its_own_kind_with_the_reset() {
+        let mut out = with_result(
+            1,
+            true,
+            Some(429),
+            "You've hit your 5-hour limit · resets 6:40pm (UTC)",
+        );
+        if let Some(r) = out.result.as_mut() {
+            r.api_error = Some("usage_limit_reached".into());
+            r.usage_limit_resets_at = Some(1_796_150_446);
+        }
+        let v = judge(&out, true);
+        assert_eq!(
+            kind(&v),
+            Some(&FailureKind::UsageLimit {
+                resets_at: Some(1_796_150_446)
+            })
+        );
+        // A plain 429 (an API key's rate limit, no usage limit) stays transient.
+        let v = judge(
+            &with_result(1, true, Some(429), "API Error: Request rejected (429)"),
+            true,
+        );
+        assert!(matches!(
+            kind(&v),
+            Some(FailureKind::Transient { status: Some(429) })
+        ));
     }
 
     fn kind(v: &Verdict) -> Option<&FailureKind> {

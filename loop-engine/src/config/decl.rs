@@ -38,6 +38,16 @@ spelled_enum!(
     }
 );
 
+spelled_enum!(
+    /// What happens to a run's worktree once its work is merged.
+    WorktreeCleanup {
+        /// Removed when the run is merged (by the run's own merge or by `loopctl merge`).
+        OnMerge => "on_merge",
+        /// Kept until scrapped or pruned (`loopctl worktrees --prune`).
+        Never => "never",
+    }
+);
+
 /// Longest accepted timeout (`*_timeout_sec`, `warn_iteration_sec`): 7 days.
 pub const MAX_TIMEOUT_SEC: u64 = 7 * 24 * 3600;
 /// Longest accepted pause or interval (backoffs, `heartbeat_sec`): 1 day.
@@ -133,6 +143,12 @@ config_keys! {
         "Command template for `executor=command` (required then), e.g. `codex exec --full-auto {prompt}` (`{prompt}`, `{prompt_file}`, `{model}`, `{workdir}`; no placeholder = prompt on stdin).";
     agent_env: Option<String> = None, ValueKind::OptText,
         "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `OPENAI_*`, `CODEX_*`, `GEMINI_*`, `GOOGLE_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
+    agent_memory_max: Option<String> = None, ValueKind::OptText,
+        "Memory limit of each agent invocation's cgroup (bytes, or with `K`/`M`/`G`, e.g. `2G`); the step fails with reason `agent_memory_max` when the agent is killed for it. Needs a memory controller: refused at run creation where there is none.";
+    agent_pids_max: Option<u32> = None, ValueKind::OptU32 { min: 1 },
+        "Most processes (and threads) alive at once in each agent invocation's cgroup; a fork loop then fails the step with reason `agent_pids_max` instead of exhausting the host. Needs a pids controller: refused at run creation where there is none.";
+    agent_cpu_max: Option<String> = None, ValueKind::OptText,
+        "CPU limit of each agent invocation's cgroup, in CPUs (e.g. `1.5`). Needs the cgroup v2 cpu controller: refused at run creation where there is none.";
     artifact_mode: ArtifactMode = ArtifactMode::Mirror,
         ValueKind::Choice(&["mirror", "workspace"]),
         "Also copy run folders under `global_log_dir` (`mirror`) or keep them in the workspace only (`workspace`).";
@@ -155,6 +171,9 @@ config_keys! {
     worktree_path_template: String = "../{{ repo }}.{{ run_branch | sanitize }}".into(),
         ValueKind::Text,
         "Where run worktrees go (`{{ repo }}`, `{{ run_branch }}`, `| sanitize`), relative to the workspace root; must resolve inside the workspace's parent folder.";
+    worktree_cleanup: WorktreeCleanup = WorktreeCleanup::Never,
+        ValueKind::Choice(&["on_merge", "never"]),
+        "Remove a run's worktree once its work is merged, by the run's own merge or by `loopctl merge` (`on_merge`), or keep it until `loopctl scrap` or `loopctl worktrees --prune` (`never`).";
     max_concurrency: u32 = 3, ValueKind::U32 { min: 1, max: u32::MAX },
         "Runs executing at once before this one may start.";
     max_runs_per_workspace: Option<u32> = None, ValueKind::OptU32 { min: 1 },
@@ -170,6 +189,24 @@ config_keys! {
         "Steps without a commit or plan change that raise `no_progress`.";
     watchdog_repeat_task_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
         "Steps on the same task that raise `repeated_task`.";
+    max_no_progress_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
+        "Fail a run (`no_progress`) after this many implementation steps that changed neither the plan nor HEAD, once the watchdog's rewrites are used up (0 = never).";
+    max_cost_usd: Option<f64> = None, ValueKind::OptUsd,
+        "Cost budget of a run in US dollars, summed from the agent's own accounting (retries and the naming call count); checked before and after every step, reached = FAILED `budget_exhausted:cost`.";
+    max_tokens: Option<u64> = None, ValueKind::OptU64,
+        "Token budget of a run (input + output tokens of every agent call); reached = FAILED `budget_exhausted:tokens`.";
+    max_wall_sec: u64 = 0, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Wall-clock budget of a run in seconds from its first start (0 = none); reached = FAILED `budget_exhausted:wall`.";
+    usage_limit_wait_max_sec: u64 = 21600, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Longest wait for an account usage limit to reset (event `USAGE_LIMIT_WAIT`); a reset further away fails the run (0 = never wait).";
+    setup_cmds: Vec<String> = Vec::new(), ValueKind::CmdList,
+        "Commands run once in a new worktree before the first agent call (install dependencies, copy an `.env`), separated by `|`, with `bash -lc`; a failure ends the run FAILED `setup_failed`.";
+    setup_timeout_sec: u64 = 1800, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Timeout of each setup command in seconds (0 = none).";
+    postmortem: bool = true, ValueKind::Bool,
+        "Seed key: analyse a run when it ends (SPEC §12). Accepted for compatibility with the seed's config files; the postmortem itself is not built yet, so the value has no effect today.";
+    summary_json: bool = true, ValueKind::Bool,
+        "Seed key: write `summary.json` at every run end. Accepted for compatibility with the seed's config files; summary.json is always written (SPEC §7).";
     max_review_passes: u32 = 10, ValueKind::U32 { min: 0, max: u32::MAX },
         "Reviewer steps per iteration at most.";
     heartbeat_sec: u64 = 300, ValueKind::Secs { max: MAX_INTERVAL_SEC },
@@ -178,6 +215,16 @@ config_keys! {
         "Warn when a step runs longer than this many seconds.";
     warn_output_bytes: u64 = 200_000, ValueKind::U64,
         "Warn when a step prints more than this many bytes.";
+    postmortem: bool = true, ValueKind::Bool,
+        "After a run completes or fails (and after its merge), write `<run folder>/analysis/`: a git snapshot of the worktree and three reports (`spec-compliance`, `run-quality`, `summary`) by the run's executor with read-only tools, each call bounded by the step timeouts (10 min when unset); best effort, it never changes the run's outcome. `loopctl analyze` runs it by hand.";
+    notify_webhook_url: Option<String> = None, ValueKind::OptText,
+        "POST a JSON notification to this `http://host[:port]/path` URL when the run completes, fails or is canceled, waits for a usage limit, exhausts its budget or gets a review action (queued, retried with backoff, never blocking the run).";
+    notify_webhook_secret: Option<String> = None, ValueKind::OptText,
+        "Signs each webhook body with HMAC-SHA256 in the header `X-Loop-Signature: sha256=<hex>`; `env:NAME` reads the secret from loopd's environment variable `NAME` at send time (a literal is stored with the run's config).";
+    notify_cmd: Option<String> = None, ValueKind::OptText,
+        "Shell command (`sh -c`, in the workspace) that gets each notification's JSON on stdin, with `LOOP_NOTIFY_KIND` and `LOOP_NOTIFY_RUN_ID` set; 30 s at most per call.";
+    notify_desktop: bool = false, ValueKind::Bool,
+        "Show each notification on the desktop with `notify-send` when it is on `PATH`.";
 }
 
 /// The spec of `key`, if it is a config key.

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,9 @@ use crate::backend::{
     OutputStream, Termination,
 };
 use crate::impls::stream_json::{StreamLine, parse_line};
-use crate::process::{self, Cmd, INTERRUPT_GRACE, ProcessTree, TIMEOUT_EXIT_CODE};
+use crate::process::{
+    self, AgentCgroup, Cmd, INTERRUPT_GRACE, KILL_GRACE, ProcessTree, Signal, TIMEOUT_EXIT_CODE,
+};
 
 /// Exit code reported for an agent stopped by the cancel token (as a shell reports SIGINT).
 pub(crate) const CANCEL_EXIT_CODE: i32 = 130;
@@ -67,16 +70,38 @@ pub(crate) struct AgentRun {
     pub(crate) peak_retained: usize,
 }
 
+/// How long the end of a call waits for a killed cgroup to empty (SIGKILL is delivered
+/// asynchronously; a process in uninterruptible sleep dies when it wakes).
+const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(10);
+
 /// Kills the agent's whole tree when the future running it is dropped before the end.
 struct KillGuard {
     tree: ProcessTree,
+    /// The agent's cgroup, where agents are contained by cgroup.
+    cgroup: Option<Arc<AgentCgroup>>,
     armed: bool,
 }
 
 impl Drop for KillGuard {
     fn drop(&mut self) {
-        if self.armed {
-            self.tree.kill_now();
+        if !self.armed {
+            return;
+        }
+        match &self.cgroup {
+            Some(cg) => {
+                cg.kill();
+                // Removed once empty, where a runtime is at hand; else recovery finds it.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let cg = Arc::clone(cg);
+                    rt.spawn(async move {
+                        let adopted = process::adopt(&cg.pids());
+                        cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+                        process::reap_adopted(&adopted);
+                        cg.remove();
+                    });
+                }
+            }
+            None => self.tree.kill_now(),
         }
     }
 }
@@ -317,6 +342,8 @@ pub(crate) trait StreamReader: Send {
 pub(crate) struct ClaudeStream {
     result: Option<AgentResult>,
     init_model: Option<String>,
+    /// The reset time (Unix seconds) of the last rejected rate limit the session reported.
+    limit_resets_at: Option<i64>,
 }
 
 impl StreamReader for ClaudeStream {
@@ -327,7 +354,22 @@ impl StreamReader for ClaudeStream {
                 if r.usage.model.is_none() {
                     r.usage.model = self.init_model.clone();
                 }
+                // Nor when a usage limit resets: the rate-limit event before it did.
+                if r.usage_limit_resets_at.is_none() {
+                    r.usage_limit_resets_at = self.limit_resets_at;
+                }
                 self.result = Some(r);
+            }
+            StreamLine::RateLimit(info) => {
+                if info.is_rejected() && info.resets_at.is_some() {
+                    self.limit_resets_at = info.resets_at;
+                }
+            }
+            // A malformed result line is no verdict, and it cancels an earlier one: the agent's
+            // last word is what counts (a CLI exiting 0 after it gave no valid result).
+            StreamLine::MalformedResult { problem } => {
+                tracing::debug!(%problem, "agent printed a malformed result line");
+                self.result = None;
             }
             StreamLine::Init { model } => self.init_model = model,
             StreamLine::ApiRetry(retry) => {
@@ -360,7 +402,9 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-type StopFuture = Pin<Box<dyn Future<Output = ProcessTree> + Send>>;
+/// Stops processes; gives back the updated tree (process-group containment) or nothing
+/// (cgroup containment).
+type StopFuture = Pin<Box<dyn Future<Output = Option<ProcessTree>> + Send>>;
 
 fn fatal(detail: String, source: Option<io::Error>) -> ExecutorError {
     ExecutorError::Fatal {
@@ -474,10 +518,40 @@ pub(crate) async fn run_reading(
     for (k, v) in &req.env {
         cmd = cmd.env(k, v);
     }
+    // One cgroup per invocation, where the host allows: the agent is started through a
+    // shim that enters it before exec'ing the agent (see `process::cgroup`).
+    let cgroup_name = process::agent_cgroup_name(
+        &req.run_id.to_string(),
+        &req.step_id.to_string(),
+        marker_value.rsplit('-').next().unwrap_or(&marker_value),
+    );
+    let cgroup = AgentCgroup::create(&cgroup_name, &req.limits)
+        .map_err(|e| fatal(format!("cannot create the agent's cgroup {cgroup_name}"), Some(e)))?
+        .map(Arc::new);
+    if let Some(cg) = &cgroup {
+        // The shim would only report a missing program as exit code 127.
+        if !cmd.program_found() {
+            cg.remove();
+            return Err(spawn_error(
+                &program,
+                key,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        cmd = cmd.through_shim(cg.shim_args());
+    }
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|e| spawn_error(&program, key, e))?;
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            return Err(spawn_error(&program, key, e));
+        }
+    };
     let Some(pid) = child.id() else {
         return Err(fatal(format!("`{program}` exited before it started"), None));
     };
@@ -485,8 +559,12 @@ pub(crate) async fn run_reading(
     let mut guard = KillGuard {
         tree: ProcessTree::with_start(pid, start_time)
             .with_marker(format!("{MARKER_KEY}={marker_value}")),
+        cgroup: cgroup.clone(),
         armed: true,
     };
+    // Tells a stop in progress that the agent itself has exited.
+    let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+    let watch_limits = cgroup.is_some() && !req.limits.is_empty();
     // The engine may not listen (one-off calls); the pid is only needed for crash recovery.
     let _ = ctx.signals.send(ExecSignal::Spawned { pid, start_time });
 
@@ -528,6 +606,7 @@ pub(crate) async fn run_reading(
     let mut status: Option<ExitStatus> = None;
     let mut stopped_by: Option<Termination> = None;
     let mut stop: Option<StopFuture> = None;
+    let mut limit_stopped = false;
     let mut leftovers_swept = false;
     let mut drain_deadline: Option<Instant> = None;
     // No read of `/proc` at the start: the agent has not forked anything yet.
@@ -540,6 +619,14 @@ pub(crate) async fn run_reading(
                 // Whatever the agent left behind (background jobs, setsid'ed tools) must not
                 // outlive the call; this also releases pipes they hold.
                 leftovers_swept = true;
+                if let Some(cg) = &cgroup {
+                    // Whatever is left in the cgroup is a leftover: one read says whether
+                    // anything is.
+                    if cg.populated() {
+                        stop = Some(kill_cgroup(Arc::clone(cg)));
+                    }
+                    continue;
+                }
                 let mut tree = guard.tree.clone();
                 if tree.group_gone_and_nothing_seen() {
                     // The usual end: the group is empty and no descendant was ever seen. Only
@@ -555,7 +642,7 @@ pub(crate) async fn run_reading(
                 }
                 stop = Some(Box::pin(async move {
                     tree.stop_leftovers().await;
-                    tree
+                    Some(tree)
                 }));
                 continue;
             }
@@ -568,7 +655,7 @@ pub(crate) async fn run_reading(
         }
         if stopped_by.is_none() && sink.log_error.is_some() {
             stopped_by = Some(Termination::Canceled);
-            stop = Some(stop_future(&guard.tree));
+            stop = Some(stop_future(&guard, pid, &exited_rx));
             continue;
         }
         let running = status.is_none() && stopped_by.is_none();
@@ -579,15 +666,15 @@ pub(crate) async fn run_reading(
             biased;
             () = ctx.cancel.cancelled(), if running => {
                 stopped_by = Some(Termination::Canceled);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             () = sleep_until(deadline), if running && deadline.is_some() => {
                 stopped_by = Some(Termination::TimedOut);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             () = sleep_until(idle_at), if running && idle_at.is_some() => {
                 stopped_by = Some(Termination::IdleTimedOut);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             read = read_some(stdout.as_mut(), &mut out_buf), if out_open => match read {
                 Ok(n) if n > 0 => {
@@ -611,16 +698,33 @@ pub(crate) async fn run_reading(
                 }
             },
             exited = child.wait(), if status.is_none() => match exited {
-                Ok(s) => status = Some(s),
+                Ok(s) => {
+                    status = Some(s);
+                    // Nobody may be waiting for it.
+                    let _ = exited_tx.send(true);
+                }
                 Err(e) => return Err(fatal(format!("cannot wait for `{program}`"), Some(e))),
             },
             tree = async { match stop.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if stopping => {
-                guard.tree = tree;
+                if let Some(tree) = tree {
+                    guard.tree = tree;
+                }
                 stop = None;
             }
             () = &mut feed, if !fed => fed = true,
-            _ = refresh.tick(), if running || draining => {
-                if draining {
+            _ = refresh.tick(), if (cgroup.is_some() && ((running && watch_limits) || draining)) || (cgroup.is_none() && (running || draining)) => {
+                if let Some(cg) = &cgroup {
+                    if draining {
+                        if cg.populated() {
+                            stop = Some(kill_cgroup(Arc::clone(cg)));
+                        }
+                    } else if !limit_stopped && cg.limit_hit().is_some() {
+                        // A fork loop or a memory hog: the whole agent is stopped, and the step
+                        // fails with the limit as its reason.
+                        limit_stopped = true;
+                        stop = Some(kill_cgroup(Arc::clone(cg)));
+                    }
+                } else if draining {
                     // Something still holds the pipes: a leftover the sweep could not see yet
                     // (caught between fork and exec, say). Look again.
                     if guard.tree.any_alive() {
@@ -636,7 +740,24 @@ pub(crate) async fn run_reading(
         }
     }
     guard.armed = false;
-    guard.tree.reap();
+    let resources = match &cgroup {
+        Some(cg) => {
+            let usage = cg.usage();
+            if cg.populated() {
+                // Something still held our pipes past the drain: it must not outlive the call.
+                let adopted = process::adopt(&cg.pids());
+                cg.kill();
+                cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+                process::reap_adopted(&adopted);
+            }
+            cg.remove();
+            Some(usage)
+        }
+        None => {
+            guard.tree.reap();
+            None
+        }
+    };
     drop(stdout);
     drop(stderr);
     if out_open {
@@ -655,6 +776,7 @@ pub(crate) async fn run_reading(
             (TIMEOUT_EXIT_CODE, t)
         }
         (Some(t), _) => (CANCEL_EXIT_CODE, t),
+        (None, Some(s)) if limit_stopped && s.success() => (128 + 9, Termination::Signaled),
         (None, Some(s)) => {
             use std::os::unix::process::ExitStatusExt;
             let t = if s.signal().is_some() {
@@ -680,6 +802,7 @@ pub(crate) async fn run_reading(
         output_bytes: sink.bytes,
         output_lines: sink.line_count,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        resources,
     };
     Ok(AgentRun {
         outcome,
@@ -687,11 +810,54 @@ pub(crate) async fn run_reading(
     })
 }
 
-fn stop_future(tree: &ProcessTree) -> StopFuture {
-    let mut tree = tree.clone();
+/// The stop of a cancel or timeout: SIGINT to the agent's group (the Claude CLI then stops
+/// its tools), SIGTERM after [`INTERRUPT_GRACE`], then everything is killed: the cgroup
+/// with `cgroup.kill` after [`KILL_GRACE`] more, or, without a cgroup, the group and every
+/// descendant found in `/proc`.
+fn stop_future(
+    guard: &KillGuard,
+    pid: u32,
+    exited: &tokio::sync::watch::Receiver<bool>,
+) -> StopFuture {
+    match &guard.cgroup {
+        Some(cg) => {
+            let cg = Arc::clone(cg);
+            let mut exited = exited.clone();
+            Box::pin(async move {
+                process::signal_group(pid, Signal::Interrupt);
+                if !wait_exited(&mut exited, INTERRUPT_GRACE).await {
+                    process::signal_group(pid, Signal::Terminate);
+                    wait_exited(&mut exited, KILL_GRACE).await;
+                }
+                kill_cgroup(cg).await
+            })
+        }
+        None => {
+            let mut tree = guard.tree.clone();
+            Box::pin(async move {
+                tree.stop(INTERRUPT_GRACE).await;
+                Some(tree)
+            })
+        }
+    }
+}
+
+/// Waits up to `limit` for the agent itself to exit; true when it did.
+async fn wait_exited(exited: &mut tokio::sync::watch::Receiver<bool>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, exited.wait_for(|e| *e))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Kills everything in the agent's cgroup and waits until it is empty, reaping those of its
+/// processes that were re-parented to us.
+fn kill_cgroup(cg: Arc<AgentCgroup>) -> StopFuture {
     Box::pin(async move {
-        tree.stop(INTERRUPT_GRACE).await;
-        tree
+        let adopted = process::adopt(&cg.pids());
+        cg.kill();
+        cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+        process::reap_adopted(&adopted);
+        None
     })
 }
 
@@ -726,6 +892,7 @@ mod tests {
             timeout: Some(Duration::from_secs(60)),
             idle_timeout: None,
             env: Vec::new(),
+            limits: Default::default(),
         }
     }
 

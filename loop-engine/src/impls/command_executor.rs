@@ -255,6 +255,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("EXTRA_VAR".into(), "extra".into())],
+            limits: Default::default(),
         }
     }
 

@@ -1,8 +1,11 @@
 //! Reference backends: the in-memory store, the git CLI, the agent process executors (the
-//! Claude, Codex and Gemini CLIs and the command template), the simulated agent and the tracing notifier; and
-//! [`run_agent`], the agent-process runner they are built on, for custom executors.
+//! Claude, Codex and Gemini CLIs and the command template), the simulated agent, the tracing
+//! notifier and the built-in notifiers (`notify`: webhook, command, desktop, the retrying
+//! queue); and [`run_agent`], the agent-process runner they are built on, for custom executors.
 
 mod agent_cli;
+#[cfg(test)]
+mod agent_containment_tests;
 mod agent_process;
 mod claude_executor;
 mod codex_executor;
@@ -12,6 +15,7 @@ mod git_cli;
 mod git_refs;
 mod log_notifier;
 mod memory_store;
+pub mod notify;
 pub(crate) mod sim_agent;
 pub mod stream_json;
 

@@ -224,6 +224,45 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
+/// The 429 of an exhausted usage limit, resetting `reset_in_sec` seconds from now (see
+/// [`Turn::UsageLimit`]).
+fn usage_limit(reset_in_sec: u64) -> Response<Body> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reset = now.saturating_add(reset_in_sec);
+    let rfc3339 = reply::rfc3339(reset);
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": "This request would exceed your account's rate limit. Please try again later."
+        }
+    });
+    let mut res = json_response(429, &body);
+    let headers = res.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("retry-after", reset_in_sec.to_string());
+    put("anthropic-ratelimit-requests-reset", rfc3339.clone());
+    put("anthropic-ratelimit-tokens-reset", rfc3339.clone());
+    put("anthropic-ratelimit-input-tokens-reset", rfc3339.clone());
+    put("anthropic-ratelimit-output-tokens-reset", rfc3339);
+    put("anthropic-ratelimit-unified-status", "rejected".into());
+    put("anthropic-ratelimit-unified-reset", reset.to_string());
+    put("anthropic-ratelimit-unified-5h-status", "rejected".into());
+    put("anthropic-ratelimit-unified-5h-reset", reset.to_string());
+    put(
+        "anthropic-ratelimit-unified-representative-claim",
+        "five_hour".into(),
+    );
+    put("request-id", "req_scripted_usage_limit".into());
+    res
+}
+
 pub(crate) fn json_response(status: u16, value: &Value) -> Response<Body> {
     let mut res = Response::new(full(value.to_string()));
     *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -354,6 +393,9 @@ pub(crate) enum Answer {
         body: Value,
         retry_after: Option<u64>,
     },
+    UsageLimit {
+        reset_in_sec: u64,
+    },
     Stall,
 }
 
@@ -413,6 +455,7 @@ fn expand(
             body: body.unwrap_or_else(|| reply::error_body(status)),
             retry_after,
         },
+        Turn::UsageLimit { reset_in_sec } => Answer::UsageLimit { reset_in_sec },
         Turn::Slow { chunks, delay } => Answer::Slow(Content::Text(chunks), delay),
         Turn::Stall => Answer::Stall,
         Turn::PlanAgent => {
@@ -448,6 +491,7 @@ fn respond(
             }
             return res;
         }
+        Answer::UsageLimit { reset_in_sec } => return usage_limit(reset_in_sec),
         Answer::Stall => {
             return stall(
                 shared,
