@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use crate::api::{
     ArtifactList, ArtifactResource, CreatePrRequestBody, CreateRunRequest, CreatedRunResponse,
     DiffResponse, ErrorBody, Health, ListQuery, MergeRequestBody, PostmortemRequest,
-    PostmortemResource, PromptResponse, PruneResponse, ReviewActionResponse, RunList,
-    RunResource, StepList, StepResource, WorktreeList, WorktreeResource,
+    PostmortemResource, PromptResponse, PruneResponse, ReviewActionResponse, RunList, RunResource,
+    StepList, StepResource, WorktreeList, WorktreeResource,
 };
 use crate::query;
 use loop_engine::backend::DiffLimits;

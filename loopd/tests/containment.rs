@@ -139,12 +139,19 @@ async fn kill_9_and_restart_leave_nothing(cgroups: bool) {
     signal(&daemon.child, Signal::SIGKILL);
     let _ = daemon.child.wait().await;
     for pid in [agent, setsid, double] {
-        assert!(alive(pid), "{pid} died with the daemon: nothing left to test");
+        assert!(
+            alive(pid),
+            "{pid} died with the daemon: nothing left to test"
+        );
     }
 
     let mut daemon = start_with_env(data.path(), port, &env).await;
     all_die(
-        &[("agent", agent), ("setsid'd", setsid), ("double-forked", double)],
+        &[
+            ("agent", agent),
+            ("setsid'd", setsid),
+            ("double-forked", double),
+        ],
         Duration::from_secs(30),
         data.path(),
     )

@@ -203,8 +203,6 @@ config_keys! {
         "Commands run once in a new worktree before the first agent call (install dependencies, copy an `.env`), separated by `|`, with `bash -lc`; a failure ends the run FAILED `setup_failed`.";
     setup_timeout_sec: u64 = 1800, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
         "Timeout of each setup command in seconds (0 = none).";
-    postmortem: bool = true, ValueKind::Bool,
-        "Seed key: analyse a run when it ends (SPEC §12). Accepted for compatibility with the seed's config files; the postmortem itself is not built yet, so the value has no effect today.";
     summary_json: bool = true, ValueKind::Bool,
         "Seed key: write `summary.json` at every run end. Accepted for compatibility with the seed's config files; summary.json is always written (SPEC §7).";
     max_review_passes: u32 = 10, ValueKind::U32 { min: 0, max: u32::MAX },

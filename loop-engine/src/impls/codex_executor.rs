@@ -20,7 +20,7 @@ use crate::backend::{
     Verdict,
 };
 use crate::domain::AgentUsage;
-use crate::impls::agent_cli::{CliInstall, split_args, status_in, uint};
+use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
 use crate::impls::agent_process::{ProgramKey, StreamReader, run_reading};
 use crate::impls::claude_executor::effective_env;
 use crate::impls::stream_json::parse_value;
@@ -186,6 +186,8 @@ impl CodexStream {
                     is_error: false,
                     text: self.text.clone().unwrap_or_default(),
                     api_error_status: None,
+                    api_error: None,
+                    usage_limit_resets_at: None,
                     usage: AgentUsage {
                         num_turns: Some(self.turns),
                         // OpenAI counts cached input inside input_tokens; the budgets count
@@ -203,9 +205,12 @@ impl CodexStream {
             }
             Some("turn.failed") => {
                 let message = error_message(v.get("error").unwrap_or(&Value::Null));
+                let limit = usage_limit_in(&message, now_unix());
                 self.result = Some(AgentResult {
                     subtype: Some("turn_failed".into()),
                     is_error: true,
+                    api_error: limit.map(|_| "usage_limit_reached".to_owned()),
+                    usage_limit_resets_at: limit.flatten(),
                     api_error_status: error_status(&message),
                     text: message,
                     usage: AgentUsage {
@@ -303,6 +308,7 @@ mod tests {
             log_path: dir.join("logs/iter-01.log"),
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
+            limits: Default::default(),
             env: vec![("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into())],
         }
     }
@@ -438,13 +444,36 @@ EOF"#;
             Some(FailureKind::Transient { status: Some(503) })
         );
         let (outcome, _, _) = run(
-            r#"echo '{"type":"turn.failed","error":{"message":"You have hit your usage limit. Try again later."}}'; exit 1"#,
+            r#"echo '{"type":"turn.failed","error":{"message":"Rate limit reached for requests"}}'; exit 1"#,
         )
         .await;
         assert_eq!(
             kind(judge(&outcome)),
             Some(FailureKind::Transient { status: Some(429) })
         );
+    }
+
+    #[tokio::test]
+    async fn a_used_up_usage_limit_waits_for_its_reset() {
+        let (outcome, _, _) = run(
+            r#"echo '{"type":"turn.failed","error":{"message":"You\u2019ve hit your usage limit. Upgrade to Pro or try again later."}}'; exit 1"#,
+        )
+        .await;
+        assert_eq!(
+            kind(judge(&outcome)),
+            Some(FailureKind::UsageLimit { resets_at: None })
+        );
+        let (outcome, _, _) = run(
+            r#"echo '{"type":"turn.failed","error":{"message":"You have hit your usage limit. Try again in 10 minutes."}}'; exit 1"#,
+        )
+        .await;
+        let Some(FailureKind::UsageLimit {
+            resets_at: Some(at),
+        }) = kind(judge(&outcome))
+        else {
+            panic!("{:?}", judge(&outcome));
+        };
+        assert!((at - now_unix() - 600).abs() < 60, "{at}");
     }
 
     #[tokio::test]

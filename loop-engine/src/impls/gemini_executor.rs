@@ -18,7 +18,7 @@ use crate::backend::{
     Verdict,
 };
 use crate::domain::AgentUsage;
-use crate::impls::agent_cli::{CliInstall, split_args, status_in, uint};
+use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
 use crate::impls::agent_process::{ProgramKey, StreamReader, run_reading};
 use crate::impls::stream_json::parse_value;
 use crate::process::Cmd;
@@ -198,9 +198,14 @@ impl GeminiStream {
         } else {
             self.text.trim_end().to_owned()
         };
+        let limit = is_error
+            .then(|| usage_limit_in(&message, now_unix()))
+            .flatten();
         AgentResult {
             subtype: Some(status.to_owned()),
             is_error,
+            api_error: limit.map(|_| "usage_limit_reached".to_owned()),
+            usage_limit_resets_at: limit.flatten(),
             api_error_status: is_error.then(|| api_status(&message)).flatten(),
             text,
             usage: AgentUsage {
@@ -266,6 +271,7 @@ mod tests {
             log_path: dir.join("logs/iter-01.log"),
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
+            limits: Default::default(),
             env: Vec::new(),
         }
     }
@@ -370,6 +376,23 @@ EOF"#;
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_daily_quota_waits_for_its_reset() {
+        let quota = r#"echo '{"type":"result","status":"error","error":{"type":"unknown","message":"[API Error: You have exhausted your daily quota on this model. Please retry in 30s.]"},"stats":{}}'; exit 145"#;
+        let (outcome, _) = run(quota).await;
+        let verdict = judge(&outcome);
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Failure {
+                    kind: FailureKind::UsageLimit { resets_at: Some(_) },
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
     }
 
     #[tokio::test]

@@ -256,6 +256,13 @@ fn respond(
             }
             return res;
         }
+        Answer::UsageLimit { reset_in_sec } => {
+            let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "You have exhausted your daily quota on this model (scripted).",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": format!("{reset_in_sec}s")}]}});
+            return json_response(429, &body);
+        }
         Answer::Stall => {
             let first = chunk(&[json!({"text": "Working"})], None, None);
             return stall(shared, stream.then(|| data(&first)));

@@ -161,6 +161,13 @@ fn respond(
             }
             return res;
         }
+        Answer::UsageLimit { reset_in_sec } => {
+            // The shape the ChatGPT backend uses; Codex reports "You've hit your usage limit".
+            let body = json!({"error": {"type": "usage_limit_reached",
+                "message": "The usage limit has been reached (scripted).",
+                "plan_type": "plus", "resets_in_seconds": reset_in_sec}});
+            return json_response(429, &body);
+        }
         Answer::Stall => return stall(shared, Some(created)),
         Answer::Content(c) => (c, Duration::ZERO),
         Answer::Slow(c, d) => (c, d),

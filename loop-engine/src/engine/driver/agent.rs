@@ -230,10 +230,7 @@ impl RunDriver {
             self.rec
                 .log(format!("step {label}: {what} {limit} s; stopped"));
         }
-        let limit_hit = outcome
-            .resources
-            .as_ref()
-            .and_then(|r| r.limit_hit.clone());
+        let limit_hit = outcome.resources.as_ref().and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },

@@ -297,6 +297,7 @@ impl Work {
                 timeout: Some(secs(cfg.claude_timeout_sec).unwrap_or(DEFAULT_CALL_TIMEOUT)),
                 idle_timeout: secs(cfg.claude_idle_timeout_sec),
                 env: agent_env(run, cfg),
+                limits: cfg.agent_limits().unwrap_or_default(),
             };
             match ask(&executor, req, cancel.clone()).await {
                 Ok((text, cost)) => {
@@ -383,13 +384,7 @@ fn secs(s: u64) -> Option<Duration> {
 
 /// What the prompts say: the run's facts, the spec and plan as the agent saw them, and the
 /// last agent step and accepted completion from report.tsv.
-fn facts(
-    run: &Run,
-    cfg: &Config,
-    rec: &Recorder,
-    dir: &Path,
-    has_worktree: bool,
-) -> Facts {
+fn facts(run: &Run, cfg: &Config, rec: &Recorder, dir: &Path, has_worktree: bool) -> Facts {
     let (spec, plan) = if has_worktree {
         let paths = crate::engine::create::prompt_paths(
             cfg,
