@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::backend::{
-    AgentResult, ExecContext, ExecOutcome, ExecRequest, ExecSignal, Executor, ExecutorError,
-    Verdict,
+    AgentResult, ExecContext, ExecOutcome, ExecPurpose, ExecRequest, ExecSignal, Executor,
+    ExecutorError, Verdict,
 };
 use crate::domain::AgentUsage;
 use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
@@ -70,20 +70,30 @@ impl CodexExecutor {
         })
     }
 
-    /// The arguments for `req`; `base_url` is the effective `OPENAI_BASE_URL`, if any.
+    /// The arguments for `req`; `base_url` is the effective `OPENAI_BASE_URL`, if any. The
+    /// naming and postmortem calls run in Codex's read-only sandbox (`-s read-only`, no
+    /// approvals): they read, and must not change the worktree.
     pub fn args(&self, req: &ExecRequest, base_url: Option<&str>) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "exec",
-            "--json",
-            "--skip-git-repo-check",
-            "--dangerously-bypass-approvals-and-sandbox",
-            "-c",
-            "check_for_update_on_startup=false",
-            "-c",
-            "analytics.enabled=false",
-        ]
-        .map(String::from)
-        .into();
+        let read_only = matches!(req.purpose, ExecPurpose::Naming | ExecPurpose::Postmortem);
+        let access: &[&str] = if read_only {
+            &["-s", "read-only", "-c", "approval_policy=\"never\""]
+        } else {
+            &["--dangerously-bypass-approvals-and-sandbox"]
+        };
+        let mut args: Vec<String> = ["exec", "--json", "--skip-git-repo-check"]
+            .iter()
+            .chain(access)
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(
+            [
+                "-c",
+                "check_for_update_on_startup=false",
+                "-c",
+                "analytics.enabled=false",
+            ]
+            .map(String::from),
+        );
         if let Some(model) = &self.model {
             args.extend(["-m".into(), model.clone()]);
         }
@@ -291,7 +301,7 @@ fn reconnect(message: &str) -> Option<ExecSignal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ExecPurpose, FailureKind, Termination};
+    use crate::backend::{FailureKind, Termination};
     use crate::domain::{RunId, StepId};
     use std::path::Path;
     use tokio_util::sync::CancellationToken;
@@ -480,6 +490,26 @@ EOF"#;
     async fn exit_zero_without_a_finished_turn_is_no_result() {
         let (outcome, _, _) = run(r#"echo '{"type":"turn.started"}'"#).await;
         assert_eq!(kind(judge(&outcome)), Some(FailureKind::NoResult));
+    }
+
+    #[test]
+    fn postmortem_and_naming_run_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = CodexExecutor::new("codex", None, None).unwrap();
+        let mut req = request(dir.path());
+        assert!(
+            exec.args(&req, None)
+                .contains(&"--dangerously-bypass-approvals-and-sandbox".to_owned())
+        );
+        for purpose in [ExecPurpose::Postmortem, ExecPurpose::Naming] {
+            req.purpose = purpose;
+            let args = exec.args(&req, None);
+            assert_eq!(
+                args[3..7],
+                ["-s", "read-only", "-c", "approval_policy=\"never\""]
+            );
+            assert!(!args.iter().any(|a| a.contains("dangerously")), "{args:?}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::backend::{
-    AgentResult, ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, FailureKind,
-    Verdict,
+    AgentResult, ExecContext, ExecOutcome, ExecPurpose, ExecRequest, Executor, ExecutorError,
+    FailureKind, Verdict,
 };
 use crate::domain::AgentUsage;
 use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
@@ -62,16 +62,20 @@ impl GeminiExecutor {
         })
     }
 
-    /// The arguments for `req`.
+    /// The arguments for `req`. The naming and postmortem calls run without `--yolo`: in
+    /// headless mode the CLI then only runs tools that need no approval (reading), so they
+    /// cannot change the worktree.
     pub fn args(&self, req: &ExecRequest) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-p".into(),
             req.prompt.clone(),
             "-o".into(),
             "stream-json".into(),
-            "--yolo".into(),
-            "--skip-trust".into(),
         ];
+        if !matches!(req.purpose, ExecPurpose::Naming | ExecPurpose::Postmortem) {
+            args.push("--yolo".into());
+        }
+        args.push("--skip-trust".into());
         if let Some(model) = &self.model {
             args.extend(["-m".into(), model.clone()]);
         }
@@ -254,7 +258,7 @@ impl StreamReader for GeminiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ExecPurpose, Termination};
+    use crate::backend::Termination;
     use crate::domain::{RunId, StepId};
     use std::path::Path;
     use tokio_util::sync::CancellationToken;
@@ -403,6 +407,18 @@ EOF"#;
             matches!(&verdict, Verdict::Failure { kind: FailureKind::AuthRefused, message } if message.contains("selectedType")),
             "{verdict:?}"
         );
+    }
+
+    #[test]
+    fn postmortem_and_naming_run_without_yolo() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = GeminiExecutor::new("gemini", None, None).unwrap();
+        let mut req = request(dir.path());
+        assert!(exec.args(&req).contains(&"--yolo".to_owned()));
+        for purpose in [ExecPurpose::Postmortem, ExecPurpose::Naming] {
+            req.purpose = purpose;
+            assert!(!exec.args(&req).contains(&"--yolo".to_owned()));
+        }
     }
 
     #[tokio::test]
