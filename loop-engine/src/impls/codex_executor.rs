@@ -10,7 +10,7 @@
 //! `turn.completed`, `turn.failed`, `error`); [`CodexStream`] turns them into the outcome: the
 //! last `agent_message` is the final text, `turn.completed` carries the token usage,
 //! `turn.failed` is the error, and its `Reconnecting... 2/5 (...)` errors are the CLI's own
-//! API retries. See `docs/agents.md` for the facts behind this.
+//! API retries. The facts behind this are in ARCHITECTURE.md ("Agent CLIs").
 
 use async_trait::async_trait;
 use serde_json::Value;

@@ -8,7 +8,7 @@
 //! Its stdout is one JSON object a line (`init`, `message`, `tool_use`, `tool_result`,
 //! `error`, `result`); [`GeminiStream`] turns them into the outcome: the assistant text after
 //! the last tool call is the final text, the `result` line's `status` the verdict and its
-//! `stats` the token usage. See `docs/agents.md` for the facts behind this.
+//! `stats` the token usage. The facts behind this are in ARCHITECTURE.md ("Agent CLIs").
 
 use async_trait::async_trait;
 use serde_json::Value;
