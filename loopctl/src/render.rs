@@ -235,6 +235,9 @@ pub(crate) fn inspect(
             run.exit_reason.clone().unwrap_or_else(|| "-".into()),
         ),
     ];
+    if let Ok(config) = loop_engine::config::Config::from_json(&run.config) {
+        kv.push(("agent", config.agent_summary()));
+    }
     if let Some(f) = &run.failure {
         kv.push(("failure", f.clone()));
     }

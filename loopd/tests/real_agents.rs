@@ -382,6 +382,16 @@ async fn run_to_end(client: &Client, repo: &GitFixture) -> Finished {
 async fn plan_with_reviewer(client: &Client, agent: Agent, bin: &Path) {
     let server = ModelServer::start(Script::plan_agent()).expect("model server starts");
     let repo = repo_for(agent, bin, &server, &[("reviewer", "true")]);
+    // `loopctl prompt` says which agent would run.
+    let preview = client
+        .prompt(&create_request(&repo))
+        .await
+        .expect("prompt preview");
+    assert!(
+        preview.agent.starts_with(&format!("{} (", agent.name())),
+        "{}",
+        preview.agent
+    );
     let f = run_to_end(client, &repo).await;
     assert_eq!(f.run.status, RunStatus::Completed, "{:?}", f.run.failure);
     assert!(
