@@ -277,6 +277,8 @@ fn repo_for(agent: Agent, bin: &Path, server: &ModelServer, extra: &[(&str, &str
     let global = repo.root().join("global-logs");
     let mut keys: Vec<(String, String)> = [
         ("run_naming_mode", "spec_slug".to_owned()),
+        // The model requests are counted: no postmortem calls after the run.
+        ("postmortem", "false".to_owned()),
         ("global_log_dir", global.display().to_string()),
         ("reviewer", "false".to_owned()),
         ("claude_timeout_sec", "120".to_owned()),
@@ -519,9 +521,19 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
     let retries = f.events_of("CLAUDE_RETRY");
     assert_eq!(retries.len(), 1, "{:?}", f.kinds());
     let message = retries[0].data["payload"]["message"].as_str().unwrap_or("");
+    assert_eq!(message, "attempt=1");
+    // Why the step was retried, in run.log: the executor judged the 503 transient.
+    let folder = f
+        .run
+        .workspace_root
+        .join("logs/loop")
+        .join(format!("run-{}", f.run.id));
+    let run_log = std::fs::read_to_string(folder.join("run.log")).expect("run.log");
     assert!(
-        message.contains("transient") && message.contains("503"),
-        "{message}"
+        run_log
+            .lines()
+            .any(|l| l.contains("transient retry") && l.contains("503")),
+        "{run_log}"
     );
     let first = f.steps_in("implementation")[0];
     assert_eq!(first.status, "RETRYING", "{first:?}");
