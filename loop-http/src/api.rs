@@ -477,6 +477,9 @@ pub struct PromptResponse {
     pub reviewer: Option<String>,
     /// Configuration warnings.
     pub warnings: Vec<String>,
+    /// Which agent would run the steps, e.g. `codex (codex_bin codex, model gpt-5)`.
+    #[serde(default)]
+    pub agent: String,
 }
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.

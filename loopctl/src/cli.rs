@@ -231,8 +231,24 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
     /// Use the built-in simulated agent even when the Claude CLI is installed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agent")]
     pub(crate) simulate: bool,
+    /// The agent CLI to run against the scripted model: `claude` (simulated when it is not
+    /// installed), `codex` or `gemini` (required to be installed: CODEX_BIN / GEMINI_BIN, on
+    /// PATH, or bin/install-codex / bin/install-gemini).
+    #[arg(long, value_enum)]
+    pub(crate) agent: Option<DemoAgent>,
+}
+
+/// The agent CLI of `loopctl demo --agent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DemoAgent {
+    /// The Claude Code CLI.
+    Claude,
+    /// The OpenAI Codex CLI.
+    Codex,
+    /// The Gemini CLI.
+    Gemini,
 }
 
 #[derive(Debug, Args)]

@@ -235,6 +235,9 @@ pub(crate) fn inspect(
             run.exit_reason.clone().unwrap_or_else(|| "-".into()),
         ),
     ];
+    if let Ok(config) = loop_engine::config::Config::from_json(&run.config) {
+        kv.push(("agent", config.agent_summary()));
+    }
     if let Some(f) = &run.failure {
         kv.push(("failure", f.clone()));
     }
@@ -533,6 +536,65 @@ impl AgentView {
                     }
                 }
             }
+            "result" if v.get("status").is_some() => out.push_str(&gemini_result(&v)),
+            "init" => out.push_str(&format!(
+                "· agent started (model {})\n",
+                v.get("model").and_then(|m| m.as_str()).unwrap_or("?")
+            )),
+            "message" => {
+                // The Gemini CLI: the prompt comes back as a user message, answers as deltas.
+                let text = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
+                if v.get("role").and_then(|r| r.as_str()) == Some("assistant")
+                    && !text.trim().is_empty()
+                {
+                    out.push_str(text.trim_end());
+                    out.push('\n');
+                }
+            }
+            "tool_use" => {
+                let name = v
+                    .get("tool_name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("tool");
+                let input = v.get("parameters").cloned().unwrap_or_default();
+                out.push_str(&format!("→ {name}: {}\n", tool_what(&input)));
+            }
+            "tool_result" => {
+                let text = v
+                    .get("output")
+                    .or_else(|| v.pointer("/error/message"))
+                    .and_then(|o| o.as_str())
+                    .unwrap_or("");
+                out.push_str(&result_line(text));
+            }
+            "error" => out.push_str(&format!(
+                "· {}\n",
+                first_line(
+                    v.get("message").and_then(|m| m.as_str()).unwrap_or("error"),
+                    200
+                )
+            )),
+            "thread.started" => out.push_str("· agent started (Codex)\n"),
+            "turn.started" | "item.started" | "item.updated" => {}
+            "item.completed" => out.push_str(&codex_item(v.get("item").unwrap_or_default())),
+            "turn.completed" => out.push_str(&format!(
+                "✓ done ({} input / {} output tokens)\n",
+                v.pointer("/usage/input_tokens")
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "?".into()),
+                v.pointer("/usage/output_tokens")
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "?".into()),
+            )),
+            "turn.failed" => out.push_str(&format!(
+                "✗ failed: {}\n",
+                first_line(
+                    v.pointer("/error/message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("error"),
+                    200
+                )
+            )),
             "result" => {
                 let err = v.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false);
                 out.push_str(&format!(
@@ -554,6 +616,98 @@ impl AgentView {
             _ => out.push_str(&format!("{line}\n")),
         }
         out
+    }
+}
+
+/// What a tool call is about: its description, command or file.
+fn tool_what(input: &serde_json::Value) -> String {
+    input
+        .get("description")
+        .or_else(|| input.get("command"))
+        .or_else(|| input.get("cmd"))
+        .or_else(|| input.get("file_path"))
+        .and_then(|d| d.as_str())
+        .map(|d| first_line(d, 100))
+        .unwrap_or_default()
+}
+
+/// `← <first line> (+N lines)` for a tool's output.
+fn result_line(content: &str) -> String {
+    let n = content.lines().count();
+    format!(
+        "← {}{}\n",
+        first_line(content, 100),
+        if n > 1 {
+            format!(" (+{} lines)", n - 1)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// One finished item of the Codex CLI's `--json` stream.
+fn codex_item(item: &serde_json::Value) -> String {
+    let text = |key: &str| item.get(key).and_then(|t| t.as_str()).unwrap_or("");
+    match item.get("type").and_then(|t| t.as_str()) {
+        Some("agent_message") if !text("text").trim().is_empty() => {
+            format!("{}\n", text("text").trim_end())
+        }
+        Some("command_execution") => {
+            // Codex shows the command as `/bin/bash -lc "<script>"`: the script is what ran.
+            let command = text("command");
+            let script = command
+                .strip_prefix("/bin/bash -lc ")
+                .or_else(|| command.strip_prefix("bash -lc "))
+                .unwrap_or(command)
+                .trim_matches('"');
+            format!(
+                "→ shell: {}\n{}",
+                first_line(script, 100),
+                result_line(text("aggregated_output"))
+            )
+        }
+        Some("file_change") => {
+            let paths: Vec<&str> = item
+                .get("changes")
+                .and_then(|c| c.as_array())
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|x| x.get("path").and_then(|p| p.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!("→ edit: {}\n", paths.join(", "))
+        }
+        Some("error") => format!("· {}\n", first_line(text("message"), 200)),
+        _ => String::new(),
+    }
+}
+
+/// The Gemini CLI's final `result` line.
+fn gemini_result(v: &serde_json::Value) -> String {
+    let ok = v.get("status").and_then(|s| s.as_str()) == Some("success");
+    let tokens = |k: &str| {
+        v.pointer(&format!("/stats/{k}"))
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "?".into())
+    };
+    if ok {
+        format!(
+            "✓ done ({} input / {} output tokens, {} tool calls)\n",
+            tokens("input_tokens"),
+            tokens("output_tokens"),
+            tokens("tool_calls")
+        )
+    } else {
+        format!(
+            "✗ failed: {}\n",
+            first_line(
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("error"),
+                200
+            )
+        )
     }
 }
 
@@ -592,6 +746,37 @@ mod tests {
             merge_commit: None,
             pr_url: None,
         }
+    }
+
+    #[test]
+    fn codex_and_gemini_lines_are_rendered() {
+        let codex = [
+            r#"{"type":"thread.started","thread_id":"t"}"#,
+            r#"{"type":"turn.started"}"#,
+            r#"{"type":"item.completed","item":{"type":"command_execution","command":"/bin/bash -lc \"git status\"","aggregated_output":"clean\n","exit_code":0}}"#,
+            r#"{"type":"item.completed","item":{"type":"agent_message","text":"Completed task 1."}}"#,
+            r#"{"type":"turn.completed","usage":{"input_tokens":10,"output_tokens":5}}"#,
+            r#"{"type":"turn.failed","error":{"message":"unexpected status 401 Unauthorized"}}"#,
+        ];
+        let out: String = codex.iter().map(|l| AgentView::line(l)).collect();
+        assert_eq!(
+            out,
+            "· agent started (Codex)\n→ shell: git status\n← clean\nCompleted task 1.\n✓ done (10 input / 5 output tokens)\n✗ failed: unexpected status 401 Unauthorized\n"
+        );
+        let gemini = [
+            r#"{"type":"init","model":"gemini-2.5-pro"}"#,
+            r#"{"type":"message","role":"user","content":"do it"}"#,
+            r#"{"type":"tool_use","tool_name":"run_shell_command","parameters":{"command":"ls"}}"#,
+            r#"{"type":"tool_result","status":"success","output":"a\nb"}"#,
+            r#"{"type":"message","role":"assistant","content":"Done.","delta":true}"#,
+            r#"{"type":"result","status":"success","stats":{"input_tokens":7,"output_tokens":3,"tool_calls":1}}"#,
+            r#"{"type":"result","status":"error","error":{"message":"[API Error: 401]"}}"#,
+        ];
+        let out: String = gemini.iter().map(|l| AgentView::line(l)).collect();
+        assert_eq!(
+            out,
+            "· agent started (model gemini-2.5-pro)\n→ run_shell_command: ls\n← a (+1 lines)\nDone.\n✓ done (7 input / 3 output tokens, 1 tool calls)\n✗ failed: [API Error: 401]\n"
+        );
     }
 
     #[test]

@@ -166,6 +166,15 @@ impl Agent {
         }
     }
 
+    /// The idle timeout of the stall scenario, in seconds: above the CLI's start-up time,
+    /// during which it prints nothing (the Gemini CLI takes 10-30 s on a loaded machine).
+    fn idle_timeout_sec(self) -> u64 {
+        match self {
+            Self::Codex => 8,
+            Self::Gemini => 60,
+        }
+    }
+
     /// The variable an auth failure names.
     fn key_var(self) -> &'static str {
         match self {
@@ -268,6 +277,8 @@ fn repo_for(agent: Agent, bin: &Path, server: &ModelServer, extra: &[(&str, &str
     let global = repo.root().join("global-logs");
     let mut keys: Vec<(String, String)> = [
         ("run_naming_mode", "spec_slug".to_owned()),
+        // The model requests are counted: no postmortem calls after the run.
+        ("postmortem", "false".to_owned()),
         ("global_log_dir", global.display().to_string()),
         ("reviewer", "false".to_owned()),
         ("claude_timeout_sec", "120".to_owned()),
@@ -373,6 +384,16 @@ async fn run_to_end(client: &Client, repo: &GitFixture) -> Finished {
 async fn plan_with_reviewer(client: &Client, agent: Agent, bin: &Path) {
     let server = ModelServer::start(Script::plan_agent()).expect("model server starts");
     let repo = repo_for(agent, bin, &server, &[("reviewer", "true")]);
+    // `loopctl prompt` says which agent would run.
+    let preview = client
+        .prompt(&create_request(&repo))
+        .await
+        .expect("prompt preview");
+    assert!(
+        preview.agent.starts_with(&format!("{} (", agent.name())),
+        "{}",
+        preview.agent
+    );
     let f = run_to_end(client, &repo).await;
     assert_eq!(f.run.status, RunStatus::Completed, "{:?}", f.run.failure);
     assert!(
@@ -500,9 +521,19 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
     let retries = f.events_of("CLAUDE_RETRY");
     assert_eq!(retries.len(), 1, "{:?}", f.kinds());
     let message = retries[0].data["payload"]["message"].as_str().unwrap_or("");
+    assert_eq!(message, "attempt=1");
+    // Why the step was retried, in run.log: the executor judged the 503 transient.
+    let folder = f
+        .run
+        .workspace_root
+        .join("logs/loop")
+        .join(format!("run-{}", f.run.id));
+    let run_log = std::fs::read_to_string(folder.join("run.log")).expect("run.log");
     assert!(
-        message.contains("transient") && message.contains("503"),
-        "{message}"
+        run_log
+            .lines()
+            .any(|l| l.contains("transient retry") && l.contains("503")),
+        "{run_log}"
     );
     let first = f.steps_in("implementation")[0];
     assert_eq!(first.status, "RETRYING", "{first:?}");
@@ -516,11 +547,15 @@ async fn transient_error(client: &Client, agent: Agent, bin: &Path) {
 async fn stalled_model(client: &Client, agent: Agent, bin: &Path) {
     let server =
         ModelServer::start(Script::plan_agent().then(Turn::Stall)).expect("model server starts");
+    let idle = agent.idle_timeout_sec();
     let repo = repo_for(
         agent,
         bin,
         &server,
-        &[("claude_idle_timeout_sec", "8"), ("claude_retries", "1")],
+        &[
+            ("claude_idle_timeout_sec", &idle.to_string()),
+            ("claude_retries", "1"),
+        ],
     );
     let f = run_to_end(client, &repo).await;
     assert_eq!(f.run.status, RunStatus::Completed, "{:?}", f.run.failure);
@@ -529,7 +564,10 @@ async fn stalled_model(client: &Client, agent: Agent, bin: &Path) {
     assert_eq!(first.exit_code, Some(124), "{first:?}");
     assert_eq!(first.status, "RETRYING");
     assert_eq!(first.label, "1A1");
-    assert!(first.duration_ms.unwrap_or(0) >= 8000, "{first:?}");
+    assert!(
+        first.duration_ms.unwrap_or(0) >= i64::try_from(idle * 1000).unwrap_or(i64::MAX),
+        "{first:?}"
+    );
     let timeout = f.events_of("ITERATION_TIMEOUT");
     assert_eq!(timeout.len(), 1, "{:?}", f.kinds());
     assert_eq!(timeout[0].data["payload"]["exit_code"], 124, "{timeout:?}");

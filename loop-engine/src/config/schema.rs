@@ -162,6 +162,42 @@ impl Config {
         )
     }
 
+    /// Which agent runs the steps, for people: the executor and what it starts, e.g.
+    /// `codex (codex_bin codex, model gpt-5)` or `claude (claude_bin claude, model opus)`.
+    pub fn agent_summary(&self) -> String {
+        let model = |m: &Option<String>| {
+            m.as_deref().filter(|m| !m.trim().is_empty()).map_or_else(
+                || "the CLI's default model".to_owned(),
+                |m| format!("model {m}"),
+            )
+        };
+        match self.executor {
+            ExecutorKind::Claude => format!(
+                "claude (claude_bin {}, model {})",
+                self.claude_bin, self.model
+            ),
+            ExecutorKind::Codex => {
+                format!(
+                    "codex (codex_bin {}, {})",
+                    self.codex_bin,
+                    model(&self.codex_model)
+                )
+            }
+            ExecutorKind::Gemini => format!(
+                "gemini (gemini_bin {}, {})",
+                self.gemini_bin,
+                model(&self.gemini_model)
+            ),
+            ExecutorKind::Command => format!(
+                "command (agent_cmd {})",
+                self.agent_cmd.as_deref().unwrap_or_default()
+            ),
+            ExecutorKind::Simulate => {
+                "simulate (the built-in simulated agent, no model)".to_owned()
+            }
+        }
+    }
+
     /// The configuration as a JSON object of config keys (the form stored with every run).
     /// Option keys that are unset are `null`, lists are arrays.
     ///
@@ -206,6 +242,25 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_summary_names_the_executor_and_what_it_starts() {
+        let mut c = Config::default();
+        assert_eq!(c.agent_summary(), "claude (claude_bin claude, model opus)");
+        c.executor = ExecutorKind::Codex;
+        assert_eq!(
+            c.agent_summary(),
+            "codex (codex_bin codex, the CLI's default model)"
+        );
+        c.codex_model = Some("gpt-5".into());
+        assert_eq!(c.agent_summary(), "codex (codex_bin codex, model gpt-5)");
+        c.executor = ExecutorKind::Gemini;
+        c.gemini_bin = "/opt/gemini".into();
+        assert_eq!(
+            c.agent_summary(),
+            "gemini (gemini_bin /opt/gemini, the CLI's default model)"
+        );
+    }
+
     use super::*;
     use crate::backend::QueueOrder;
     use crate::completion::CompletionMode;

@@ -63,6 +63,8 @@ pub struct PromptPreview {
     pub reviewer: Option<String>,
     /// Configuration warnings.
     pub warnings: Vec<String>,
+    /// Which agent would run the steps ([`Config::agent_summary`]).
+    pub agent: String,
 }
 
 /// The resolved inputs of a run.
@@ -460,6 +462,7 @@ fn preview(r: &Resolved) -> Result<PromptPreview, EngineError> {
         implementation,
         reviewer,
         warnings: r.warnings.clone(),
+        agent: r.config.agent_summary(),
     })
 }
 

@@ -121,6 +121,71 @@ pub(crate) fn status_in(text: &str) -> Option<u16> {
     })
 }
 
+/// Whether an error message says the account's usage limit or quota is used up (waiting for
+/// the reset is the only cure), and the reset as Unix seconds when the message gives a delay
+/// (`try again in 2 hours`, `retry in 43.5s`, `Suggested retry after 3600s.`,
+/// `"retryDelay": "3600s"`).
+pub(crate) fn usage_limit_in(message: &str, now_unix: i64) -> Option<Option<i64>> {
+    let lower = message.to_lowercase();
+    const LIMIT: &[&str] = &[
+        "usage limit",
+        "usage_limit_reached",
+        "exhausted your daily quota",
+        "daily quota",
+        "quota exceeded for quota metric",
+    ];
+    if !LIMIT.iter().any(|p| lower.contains(p)) {
+        return None;
+    }
+    Some(delay_in(&lower).map(|secs| now_unix.saturating_add(secs)))
+}
+
+/// A delay in seconds after `try again in`, `retry in` or `"retrydelay": "`.
+fn delay_in(lower: &str) -> Option<i64> {
+    for marker in [
+        "try again in ",
+        "retry in ",
+        "retry after ",
+        "\"retrydelay\":\"",
+        "\"retrydelay\": \"",
+    ] {
+        let Some(at) = lower.find(marker) else {
+            continue;
+        };
+        let rest = &lower[at + marker.len()..];
+        let number: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let Ok(value) = number.parse::<f64>() else {
+            continue;
+        };
+        let unit = rest[number.len()..].trim_start();
+        let factor = if unit.starts_with("ms") {
+            0.001
+        } else if unit.starts_with('s') {
+            1.0
+        } else if unit.starts_with("min") || unit.starts_with('m') {
+            60.0
+        } else if unit.starts_with('h') {
+            3600.0
+        } else if unit.starts_with('d') {
+            86400.0
+        } else {
+            1.0
+        };
+        return Some((value * factor).ceil() as i64);
+    }
+    None
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// A non-negative integer field given as a number or a numeric string.
 pub(crate) fn uint(v: &serde_json::Value, key: &str) -> Option<u64> {
     match v.get(key)? {
@@ -151,6 +216,37 @@ mod tests {
         assert_eq!(status_in("exit status 1"), None);
         assert_eq!(status_in("status 2000"), None);
         assert_eq!(status_in("nothing here"), None);
+    }
+
+    #[test]
+    fn usage_limits_and_their_resets() {
+        assert_eq!(
+            usage_limit_in(
+                "You’ve hit your usage limit. Upgrade to Pro or try again later.",
+                100
+            ),
+            Some(None)
+        );
+        assert_eq!(
+            usage_limit_in("You've hit your usage limit. Try again in 2 hours.", 100),
+            Some(Some(7300))
+        );
+        assert_eq!(
+            usage_limit_in(
+                r#"You have exhausted your daily quota on this model. {"retryDelay":"43.5s"}"#,
+                0
+            ),
+            Some(Some(44))
+        );
+        // The Gemini CLI's words for the scripted server's RetryInfo.
+        assert_eq!(
+            usage_limit_in(
+                "[API Error: You have exhausted your daily quota on this model (scripted).\nSuggested retry after 3600s.]",
+                10
+            ),
+            Some(Some(3610))
+        );
+        assert_eq!(usage_limit_in("rate limit reached, retry in 2s", 0), None);
     }
 
     #[test]

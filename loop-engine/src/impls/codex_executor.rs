@@ -10,17 +10,17 @@
 //! `turn.completed`, `turn.failed`, `error`); [`CodexStream`] turns them into the outcome: the
 //! last `agent_message` is the final text, `turn.completed` carries the token usage,
 //! `turn.failed` is the error, and its `Reconnecting... 2/5 (...)` errors are the CLI's own
-//! API retries. See `docs/agents.md` for the facts behind this.
+//! API retries. The facts behind this are in ARCHITECTURE.md ("Agent CLIs").
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::backend::{
-    AgentResult, ExecContext, ExecOutcome, ExecRequest, ExecSignal, Executor, ExecutorError,
-    Verdict,
+    AgentResult, ExecContext, ExecOutcome, ExecPurpose, ExecRequest, ExecSignal, Executor,
+    ExecutorError, Verdict,
 };
 use crate::domain::AgentUsage;
-use crate::impls::agent_cli::{CliInstall, split_args, status_in, uint};
+use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
 use crate::impls::agent_process::{ProgramKey, StreamReader, run_reading};
 use crate::impls::claude_executor::effective_env;
 use crate::impls::stream_json::parse_value;
@@ -70,20 +70,30 @@ impl CodexExecutor {
         })
     }
 
-    /// The arguments for `req`; `base_url` is the effective `OPENAI_BASE_URL`, if any.
+    /// The arguments for `req`; `base_url` is the effective `OPENAI_BASE_URL`, if any. The
+    /// naming and postmortem calls run in Codex's read-only sandbox (`-s read-only`, no
+    /// approvals): they read, and must not change the worktree.
     pub fn args(&self, req: &ExecRequest, base_url: Option<&str>) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "exec",
-            "--json",
-            "--skip-git-repo-check",
-            "--dangerously-bypass-approvals-and-sandbox",
-            "-c",
-            "check_for_update_on_startup=false",
-            "-c",
-            "analytics.enabled=false",
-        ]
-        .map(String::from)
-        .into();
+        let read_only = matches!(req.purpose, ExecPurpose::Naming | ExecPurpose::Postmortem);
+        let access: &[&str] = if read_only {
+            &["-s", "read-only", "-c", "approval_policy=\"never\""]
+        } else {
+            &["--dangerously-bypass-approvals-and-sandbox"]
+        };
+        let mut args: Vec<String> = ["exec", "--json", "--skip-git-repo-check"]
+            .iter()
+            .chain(access)
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(
+            [
+                "-c",
+                "check_for_update_on_startup=false",
+                "-c",
+                "analytics.enabled=false",
+            ]
+            .map(String::from),
+        );
         if let Some(model) = &self.model {
             args.extend(["-m".into(), model.clone()]);
         }
@@ -205,9 +215,12 @@ impl CodexStream {
             }
             Some("turn.failed") => {
                 let message = error_message(v.get("error").unwrap_or(&Value::Null));
+                let limit = usage_limit_in(&message, now_unix());
                 self.result = Some(AgentResult {
                     subtype: Some("turn_failed".into()),
                     is_error: true,
+                    api_error: limit.map(|_| "usage_limit_reached".to_owned()),
+                    usage_limit_resets_at: limit.flatten(),
                     api_error_status: error_status(&message),
                     api_error: None,
                     usage_limit_resets_at: None,
@@ -290,7 +303,7 @@ fn reconnect(message: &str) -> Option<ExecSignal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ExecPurpose, FailureKind, Termination};
+    use crate::backend::{FailureKind, Termination};
     use crate::domain::{RunId, StepId};
     use std::path::Path;
     use tokio_util::sync::CancellationToken;
@@ -307,6 +320,7 @@ mod tests {
             log_path: dir.join("logs/iter-01.log"),
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
+            limits: Default::default(),
             env: vec![("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into())],
             limits: crate::process::AgentLimits::default(),
         }
@@ -443,7 +457,7 @@ EOF"#;
             Some(FailureKind::Transient { status: Some(503) })
         );
         let (outcome, _, _) = run(
-            r#"echo '{"type":"turn.failed","error":{"message":"You have hit your usage limit. Try again later."}}'; exit 1"#,
+            r#"echo '{"type":"turn.failed","error":{"message":"Rate limit reached for requests"}}'; exit 1"#,
         )
         .await;
         assert_eq!(
@@ -453,9 +467,52 @@ EOF"#;
     }
 
     #[tokio::test]
+    async fn a_used_up_usage_limit_waits_for_its_reset() {
+        let (outcome, _, _) = run(
+            r#"echo '{"type":"turn.failed","error":{"message":"You\u2019ve hit your usage limit. Upgrade to Pro or try again later."}}'; exit 1"#,
+        )
+        .await;
+        assert_eq!(
+            kind(judge(&outcome)),
+            Some(FailureKind::UsageLimit { resets_at: None })
+        );
+        let (outcome, _, _) = run(
+            r#"echo '{"type":"turn.failed","error":{"message":"You have hit your usage limit. Try again in 10 minutes."}}'; exit 1"#,
+        )
+        .await;
+        let Some(FailureKind::UsageLimit {
+            resets_at: Some(at),
+        }) = kind(judge(&outcome))
+        else {
+            panic!("{:?}", judge(&outcome));
+        };
+        assert!((at - now_unix() - 600).abs() < 60, "{at}");
+    }
+
+    #[tokio::test]
     async fn exit_zero_without_a_finished_turn_is_no_result() {
         let (outcome, _, _) = run(r#"echo '{"type":"turn.started"}'"#).await;
         assert_eq!(kind(judge(&outcome)), Some(FailureKind::NoResult));
+    }
+
+    #[test]
+    fn postmortem_and_naming_run_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = CodexExecutor::new("codex", None, None).unwrap();
+        let mut req = request(dir.path());
+        assert!(
+            exec.args(&req, None)
+                .contains(&"--dangerously-bypass-approvals-and-sandbox".to_owned())
+        );
+        for purpose in [ExecPurpose::Postmortem, ExecPurpose::Naming] {
+            req.purpose = purpose;
+            let args = exec.args(&req, None);
+            assert_eq!(
+                args[3..7],
+                ["-s", "read-only", "-c", "approval_policy=\"never\""]
+            );
+            assert!(!args.iter().any(|a| a.contains("dangerously")), "{args:?}");
+        }
     }
 
     #[test]

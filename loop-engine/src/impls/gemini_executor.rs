@@ -8,17 +8,17 @@
 //! Its stdout is one JSON object a line (`init`, `message`, `tool_use`, `tool_result`,
 //! `error`, `result`); [`GeminiStream`] turns them into the outcome: the assistant text after
 //! the last tool call is the final text, the `result` line's `status` the verdict and its
-//! `stats` the token usage. See `docs/agents.md` for the facts behind this.
+//! `stats` the token usage. The facts behind this are in ARCHITECTURE.md ("Agent CLIs").
 
 use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::backend::{
-    AgentResult, ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, FailureKind,
-    Verdict,
+    AgentResult, ExecContext, ExecOutcome, ExecPurpose, ExecRequest, Executor, ExecutorError,
+    FailureKind, Verdict,
 };
 use crate::domain::AgentUsage;
-use crate::impls::agent_cli::{CliInstall, split_args, status_in, uint};
+use crate::impls::agent_cli::{CliInstall, now_unix, split_args, status_in, uint, usage_limit_in};
 use crate::impls::agent_process::{ProgramKey, StreamReader, run_reading};
 use crate::impls::stream_json::parse_value;
 use crate::process::Cmd;
@@ -62,16 +62,20 @@ impl GeminiExecutor {
         })
     }
 
-    /// The arguments for `req`.
+    /// The arguments for `req`. The naming and postmortem calls run without `--yolo`: in
+    /// headless mode the CLI then only runs tools that need no approval (reading), so they
+    /// cannot change the worktree.
     pub fn args(&self, req: &ExecRequest) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-p".into(),
             req.prompt.clone(),
             "-o".into(),
             "stream-json".into(),
-            "--yolo".into(),
-            "--skip-trust".into(),
         ];
+        if !matches!(req.purpose, ExecPurpose::Naming | ExecPurpose::Postmortem) {
+            args.push("--yolo".into());
+        }
+        args.push("--skip-trust".into());
         if let Some(model) = &self.model {
             args.extend(["-m".into(), model.clone()]);
         }
@@ -198,9 +202,14 @@ impl GeminiStream {
         } else {
             self.text.trim_end().to_owned()
         };
+        let limit = is_error
+            .then(|| usage_limit_in(&message, now_unix()))
+            .flatten();
         AgentResult {
             subtype: Some(status.to_owned()),
             is_error,
+            api_error: limit.map(|_| "usage_limit_reached".to_owned()),
+            usage_limit_resets_at: limit.flatten(),
             api_error_status: is_error.then(|| api_status(&message)).flatten(),
             api_error: None,
             usage_limit_resets_at: None,
@@ -251,7 +260,7 @@ impl StreamReader for GeminiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ExecPurpose, Termination};
+    use crate::backend::Termination;
     use crate::domain::{RunId, StepId};
     use std::path::Path;
     use tokio_util::sync::CancellationToken;
@@ -268,6 +277,7 @@ mod tests {
             log_path: dir.join("logs/iter-01.log"),
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
+            limits: Default::default(),
             env: Vec::new(),
             limits: crate::process::AgentLimits::default(),
         }
@@ -376,6 +386,23 @@ EOF"#;
     }
 
     #[tokio::test]
+    async fn an_exhausted_daily_quota_waits_for_its_reset() {
+        let quota = r#"echo '{"type":"result","status":"error","error":{"type":"unknown","message":"[API Error: You have exhausted your daily quota on this model. Please retry in 30s.]"},"stats":{}}'; exit 145"#;
+        let (outcome, _) = run(quota).await;
+        let verdict = judge(&outcome);
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Failure {
+                    kind: FailureKind::UsageLimit { resets_at: Some(_) },
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn no_auth_method_is_an_auth_failure() {
         let (outcome, _) = run("echo 'Invalid auth method selected.' >&2; exit 41").await;
         let verdict = judge(&outcome);
@@ -383,6 +410,18 @@ EOF"#;
             matches!(&verdict, Verdict::Failure { kind: FailureKind::AuthRefused, message } if message.contains("selectedType")),
             "{verdict:?}"
         );
+    }
+
+    #[test]
+    fn postmortem_and_naming_run_without_yolo() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = GeminiExecutor::new("gemini", None, None).unwrap();
+        let mut req = request(dir.path());
+        assert!(exec.args(&req).contains(&"--yolo".to_owned()));
+        for purpose in [ExecPurpose::Postmortem, ExecPurpose::Naming] {
+            req.purpose = purpose;
+            assert!(!exec.args(&req).contains(&"--yolo".to_owned()));
+        }
     }
 
     #[tokio::test]

@@ -34,3 +34,17 @@ pub use sim_agent::{SimResult, SimulatedAgent};
 pub(crate) fn agent_cli_split(key: &str, value: Option<&str>) -> Result<Vec<String>, String> {
     agent_cli::split_args(key, value)
 }
+
+/// The Codex CLI `bin/install-codex` installed, if any: under
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/agent-loop/codex-<version>/`, the pinned version first.
+/// The default `codex_bin` (`codex`) falls back to it when `codex` is not on `PATH`.
+pub fn installed_codex() -> Option<std::path::PathBuf> {
+    codex_executor::CODEX.installed()
+}
+
+/// The Gemini CLI `bin/install-gemini` installed, if any: under
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/agent-loop/gemini-cli-<version>/`, the pinned version
+/// first. The default `gemini_bin` (`gemini`) falls back to it when `gemini` is not on `PATH`.
+pub fn installed_gemini() -> Option<std::path::PathBuf> {
+    gemini_executor::GEMINI.installed()
+}

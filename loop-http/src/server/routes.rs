@@ -141,6 +141,7 @@ async fn route(
                     implementation: preview.implementation,
                     reviewer: preview.reviewer,
                     warnings: preview.warnings,
+                    agent: preview.agent,
                 },
             ))
         }

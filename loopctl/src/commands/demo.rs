@@ -16,7 +16,7 @@ use loop_http::Client;
 use loop_http::api::CreateRunRequest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::cli::{Cli, DemoArgs};
+use crate::cli::{Cli, DemoAgent, DemoArgs};
 use crate::commands::{Ctx, out, token};
 use crate::render;
 
@@ -51,6 +51,87 @@ enum Agent {
     Simulated,
     /// The real CLI through a wrapper script that points it at the scripted model.
     RealCli { wrapper: PathBuf },
+    /// The real Codex or Gemini CLI, pointed at the scripted model through `agent_env`.
+    Other {
+        kind: DemoAgent,
+        bin: PathBuf,
+        base_url: String,
+    },
+}
+
+/// `var`, else `name` on `PATH`, else `installed`.
+fn find_cli(var: &str, name: &str, installed: impl FnOnce() -> Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os(var).filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        return bin.is_file().then_some(bin);
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        })
+        .or_else(installed)
+}
+
+/// The configuration lines that run `kind` (`bin`) against the scripted model at `base_url`,
+/// its state kept in `<dir>/.loop-agent/` (ignored by git).
+fn other_agent_config(
+    dir: &Path,
+    kind: DemoAgent,
+    bin: &Path,
+    base_url: &str,
+) -> anyhow::Result<String> {
+    let state = dir.join(".loop-agent");
+    let tmp = state.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if state.to_string_lossy().contains(char::is_whitespace) {
+        bail!(
+            "the demo folder {} has whitespace in its path, which agent_env cannot carry; pick another with --dir",
+            dir.display()
+        );
+    }
+    Ok(match kind {
+        DemoAgent::Codex => {
+            let home = state.join("codex-home");
+            std::fs::create_dir_all(&home)?;
+            format!(
+                "# The real Codex CLI against a local scripted model (Responses API).
+executor=codex
+codex_bin={}
+codex_model=gpt-5
+agent_env=OPENAI_API_KEY=demo OPENAI_BASE_URL={base_url}/v1 CODEX_HOME={} TMPDIR={}
+claude_timeout_sec=120
+claude_retries=1
+",
+                bin.display(),
+                home.display(),
+                tmp.display()
+            )
+        }
+        DemoAgent::Gemini | DemoAgent::Claude => {
+            let home = state.join("gemini-home");
+            let settings = home.join(".gemini");
+            std::fs::create_dir_all(&settings)?;
+            std::fs::write(
+                settings.join("settings.json"),
+                "{\"security\":{\"auth\":{\"selectedType\":\"gemini-api-key\"}},\"privacy\":{\"usageStatisticsEnabled\":false},\"telemetry\":{\"enabled\":false},\"general\":{\"disableAutoUpdate\":true,\"disableUpdateNag\":true}}\n",
+            )?;
+            format!(
+                "# The real Gemini CLI against a local scripted model (streamGenerateContent).
+executor=gemini
+gemini_bin={}
+gemini_model=gemini-2.5-pro
+agent_env=GEMINI_API_KEY=demo GOOGLE_GEMINI_BASE_URL={base_url} GEMINI_CLI_HOME={} TMPDIR={}
+claude_timeout_sec=180
+claude_retries=1
+",
+                bin.display(),
+                home.display(),
+                tmp.display()
+            )
+        }
+    })
 }
 
 /// The Claude CLI, if installed: `CLAUDE_BIN`, else `claude` on `PATH`.
@@ -68,8 +149,9 @@ fn find_claude() -> Option<PathBuf> {
 /// The scripted model server (the `scripted-model` program), running while the demo does.
 struct Model {
     base_url: String,
-    /// The script that runs the CLI against this model (and nothing else): the `claude_bin`.
-    wrapper: PathBuf,
+    /// The script that runs the Claude CLI against this model (and nothing else): the
+    /// `claude_bin`; none for the other CLIs.
+    wrapper: Option<PathBuf>,
     /// Killed when dropped.
     child: tokio::process::Child,
 }
@@ -85,22 +167,25 @@ impl Model {
 /// The first line the model server prints, before the URL.
 const LISTENING: &str = "scripted model listening on ";
 
-/// Starts the scripted model next to this binary, with a wrapper script for `claude` in the
-/// project's `.loop/`. `Ok(None)` when the program is not there (the demo then simulates).
-async fn start_model(dir: &Path, claude: &Path) -> anyhow::Result<Option<Model>> {
+/// Starts the scripted model next to this binary, with a wrapper script for `claude` (when
+/// given) in the project's `.loop/`. `Ok(None)` when the program is not there.
+async fn start_model(dir: &Path, claude: Option<&Path>) -> anyhow::Result<Option<Model>> {
     let exe = std::env::current_exe().context("cannot find loopctl's own path")?;
     let program = exe.with_file_name("scripted-model");
     if !program.is_file() {
         return Ok(None);
     }
-    let wrapper = dir.join(".loop/claude-demo.sh");
-    let mut cmd = Cmd::new(&program, dir)
-        .args(["--listen", "127.0.0.1:0", "--wrapper"])
-        .arg(&wrapper)
-        .arg("--claude")
-        .arg(claude)
-        .args(["--export", "CLAUDE_CODE_MAX_RETRIES=1"])
-        .to_tokio();
+    let wrapper = claude.map(|_| dir.join(".loop/claude-demo.sh"));
+    let mut cmd = Cmd::new(&program, dir).args(["--listen", "127.0.0.1:0"]);
+    if let (Some(wrapper), Some(claude)) = (&wrapper, claude) {
+        cmd = cmd
+            .arg("--wrapper")
+            .arg(wrapper)
+            .arg("--claude")
+            .arg(claude)
+            .args(["--export", "CLAUDE_CODE_MAX_RETRIES=1"]);
+    }
+    let mut cmd = cmd.to_tokio();
     // Both pipes are captured: stdout for the URL, stderr for why it did not start.
     let mut child = cmd
         .spawn()
@@ -141,7 +226,7 @@ async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("specs/greeter.md"), SPEC)?;
     std::fs::write(dir.join("specs/planning/greeter-plan.md"), PLAN)?;
-    std::fs::write(dir.join(".gitignore"), "logs/\n")?;
+    std::fs::write(dir.join(".gitignore"), "logs/\n.loop-agent/\n")?;
     let mut config = String::from(
         "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n# The demo's daemon stops with the run: no postmortem at its end.\npostmortem=false\n",
     );
@@ -157,6 +242,11 @@ async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
                 wrapper.display()
             ));
         }
+        Agent::Other {
+            kind,
+            bin,
+            base_url,
+        } => config.push_str(&other_agent_config(dir, *kind, bin, base_url)?),
     }
     std::fs::write(dir.join(".loop/config"), config)?;
     git(dir, &["init", "-q", "-b", "main"]).await?;
@@ -213,16 +303,34 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join(".loop"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let claude = if a.simulate {
+    let other = match a.agent {
+        Some(kind @ DemoAgent::Codex) => Some((
+            kind,
+            find_cli("CODEX_BIN", "codex", loop_engine::impls::installed_codex).context(
+                "the Codex CLI is not installed: set CODEX_BIN, put `codex` on PATH, or run bin/install-codex",
+            )?,
+        )),
+        Some(kind @ DemoAgent::Gemini) => Some((
+            kind,
+            find_cli("GEMINI_BIN", "gemini", loop_engine::impls::installed_gemini).context(
+                "the Gemini CLI is not installed: set GEMINI_BIN, put `gemini` on PATH, or run bin/install-gemini",
+            )?,
+        )),
+        Some(DemoAgent::Claude) | None => None,
+    };
+    let claude = if a.simulate || other.is_some() {
         None
     } else {
         // CLAUDE_BIN, `claude` on PATH, else where `bin/install-claude` put it.
         find_claude().or_else(loop_engine::impls::installed_claude)
     };
+    if let Some((kind, bin)) = other {
+        return demo_other(cli, &dir, kind, &bin).await;
+    }
     // The scripted model lives as long as the demo: it answers the CLI like a model would.
     let model = match &claude {
         Some(bin) => {
-            let model = start_model(&dir, bin).await?;
+            let model = start_model(&dir, Some(bin)).await?;
             if model.is_none() {
                 out(
                     "the Claude CLI is installed, but the scripted model it would talk to is not built next to loopctl (cargo build --release -p scripted-model); simulating instead",
@@ -232,10 +340,8 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let agent = match &model {
-        Some(m) => Agent::RealCli {
-            wrapper: m.wrapper.clone(),
-        },
+    let agent = match model.as_ref().and_then(|m| m.wrapper.clone()) {
+        Some(wrapper) => Agent::RealCli { wrapper },
         None => Agent::Simulated,
     };
     create_project(&dir, &agent).await?;
@@ -262,11 +368,46 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         ),
     }
     let real = matches!(agent, Agent::RealCli { .. });
+    run_demo(cli, &dir, real && root, model).await
+}
 
+/// `loopctl demo --agent codex|gemini`: the real CLI against the scripted model.
+async fn demo_other(cli: &Cli, dir: &Path, kind: DemoAgent, bin: &Path) -> anyhow::Result<()> {
+    let model = start_model(dir, None).await?.context(
+        "the scripted model is not built next to loopctl (cargo build --release -p scripted-model)",
+    )?;
+    let agent = Agent::Other {
+        kind,
+        bin: bin.to_path_buf(),
+        base_url: model.base_url.clone(),
+    };
+    create_project(dir, &agent).await?;
+    out(&format!("sample project: {}", dir.display()));
+    let name = match kind {
+        DemoAgent::Codex => "Codex",
+        DemoAgent::Gemini | DemoAgent::Claude => "Gemini",
+    };
+    out(&format!(
+        "agent: the real {name} CLI ({}) against a scripted model at {} (no network, no API key)",
+        bin.display(),
+        model.base_url
+    ));
+    run_demo(cli, dir, false, Some(model)).await
+}
+
+/// Runs the demo project in `dir` through a shared loopd, else a private one (always private
+/// when `sandbox`: the Claude CLI as root needs `IS_SANDBOX=1`), then stops `model`.
+async fn run_demo(
+    cli: &Cli,
+    dir: &Path,
+    sandbox: bool,
+    model: Option<Model>,
+) -> anyhow::Result<()> {
+    let dir = dir.to_path_buf();
     let shared = Client::new(&cli.addr, token(cli.token.clone()))?;
     // A shared daemon runs agents with its own environment; the real-CLI demo as root needs
     // IS_SANDBOX=1, so it always gets a private daemon then.
-    let use_shared = !(real && root) && shared.wait_ready(Duration::from_millis(600)).await.is_ok();
+    let use_shared = !sandbox && shared.wait_ready(Duration::from_millis(600)).await.is_ok();
     let (daemon, client) = if use_shared {
         (None, shared)
     } else {
@@ -274,7 +415,7 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
             "starting a private loopd for the demo (none used at {})",
             cli.addr
         ));
-        let (child, client) = start_daemon(&dir, real && root).await?;
+        let (child, client) = start_daemon(&dir, sandbox).await?;
         (Some(child), client)
     };
     let ctx = Ctx {

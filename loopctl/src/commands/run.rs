@@ -187,6 +187,11 @@ pub(crate) async fn prompt(ctx: &Ctx, a: &RunArgs) -> anyhow::Result<()> {
     for w in &p.warnings {
         out(&format!("warning: {w}"));
     }
+    // On stderr: stdout is the prompt itself, ready to pipe.
+    if !p.agent.is_empty() {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "agent: {}", p.agent);
+    }
     out(&p.implementation);
     Ok(())
 }

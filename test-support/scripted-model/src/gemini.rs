@@ -256,14 +256,12 @@ fn respond(
             }
             return res;
         }
-        // This dialect's usage limit: a 429 whose `retry-after` says when it resets.
         Answer::UsageLimit { reset_in_sec } => {
-            let mut res = json_response(429, &error_body(429));
-            res.headers_mut().insert(
-                "retry-after",
-                hyper::header::HeaderValue::from(reset_in_sec),
-            );
-            return res;
+            let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "You have exhausted your daily quota on this model (scripted).",
+                "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": format!("{reset_in_sec}s")}]}});
+            return json_response(429, &body);
         }
         Answer::Stall => {
             let first = chunk(&[json!({"text": "Working"})], None, None);

@@ -161,14 +161,12 @@ fn respond(
             }
             return res;
         }
-        // This dialect's usage limit: a 429 whose `retry-after` says when it resets.
         Answer::UsageLimit { reset_in_sec } => {
-            let mut res = json_response(429, &error_body(429));
-            res.headers_mut().insert(
-                "retry-after",
-                hyper::header::HeaderValue::from(reset_in_sec),
-            );
-            return res;
+            // The shape the ChatGPT backend uses; Codex reports "You've hit your usage limit".
+            let body = json!({"error": {"type": "usage_limit_reached",
+                "message": "The usage limit has been reached (scripted).",
+                "plan_type": "plus", "resets_in_seconds": reset_in_sec}});
+            return json_response(429, &body);
         }
         Answer::Stall => return stall(shared, Some(created)),
         Answer::Content(c) => (c, Duration::ZERO),
