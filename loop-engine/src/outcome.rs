@@ -71,6 +71,13 @@ impl Verdict {
         judge(outcome, expect_result_line)
     }
 
+    /// [`Verdict::of`] for an agent whose credentials are `credentials` (what an auth failure
+    /// tells the user to check, e.g. `OPENAI_API_KEY`), instead of the Claude CLI's
+    /// `ANTHROPIC_API_KEY`.
+    pub fn of_agent(outcome: &ExecOutcome, expect_result_line: bool, credentials: &str) -> Self {
+        judge_with(outcome, expect_result_line, credentials)
+    }
+
     /// True for [`Verdict::Success`].
     pub fn is_success(&self) -> bool {
         matches!(self, Self::Success)
@@ -91,6 +98,14 @@ pub(crate) const ROOT_REFUSAL_FIX: &str = "set IS_SANDBOX=1 in loopd's environme
 /// `result` line (the Claude CLI); for other agents exit code 0 is success. A `result` line,
 /// when one came, decides in both cases.
 pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict {
+    judge_with(outcome, expect_result_line, CLAUDE_CREDENTIALS)
+}
+
+/// What a Claude auth failure tells the user to check.
+const CLAUDE_CREDENTIALS: &str = "ANTHROPIC_API_KEY (or log the CLI in again)";
+
+/// [`judge`] naming `credentials` in auth failures.
+fn judge_with(outcome: &ExecOutcome, expect_result_line: bool, credentials: &str) -> Verdict {
     let secs = outcome.duration_ms / 1000;
     match outcome.termination {
         Some(Termination::TimedOut) => {
@@ -123,7 +138,7 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
         Some(Termination::Exited | Termination::Signaled) | None => {}
     }
     if let Some(result) = &outcome.result {
-        return judge_result(result, outcome);
+        return judge_result(result, outcome, credentials);
     }
     if is_root_refusal(&outcome.stderr_tail) || is_root_refusal(&outcome.output_text) {
         return root_refused();
@@ -141,7 +156,7 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
         );
     }
     let text = format!("{}\n{}", outcome.stderr_tail, outcome.output_text);
-    if let Some(verdict) = classify_text(&text, None) {
+    if let Some(verdict) = classify_text(&text, None, credentials) {
         return verdict;
     }
     let what = match outcome.termination {
@@ -158,7 +173,7 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
     )
 }
 
-fn judge_result(result: &AgentResult, outcome: &ExecOutcome) -> Verdict {
+fn judge_result(result: &AgentResult, outcome: &ExecOutcome, credentials: &str) -> Verdict {
     if !result.is_error {
         return Verdict::Success;
     }
@@ -180,14 +195,14 @@ fn judge_result(result: &AgentResult, outcome: &ExecOutcome) -> Verdict {
     let status = result
         .api_error_status
         .or_else(|| api_status_in(&result.text));
-    if let Some(verdict) = status.and_then(classify_status) {
+    if let Some(verdict) = status.and_then(|s| classify_status(s, credentials)) {
         return verdict;
     }
     let text = format!("{}\n{}", result.text, outcome.stderr_tail);
     if is_root_refusal(&text) {
         return root_refused();
     }
-    if let Some(verdict) = classify_text(&text, status) {
+    if let Some(verdict) = classify_text(&text, status, credentials) {
         return verdict;
     }
     let subtype = result.subtype.as_deref().unwrap_or("error");
@@ -211,7 +226,7 @@ fn root_refused() -> Verdict {
     )
 }
 
-fn classify_status(status: u16) -> Option<Verdict> {
+fn classify_status(status: u16, credentials: &str) -> Option<Verdict> {
     let transient = |what: &str| {
         Verdict::failure(
             FailureKind::Transient {
@@ -223,11 +238,13 @@ fn classify_status(status: u16) -> Option<Verdict> {
     match status {
         401 => Some(Verdict::failure(
             FailureKind::AuthRefused,
-            "the API key was refused (HTTP 401): check ANTHROPIC_API_KEY (or log the CLI in again)",
+            format!("the API key was refused (HTTP 401): check {credentials}"),
         )),
         403 => Some(Verdict::failure(
             FailureKind::AuthRefused,
-            "the API refused access (HTTP 403): check ANTHROPIC_API_KEY and the account's permissions",
+            format!(
+                "the API refused access (HTTP 403): check {credentials} and the account's permissions"
+            ),
         )),
         429 => Some(transient("the API rate limit was hit")),
         529 => Some(transient("the API is overloaded")),
@@ -237,7 +254,7 @@ fn classify_status(status: u16) -> Option<Verdict> {
 }
 
 /// Recognises auth and transient failures in free text (stderr, result text).
-fn classify_text(text: &str, status: Option<u16>) -> Option<Verdict> {
+fn classify_text(text: &str, status: Option<u16>, credentials: &str) -> Option<Verdict> {
     let lower = text.to_lowercase();
     const AUTH: &[&str] = &[
         "invalid x-api-key",
@@ -276,7 +293,7 @@ fn classify_text(text: &str, status: Option<u16>) -> Option<Verdict> {
         return Some(Verdict::failure(
             FailureKind::AuthRefused,
             format!(
-                "the API refused the credentials: check ANTHROPIC_API_KEY (or log the CLI in again){}",
+                "the API refused the credentials: check {credentials}{}",
                 detail_suffix(text)
             ),
         ));

@@ -10,8 +10,11 @@ mod driver;
 mod hub;
 mod inner;
 mod metrics;
+mod notify;
+mod postmortem;
 mod recovery;
 mod report;
+mod review;
 mod scheduler;
 mod supervisor;
 #[cfg(test)]
@@ -23,3 +26,7 @@ pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};
+pub use postmortem::{
+    AnalysisFile, PostmortemListing, PostmortemOptions, PostmortemReport, PostmortemStatus,
+};
+pub use review::{MergeOptions, PrOptions, PruneReport, ReviewOutcome, RunDiff, WorktreeInfo};

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::backend::{ExecContext, ExecOutcome, ExecRequest, Executor, ExecutorError, Verdict};
+use crate::backend::{
+    ExecContext, ExecOutcome, ExecPurpose, ExecRequest, Executor, ExecutorError, Verdict,
+};
 use crate::impls::agent_process::{ProgramKey, run_measured};
 use crate::outcome::ROOT_REFUSAL_FIX;
 use crate::process::{self, Cmd};
@@ -21,6 +23,9 @@ const CLAUDE_KEY: ProgramKey = ProgramKey {
     key: "claude_bin",
     hint: "install the Claude Code CLI (`npm install -g @anthropic-ai/claude-code`) or set claude_bin to its path",
 };
+
+/// The tools a postmortem agent gets: it reads files, never writes them or runs commands.
+const READ_ONLY_TOOLS: &str = "Read,Grep,Glob";
 
 /// The Claude Code version `bin/install-claude` installs (`.ci/claude-version`).
 const PINNED_VERSION: &str = include_str!("../../../.ci/claude-version");
@@ -71,7 +76,7 @@ pub(crate) fn installed_claude_in(cache: &Path) -> Option<PathBuf> {
     others.iter().rev().find_map(|dir| binary(dir))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -113,10 +118,12 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
-    /// The naming call runs with no tools (`--tools ""`) instead of skipping permissions.
+    /// The naming call runs with no tools (`--tools ""`) instead of skipping permissions. A
+    /// postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
+    /// reads the run's files and must not change the worktree.
     pub fn args(req: &ExecRequest) -> Vec<String> {
         let mut args: Vec<String> = vec!["-p".into()];
-        if req.purpose == crate::backend::ExecPurpose::Naming {
+        if req.purpose == ExecPurpose::Naming {
             args.extend(["--tools".into(), String::new()]);
         } else {
             args.push("--dangerously-skip-permissions".into());
@@ -127,8 +134,12 @@ impl ClaudeExecutor {
             "--output-format".into(),
             "stream-json".into(),
             "--verbose".into(),
-            req.prompt.clone(),
         ]);
+        if req.purpose == ExecPurpose::Postmortem {
+            // `--tools` takes several values: `--` ends them, or the prompt would be one.
+            args.extend(["--tools".into(), READ_ONLY_TOOLS.into(), "--".into()]);
+        }
+        args.push(req.prompt.clone());
         args
     }
 }
@@ -182,7 +193,7 @@ impl Executor for ClaudeExecutor {
 
 /// The value `key` will have in the agent's environment: the last override in `env`, else the
 /// inherited one.
-fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
+pub(crate) fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
     env.iter()
         .rev()
         .find(|(k, _)| k == key)
@@ -209,7 +220,7 @@ pub(crate) fn root_refusal(euid: Option<u32>, is_sandbox: Option<&str>) -> Optio
 
 /// True when `program` names an executable file: a path (relative to `workdir`) when it holds
 /// a `/`, else a file in one of the `path_var` directories.
-fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
+pub(crate) fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -285,6 +296,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("IS_SANDBOX".into(), "1".into())],
+            limits: Default::default(),
         }
     }
 

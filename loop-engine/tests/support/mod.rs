@@ -66,7 +66,7 @@ impl Harness {
         let repo = GitFixture::new();
         let global = repo.root().join("global-logs");
         let mut config = format!(
-            "# test config\nrun_naming_mode=spec_slug\nreviewer=false\nglobal_log_dir={}\nclaude_retry_backoff_sec=0\nclaude_transient_retries=0\n",
+            "# test config\nrun_naming_mode=spec_slug\nreviewer=false\nglobal_log_dir={}\nclaude_retry_backoff_sec=0\nclaude_transient_retries=0\npostmortem=false\n",
             global.display()
         );
         for (k, v) in &setup.config {

@@ -81,12 +81,11 @@ impl RunDriver {
         self.report(
             Some(step.id),
             ReportKind::IterationStart,
-            Row {
-                output_path: Some(log_path.clone()),
-                ..Row::msg(label.clone(), format!("{} attempt {}", phase, attempt))
-            },
+            Row::msg(label.clone(), ""),
         )
         .await?;
+        self.rec
+            .log(format!("step {label}: {phase} attempt {attempt}"));
         // The agent may commit: HEAD is read afresh once it is done.
         let workdir = self.worktree.lend();
         let req = ExecRequest {
@@ -101,6 +100,8 @@ impl RunDriver {
             timeout: secs(self.cfg.claude_timeout_sec),
             idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
             env: self.agent_env(),
+            // Checked when the run was created.
+            limits: self.cfg.agent_limits().unwrap_or_default(),
         };
         let started = Instant::now();
         self.set_last_api_error(None);
@@ -125,6 +126,18 @@ impl RunDriver {
                     }
                 } else {
                     step.exit_code = None;
+                    // No agent process ran: the row says why, with no exit code.
+                    self.refresh_tasks();
+                    self.report(
+                        Some(step.id),
+                        ReportKind::IterationEnd,
+                        Row {
+                            duration_ms: Some(duration),
+                            output_path: log_path.exists().then(|| log_path.clone()),
+                            ..Row::msg(label.clone(), format!("reason={detail}"))
+                        },
+                    )
+                    .await?;
                     self.open_attempt = Some(OpenAttempt {
                         step,
                         label,
@@ -143,6 +156,7 @@ impl RunDriver {
         step.exit_code = Some(outcome.exit_code);
         step.head_after = self.head().await?;
         step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+        step.resources.clone_from(&outcome.resources);
         if let Some(u) = &step.usage {
             // Every call counts against the budgets, failed and retried ones included.
             self.add_usage(&u.clone());
@@ -171,16 +185,25 @@ impl RunDriver {
             }
             Err(e) => return Err(e.into()),
         }
+        // The rows of this step carry the plan's counts as the step left them.
+        self.refresh_tasks();
+        // The columns every row about the finished step carries (SPEC §7).
+        let finished = Row {
+            iteration: label.clone(),
+            duration_ms: Some(duration),
+            exit_code: Some(outcome.exit_code),
+            output_bytes: Some(outcome.output_bytes),
+            output_lines: Some(outcome.output_lines),
+            output_path: Some(log_path.clone()),
+            message: String::new(),
+        };
         if outcome.output_bytes > self.cfg.warn_output_bytes {
             self.report(
                 Some(step.id),
                 ReportKind::WarnOutputLarge,
                 Row {
-                    output_bytes: Some(outcome.output_bytes),
-                    ..Row::msg(
-                        label.clone(),
-                        format!("step printed {} bytes", outcome.output_bytes),
-                    )
+                    message: format!("threshold={}", self.cfg.warn_output_bytes),
+                    ..finished.clone()
                 },
             )
             .await?;
@@ -189,26 +212,50 @@ impl RunDriver {
             outcome.termination,
             Some(Termination::TimedOut | Termination::IdleTimedOut)
         ) {
-            let what = if outcome.termination == Some(Termination::IdleTimedOut) {
-                format!("no output for {} s", self.cfg.claude_idle_timeout_sec)
+            let (limit, what) = if outcome.termination == Some(Termination::IdleTimedOut) {
+                (self.cfg.claude_idle_timeout_sec, "no output for")
             } else {
-                format!("ran past {} s", self.cfg.claude_timeout_sec)
+                (self.cfg.claude_timeout_sec, "ran past")
             };
             self.report(
                 Some(step.id),
                 ReportKind::IterationTimeout,
                 Row {
-                    duration_ms: Some(duration),
                     exit_code: Some(outcome.exit_code),
-                    ..Row::msg(label.clone(), what)
+                    output_path: Some(log_path.clone()),
+                    ..Row::msg(label.clone(), format!("timeout_sec={limit}"))
                 },
             )
             .await?;
+            self.rec
+                .log(format!("step {label}: {what} {limit} s; stopped"));
         }
+        let limit_hit = outcome.resources.as_ref().and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },
                 message: step.reason.clone().unwrap_or_default(),
+            }
+        } else if let Some(key) = limit_hit {
+            // The agent's cgroup refused it more processes or memory: whatever it printed,
+            // the step did not do its work.
+            Verdict::Failure {
+                kind: if outcome.exit_code == 0 {
+                    FailureKind::AgentError
+                } else {
+                    FailureKind::ExitCode(outcome.exit_code)
+                },
+                message: format!(
+                    "the agent hit its {key} limit ({}) and was stopped by it",
+                    match key.as_str() {
+                        "agent_pids_max" => self
+                            .cfg
+                            .agent_pids_max
+                            .map(|n| format!("{n} processes"))
+                            .unwrap_or_default(),
+                        _ => self.cfg.agent_memory_max.clone().unwrap_or_default(),
+                    }
+                ),
             }
         } else {
             // The executor that ran the step says what its outcome means.
@@ -229,43 +276,43 @@ impl RunDriver {
             },
             other => other,
         };
+        // Empty when the step succeeded; a failure says why (SPEC §7).
         let message = match &verdict {
-            Verdict::Success => "ok".to_owned(),
-            Verdict::Failure { message, .. } => message.clone(),
+            Verdict::Success => String::new(),
+            Verdict::Failure { message, .. } => format!("reason={message}"),
         };
         self.report(
             Some(step.id),
             ReportKind::IterationEnd,
             Row {
-                iteration: label.clone(),
-                duration_ms: Some(duration),
-                exit_code: Some(outcome.exit_code),
-                output_bytes: Some(outcome.output_bytes),
-                output_lines: Some(outcome.output_lines),
-                output_path: Some(log_path.clone()),
                 message,
+                ..finished
             },
         )
         .await?;
-        // The tail is written and both files checksummed at the next flush, which runs
-        // while the next agent starts; the log is complete now, so the tail will be too.
+        // The tail is small and written now (its row gives its size); the log and the tail
+        // are checksummed at the next flush, which runs while the next agent starts.
         if log_path.exists() {
-            let (log, tail) = (log_path.clone(), tail_path.clone());
+            let (tail_bytes, tail_lines) = match write_tail(&log_path, &tail_path).await {
+                Ok(size) => (Some(size.bytes), Some(size.lines)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the tail of {}", log_path.display());
+                    (None, None)
+                }
+            };
             self.rec.defer_record(
                 vec![
                     (ArtifactKind::IterationTail, tail_path.clone()),
                     (ArtifactKind::IterationLog, log_path.clone()),
                 ],
-                move || {
-                    if let Err(e) = artifacts::write_tail(&log, &tail, 200) {
-                        tracing::warn!(error = %e, "cannot write the tail of {}", log.display());
-                    }
-                },
+                || {},
             );
             self.report(
                 Some(step.id),
                 ReportKind::IterationTail,
                 Row {
+                    output_bytes: tail_bytes,
+                    output_lines: tail_lines,
                     output_path: Some(tail_path.clone()),
                     ..Row::msg(label.clone(), "last 200 lines")
                 },
@@ -335,19 +382,17 @@ impl RunDriver {
             Some(step.id),
             ReportKind::ClaudeRetry,
             Row {
-                duration_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 exit_code,
-                ..Row::msg(
-                    label,
-                    format!(
-                        "{} retry after {} ms: {message}",
-                        if transient { "transient" } else { "plain" },
-                        delay.as_millis()
-                    ),
-                )
+                output_path: step.output_path.clone(),
+                ..Row::msg(label.clone(), format!("attempt={}", step.attempt))
             },
         )
         .await?;
+        self.rec.log(format!(
+            "step {label}: {} retry after {} ms: {message}",
+            if transient { "transient" } else { "plain" },
+            delay.as_millis()
+        ));
         self.flush().await?;
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
@@ -545,6 +590,7 @@ impl RunDriver {
             signals: sig_tx,
             cancel: cancel.clone(),
         };
+        let log_path = req.log_path.clone();
         let exec = executor.execute(req, ctx);
         tokio::pin!(exec);
         // The first flush waits a moment: the agent's own start is the latency that counts,
@@ -583,11 +629,23 @@ impl RunDriver {
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.rec.report(Some(step.id), ReportKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
+                    let elapsed = ms(started);
+                    let row = Row {
+                        duration_ms: Some(elapsed),
+                        output_path: Some(log_path.clone()),
+                        ..Row::msg(step.label.clone(), format!("elapsed_ms={elapsed}"))
+                    };
+                    self.rec.report(Some(step.id), ReportKind::Heartbeat, row, self.tasks());
                 }
                 () = &mut long, if !warned => {
                     warned = true;
-                    self.rec.report(Some(step.id), ReportKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
+                    let threshold = self.cfg.warn_iteration_sec.max(1).saturating_mul(1000);
+                    let row = Row {
+                        duration_ms: Some(ms(started)),
+                        output_path: Some(log_path.clone()),
+                        ..Row::msg(step.label.clone(), format!("threshold_ms={threshold}"))
+                    };
+                    self.rec.report(Some(step.id), ReportKind::WarnIterationLong, row, self.tasks());
                 }
             }
             // What the branches queued (the agent's pid, a heartbeat) is flushed at once, one
@@ -656,6 +714,21 @@ impl RunDriver {
             }
         }
     }
+}
+
+/// Writes the last 200 lines of an agent step's log to its tail file: in place for a log of
+/// a usual size (a hop to the blocking pool would cost more, between two agent calls), on the
+/// blocking pool for a big one (its last lines may be one huge line).
+async fn write_tail(log: &Path, tail: &Path) -> std::io::Result<artifacts::TailSize> {
+    const IN_PLACE_BYTES: u64 = 1024 * 1024;
+    let big = std::fs::metadata(log).map_or(true, |m| m.len() > IN_PLACE_BYTES);
+    if !big {
+        return artifacts::write_tail(log, tail, 200);
+    }
+    let (log, tail) = (log.to_path_buf(), tail.to_path_buf());
+    tokio::task::spawn_blocking(move || artifacts::write_tail(&log, &tail, 200))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Forwards executor output to the run's live channel. Offsets come from the executor, so a

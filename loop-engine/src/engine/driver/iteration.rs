@@ -234,12 +234,12 @@ impl RunDriver {
         match warning {
             Warning::CompleteWithPending { pending } => {
                 self.report(
-                    None,
+                    self.last_agent_step,
                     ReportKind::WarnCompleteWithPending,
-                    Row::msg(
-                        iteration.to_string(),
-                        format!("{pending} tasks still pending"),
-                    ),
+                    Row {
+                        output_path: self.last_iter_log.clone(),
+                        ..Row::msg(iteration.to_string(), format!("pending={pending}"))
+                    },
                 )
                 .await
             }
@@ -248,13 +248,18 @@ impl RunDriver {
                 pending,
                 to_review,
             } => {
+                let label = naming::iteration_label(iteration, Some(pass), None);
+                self.rec.log(format!(
+                    "step {label}: the reviewer sent the completion token with {pending} tasks pending and {to_review} awaiting review"
+                ));
+                // For the reviewer, every task not through review is still pending.
                 self.report(
                     self.last_agent_step,
                     ReportKind::WarnReviewerCompleteWithPending,
-                    Row::msg(
-                        naming::iteration_label(iteration, Some(pass), None),
-                        format!("{pending} pending, {to_review} awaiting review"),
-                    ),
+                    Row {
+                        output_path: self.last_iter_log.clone(),
+                        ..Row::msg(label, format!("pending={}", pending + to_review))
+                    },
                 )
                 .await
             }
@@ -475,21 +480,33 @@ impl RunDriver {
     /// Detects the completion token in an agent's answer and records what was seen.
     async fn completion(&mut self, label: String, step: StepId, text: &str) -> Result<Token, Stop> {
         let c = completion::detect(text, self.cfg.completion_mode);
+        let log = self.last_iter_log.clone();
         match &c {
             Completion::Accepted => {
                 self.completion_seen = true;
+                // The token in the accepted form, whatever the plan says: whether the run is
+                // done is decided by the plan (a WARN_*_PENDING row says when it is not).
                 self.report(
                     Some(step),
                     ReportKind::CompleteDetected,
-                    Row::msg(label, "completion token accepted"),
+                    Row {
+                        output_path: log,
+                        ..Row::msg(label, format!("mode={}", self.cfg.completion_mode))
+                    },
                 )
                 .await?;
             }
-            Completion::Malformed { snippet } => {
+            Completion::Malformed { .. } => {
                 self.report(
                     Some(step),
                     ReportKind::WarnMalformedComplete,
-                    Row::msg(label, snippet.clone()),
+                    Row {
+                        output_path: log,
+                        ..Row::msg(
+                            label,
+                            format!("output_head={}", completion::output_head(text)),
+                        )
+                    },
                 )
                 .await?;
             }

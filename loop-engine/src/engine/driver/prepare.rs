@@ -31,10 +31,12 @@ impl RunDriver {
         }
         let fresh = self.step_seq == 0;
         if fresh {
+            self.rec
+                .log(format!("run {} ({})", self.run.name, self.run.id));
             self.report(
                 None,
                 ReportKind::RunStart,
-                Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
+                Row::msg("", self.run_start_message()),
             )
             .await?;
         }
@@ -125,10 +127,23 @@ impl RunDriver {
             ReportKind::PromptSnapshot,
             Row {
                 output_path: Some(path),
-                ..Row::msg("", "prompt snapshot")
+                ..Row::msg("", "prompt")
             },
         )
         .await
+    }
+
+    /// The RUN_START message in the seed's words (SPEC §7), split on spaces by its readers:
+    /// `spec=<path> plan=<path> iterations=<n> model=<model> mode=<completion mode>`.
+    pub(super) fn run_start_message(&self) -> String {
+        format!(
+            "spec={} plan={} iterations={} model={} mode={}",
+            self.run.spec_path.display(),
+            self.run.plan_path.display(),
+            self.cfg.iterations,
+            self.cfg.model,
+            self.cfg.completion_mode
+        )
     }
 
     /// Copies a spec or plan that is missing or different at the base branch into the
@@ -264,6 +279,7 @@ impl RunDriver {
                     timeout,
                     idle_timeout,
                     env: self.agent_env(),
+                    limits: self.cfg.agent_limits().unwrap_or_default(),
                 };
                 let (outcome, store_error) = self.run_agent(&executor, req, &mut step).await;
                 self.inner.hub.set_current_output(self.run.id, None);

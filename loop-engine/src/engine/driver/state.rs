@@ -182,8 +182,20 @@ impl RunDriver {
         })
     }
 
+    /// The plan's counts as last read: the `tasks_done`/`tasks_total` of report rows.
     pub(super) fn tasks(&self) -> (u32, u32) {
         (self.run.tasks_done, self.run.tasks_total)
+    }
+
+    /// Re-counts the plan in the worktree after a step, so the step's rows carry the counts
+    /// it left (SPEC §7). A plan that cannot be read keeps the last counts: the loop reads it
+    /// again and says what is wrong ([`RunDriver::read_plan`]).
+    pub(super) fn refresh_tasks(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.plan_in_worktree) {
+            let counts = plan::counts(&text);
+            self.run.tasks_done = counts.done;
+            self.run.tasks_total = counts.total;
+        }
     }
 
     /// Queues a report-kind event (store, report.tsv, run.log); see [`Recorder`].
@@ -311,6 +323,12 @@ impl RunDriver {
         if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
+        // The last agent process's exit code (RUN_END and summary.json report it).
+        self.last_exit_code = steps
+            .iter()
+            .rev()
+            .filter(|s| matches!(s.phase, StepPhase::Implementation | StepPhase::Review))
+            .find_map(|s| s.exit_code);
         // Budgets survive restarts: what the stored steps spent counts (retries included).
         for s in &steps {
             if let Some(u) = &s.usage {
@@ -398,6 +416,7 @@ impl RunDriver {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         }
     }
 
