@@ -527,6 +527,7 @@ async fn a_restarted_daemon_waits_for_the_rest_of_a_usage_limit_wait() {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     };
     h.store.insert_step(&wait).await.expect("wait step");
     h.drive().await;
@@ -544,4 +545,40 @@ async fn a_restarted_daemon_waits_for_the_rest_of_a_usage_limit_wait() {
     );
     let kinds = h.report_kinds(&done);
     assert!(kinds.iter().any(|k| k == "USAGE_LIMIT_WAIT"), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_wait_is_cancellable_and_keeps_the_run_running_until_then() {
+    let exec = ScriptedExecutor::new(vec![(ExecPurpose::Implementation, usage_limit(3600))]);
+    let h = Harness::new(Setup::default(), exec.clone());
+    let run = h.create().await;
+    let engine = h.engine.clone();
+    let driving = tokio::spawn(async move { engine.run_until_idle().await });
+    let mut rx = h.engine.subscribe_events(run.id);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("events");
+        if ev.kind == EventKind::UsageLimitWait {
+            break;
+        }
+    }
+    let waiting = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(waiting.status, RunStatus::Running);
+    let asked = Instant::now();
+    h.engine.cancel(run.id).await.expect("cancel");
+    tokio::time::timeout(Duration::from_secs(20), driving)
+        .await
+        .expect("the driver stops")
+        .expect("task")
+        .expect("engine");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let done = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(done.status, RunStatus::Canceled);
+    assert_eq!(agent_calls(&exec), 1);
 }
