@@ -402,3 +402,183 @@ async fn a_naming_answer_that_is_no_label_falls_back_to_the_spec_slug() {
     let artifacts = h.store.list_artifacts(run.id).await.expect("artifacts");
     assert!(artifacts.iter().any(|a| a.kind == ArtifactKind::NamingLog));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_budget_survives_a_pause_and_resume() {
+    // 0.6 dollars a call, a 1.0 budget: the second call spends it, whether or not the run was
+    // restarted in between (a restarted driver derives what was spent from the stored steps).
+    let exec = ScriptedExecutor::new(vec![
+        (ExecPurpose::Implementation, costly_reply(0.6, 10)),
+        (ExecPurpose::Implementation, costly_reply(0.6, 10)),
+    ])
+    .with_delay(Duration::from_millis(300));
+    let h = Harness::new(
+        Setup {
+            config: vec![("max_cost_usd", "1.0".into())],
+            ..Setup::default()
+        },
+        exec.clone(),
+    );
+    let run = h.create().await;
+    let engine = h.engine.clone();
+    let driving = tokio::spawn(async move { engine.run_until_idle().await });
+    let mut rx = h.engine.subscribe_events(run.id);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("events");
+        if ev.kind == EventKind::IterationStart {
+            break;
+        }
+    }
+    h.engine.pause(run.id).await.expect("pause");
+    tokio::time::timeout(Duration::from_secs(20), driving)
+        .await
+        .expect("the driver stops")
+        .expect("task")
+        .expect("engine");
+    let paused = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(paused.status, RunStatus::Paused);
+    assert_eq!(agent_calls(&exec), 1);
+    h.engine.resume(run.id).await.expect("resume");
+    h.drive().await;
+    let done = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(
+        done.exit_reason,
+        Some(ExitReason::BudgetExhausted {
+            kind: "cost".into()
+        }),
+        "{:?}",
+        done.failure
+    );
+    assert!(
+        failure(&done).contains("spent $1.2000"),
+        "{}",
+        failure(&done)
+    );
+    assert_eq!(agent_calls(&exec), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_waits_for_the_rest_of_a_usage_limit_wait() {
+    let first_call = Arc::new(std::sync::Mutex::new(None::<i64>));
+    let seen = first_call.clone();
+    let exec = ScriptedExecutor::new(vec![(
+        ExecPurpose::Implementation,
+        Act::Custom(Arc::new(move |_req: &ExecRequest| {
+            if let Ok(mut t) = seen.lock() {
+                t.get_or_insert(loop_engine::domain::now_ms());
+            }
+            ExecOutcome {
+                exit_code: 0,
+                termination: Some(Termination::Exited),
+                output_text: "nothing".into(),
+                ..ExecOutcome::default()
+            }
+        })),
+    )])
+    .then_agent();
+    let h = Harness::new(
+        Setup {
+            tasks: 1,
+            ..Setup::default()
+        },
+        exec.clone(),
+    );
+    let run = h.create().await;
+    // A daemon died while the run waited for a usage limit that resets 2.5 s from now: the
+    // wait step is stored with its end, the run left claimed.
+    let claimed = h
+        .store
+        .claim_next_run(&loop_engine::backend::ClaimRequest {
+            worker_id: "test-worker".into(),
+            now: loop_engine::domain::now_ms(),
+            lease_ms: 60_000,
+            order: loop_engine::backend::QueueOrder::Fifo,
+            skip_workspaces: vec![],
+            skip_runs: vec![],
+        })
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let mut started = claimed.clone();
+    started.iterations_run = 1;
+    h.store.update_run(&started).await.expect("run row");
+    let now = loop_engine::domain::now_ms();
+    let until = now + 2500;
+    let wait = loop_engine::domain::Step {
+        id: loop_engine::domain::StepId::new(),
+        run_id: run.id,
+        seq: 1,
+        iteration: 1,
+        label: "1-usage-wait".into(),
+        phase: StepPhase::UsageWait,
+        status: StepStatus::Succeeded,
+        attempt: 1,
+        started_at: Some(now),
+        ended_at: Some(until),
+        exit_code: None,
+        reason: Some("the account's usage limit is reached".into()),
+        prompt_path: None,
+        output_path: None,
+        head_before: None,
+        head_after: None,
+        agent_pid: None,
+        agent_start_time: None,
+        usage: None,
+        resources: None,
+    };
+    h.store.insert_step(&wait).await.expect("wait step");
+    h.drive().await;
+    let done = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.failure);
+    let called = first_call
+        .lock()
+        .ok()
+        .and_then(|t| *t)
+        .expect("the agent was called");
+    assert!(
+        called >= until,
+        "called {} ms before the reset",
+        until - called
+    );
+    let kinds = h.report_kinds(&done);
+    assert!(kinds.iter().any(|k| k == "USAGE_LIMIT_WAIT"), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_wait_is_cancellable_and_keeps_the_run_running_until_then() {
+    let exec = ScriptedExecutor::new(vec![(ExecPurpose::Implementation, usage_limit(3600))]);
+    let h = Harness::new(Setup::default(), exec.clone());
+    let run = h.create().await;
+    let engine = h.engine.clone();
+    let driving = tokio::spawn(async move { engine.run_until_idle().await });
+    let mut rx = h.engine.subscribe_events(run.id);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("events");
+        if ev.kind == EventKind::UsageLimitWait {
+            break;
+        }
+    }
+    let waiting = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(waiting.status, RunStatus::Running);
+    let asked = Instant::now();
+    h.engine.cancel(run.id).await.expect("cancel");
+    tokio::time::timeout(Duration::from_secs(20), driving)
+        .await
+        .expect("the driver stops")
+        .expect("task")
+        .expect("engine");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    let done = h.engine.get_run(run.id).await.expect("run");
+    assert_eq!(done.status, RunStatus::Canceled);
+    assert_eq!(agent_calls(&exec), 1);
+}

@@ -244,6 +244,10 @@ pub struct RunResource {
     pub worker_id: Option<String>,
     /// The last step, if any.
     pub last_step: Option<StepResource>,
+    /// Spent and limit of each budget (SPEC §15); in the resource of one run
+    /// (`GET /runs/{id}`), not in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<loop_engine::engine::BudgetStatus>,
     /// The effective configuration.
     pub config: serde_json::Value,
     /// Where the run is in a person's review: `pending`, `merged`, `scrapped`, `pr_created`.
@@ -290,6 +294,7 @@ impl RunResource {
             updated_at_ms: run.updated_at,
             worker_id: run.worker_id.clone(),
             last_step: last_step.map(StepResource::from),
+            budget: None,
             config: run.config.clone(),
             review_status: run.review_status,
             review_action_at: run.review_action_at.map(rfc3339),

@@ -279,6 +279,9 @@ pub(crate) fn inspect(
         ("created", run.created_at.clone()),
         ("updated", run.updated_at.clone()),
     ]);
+    if let Some(b) = &run.budget {
+        kv.push(("budget", b.text()));
+    }
     if run.status.is_terminal() {
         let mut review = run.review_status.to_string();
         if let Some(c) = &run.merge_commit {
@@ -386,9 +389,13 @@ pub(crate) fn status_line(
         Some(s) if s.label.is_empty() || s.label == s.phase => s.phase.clone(),
         Some(s) => format!("iteration {} {}", s.label, s.phase),
     };
-    let cost = cost_usd
-        .map(|c| format!(" | {}", costs.show(c)))
-        .unwrap_or_default();
+    let cost = match run.budget.as_ref().filter(|b| b.has_limit()) {
+        // With a budget set, spent against limit (SPEC §15).
+        Some(b) => format!(" | {}", b.text()),
+        None => cost_usd
+            .map(|c| format!(" | {}", costs.show(c)))
+            .unwrap_or_default(),
+    };
     format!(
         "[{}] {step} | tasks {}/{} | {}{cost}",
         status(run.status, colour),
@@ -843,6 +850,23 @@ mod tests {
         assert_eq!(text.matches("IS_SANDBOX=1").count(), 1, "{text}");
         assert!(text.contains("last step"), "{text}");
         assert!(!text.contains("waits"), "{text}");
+
+        // Spent against limit (SPEC §15): in inspect and in tail's status line.
+        let mut with_budget = loop_http::api::RunResource::new(&run, Some(&step));
+        with_budget.budget = Some(loop_engine::engine::BudgetStatus {
+            cost_usd: 0.5,
+            tokens: 900,
+            wall_sec: 12,
+            max_cost_usd: Some(0.25),
+            ..loop_engine::engine::BudgetStatus::default()
+        });
+        let text = inspect(&with_budget, &[], &[], false, Costs::Reported);
+        assert!(
+            text.contains("cost $0.5000/$0.2500, tokens 900/-, wall 12 s/-"),
+            "{text}"
+        );
+        let line = status_line(&with_budget, Some(0.5), Costs::Reported, 1000, false);
+        assert!(line.contains("cost $0.5000/$0.2500"), "{line}");
 
         // A completed run whose merge waits says so in one line, once.
         let why = "main is checked out in /w with uncommitted changes (specs/widget.md)";

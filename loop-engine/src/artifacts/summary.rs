@@ -75,6 +75,9 @@ pub(crate) struct Summary {
     pub(crate) cache_read_input_tokens: u64,
     /// Sum of the agent steps' reported cache-creation input tokens.
     pub(crate) cache_creation_input_tokens: u64,
+    /// Spent and limit of each budget (SPEC §15).
+    #[serde(default)]
+    pub(crate) budget: crate::engine::BudgetStatus,
 }
 
 /// Writes `summary` as pretty JSON to `path`, atomically (see [`write_atomic`]).
@@ -146,10 +149,11 @@ mod tests {
             output_tokens: 0,
             cache_read_input_tokens: 0,
             cache_creation_input_tokens: 0,
+            budget: crate::engine::BudgetStatus::default(),
         }
     }
 
-    const ADDED_KEYS: [&str; 14] = [
+    const ADDED_KEYS: [&str; 15] = [
         "status",
         "name",
         "failure",
@@ -164,6 +168,7 @@ mod tests {
         "output_tokens",
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
+        "budget",
     ];
 
     #[test]

@@ -2,6 +2,7 @@
 //! the loop of SPEC §6 with the backends, recovers after a crash, and fans out live events and
 //! agent output.
 
+mod budget;
 mod control;
 mod core;
 mod create;
@@ -19,6 +20,7 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
+pub use budget::BudgetStatus;
 pub use core::{Engine, EngineBuilder};
 pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};

@@ -2,6 +2,7 @@
 //! watchdog. No IO, no clock: callers pass in what happened and get back what to do, so every
 //! rule is tested without git or processes (the table in `table.rs`).
 
+mod budget;
 mod retry;
 mod run;
 #[cfg(test)]
@@ -10,6 +11,7 @@ mod table;
 mod table_stops;
 mod watchdog;
 
+pub(crate) use budget::*;
 pub(crate) use retry::*;
 pub(crate) use run::*;
 pub(crate) use watchdog::*;

@@ -280,7 +280,13 @@ async fn route(
 /// The resource of a run with its last step.
 async fn resource(engine: &Engine, run: &Run) -> Result<RunResource, ApiError> {
     let steps = engine.steps(run.id).await?;
-    Ok(RunResource::new(run, steps.last()))
+    let mut resource = RunResource::new(run, steps.last());
+    resource.budget = Some(loop_engine::engine::BudgetStatus::of(
+        run,
+        &steps,
+        loop_engine::domain::now_ms(),
+    ));
+    Ok(resource)
 }
 
 async fn health(engine: &Engine) -> Response<RespBody> {

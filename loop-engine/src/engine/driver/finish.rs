@@ -477,6 +477,7 @@ impl RunDriver {
             output_tokens: sum(|u| u.output_tokens),
             cache_read_input_tokens: sum(|u| u.cache_read_input_tokens),
             cache_creation_input_tokens: sum(|u| u.cache_creation_input_tokens),
+            budget: crate::engine::BudgetStatus::of(&self.run, &steps, end),
         };
         let path = self.rec.folder.summary();
         if let Err(e) = self
