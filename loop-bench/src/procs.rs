@@ -67,12 +67,7 @@ struct Arm {
     processes: usize,
 }
 
-async fn measure(
-    ctx: &Ctx,
-    daemon: &Daemon,
-    label: &str,
-    tasks: usize,
-) -> anyhow::Result<Arm> {
+async fn measure(ctx: &Ctx, daemon: &Daemon, label: &str, tasks: usize) -> anyhow::Result<Arm> {
     let mut per_call = Vec::new();
     let mut all_gaps = Vec::new();
     let mut processes = Vec::new();
@@ -96,7 +91,10 @@ async fn measure(
         let after = daemon.sample().cpu_ticks;
         let (g, _) = gaps(&std::fs::read_to_string(&log)?);
         let calls = g.len() + 1;
-        ensure!(calls >= tasks, "loopd made {calls} agent calls, expected {tasks}");
+        ensure!(
+            calls >= tasks,
+            "loopd made {calls} agent calls, expected {tasks}"
+        );
         per_call.push((after - before) as f64 / TICKS_PER_SEC * 1000.0 / calls as f64);
         all_gaps.extend(g);
         crate::say(&format!(
@@ -200,7 +198,10 @@ async fn mode(
     }
     report.info(
         bench,
-        &format!("median gap between calls, {containment}, {} processes", base.processes),
+        &format!(
+            "median gap between calls, {containment}, {} processes",
+            base.processes
+        ),
         format!("{:.2} ms", base.gap_ms),
     );
     report.info(

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use loop_engine::domain::{
-    AgentResources, AgentUsage, Artifact, Event, MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId,
-    UnixMs,
+    AgentResources, AgentUsage, Artifact, Event, MergeStrategy, NameSource, Run, RunId, RunStatus,
+    Step, StepId, UnixMs,
 };
 use loop_engine::engine::CreateRun;
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,9 @@ use loop_engine::process::{Containment, NO_CGROUP_ENV};
 use loop_engine::testing::GitFixture;
 use nix::sys::signal::Signal;
 
-use super::{create_request, free_port, signal, start_with_env, wait_terminal};
+use super::{
+    create_request, free_port, signal, start_with_env, wait_for_step_running, wait_terminal,
+};
 
 fn cgroups_or_skip(test: &str) -> bool {
     if loop_engine::process::containment() == Containment::Cgroup {
@@ -129,6 +131,8 @@ async fn kill_9_and_restart_leave_nothing(cgroups: bool) {
     let agent = read_pid(&pids.path().join("agent.pid")).await;
     let setsid = read_pid(&pids.path().join("setsid.pid")).await;
     let double = read_pid(&pids.path().join("double.pid")).await;
+    // The crash comes once the step (and the agent's pid) is on record.
+    wait_for_step_running(&daemon.client, id).await;
     let cgroup = std::fs::read_to_string(format!("/proc/{agent}/cgroup")).unwrap_or_default();
     if cgroups {
         assert!(
@@ -139,12 +143,19 @@ async fn kill_9_and_restart_leave_nothing(cgroups: bool) {
     signal(&daemon.child, Signal::SIGKILL);
     let _ = daemon.child.wait().await;
     for pid in [agent, setsid, double] {
-        assert!(alive(pid), "{pid} died with the daemon: nothing left to test");
+        assert!(
+            alive(pid),
+            "{pid} died with the daemon: nothing left to test"
+        );
     }
 
     let mut daemon = start_with_env(data.path(), port, &env).await;
     all_die(
-        &[("agent", agent), ("setsid'd", setsid), ("double-forked", double)],
+        &[
+            ("agent", agent),
+            ("setsid'd", setsid),
+            ("double-forked", double),
+        ],
         Duration::from_secs(30),
         data.path(),
     )

@@ -83,7 +83,11 @@ impl Config {
             return Err(invalid("agent_env", value.clone(), &reason));
         }
         if let Err(reason) = self.agent_limits() {
-            let key = reason.split(':').next().unwrap_or("agent_memory_max").to_owned();
+            let key = reason
+                .split(':')
+                .next()
+                .unwrap_or("agent_memory_max")
+                .to_owned();
             let value = match key.as_str() {
                 "agent_pids_max" => self.agent_pids_max.map(|n| n.to_string()),
                 "agent_cpu_max" => self.agent_cpu_max.clone(),
@@ -120,7 +124,12 @@ impl Config {
     /// # Errors
     /// A message naming the key whose value does not parse.
     pub fn agent_limits(&self) -> Result<crate::process::AgentLimits, String> {
-        let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let text = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         crate::process::AgentLimits::parse(
             text(&self.agent_memory_max).as_deref(),
             self.agent_pids_max,

@@ -113,7 +113,11 @@ fn check_agent_limits(config: &Config) -> Result<(), EngineError> {
     let limits = config
         .agent_limits()
         .map_err(|detail| EngineError::InvalidInput {
-            field: detail.split(':').next().unwrap_or("agent_memory_max").to_owned(),
+            field: detail
+                .split(':')
+                .next()
+                .unwrap_or("agent_memory_max")
+                .to_owned(),
             detail,
         })?;
     if config.executor == crate::config::ExecutorKind::Simulate {

@@ -185,7 +185,11 @@ async fn leaves_nothing_alive(end: End, cgroups: bool) {
     let agent = spawned_pid(&mut rx);
     let setsid = read_pid(&dir.path().join("setsid.pid")).await;
     let double = read_pid(&dir.path().join("double.pid")).await;
-    for (what, pid) in [("agent", agent), ("setsid'd", setsid), ("double-forked", double)] {
+    for (what, pid) in [
+        ("agent", agent),
+        ("setsid'd", setsid),
+        ("double-forked", double),
+    ] {
         assert!(
             dies(pid).await,
             "{end:?} (cgroups: {cgroups}): the {what} process {pid} survived: {:?}",

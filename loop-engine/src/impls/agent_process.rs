@@ -483,7 +483,12 @@ pub(crate) async fn run_measured(
         marker_value.rsplit('-').next().unwrap_or(&marker_value),
     );
     let cgroup = AgentCgroup::create(&cgroup_name, &req.limits)
-        .map_err(|e| fatal(format!("cannot create the agent's cgroup {cgroup_name}"), Some(e)))?
+        .map_err(|e| {
+            fatal(
+                format!("cannot create the agent's cgroup {cgroup_name}"),
+                Some(e),
+            )
+        })?
         .map(Arc::new);
     if let Some(cg) = &cgroup {
         // The shim would only report a missing program as exit code 127.

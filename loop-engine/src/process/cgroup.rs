@@ -456,8 +456,7 @@ fn enable_v2_controllers(mount: &Path, parent: &Path) -> Vec<Controller> {
             {
                 break;
             }
-            if std::fs::write(dir.join("cgroup.subtree_control"), format!("+{}", c.name()))
-                .is_err()
+            if std::fs::write(dir.join("cgroup.subtree_control"), format!("+{}", c.name())).is_err()
             {
                 break;
             }

@@ -16,12 +16,11 @@ mod cgroup;
 mod env;
 mod tree;
 
+pub(crate) use cgroup::{AgentCgroup, agent_cgroup_name, kill_run_cgroups};
 pub use cgroup::{
     AgentLimits, Containment, CpuMax, NO_CGROUP_ENV, PARENT_NAME, cgroup_parent, containment,
-    controllers,
-    fallback_reason, without_cgroups,
+    controllers, fallback_reason, without_cgroups,
 };
-pub(crate) use cgroup::{AgentCgroup, agent_cgroup_name, kill_run_cgroups};
 
 pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
 pub(crate) use tree::wait_run_vcs_children;

@@ -20,9 +20,9 @@ use crate::backend::{
     BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
 };
 use crate::domain::{
-    AgentResources, AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
-    NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
-    UnixMs, now_ms,
+    AgentResources, AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason,
+    MergeStrategy, NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId,
+    StepPhase, StepStatus, UnixMs, now_ms,
 };
 
 /// A clock value for claiming checks; leases are relative to it, not to the wall clock.

@@ -203,10 +203,7 @@ impl RunDriver {
             )
             .await?;
         }
-        let limit_hit = outcome
-            .resources
-            .as_ref()
-            .and_then(|r| r.limit_hit.clone());
+        let limit_hit = outcome.resources.as_ref().and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },
