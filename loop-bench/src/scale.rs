@@ -44,6 +44,10 @@ fn finished_run(i: usize, created_at: i64) -> Run {
         updated_at: created_at + 60_000,
         worker_id: None,
         lease_expires_at: None,
+        review_status: loop_engine::domain::ReviewStatus::Pending,
+        review_action_at: None,
+        merge_commit: None,
+        pr_url: None,
     }
 }
 

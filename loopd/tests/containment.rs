@@ -27,8 +27,9 @@ fn cgroups_or_skip(test: &str) -> bool {
         std::env::var("LOOP_REQUIRE_CGROUP").ok().as_deref() != Some("1"),
         "{test}: LOOP_REQUIRE_CGROUP=1 but no cgroup can be made for agents: {why}"
     );
-    eprintln!(
-        "skipped {test}: needs a cgroup per agent (root, or a delegated cgroup v2 subtree): {why}"
+    scripted_model::cli::say_skipped(
+        test,
+        &format!("needs a cgroup per agent (root, or a delegated cgroup v2 subtree): {why}"),
     );
     false
 }

@@ -95,6 +95,23 @@ impl Config {
             };
             return Err(invalid(&key, value.unwrap_or_default(), &reason));
         }
+        if let Some(url) = self.notify_webhook_url.as_deref().filter(|u| !u.is_empty())
+            && let Err(reason) = crate::impls::notify::WebhookUrl::parse(url)
+        {
+            return Err(invalid("notify_webhook_url", url.to_owned(), &reason));
+        }
+        if let Some(name) = self
+            .notify_webhook_secret
+            .as_deref()
+            .and_then(|s| s.strip_prefix("env:"))
+            && (name.is_empty() || name.contains('='))
+        {
+            return Err(invalid(
+                "notify_webhook_secret",
+                format!("env:{name}"),
+                "`env:` must be followed by the name of an environment variable",
+            ));
+        }
         let agent_cmd_set = self
             .agent_cmd
             .as_deref()
@@ -114,6 +131,14 @@ impl Config {
             && let Err(e) = crate::impls::CommandExecutor::new(template)
         {
             return Err(invalid("agent_cmd", template.clone(), &e.reason));
+        }
+        for (key, value) in [
+            ("codex_args", &self.codex_args),
+            ("gemini_args", &self.gemini_args),
+        ] {
+            if let Err(reason) = crate::impls::agent_cli_split(key, value.as_deref()) {
+                return Err(invalid(key, value.clone().unwrap_or_default(), &reason));
+            }
         }
         Ok(())
     }

@@ -370,6 +370,10 @@ impl Engine {
             updated_at: now,
             worker_id: None,
             lease_expires_at: None,
+            review_status: crate::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let counts = crate::plan::counts(&r.plan_text);
         run.tasks_done = counts.done;

@@ -259,9 +259,7 @@ struct Collector<'a> {
     stdout_tail: Tail,
     stderr_tail: Tail,
     lines: LineSplitter,
-    result: Option<AgentResult>,
-    /// The model the session's `init` line named.
-    init_model: Option<String>,
+    reader: Box<dyn StreamReader + 'a>,
     bytes: u64,
     line_count: u64,
     /// Per stream: whether the last byte seen was a newline (or nothing was seen).
@@ -297,9 +295,8 @@ impl Collector<'_> {
         match stream {
             OutputStream::Stdout => {
                 self.stdout_tail.push(data);
-                let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
-                self.lines
-                    .feed(data, &mut |line| on_line(line, result, model, ctx));
+                let (reader, ctx) = (&mut self.reader, self.ctx);
+                self.lines.feed(data, &mut |line| reader.line(line, ctx));
             }
             OutputStream::Stderr => self.stderr_tail.push(data),
         }
@@ -316,9 +313,8 @@ impl Collector<'_> {
             self.at_line_start[idx] = true;
         }
         if stream == OutputStream::Stdout {
-            let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
-            self.lines
-                .end_line(&mut |line| on_line(line, result, model, ctx));
+            let (reader, ctx) = (&mut self.reader, self.ctx);
+            self.lines.end_line(&mut |line| reader.line(line, ctx));
         }
     }
 }
@@ -330,26 +326,62 @@ fn stream_index(stream: OutputStream) -> usize {
     }
 }
 
-fn on_line(
-    line: &[u8],
-    result: &mut Option<AgentResult>,
-    init_model: &mut Option<String>,
-    ctx: &ExecContext,
-) {
-    match parse_line(line) {
-        StreamLine::Result(mut r) => {
-            // The result line may not name the model; the session's init line did.
-            if r.usage.model.is_none() {
-                r.usage.model = init_model.clone();
+/// Reads one agent CLI's stdout, line by line (each line that starts with `{`, without its
+/// newline): what it learns becomes the outcome's final result, and live facts (API retries)
+/// are sent on the context's signals. Each CLI's output format has its own reader.
+pub(crate) trait StreamReader: Send {
+    /// One line of stdout that may be a JSON object.
+    fn line(&mut self, line: &[u8], ctx: &ExecContext);
+    /// The final result, once stdout ended.
+    fn finish(&mut self) -> Option<AgentResult>;
+}
+
+/// The Claude CLI's stream-json: the `result` line is the result; the `init` line names the
+/// model when the result does not.
+#[derive(Debug, Default)]
+pub(crate) struct ClaudeStream {
+    result: Option<AgentResult>,
+    init_model: Option<String>,
+    /// The reset time (Unix seconds) of the last rejected rate limit the session reported.
+    limit_resets_at: Option<i64>,
+}
+
+impl StreamReader for ClaudeStream {
+    fn line(&mut self, line: &[u8], ctx: &ExecContext) {
+        match parse_line(line) {
+            StreamLine::Result(mut r) => {
+                // The result line may not name the model; the session's init line did.
+                if r.usage.model.is_none() {
+                    r.usage.model = self.init_model.clone();
+                }
+                // Nor when a usage limit resets: the rate-limit event before it did.
+                if r.usage_limit_resets_at.is_none() {
+                    r.usage_limit_resets_at = self.limit_resets_at;
+                }
+                self.result = Some(r);
             }
-            *result = Some(r);
+            StreamLine::RateLimit(info) => {
+                if info.is_rejected() && info.resets_at.is_some() {
+                    self.limit_resets_at = info.resets_at;
+                }
+            }
+            // A malformed result line is no verdict, and it cancels an earlier one: the agent's
+            // last word is what counts (a CLI exiting 0 after it gave no valid result).
+            StreamLine::MalformedResult { problem } => {
+                tracing::debug!(%problem, "agent printed a malformed result line");
+                self.result = None;
+            }
+            StreamLine::Init { model } => self.init_model = model,
+            StreamLine::ApiRetry(retry) => {
+                // The engine may have stopped listening; the retry is in the log anyway.
+                let _ = ctx.signals.send(retry.into());
+            }
+            StreamLine::Other { .. } | StreamLine::Raw => {}
         }
-        StreamLine::Init { model } => *init_model = model,
-        StreamLine::ApiRetry(retry) => {
-            // The engine may have stopped listening; the retry is in the log anyway.
-            let _ = ctx.signals.send(retry.into());
-        }
-        StreamLine::Other { .. } | StreamLine::Raw => {}
+    }
+
+    fn finish(&mut self) -> Option<AgentResult> {
+        self.result.take()
     }
 }
 
@@ -435,10 +467,21 @@ pub async fn run_agent(
 
 /// [`run_agent`], also reporting how much memory the output handling retained.
 pub(crate) async fn run_measured(
+    cmd: Cmd,
+    key: ProgramKey,
+    req: &ExecRequest,
+    ctx: &ExecContext,
+) -> Result<AgentRun, ExecutorError> {
+    run_reading(cmd, key, req, ctx, Box::new(ClaudeStream::default())).await
+}
+
+/// [`run_measured`] with `reader` reading the agent's stdout (its CLI's output format).
+pub(crate) async fn run_reading(
     mut cmd: Cmd,
     key: ProgramKey,
     req: &ExecRequest,
     ctx: &ExecContext,
+    reader: Box<dyn StreamReader + '_>,
 ) -> Result<AgentRun, ExecutorError> {
     let program = cmd.program().to_string_lossy().into_owned();
     if !req.workdir.is_dir() {
@@ -556,8 +599,7 @@ pub(crate) async fn run_measured(
         stdout_tail: Tail::new(STDOUT_TAIL),
         stderr_tail: Tail::new(STDERR_TAIL),
         lines: LineSplitter::new(LINE_CAP),
-        result: None,
-        init_model: None,
+        reader,
         bytes: 0,
         line_count: 0,
         at_line_start: [true, true],
@@ -751,14 +793,15 @@ pub(crate) async fn run_measured(
         }
         (None, None) => (-1, Termination::Exited),
     };
-    let output_text = match &sink.result {
+    let result = sink.reader.finish();
+    let output_text = match &result {
         Some(r) => r.text.clone(),
         None => sink.stdout_tail.text(),
     };
     let outcome = ExecOutcome {
         exit_code,
         termination: Some(termination),
-        result: sink.result.take(),
+        result,
         output_text,
         stderr_tail: sink.stderr_tail.text(),
         output_bytes: sink.bytes,

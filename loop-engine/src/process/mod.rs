@@ -86,6 +86,8 @@ pub struct CmdOutput {
     pub stderr: Vec<u8>,
     /// True when the timeout killed it.
     pub timed_out: bool,
+    /// True when standard output went past [`Cmd::stdout_limit`] and the rest was discarded.
+    pub stdout_truncated: bool,
 }
 
 impl CmdOutput {
@@ -119,6 +121,7 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
     allowed_env_only: bool,
+    stdout_limit: Option<usize>,
 }
 
 impl Cmd {
@@ -133,7 +136,15 @@ impl Cmd {
             stdin: None,
             timeout: None,
             allowed_env_only: false,
+            stdout_limit: None,
         }
+    }
+
+    /// Keeps at most `bytes` of standard output; the rest is read and discarded (the child is
+    /// never blocked on a full pipe) and [`CmdOutput::stdout_truncated`] is set.
+    pub fn stdout_limit(mut self, bytes: usize) -> Self {
+        self.stdout_limit = Some(bytes);
+        self
     }
 
     /// Adds one argument.
@@ -330,12 +341,24 @@ impl Cmd {
             }
             drop(stdin);
         };
+        let limit = self.stdout_limit;
         let read_out = async move {
             let mut buf = Vec::new();
+            let mut cut = false;
             if let Some(p) = stdout.as_mut() {
-                p.read_to_end(&mut buf).await?;
+                match limit {
+                    None => {
+                        p.read_to_end(&mut buf).await?;
+                    }
+                    Some(limit) => {
+                        let keep = u64::try_from(limit).unwrap_or(u64::MAX);
+                        (&mut *p).take(keep).read_to_end(&mut buf).await?;
+                        let rest = tokio::io::copy(p, &mut tokio::io::sink()).await?;
+                        cut = rest > 0;
+                    }
+                }
             }
-            Ok::<_, std::io::Error>(buf)
+            Ok::<_, std::io::Error>((buf, cut))
         };
         let read_err = async move {
             let mut buf = Vec::new();
@@ -354,11 +377,12 @@ impl Cmd {
             None => Some(all.await),
         };
         match result {
-            Some(Ok((stdout, stderr, status))) => Ok(CmdOutput {
+            Some(Ok(((stdout, stdout_truncated), stderr, status))) => Ok(CmdOutput {
                 code: exit_code_of(status),
                 stdout,
                 stderr,
                 timed_out: false,
+                stdout_truncated,
             }),
             Some(Err(e)) => Err(io_err(e)),
             None => {
@@ -374,6 +398,7 @@ impl Cmd {
                     )
                     .into_bytes(),
                     timed_out: true,
+                    stdout_truncated: false,
                 })
             }
         }

@@ -59,6 +59,10 @@ pub fn sample_run(workspace: &str) -> Run {
         updated_at: now,
         worker_id: None,
         lease_expires_at: None,
+        review_status: crate::domain::ReviewStatus::Pending,
+        review_action_at: None,
+        merge_commit: None,
+        pr_url: None,
     }
 }
 
@@ -82,6 +86,10 @@ pub fn full_run(workspace: &str) -> Run {
         tasks_total: 9,
         worker_id: Some("worker-a".to_owned()),
         lease_expires_at: Some(T0 + 30_000),
+        review_status: crate::domain::ReviewStatus::PrCreated,
+        review_action_at: Some(T0 + 40_000),
+        merge_commit: None,
+        pr_url: Some("https://example.invalid/pr/7".to_owned()),
         ..sample_run(workspace)
     }
 }
@@ -302,6 +310,10 @@ pub async fn update_run_replaces_fields_but_not_the_lease(store: &dyn Store) {
         created_at: run.created_at + 1,
         worker_id: None,
         lease_expires_at: None,
+        review_status: crate::domain::ReviewStatus::Merged,
+        review_action_at: Some(T0 + 9_000),
+        merge_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
+        pr_url: None,
         ..run.clone()
     };
     ok("update_run", store.update_run(&changed).await);

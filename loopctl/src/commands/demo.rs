@@ -143,7 +143,7 @@ async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
     std::fs::write(dir.join("specs/planning/greeter-plan.md"), PLAN)?;
     std::fs::write(dir.join(".gitignore"), "logs/\n")?;
     let mut config = String::from(
-        "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n",
+        "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n# The demo's daemon stops with the run: no postmortem at its end.\npostmortem=false\n",
     );
     match agent {
         Agent::Simulated => {
@@ -248,6 +248,9 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
                 bin.display(),
                 m.base_url
             ));
+            out(
+                "costs shown are what the CLI computes from the scripted model's token counts: nothing is billed",
+            );
             if root {
                 out(
                     "running as root: the demo's private loopd gets IS_SANDBOX=1 so the CLI accepts --dangerously-skip-permissions; its agent only talks to the local scripted model",
@@ -278,6 +281,8 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         client,
         json: false,
         colour: render::colour(),
+        // The scripted model answers for free: whatever the CLI computes is not billed.
+        costs: render::Costs::Scripted,
     };
     let created = ctx
         .client
@@ -301,7 +306,9 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let steps = ctx.client.steps(id).await?;
     let artifacts = ctx.client.artifacts(id).await?;
     out("");
-    out(&render::inspect(&run, &steps, &artifacts, ctx.colour));
+    out(&render::inspect(
+        &run, &steps, &artifacts, ctx.colour, ctx.costs,
+    ));
     out(&format!(
         "artifacts: {}",
         dir.join("logs/loop").join(format!("run-{id}")).display()
