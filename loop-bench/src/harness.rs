@@ -128,6 +128,16 @@ impl Daemon {
         data_dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(bins, data_dir, extra, &[]).await
+    }
+
+    /// [`Daemon::start`] with extra environment variables for loopd.
+    pub(crate) async fn start_with_env(
+        bins: &Bins,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -140,6 +150,7 @@ impl Daemon {
             .args(extra)
             .env("LOOPD_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .to_tokio();
         cmd.stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log)?));

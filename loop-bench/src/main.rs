@@ -9,6 +9,7 @@ mod harness;
 mod idle;
 mod output;
 mod overhead;
+mod procs;
 mod report;
 mod scale;
 
@@ -60,6 +61,8 @@ enum Command {
     Fanout(Common),
     /// An agent printing hundreds of megabytes.
     Output(Common),
+    /// loopd's CPU per agent call with ~200 and with 3,000 more processes on the machine.
+    Procs(Common),
     /// The tiny agent the benchmarks run (not for humans).
     #[command(hide = true)]
     Agent(agent::AgentArgs),
@@ -115,6 +118,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::Scale(c) => ("scale", c),
         Command::Fanout(c) => ("fanout", c),
         Command::Output(c) => ("output", c),
+        Command::Procs(c) => ("procs", c),
         Command::Agent(_) => unreachable!("handled in main"),
     };
     let ctx = Ctx {
@@ -154,6 +158,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if all || which == "output" {
         let result = output::run(&ctx, &mut report).await;
         ran(&mut report, "output", result);
+    }
+    if all || which == "procs" {
+        let result = procs::run(&ctx, &mut report).await;
+        ran(&mut report, "procs", result);
     }
     let elapsed = started.elapsed().as_secs_f64();
     say("");

@@ -16,6 +16,9 @@ fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
         ("context_files" | "verify_cmds" | "setup_cmds", _) => None,
         // Free text, but never loopd's own variables.
         ("agent_env", _) => Some("LOOPD_TOKEN"),
+        // Free text that must parse as a size or a number of CPUs.
+        ("agent_memory_max", _) => Some("lots"),
+        ("agent_cpu_max", _) => Some("-1"),
         (_, "text (empty = unset)") => None,
         (_, "path (empty = unset)") => None,
         (_, "path") => Some(""),

@@ -14,7 +14,9 @@ use loop_engine::process::{Containment, NO_CGROUP_ENV};
 use loop_engine::testing::GitFixture;
 use nix::sys::signal::Signal;
 
-use super::{create_request, free_port, signal, start_with_env, wait_terminal};
+use super::{
+    create_request, free_port, signal, start_with_env, wait_for_step_running, wait_terminal,
+};
 
 fn cgroups_or_skip(test: &str) -> bool {
     if loop_engine::process::containment() == Containment::Cgroup {
@@ -130,6 +132,8 @@ async fn kill_9_and_restart_leave_nothing(cgroups: bool) {
     let agent = read_pid(&pids.path().join("agent.pid")).await;
     let setsid = read_pid(&pids.path().join("setsid.pid")).await;
     let double = read_pid(&pids.path().join("double.pid")).await;
+    // The crash comes once the step (and the agent's pid) is on record.
+    wait_for_step_running(&daemon.client, id).await;
     let cgroup = std::fs::read_to_string(format!("/proc/{agent}/cgroup")).unwrap_or_default();
     if cgroups {
         assert!(

@@ -89,12 +89,12 @@ impl Drop for KillGuard {
         }
         match &self.cgroup {
             Some(cg) => {
+                let adopted = process::adopt(&cg.pids());
                 cg.kill();
                 // Removed once empty, where a runtime is at hand; else recovery finds it.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     let cg = Arc::clone(cg);
                     rt.spawn(async move {
-                        let adopted = process::adopt(&cg.pids());
                         cg.wait_empty(CGROUP_EMPTY_WAIT).await;
                         process::reap_adopted(&adopted);
                         cg.remove();
