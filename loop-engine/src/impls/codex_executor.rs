@@ -222,8 +222,6 @@ impl CodexStream {
                     api_error: limit.map(|_| "usage_limit_reached".to_owned()),
                     usage_limit_resets_at: limit.flatten(),
                     api_error_status: error_status(&message),
-                    api_error: None,
-                    usage_limit_resets_at: None,
                     text: message,
                     usage: AgentUsage {
                         num_turns: Some(self.turns),
@@ -322,7 +320,6 @@ mod tests {
             idle_timeout: None,
             limits: Default::default(),
             env: vec![("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into())],
-            limits: crate::process::AgentLimits::default(),
         }
     }
 

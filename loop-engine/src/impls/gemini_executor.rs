@@ -211,8 +211,6 @@ impl GeminiStream {
             api_error: limit.map(|_| "usage_limit_reached".to_owned()),
             usage_limit_resets_at: limit.flatten(),
             api_error_status: is_error.then(|| api_status(&message)).flatten(),
-            api_error: None,
-            usage_limit_resets_at: None,
             text,
             usage: AgentUsage {
                 num_turns: None,
@@ -279,7 +277,6 @@ mod tests {
             idle_timeout: None,
             limits: Default::default(),
             env: Vec::new(),
-            limits: crate::process::AgentLimits::default(),
         }
     }
 
