@@ -641,6 +641,7 @@ async fn recovery_after_a_crash_repeats_no_completed_step() {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     };
     h.store.insert_step(&interrupted).await.unwrap();
     h.drive().await;

@@ -25,7 +25,7 @@ use loop_engine::domain::{EventKind, ExitReason, Run, RunStatus, StepPhase, Step
 use loop_engine::impls::ClaudeExecutor;
 use loop_engine::plan;
 use loop_engine::process::{self, Cmd};
-use scripted_model::{ModelServer, Script, Turn, When};
+use scripted_model::{ModelServer, Script, ToolCall, Turn, When};
 
 use crate::support::{Harness, Setup};
 
@@ -60,6 +60,7 @@ async fn real_claude_end_to_end() {
     )
     .await;
     timed("f) verification fix", verification_fix(&claude)).await;
+    timed("g) postmortem", postmortem(&claude)).await;
     eprintln!("real_claude: all scenarios in {:.1?}", total.elapsed());
 }
 
@@ -508,5 +509,104 @@ async fn verification_fix(claude: &Path) {
     let rows = report_rows(&run);
     assert!(has_row(&rows, "VERIFY_END"), "{rows:?}");
     assert_eq!(plan::counts(&h.worktree_plan(&run)).pending, 0);
+    server.shutdown().await;
+}
+
+/// The postmortem through the real CLI (issue 14 item 4): after the run's end, three calls
+/// with read-only tools (`--tools Read,Grep,Glob`: the request offers the model no tool that
+/// writes), each answer written beside its prompt; a model that tries to write anyway changes
+/// nothing in the worktree.
+async fn postmortem(claude: &Path) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = Script::plan_agent()
+        .rule(
+            When::PromptContains("Postmortem, part 1 of 3".into()),
+            Turn::ToolUse {
+                calls: vec![ToolCall::bash("touch postmortem-was-here.txt")],
+                then: Some("## Verdict\nMeets the spec.".into()),
+            },
+            None,
+        )
+        .rule(
+            When::PromptContains("Postmortem, part 2 of 3".into()),
+            Turn::Text("## Timeline\nThree iterations, one task each.".into()),
+            None,
+        )
+        .rule(
+            When::PromptContains("Postmortem, part 3 of 3".into()),
+            Turn::Text("The run did what was asked.\n## Root cause\nnone".into()),
+            None,
+        );
+    let server = ModelServer::start(script).expect("model server starts");
+    let h = harness(
+        claude,
+        &server,
+        dir.path(),
+        "1",
+        vec![("postmortem", "true".into())],
+    );
+    let run = h.run_one().await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+    let analysis = run
+        .workspace_root
+        .join("logs/loop")
+        .join(format!("run-{}", run.id))
+        .join("analysis");
+    let rows = report_rows(&run);
+    let end = rows
+        .iter()
+        .find(|r| r.0 == "POSTMORTEM_END")
+        .expect("POSTMORTEM_END row")
+        .clone();
+    let read = |name: &str| {
+        std::fs::read_to_string(analysis.join(name)).unwrap_or_else(|e| {
+            let log =
+                std::fs::read_to_string(analysis.join("spec-compliance.log")).unwrap_or_default();
+            panic!("{name}: {e}; POSTMORTEM_END: {end:?}; spec-compliance.log:\n{log}")
+        })
+    };
+    assert_eq!(read("spec-compliance.md"), "## Verdict\nMeets the spec.");
+    assert_eq!(
+        read("run-quality.md"),
+        "## Timeline\nThree iterations, one task each."
+    );
+    assert_eq!(
+        read("summary.md"),
+        "The run did what was asked.\n## Root cause\nnone"
+    );
+    assert!(read("summary-prompt.txt").contains("spec-compliance.md"));
+    assert!(read("git-last-commit.txt").contains("Task number 3"));
+    assert!(
+        !run.worktree_path.join("postmortem-was-here.txt").exists(),
+        "the postmortem agent had no Bash"
+    );
+    assert!(end.3.starts_with("status=ok files=13"), "{end:?}");
+    assert!(end.3.contains("cost_usd="), "{end:?}");
+    // The postmortem's requests offered the read-only tools only.
+    let requests = server.messages_requests();
+    let postmortem_requests: Vec<_> = requests
+        .iter()
+        .filter_map(|r| r.messages())
+        .filter(|m| m.prompt().contains("Postmortem, part"))
+        .collect();
+    assert_eq!(postmortem_requests.len(), 4, "part 1 takes two requests");
+    for m in &postmortem_requests {
+        let tools: Vec<String> = m.body()["tools"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The CLI may add internal placeholders; no tool that writes or runs anything.
+        assert!(tools.iter().any(|t| t == "Read"), "{tools:?}");
+        for writer in ["Bash", "Edit", "Write", "MultiEdit", "NotebookEdit"] {
+            assert!(
+                !tools.iter().any(|t| t == writer),
+                "{writer} offered: {tools:?}"
+            );
+        }
+    }
     server.shutdown().await;
 }

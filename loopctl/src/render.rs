@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use loop_engine::domain::RunStatus;
-use loop_http::api::{ArtifactResource, RunResource, StepResource};
+use loop_http::api::{ArtifactResource, PostmortemResource, RunResource, StepResource};
 
 /// How amounts of money are shown: as the agent reported them, or labelled as not billed
 /// (`loopctl demo`: its scripted model answers for free, whatever the CLI computes).
@@ -153,6 +153,32 @@ fn usage_text(step: &StepResource, costs: Costs) -> String {
     }
 }
 
+/// What the agent's cgroup measured: CPU time, peak memory, peak processes, a limit hit.
+fn resources_text(step: &StepResource) -> String {
+    let Some(r) = &step.resources else {
+        return "-".into();
+    };
+    let mut parts = vec![format!("cpu {}", cpu_text(r.cpu_usec))];
+    if let Some(b) = r.memory_peak_bytes {
+        parts.push(format!("mem {:.1} MiB", b as f64 / (1024.0 * 1024.0)));
+    }
+    if let Some(p) = r.pids_peak {
+        parts.push(format!("{p} procs"));
+    }
+    if let Some(l) = &r.limit_hit {
+        parts.push(format!("hit {l}"));
+    }
+    parts.join(", ")
+}
+
+fn cpu_text(usec: u64) -> String {
+    if usec >= 1_000_000 {
+        format!("{:.2} s", usec as f64 / 1e6)
+    } else {
+        format!("{:.1} ms", usec as f64 / 1e3)
+    }
+}
+
 /// The `inspect` view: the run's state, its steps, its artifacts.
 /// The run's MERGE_PENDING in one line (`the merge into <target> waits: <reason>`): a run that
 /// completed with its merge step succeeded with a reason (the engine gives a merge step a
@@ -167,6 +193,30 @@ pub(crate) fn merge_pending(run: &RunResource) -> Option<String> {
         "the merge into {} waits: {reason}",
         run.merge_target_branch.as_deref().unwrap_or("the target")
     ))
+}
+
+/// The postmortem part of `inspect`: where the analysis is, how it ended, and the first
+/// lines of its summary; `None` when the run has no postmortem.
+pub(crate) fn postmortem_section(pm: &PostmortemResource) -> Option<String> {
+    if pm.files.is_empty() && !pm.running {
+        return None;
+    }
+    let state = if pm.running {
+        "under way".to_owned()
+    } else {
+        pm.last_message.clone().unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!("postmortem: {} ({state})\n", pm.dir.display());
+    if let Some(head) = &pm.summary_head {
+        for line in head.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&format!(
+            "  (all of it: {})\n",
+            pm.dir.join("summary.md").display()
+        ));
+    }
+    Some(out)
 }
 
 pub(crate) fn inspect(
@@ -226,6 +276,19 @@ pub(crate) fn inspect(
         ("created", run.created_at.clone()),
         ("updated", run.updated_at.clone()),
     ]);
+    if run.status.is_terminal() {
+        let mut review = run.review_status.to_string();
+        if let Some(c) = &run.merge_commit {
+            review.push_str(&format!(" at {c}"));
+        }
+        if let Some(u) = &run.pr_url {
+            review.push_str(&format!(" {u}"));
+        }
+        if let Some(at) = &run.review_action_at {
+            review.push_str(&format!(" ({at})"));
+        }
+        kv.push(("review", review));
+    }
     if let Some(s) = &run.last_step {
         // A pending merge's reason is on its own line already.
         let shown_reason = s.reason.as_deref().filter(|_| pending.is_none());
@@ -268,11 +331,21 @@ pub(crate) fn inspect(
                     s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                     s.duration_ms.map_or_else(|| "-".into(), duration_ms),
                     usage_text(s, costs),
+                    resources_text(s),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["#", "LABEL", "PHASE", "STATUS", "EXIT", "TIME", "USAGE"],
+            &[
+                "#",
+                "LABEL",
+                "PHASE",
+                "STATUS",
+                "EXIT",
+                "TIME",
+                "USAGE",
+                "RESOURCES",
+            ],
             &rows,
         ));
     }
@@ -487,12 +560,43 @@ impl AgentView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loop_engine::domain::{Run, Step, StepId, StepPhase, StepStatus};
+
+    fn sample_run() -> Run {
+        use loop_engine::domain::{MergeStrategy, NameSource, RunId, RunStatus};
+        Run {
+            id: RunId::new(),
+            name: "widget".into(),
+            name_source: NameSource::SpecSlug,
+            status: RunStatus::Failed,
+            exit_reason: None,
+            failure: None,
+            workspace_root: "/w".into(),
+            spec_path: "/w/specs/widget.md".into(),
+            plan_path: "/w/specs/planning/widget-plan.md".into(),
+            base_branch: "main".into(),
+            run_branch: "run/widget".into(),
+            merge_target_branch: None,
+            merge_strategy: MergeStrategy::Squash,
+            worktree_path: "/w.run-widget".into(),
+            config: serde_json::json!({}),
+            iterations_run: 1,
+            tasks_done: 0,
+            tasks_total: 1,
+            created_at: 0,
+            updated_at: 0,
+            worker_id: None,
+            lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
+        }
+    }
 
     #[test]
     fn inspect_shows_a_failure_once() {
-        use loop_engine::domain::{
-            MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
-        };
+        use loop_engine::domain::{MergeStrategy, NameSource, RunId, RunStatus};
         let reason = "loopd runs as root (IS_SANDBOX is `yes`): set IS_SANDBOX=1";
         let run = Run {
             id: RunId::new(),
@@ -517,6 +621,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = Step {
             id: StepId::new(),
@@ -538,6 +646,7 @@ mod tests {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         };
         let text = inspect(
             &loop_http::api::RunResource::new(&run, Some(&step)),
@@ -584,6 +693,53 @@ mod tests {
         assert_eq!(
             merge_pending(&loop_http::api::RunResource::new(&done, Some(&landed))),
             None
+        );
+    }
+
+    #[test]
+    fn inspect_shows_what_the_agent_cgroup_measured() {
+        let run = sample_run();
+        let mut step = Step {
+            id: StepId::new(),
+            run_id: run.id,
+            seq: 1,
+            iteration: 1,
+            label: "1".into(),
+            phase: StepPhase::Implementation,
+            status: StepStatus::Failed,
+            attempt: 1,
+            started_at: Some(0),
+            ended_at: Some(10),
+            exit_code: Some(2),
+            reason: None,
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+            resources: Some(loop_engine::domain::AgentResources {
+                cpu_usec: 1_500_000,
+                memory_peak_bytes: Some(3 << 20),
+                pids_peak: Some(12),
+                limit_hit: Some("agent_pids_max".into()),
+            }),
+        };
+        let with = StepResource::from(&step);
+        step.resources = None;
+        let without = StepResource::from(&step);
+        let text = inspect(
+            &loop_http::api::RunResource::new(&run, Some(&step)),
+            &[with, without],
+            &[],
+            false,
+            Costs::Reported,
+        );
+        assert!(text.contains("RESOURCES"), "{text}");
+        assert!(
+            text.contains("cpu 1.50 s, mem 3.0 MiB, 12 procs, hit agent_pids_max"),
+            "{text}"
         );
     }
 
@@ -660,6 +816,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = |label: &str, phase: StepPhase| Step {
             id: StepId::new(),
@@ -681,6 +841,7 @@ mod tests {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         };
         let line = |s: Step, costs: Costs| {
             status_line(

@@ -13,6 +13,8 @@ use loop_engine::testing::{Act, GitFixture, ScriptedExecutor};
 use loop_http::{ServerOptions, serve};
 use tokio_util::sync::CancellationToken;
 
+mod review;
+
 const TOKEN: &str = "test-token-123";
 
 struct Daemon {
@@ -34,7 +36,7 @@ fn fixture() -> GitFixture {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\npostmortem=false\n",
             repo.root().join("global").display()
         ),
     );
@@ -561,4 +563,83 @@ fn created_id_text(out: &CmdOutput) -> String {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// The postmortem from the command line (issue 14 item 4): a run with `postmortem=true` is
+/// analysed at its end and `inspect` shows the summary's first lines; `analyze --latest
+/// --prompt-only` writes the prompts and runs nothing; `analyze` of a run still going is
+/// refused (409 → exit 65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_and_inspect_show_the_postmortem() {
+    let d = daemon(0).await;
+    let repo = d.repo.path().to_path_buf();
+    let out = loopctl(
+        &d,
+        &repo,
+        &[
+            "--json",
+            "run",
+            "specs/widget.md",
+            "--set",
+            "postmortem=true",
+        ],
+    )
+    .await;
+    let id = created_id(&out);
+    let waited = loopctl(&d, &repo, &["wait", &id]).await;
+    assert_eq!(waited.code, 0, "{}", waited.stderr_text());
+    // The postmortem follows the end: wait for its summary.
+    let run_id: loop_engine::domain::RunId = id.parse().expect("id");
+    let mut listing = d.engine.postmortem_listing(run_id).await.expect("listing");
+    for _ in 0..200 {
+        if !listing.running && listing.last_status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listing = d.engine.postmortem_listing(run_id).await.expect("listing");
+    }
+    let text = loopctl(&d, &repo, &["inspect", &id]).await.stdout_text();
+    assert!(text.contains("\npostmortem: "), "{text}");
+    assert!(text.contains("(status=ok files=13"), "{text}");
+    assert!(text.contains("\n  # Simulated postmortem\n"), "{text}");
+    assert!(text.contains("analysis/summary.md)"), "{text}");
+
+    // By hand, prompts only, for the newest run that ended.
+    let analyzed = loopctl(&d, &repo, &["analyze", "--latest", "--prompt-only"]).await;
+    assert!(analyzed.success(), "{}", analyzed.stderr_text());
+    let shown = analyzed.stdout_text();
+    assert!(
+        shown.contains(&format!("postmortem of run {id} under way: ")),
+        "{shown}"
+    );
+    assert!(shown.contains("spec-compliance-prompt.txt"), "{shown}");
+    let listed = json(&loopctl(&d, &repo, &["--json", "analyze", &id, "--prompt-only"]).await);
+    assert_eq!(listed["running"], false);
+    assert_eq!(listed["last_status"], "ok");
+    assert!(
+        listed["last_message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("status=ok")),
+        "{listed}"
+    );
+
+    // A run that has not ended is refused (409); so is a missing one (404).
+    let slow = daemon(5000).await;
+    let slow_repo = slow.repo.path().to_path_buf();
+    let going =
+        created_id(&loopctl(&slow, &slow_repo, &["--json", "run", "specs/widget.md"]).await);
+    let refused = loopctl(&slow, &slow_repo, &["analyze", &going]).await;
+    assert_eq!(refused.code, 65, "{}", refused.stderr_text());
+    assert!(
+        refused.stderr_text().contains("has ended"),
+        "{}",
+        refused.stderr_text()
+    );
+    let missing = loopctl(
+        &d,
+        &repo,
+        &["analyze", "0190aaaa-0000-7000-8000-000000000000"],
+    )
+    .await;
+    assert_eq!(missing.code, 66, "{}", missing.stderr_text());
 }

@@ -83,7 +83,7 @@ fn repo(chaos: &Path) -> GitFixture {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nmax_concurrency=3\nverify_cmds=test -f work.txt\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nmax_concurrency=3\nverify_cmds=test -f work.txt\n",
             script.display()
         ),
     );

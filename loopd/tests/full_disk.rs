@@ -170,7 +170,7 @@ async fn a_run_going_while_the_disk_fills_ends_and_frees_its_slot() {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nheartbeat_sec=1\nmax_concurrency=1\nglobal_log_dir={}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nheartbeat_sec=1\nmax_concurrency=1\nglobal_log_dir={}\n",
             script.display(),
             repo.root().join("global").display()
         ),

@@ -14,9 +14,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod chaos;
+mod containment;
 mod full_disk;
 mod merge_crash;
+mod real_agents;
 mod real_claude;
+mod review;
 mod secrets;
 
 const TOKEN: &str = "loopd-test-token";
@@ -95,7 +98,7 @@ fn repo_with_agent(tasks: usize) -> (GitFixture, PathBuf) {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\n",
             script.display()
         ),
     );

@@ -18,7 +18,7 @@ async fn kill_9_during_the_merge_completes_with_the_merge_done_once() {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\n",
             script.display()
         ),
     );

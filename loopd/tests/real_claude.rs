@@ -160,6 +160,7 @@ fn repo_for(claude: &Path, server: &ModelServer, extra: &[(&str, &str)]) -> GitF
         ("run_naming_mode", "spec_slug".to_owned()),
         ("global_log_dir", global.display().to_string()),
         ("reviewer", "false".to_owned()),
+        ("postmortem", "false".to_owned()),
         ("model", "opus".to_owned()),
         ("claude_max_retries", "0".to_owned()),
         ("claude_timeout_sec", "60".to_owned()),

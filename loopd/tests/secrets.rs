@@ -40,7 +40,7 @@ async fn agents_and_commands_never_see_the_token_and_run_files_are_private() {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=mirror\nexecutor=command\n\
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=mirror\nexecutor=command\n\
              agent_cmd=sh {}\nverify_cmds=env > {}/verify.env\n\
              agent_env=LOOP_TEST_PASSED LOOP_TEST_MODE=fast\n",
             script.display(),

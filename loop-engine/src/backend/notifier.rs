@@ -1,12 +1,14 @@
-//! The `Notifier` trait: tells the outside world that a run started, completed or failed.
+//! The `Notifier` trait: tells the outside world that a run started, completed or failed,
+//! waits for a usage limit, ran out of budget, or got a review action.
 
 use async_trait::async_trait;
 
-use crate::domain::Run;
+use crate::domain::{Event, Run};
 
 /// What happened to a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NotificationKind {
     /// A worker started (or resumed) the run.
     RunStarted,
@@ -16,6 +18,28 @@ pub enum NotificationKind {
     RunFailed,
     /// The run was canceled.
     RunCanceled,
+    /// The run waits for the agent's usage limit to reset (`USAGE_LIMIT_WAIT`).
+    UsageLimitWait,
+    /// The run failed because it spent its budget (exit reason `budget_exhausted:*`).
+    BudgetExhausted,
+    /// A person's review action on the run was carried out (merge, scrap, pull request,
+    /// retry: the `REVIEW_*` events).
+    ReviewAction,
+}
+
+impl NotificationKind {
+    /// The spelling in JSON (`run_completed`, `usage_limit_wait`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RunStarted => "run_started",
+            Self::RunCompleted => "run_completed",
+            Self::RunFailed => "run_failed",
+            Self::RunCanceled => "run_canceled",
+            Self::UsageLimitWait => "usage_limit_wait",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::ReviewAction => "review_action",
+        }
+    }
 }
 
 /// A notification about a run.
@@ -27,6 +51,10 @@ pub struct Notification {
     pub run: Run,
     /// The exit reason or failure detail, if any.
     pub reason: Option<String>,
+    /// The event behind it, for the notifications built from events (the built-in
+    /// notifiers'); `None` for the engine's direct calls of its own notifier.
+    #[serde(default)]
+    pub event: Option<Event>,
 }
 
 /// Errors of a [`Notifier`]. The engine logs them; they never change a run's outcome.

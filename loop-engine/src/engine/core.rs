@@ -11,8 +11,10 @@ use crate::domain::{Artifact, Event, EventKind, Run, RunId, RunStatus, Step};
 use crate::engine::hub::{CurrentOutput, Hub, LiveOutput};
 use crate::engine::inner::{EngineSettings, Inner, SchedState};
 use crate::engine::metrics::{Metrics, MetricsSnapshot};
+use crate::engine::notify::Notifications;
 use crate::error::EngineError;
 use crate::impls::LogNotifier;
+use crate::impls::notify::RetryPolicy;
 
 /// Builds an [`Engine`]. Backends are taken as `impl Trait` and stored as trait objects.
 pub struct EngineBuilder {
@@ -20,6 +22,7 @@ pub struct EngineBuilder {
     executor: Option<Arc<dyn Executor>>,
     vcs: Option<Arc<dyn Vcs>>,
     notifier: Option<Arc<dyn Notifier>>,
+    notify_retry: RetryPolicy,
     settings: EngineSettings,
 }
 
@@ -61,6 +64,13 @@ impl EngineBuilder {
         self
     }
 
+    /// How the built-in notifiers of the runs' configs (`notify_webhook_url`, `notify_cmd`,
+    /// `notify_desktop`) retry (default: [`RetryPolicy::default`]).
+    pub fn notify_retry(mut self, policy: RetryPolicy) -> Self {
+        self.notify_retry = policy;
+        self
+    }
+
     /// Engine-wide settings.
     pub fn settings(mut self, settings: EngineSettings) -> Self {
         self.settings = settings;
@@ -77,6 +87,7 @@ impl EngineBuilder {
         settings.max_concurrency = settings.max_concurrency.max(1);
         Ok(Engine {
             inner: Arc::new(Inner {
+                notifications: Notifications::new(store.clone(), self.notify_retry),
                 store,
                 executor: self.executor,
                 vcs: self
@@ -90,6 +101,7 @@ impl EngineBuilder {
                 wake: Notify::new(),
                 prep_locks: tokio::sync::Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                postmortems: Mutex::default(),
             }),
         })
     }
@@ -118,6 +130,7 @@ impl Engine {
             executor: None,
             vcs: None,
             notifier: None,
+            notify_retry: RetryPolicy::default(),
             settings: EngineSettings::default(),
         }
     }

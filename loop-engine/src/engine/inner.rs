@@ -1,7 +1,8 @@
 //! The engine's shared state: engine-wide settings, the backends, the scheduler's table of
-//! executing runs and their switches, the live hub and the per-workspace preparation locks.
+//! executing runs and their switches, the live hub, the notifications, the postmortems under
+//! way and the per-workspace preparation locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use crate::config::{Config, ExecutorKind};
 use crate::domain::{Event, NewEvent, RunId};
 use crate::engine::hub::Hub;
 use crate::engine::metrics::Metrics;
+use crate::engine::notify::Notifications;
 use crate::impls::{ClaudeExecutor, CommandExecutor};
 
 /// Engine-wide settings (the daemon's, not a run's).
@@ -77,11 +79,20 @@ pub(crate) struct Inner {
     pub(crate) prep_locks: tokio::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
     /// Fired when the engine shuts down: running steps stop, runs go back to the queue.
     pub(crate) shutdown: CancellationToken,
+    /// Runs whose postmortem is under way (one at a time per run).
+    pub(crate) postmortems: Mutex<HashSet<RunId>>,
+    /// The built-in notifiers of the runs' configs, fed with every published event.
+    pub(crate) notifications: Notifications,
 }
 
 impl Inner {
     pub(crate) fn sched(&self) -> std::sync::MutexGuard<'_, SchedState> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The runs whose postmortem is under way.
+    pub(crate) fn postmortems(&self) -> std::sync::MutexGuard<'_, HashSet<RunId>> {
+        self.postmortems.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The executor for a run: the injected one, else the one its config names.
@@ -91,6 +102,18 @@ impl Inner {
         }
         match cfg.executor {
             ExecutorKind::Claude => Ok(Arc::new(ClaudeExecutor::new(cfg.claude_bin.clone()))),
+            ExecutorKind::Codex => crate::impls::CodexExecutor::new(
+                cfg.codex_bin.clone(),
+                cfg.codex_model.clone(),
+                cfg.codex_args.as_deref(),
+            )
+            .map(|e| Arc::new(e) as Arc<dyn Executor>),
+            ExecutorKind::Gemini => crate::impls::GeminiExecutor::new(
+                cfg.gemini_bin.clone(),
+                cfg.gemini_model.clone(),
+                cfg.gemini_args.as_deref(),
+            )
+            .map(|e| Arc::new(e) as Arc<dyn Executor>),
             ExecutorKind::Simulate => Ok(Arc::new(crate::impls::SimulatedAgent::new())),
             ExecutorKind::Command => {
                 let template = cfg.agent_cmd.as_deref().unwrap_or_default();
@@ -104,8 +127,15 @@ impl Inner {
     /// Appends an event to the store and publishes it to followers.
     pub(crate) async fn emit(&self, event: NewEvent) -> Result<Event, crate::backend::StoreError> {
         let stored = self.store.append_event(&event).await?;
-        self.hub.publish_event(&stored);
+        self.published(&stored);
         Ok(stored)
+    }
+
+    /// A stored event goes out: to followers, and to the run's notifiers when it concerns a
+    /// person (neither waits).
+    pub(crate) fn published(&self, event: &Event) {
+        self.hub.publish_event(event);
+        self.notifications.offer(event);
     }
 
     /// The lock that serialises branch and worktree preparation in one workspace.

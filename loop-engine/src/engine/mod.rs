@@ -9,8 +9,11 @@ mod driver;
 mod hub;
 mod inner;
 mod metrics;
+mod notify;
+mod postmortem;
 mod recovery;
 mod report;
+mod review;
 mod scheduler;
 mod supervisor;
 #[cfg(test)]
@@ -21,3 +24,7 @@ pub use create::{CreateRun, CreatedRun, PromptPreview, sandbox_problem};
 pub use hub::{CurrentOutput, LiveOutput};
 pub use inner::EngineSettings;
 pub use metrics::{MetricsSnapshot, TimingSnapshot};
+pub use postmortem::{
+    AnalysisFile, PostmortemListing, PostmortemOptions, PostmortemReport, PostmortemStatus,
+};
+pub use review::{MergeOptions, PrOptions, PruneReport, ReviewOutcome, RunDiff, WorktreeInfo};

@@ -241,7 +241,7 @@ impl Recorder {
         }
         let outcome = inner.store.write_batch(&writes).await?;
         for event in &outcome.events {
-            inner.hub.publish_event(event);
+            inner.published(event);
         }
         Ok(())
     }

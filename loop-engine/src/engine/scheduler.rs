@@ -161,6 +161,7 @@ async fn start(inner: &Arc<Inner>, tasks: &mut JoinSet<()>, run: Run) {
         kind: NotificationKind::RunStarted,
         run: run.clone(),
         reason: None,
+        event: None,
     };
     if let Err(e) = inner.notifier.notify(&note).await {
         tracing::warn!(%run_id, error = %chain(&e), "notifier failed");

@@ -27,6 +27,9 @@ impl Notifier for LogNotifier {
             NotificationKind::RunCanceled => {
                 tracing::warn!(run_id = %run.id, name = %run.name, "run canceled");
             }
+            other => {
+                tracing::info!(run_id = %run.id, name = %run.name, kind = other.as_str(), %reason, "run notification");
+            }
         }
         Ok(())
     }

@@ -183,11 +183,35 @@ impl SimulatedAgent {
         Ok(SimResult { text, commit })
     }
 
+    /// A postmortem report without a model: the prompt's first line as the title, then every
+    /// absolute path the prompt names with its size (or `missing`). It reads, never writes.
+    pub fn postmortem(prompt: &str) -> String {
+        let title = prompt.lines().next().unwrap_or_default().trim();
+        let mut out = format!("# Simulated postmortem\n\n{title}\n\n## Files read\n\n");
+        let mut seen = std::collections::BTreeSet::new();
+        for word in prompt.split_whitespace() {
+            let word = word.trim_end_matches([',', '.', ')', ';']);
+            if !word.starts_with('/') || !seen.insert(word) {
+                continue;
+            }
+            match std::fs::metadata(word) {
+                Ok(m) => out.push_str(&format!("- `{word}`: {} bytes\n", m.len())),
+                Err(_) => out.push_str(&format!("- `{word}`: missing\n")),
+            }
+        }
+        out.push_str("\nNo model was asked: this is the simulated agent's report.\n");
+        out
+    }
+
     /// Does what a real agent would do for `req`.
     pub async fn act(&self, req: &ExecRequest) -> Result<SimResult, String> {
         match req.purpose {
             ExecPurpose::Naming => Ok(SimResult {
                 text: "Simulated Tidy Loop".to_owned(),
+                commit: None,
+            }),
+            ExecPurpose::Postmortem => Ok(SimResult {
+                text: Self::postmortem(&req.prompt),
                 commit: None,
             }),
             purpose => {
@@ -245,6 +269,7 @@ pub(crate) async fn finish_outcome(
         output_bytes: line.len() as u64,
         output_lines: 1,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        resources: None,
     })
 }
 

@@ -72,7 +72,7 @@ impl Server {
         repo.write_file(
             ".loop/config",
             &format!(
-                "run_naming_mode=spec_slug\nreviewer=false\nglobal_log_dir={}\nclaude_retry_backoff_sec=0\n",
+                "run_naming_mode=spec_slug\nreviewer=false\npostmortem=false\nglobal_log_dir={}\nclaude_retry_backoff_sec=0\n",
                 global.display()
             ),
         );

@@ -143,7 +143,7 @@ async fn create_project(dir: &Path, agent: &Agent) -> anyhow::Result<()> {
     std::fs::write(dir.join("specs/planning/greeter-plan.md"), PLAN)?;
     std::fs::write(dir.join(".gitignore"), "logs/\n")?;
     let mut config = String::from(
-        "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n",
+        "# agent-loop demo configuration\nrun_naming_mode=spec_slug\nreviewer=true\nverify_cmds=test -f specs/planning/greeter-plan.md\n# The demo's daemon stops with the run: no postmortem at its end.\npostmortem=false\n",
     );
     match agent {
         Agent::Simulated => {

@@ -46,15 +46,21 @@ pub(crate) async fn inspect(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
     let run = ctx.client.get_run(id).await?;
     let steps = ctx.client.steps(id).await?;
     let artifacts = ctx.client.artifacts(id).await?;
+    // A daemon without postmortems (older) or a run folder it cannot read: no section.
+    let postmortem = ctx.client.postmortem(id).await.ok();
     if ctx.json {
         return out_json(&serde_json::json!({
             "run": run,
             "steps": steps,
             "artifacts": artifacts,
+            "postmortem": postmortem,
         }));
     }
-    out(&render::inspect(
-        &run, &steps, &artifacts, ctx.colour, ctx.costs,
-    ));
+    let mut text = render::inspect(&run, &steps, &artifacts, ctx.colour, ctx.costs);
+    if let Some(section) = postmortem.as_ref().and_then(render::postmortem_section) {
+        text.push('\n');
+        text.push_str(&section);
+    }
+    out(&text);
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! One module per subcommand; `dispatch` routes the parsed command line to them.
 
+mod analyze;
 mod control;
 mod demo;
 mod inspect;
 mod logs;
+mod review;
 mod run;
 mod tail;
 
@@ -128,7 +130,7 @@ pub(crate) fn pick<'a>(runs: &'a [RunResource], text: &str) -> Pick<'a> {
     }
 }
 
-fn verdict(code: i32, message: String) -> anyhow::Error {
+pub(crate) fn verdict(code: i32, message: String) -> anyhow::Error {
     anyhow::Error::new(exit::Verdict { code, message })
 }
 
@@ -180,6 +182,13 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Wait(a) => control::wait(&ctx, &a.id).await,
                 Command::Tail(a) => tail::tail(&ctx, &a.id, a.raw).await,
                 Command::Logs(a) => logs::logs(&ctx, a).await,
+                Command::Diff(a) => review::diff(&ctx, a).await,
+                Command::Merge(a) => review::merge(&ctx, a).await,
+                Command::Scrap(a) => review::scrap(&ctx, &a.id).await,
+                Command::Pr(a) => review::pr(&ctx, a).await,
+                Command::Retry(a) => review::retry(&ctx, &a.id).await,
+                Command::Worktrees(a) => review::worktrees(&ctx, a).await,
+                Command::Analyze(a) => analyze::analyze(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }
         }

@@ -100,8 +100,11 @@ impl RunDriver {
             timeout: secs(self.cfg.claude_timeout_sec),
             idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
             env: self.agent_env(),
+            // Checked when the run was created.
+            limits: self.cfg.agent_limits().unwrap_or_default(),
         };
         let started = Instant::now();
+        self.set_last_api_error(None);
         let (result, store_error) = self.run_agent(&executor, req, &mut step).await;
         drop(workdir);
         if let Some(e) = store_error {
@@ -153,6 +156,11 @@ impl RunDriver {
         step.exit_code = Some(outcome.exit_code);
         step.head_after = self.head().await?;
         step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+        step.resources.clone_from(&outcome.resources);
+        if let Some(u) = &step.usage {
+            // Every call counts against the budgets, failed and retried ones included.
+            self.add_usage(&u.clone());
+        }
         // An agent that left the run branch or rewrote its history would have its work
         // (or earlier steps' work) silently dropped by the merge: stop here instead.
         match self
@@ -222,14 +230,51 @@ impl RunDriver {
             self.rec
                 .log(format!("step {label}: {what} {limit} s; stopped"));
         }
+        let limit_hit = outcome.resources.as_ref().and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },
                 message: step.reason.clone().unwrap_or_default(),
             }
+        } else if let Some(key) = limit_hit {
+            // The agent's cgroup refused it more processes or memory: whatever it printed,
+            // the step did not do its work.
+            Verdict::Failure {
+                kind: if outcome.exit_code == 0 {
+                    FailureKind::AgentError
+                } else {
+                    FailureKind::ExitCode(outcome.exit_code)
+                },
+                message: format!(
+                    "the agent hit its {key} limit ({}) and was stopped by it",
+                    match key.as_str() {
+                        "agent_pids_max" => self
+                            .cfg
+                            .agent_pids_max
+                            .map(|n| format!("{n} processes"))
+                            .unwrap_or_default(),
+                        _ => self.cfg.agent_memory_max.clone().unwrap_or_default(),
+                    }
+                ),
+            }
         } else {
             // The executor that ran the step says what its outcome means.
             executor.judge(&outcome)
+        };
+        // A timeout hides what the agent was waiting for: the API error it kept retrying on
+        // says it (issue 13: a bad key looked like a slow model).
+        let verdict = match verdict {
+            Verdict::Failure {
+                kind: FailureKind::Timeout,
+                message,
+            } => Verdict::Failure {
+                kind: FailureKind::Timeout,
+                message: match self.take_last_api_error() {
+                    Some(api) => format!("{message}; last API error: {api}"),
+                    None => message,
+                },
+            },
+            other => other,
         };
         // Empty when the step succeeded; a failure says why (SPEC §7).
         let message = match &verdict {
@@ -352,6 +397,136 @@ impl RunDriver {
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
             () = self.control.cancel.cancelled() => Err(self.interrupted()),
+        }
+    }
+
+    fn set_last_api_error(&self, value: Option<String>) {
+        if let Ok(mut last) = self.last_api_error.lock() {
+            *last = value;
+        }
+    }
+
+    fn take_last_api_error(&self) -> Option<String> {
+        self.last_api_error.lock().ok().and_then(|mut l| l.take())
+    }
+
+    /// Ends the failed attempt that waits for the loop's decision as `failed` (the run ends
+    /// for another reason). `Some` when the store failed.
+    pub(super) async fn close_open_attempt(&mut self) -> Option<Stop> {
+        let OpenAttempt {
+            mut step, duration, ..
+        } = self.open_attempt.take()?;
+        self.end_step(&mut step, StepStatus::Failed, duration)
+            .await
+            .err()
+    }
+
+    /// The loop waits for the account's usage limit to reset (SPEC §15): the failed
+    /// attempt's step ends `retrying`, a `usage_wait` step records the wait with its end as
+    /// `ended_at` (durable before the wait begins, so a restarted daemon waits for the rest),
+    /// `USAGE_LIMIT_WAIT` is reported, and the driver sleeps; a cancel cuts the wait short.
+    /// The run stays `RUNNING`.
+    pub(super) async fn wait_usage_limit(&mut self, wait: Duration) -> Result<(), Stop> {
+        let (label, message) = match self.open_attempt.take() {
+            Some(OpenAttempt {
+                mut step,
+                label,
+                duration,
+                message,
+                ..
+            }) => {
+                self.end_step(&mut step, StepStatus::Retrying, duration)
+                    .await?;
+                (label, message)
+            }
+            None => (self.run.iterations_run.to_string(), String::new()),
+        };
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let until = crate::domain::now_ms().saturating_add(wait_ms);
+        let iteration = self.run.iterations_run;
+        let mut step = self.new_step(
+            iteration,
+            &format!("{label}-usage-wait"),
+            StepPhase::UsageWait,
+            1,
+        );
+        step.status = StepStatus::Succeeded;
+        step.ended_at = Some(until);
+        step.reason = Some(message);
+        self.rec.write(StoreWrite::InsertStep(step.clone()));
+        self.report(
+            Some(step.id),
+            ReportKind::UsageLimitWait,
+            Row {
+                duration_ms: Some(u64::try_from(wait_ms).unwrap_or(0)),
+                ..Row::msg(
+                    label,
+                    format!(
+                        "until={} wait_sec={}",
+                        crate::artifacts::rfc3339(until),
+                        wait.as_secs()
+                    ),
+                )
+            },
+        )
+        .await?;
+        self.flush().await?;
+        self.sleep_until(until).await
+    }
+
+    /// Waits for the rest of a usage-limit wait a restart cut short.
+    pub(super) async fn resume_usage_wait(&mut self, until: i64) -> Result<(), Stop> {
+        let left = until.saturating_sub(crate::domain::now_ms()).max(0);
+        self.report(
+            None,
+            ReportKind::UsageLimitWait,
+            Row {
+                duration_ms: Some(u64::try_from(left).unwrap_or(0)),
+                ..Row::msg(
+                    "",
+                    format!(
+                        "until={} wait_sec={} resumed=true",
+                        crate::artifacts::rfc3339(until),
+                        left / 1000
+                    ),
+                )
+            },
+        )
+        .await?;
+        self.flush().await?;
+        self.sleep_until(until).await
+    }
+
+    async fn sleep_until(&self, until: i64) -> Result<(), Stop> {
+        let left = until.saturating_sub(crate::domain::now_ms()).max(0);
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        tokio::select! {
+            () = tokio::time::sleep(left) => Ok(()),
+            () = self.control.cancel.cancelled() => Err(self.interrupted()),
+        }
+    }
+
+    /// The loop gives up on a usage limit it cannot wait for: the attempt's step and the run
+    /// fail (`claude_failed`) saying when the limit resets and why the run did not wait.
+    pub(super) async fn usage_limit_failure(&mut self, wait: Option<Duration>) -> Stop {
+        let why = match wait {
+            None => "the agent gave no reset time to wait for".to_owned(),
+            Some(w) if w.as_secs() > self.cfg.usage_limit_wait_max_sec => format!(
+                "it resets in {} s, past usage_limit_wait_max_sec={}",
+                w.as_secs(),
+                self.cfg.usage_limit_wait_max_sec
+            ),
+            Some(_) => format!(
+                "it was still reached after {} waits for its reset",
+                crate::machine::MAX_USAGE_LIMIT_WAITS
+            ),
+        };
+        match self.agent_failure().await {
+            Stop::Fail { reason, detail } => Stop::Fail {
+                reason,
+                detail: format!("{detail}; the run did not wait: {why}"),
+            },
+            other => other,
         }
     }
 
@@ -514,6 +689,16 @@ impl RunDriver {
                 error_status,
                 error,
             } => {
+                let what = match (&error, error_status) {
+                    (Some(e), Some(s)) => format!("{e} (HTTP {s})"),
+                    (Some(e), None) => e.clone(),
+                    (None, Some(s)) => format!("HTTP {s}"),
+                    (None, None) => "unknown".to_owned(),
+                };
+                self.set_last_api_error(Some(match attempt {
+                    Some(n) => format!("{what}, retry {n} by the CLI"),
+                    None => what,
+                }));
                 let mut ev = NewEvent::typed(
                     self.run.id,
                     &EventPayload::ClaudeApiRetry(payloads::ClaudeApiRetry {

@@ -1,17 +1,20 @@
 //! The end of a run: the merge, the final state (with retries while the store is down), the
-//! last events, summary.json and the notification.
+//! last events, summary.json, the notification, then the postmortem (SPEC §12).
 
 use std::time::{Duration, Instant};
 
 use crate::artifacts::{self, Summary};
 use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind, VcsError};
+use crate::config::WorktreeCleanup;
 use crate::domain::{
-    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, RunStatus, StepPhase,
-    StepStatus, now_ms, payloads,
+    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, ReviewStatus, RunStatus,
+    StepPhase, StepStatus, now_ms, payloads,
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
+use crate::engine::postmortem;
 use crate::engine::report::Row;
+use crate::engine::review::remove_run_worktree;
 
 /// How often a merge that found a git lock held is tried again (about 16 s in all).
 const MERGE_LOCK_RETRIES: u64 = 10;
@@ -128,6 +131,12 @@ impl RunDriver {
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
+                if let Some(commit) = &commit {
+                    // The work is in the target: the review has nothing left to merge.
+                    self.run.review_status = ReviewStatus::Merged;
+                    self.run.review_action_at = Some(now_ms());
+                    self.run.merge_commit = Some(commit.clone());
+                }
                 let duration = ms(started);
                 self.end_step(&mut step, StepStatus::Succeeded, duration)
                     .await?;
@@ -367,11 +376,29 @@ impl RunDriver {
             kind: note,
             run: self.run.clone(),
             reason: detail.or(Some(reason_text)),
+            event: None,
         };
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
         }
+        // Last, once nothing of the run needs its worktree any more.
+        if status == RunStatus::Completed
+            && self.run.review_status == ReviewStatus::Merged
+            && self.cfg.worktree_cleanup == WorktreeCleanup::OnMerge
+        {
+            let what = remove_run_worktree(&self.inner, &self.run).await;
+            self.rec.log(format!("WORKTREE_CLEANUP {what}"));
+            let _ = self.flush().await;
+        }
         self.inner.hub.close(run_id);
+        if postmortem::applies_after(status, &self.cfg) {
+            // The run has ended for everyone (status, merge, events, notification): its
+            // slot goes to the next run while the postmortem, which changes none of that,
+            // analyses it.
+            self.inner.sched().running.remove(&run_id);
+            self.inner.wake.notify_one();
+            postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
+        }
     }
 
     /// The run's last exit code (RUN_END's `exit_code`, summary.json's `last_exit_code`): the
