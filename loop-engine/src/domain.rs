@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub mod payloads;
 
-pub use payloads::{EventPayload, ReportKind, ReportLine};
+pub use payloads::{EventKind, EventPayload, ReportKind, ReportLine};
 
 /// Milliseconds since the Unix epoch.
 pub type UnixMs = i64;
@@ -427,116 +427,6 @@ impl<'de> Deserialize<'de> for ExitReason {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
-
-spelled_enum!(
-    /// The type of an event (SPEC §7 report kinds and SPEC §10 control-plane events).
-    EventKind {
-        /// A run was created.
-        RunCreated => "RUN_CREATED",
-        /// A worker claimed the run and started (or resumed) it.
-        RunStarted => "RUN_STARTED",
-        /// A step began.
-        StepStarted => "STEP_STARTED",
-        /// A step ended.
-        StepFinished => "STEP_FINISHED",
-        /// The watchdog rewrote the prompt.
-        WatchdogRewrite => "WATCHDOG_REWRITE",
-        /// The run completed.
-        RunCompleted => "RUN_COMPLETED",
-        /// The run failed.
-        RunFailed => "RUN_FAILED",
-        /// The run was canceled.
-        RunCanceled => "RUN_CANCELED",
-        /// The run was paused at a step boundary.
-        RunPaused => "RUN_PAUSED",
-        /// The run was resumed.
-        RunResumed => "RUN_RESUMED",
-        /// The run was named (by the naming model or by fallback).
-        RunNamed => "RUN_NAMED",
-        /// The run's worktree and branch were prepared.
-        WorktreeReady => "WORKTREE_READY",
-        /// Spec or plan were copied into the worktree and committed.
-        SeedCommitted => "SEED_COMMITTED",
-        /// Debris of a crashed daemon was cleaned up (processes, locks, worktrees).
-        RecoveryCleanup => "RECOVERY_CLEANUP",
-        /// The run branch was merged into the merge target.
-        MergeDone => "MERGE_DONE",
-        /// The merge could not land without touching a user's uncommitted work (the target is
-        /// checked out there); the run completed and the merge waits to be retried.
-        MergePending => "MERGE_PENDING",
-        /// A person acted on a finished run (SPEC §12): merged it, scrapped it or opened a
-        /// pull request for it; the payload's `action` says which.
-        ReviewAction => "REVIEW_ACTION",
-        /// A failed or canceled run was started again from its last durable step (SPEC §12).
-        RunRetried => "RUN_RETRIED",
-        /// report.tsv: the run started.
-        RunStart => "RUN_START",
-        /// report.tsv: the prompt was snapshotted.
-        PromptSnapshot => "PROMPT_SNAPSHOT",
-        /// report.tsv: an agent step started.
-        IterationStart => "ITERATION_START",
-        /// report.tsv: an agent step ended.
-        IterationEnd => "ITERATION_END",
-        /// report.tsv: the tail file of an agent step was written.
-        IterationTail => "ITERATION_TAIL",
-        /// report.tsv: an agent step is retried.
-        ClaudeRetry => "CLAUDE_RETRY",
-        /// The agent CLI retried an API call by itself (stream-json `api_retry`).
-        ClaudeApiRetry => "CLAUDE_API_RETRY",
-        /// report.tsv: an agent step hit its timeout.
-        IterationTimeout => "ITERATION_TIMEOUT",
-        /// report.tsv: a running step is still alive.
-        Heartbeat => "HEARTBEAT",
-        /// report.tsv: a step ran past 5 minutes.
-        WarnIterationLong => "WARN_ITERATION_LONG",
-        /// report.tsv: a step printed over 200,000 bytes.
-        WarnOutputLarge => "WARN_OUTPUT_LARGE",
-        /// report.tsv: verification started.
-        VerifyStart => "VERIFY_START",
-        /// report.tsv: one verification command started.
-        VerifyCmdStart => "VERIFY_CMD_START",
-        /// report.tsv: one verification command ended.
-        VerifyCmdEnd => "VERIFY_CMD_END",
-        /// report.tsv: verification ended.
-        VerifyEnd => "VERIFY_END",
-        /// report.tsv: verification skipped (HEAD unchanged and tree clean).
-        VerifySkip => "VERIFY_SKIP",
-        /// report.tsv: the completion token was accepted.
-        CompleteDetected => "COMPLETE_DETECTED",
-        /// report.tsv: the token was present but not in the accepted form.
-        WarnMalformedComplete => "WARN_MALFORMED_COMPLETE",
-        /// report.tsv: the agent claimed completion with tasks pending.
-        WarnCompleteWithPending => "WARN_COMPLETE_WITH_PENDING",
-        /// report.tsv: the reviewer claimed completion with tasks pending.
-        WarnReviewerCompleteWithPending => "WARN_REVIEWER_COMPLETE_WITH_PENDING",
-        /// report.tsv: the merge of the run branch into its target started
-        /// (`target=<branch> strategy=<strategy> run_branch=<branch>`).
-        MergeStart => "MERGE_START",
-        /// report.tsv: the merge ended (`target=<branch> strategy=<strategy>
-        /// status=ok|failed|pending`, then `outcome=`/`commit=` or `reason=`).
-        MergeEnd => "MERGE_END",
-        /// report.tsv: a step ticked tasks in the plan without committing (HEAD did not move)
-        /// (`tasks=<n>`).
-        WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
-        /// report.tsv: why the run failed, just before its RUN_END
-        /// (`reason=<exit reason> failure=<why, in words>`).
-        RunFailure => "RUN_FAILURE",
-        /// report.tsv: the run waits for the account's usage limit to reset
-        /// (`until=<RFC 3339> wait_sec=<n>`).
-        UsageLimitWait => "USAGE_LIMIT_WAIT",
-        /// report.tsv: a setup command started (`cmd=<command>`).
-        SetupCmdStart => "SETUP_CMD_START",
-        /// report.tsv: a setup command ended (`cmd=<command> status=ok|failed`).
-        SetupCmdEnd => "SETUP_CMD_END",
-        /// report.tsv: the run ended (`reason=<exit reason>`).
-        RunEnd => "RUN_END",
-        /// report.tsv: the postmortem of a finished run started (`reason=<exit reason>`),
-        /// after its end (SPEC §12).
-        PostmortemStart => "POSTMORTEM_START",
-        /// report.tsv: the postmortem ended (`status=ok|failed`, then what failed).
-        PostmortemEnd => "POSTMORTEM_END",
-    }
-);
 
 /// One loop run: a spec and plan worked in its own worktree until done (SPEC §9).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

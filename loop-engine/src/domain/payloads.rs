@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::spelled_enum;
+
 use crate::domain::{
-    Event, EventKind, ExitReason, MergeStrategy, NameSource, NewEvent, RunId, StepId, StepPhase,
-    StepStatus, now_ms,
+    Event, ExitReason, MergeStrategy, NameSource, NewEvent, RunId, StepId, StepPhase, StepStatus,
+    now_ms,
 };
 
 /// `RUN_CREATED`.
@@ -374,6 +376,15 @@ macro_rules! event_payloads {
         control { $( $(#[$cdoc:meta])* $cvariant:ident($cty:ty) => $ckind:literal, )* }
         report { $( $(#[$rdoc:meta])* $rvariant:ident => $rkind:literal, )* }
     ) => {
+        spelled_enum!(
+            /// The type of an event (SPEC §7 report kinds and SPEC §10 control-plane events).
+            /// Declared with its payload in `event_payloads!`: the list of kinds is written once.
+            EventKind {
+                $( $(#[$cdoc])* $cvariant => $ckind, )*
+                $( $(#[$rdoc])* $rvariant => $rkind, )*
+            }
+        );
+
         /// The payload of an event, typed: one variant per [`EventKind`]. Serialized with
         /// serde it is `{"kind": "<KIND>", "payload": {...}}`, the shape of an event.
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -444,7 +455,7 @@ event_payloads! {
     control {
         /// A run was created.
         RunCreated(RunCreated) => "RUN_CREATED",
-        /// A worker claimed the run.
+        /// A worker claimed the run and started (or resumed) it.
         RunStarted(RunStarted) => "RUN_STARTED",
         /// A step began.
         StepStarted(StepStarted) => "STEP_STARTED",
@@ -458,87 +469,98 @@ event_payloads! {
         RunFailed(RunFailed) => "RUN_FAILED",
         /// The run was canceled.
         RunCanceled(RunCanceled) => "RUN_CANCELED",
-        /// The run was paused.
+        /// The run was paused at a step boundary.
         RunPaused(RunPaused) => "RUN_PAUSED",
         /// The run was resumed.
         RunResumed(RunResumed) => "RUN_RESUMED",
-        /// The run was named.
+        /// The run was named (by the naming model or by fallback).
         RunNamed(RunNamed) => "RUN_NAMED",
-        /// The worktree is ready.
+        /// The run's worktree and branch were prepared.
         WorktreeReady(WorktreeReady) => "WORKTREE_READY",
-        /// Spec or plan were committed into the worktree.
+        /// Spec or plan were copied into the worktree and committed.
         SeedCommitted(SeedCommitted) => "SEED_COMMITTED",
-        /// Debris was cleaned up.
+        /// Debris of a crashed daemon was cleaned up (processes, locks, worktrees).
         RecoveryCleanup(RecoveryCleanup) => "RECOVERY_CLEANUP",
-        /// The run branch was merged.
+        /// The run branch was merged into the merge target.
         MergeDone(MergeDone) => "MERGE_DONE",
-        /// The merge waits for the user's checkout.
+        /// The merge could not land without touching a user's uncommitted work (the target is
+        /// checked out there); the run completed and the merge waits to be retried.
         MergePending(MergePending) => "MERGE_PENDING",
-        /// The agent CLI retried an API call.
+        /// The agent CLI retried an API call by itself (stream-json `api_retry`).
         ClaudeApiRetry(ClaudeApiRetry) => "CLAUDE_API_RETRY",
-        /// A review action (merge, scrap, create-pr) is done.
+        /// A person acted on a finished run (SPEC §12): merged it, scrapped it or opened a
+        /// pull request for it; the payload's `action` says which.
         ReviewAction(ReviewAction) => "REVIEW_ACTION",
-        /// A failed or canceled run was started again.
+        /// A failed or canceled run was started again from its last durable step (SPEC §12).
         RunRetried(RunRetried) => "RUN_RETRIED",
     }
     report {
-        /// The run started.
+        /// report.tsv: the run started (`spec=<path> plan=<path> iterations=<n> model=<model>
+        /// mode=<completion mode>`).
         RunStart => "RUN_START",
-        /// The prompt was snapshotted.
+        /// report.tsv: the prompt was snapshotted (`prompt`).
         PromptSnapshot => "PROMPT_SNAPSHOT",
-        /// An agent step started.
+        /// report.tsv: an agent step started.
         IterationStart => "ITERATION_START",
-        /// An agent step ended.
+        /// report.tsv: an agent step ended (empty message; a failed step: `reason=<why>`).
         IterationEnd => "ITERATION_END",
-        /// The tail file of an agent step was written.
+        /// report.tsv: the tail file of an agent step was written (`last 200 lines`).
         IterationTail => "ITERATION_TAIL",
-        /// An agent step is retried.
+        /// report.tsv: an agent step is retried (`attempt=<n>`, the attempt that failed).
         ClaudeRetry => "CLAUDE_RETRY",
-        /// An agent step hit its timeout.
+        /// report.tsv: an agent step hit its timeout (`timeout_sec=<n>`).
         IterationTimeout => "ITERATION_TIMEOUT",
-        /// A running step is still alive.
+        /// report.tsv: a running step is still alive (`elapsed_ms=<n>`).
         Heartbeat => "HEARTBEAT",
-        /// A step runs long.
+        /// report.tsv: a step ran past `warn_iteration_sec` (`threshold_ms=<n>`).
         WarnIterationLong => "WARN_ITERATION_LONG",
-        /// A step printed a lot.
+        /// report.tsv: a step printed over `warn_output_bytes` (`threshold=<bytes>`).
         WarnOutputLarge => "WARN_OUTPUT_LARGE",
-        /// Verification started.
+        /// report.tsv: verification started (`cmds=<n>`).
         VerifyStart => "VERIFY_START",
-        /// One verification command started.
+        /// report.tsv: one verification command started (`cmd=<command>`).
         VerifyCmdStart => "VERIFY_CMD_START",
-        /// One verification command ended.
+        /// report.tsv: one verification command ended (`cmd=<command>`).
         VerifyCmdEnd => "VERIFY_CMD_END",
-        /// Verification ended.
+        /// report.tsv: verification ended (`status=ok|failed`).
         VerifyEnd => "VERIFY_END",
-        /// Verification was skipped.
+        /// report.tsv: verification skipped, HEAD unchanged and tree clean (`reason=no_changes`).
         VerifySkip => "VERIFY_SKIP",
-        /// The completion token was accepted.
+        /// report.tsv: the completion token came in the accepted form (`mode=exact|trailing`);
+        /// whether the run is done is the plan's to say.
         CompleteDetected => "COMPLETE_DETECTED",
-        /// The token came in a form that is not accepted.
+        /// report.tsv: the token was present but not in the accepted form
+        /// (`output_head=<first 200 chars>`).
         WarnMalformedComplete => "WARN_MALFORMED_COMPLETE",
-        /// The agent claimed completion with tasks pending.
+        /// report.tsv: the agent claimed completion with tasks pending (`pending=<n>`).
         WarnCompleteWithPending => "WARN_COMPLETE_WITH_PENDING",
-        /// The reviewer claimed completion with tasks pending.
+        /// report.tsv: the reviewer claimed completion with tasks not yet reviewed (`pending=<n>`).
         WarnReviewerCompleteWithPending => "WARN_REVIEWER_COMPLETE_WITH_PENDING",
-        /// The merge of the run branch into its target started.
+        /// report.tsv: the merge of the run branch into its target started
+        /// (`target=<branch> strategy=<strategy> run_branch=<branch>`).
         MergeStart => "MERGE_START",
-        /// The merge ended (`status=ok|failed|pending`).
+        /// report.tsv: the merge ended (`target=<branch> strategy=<strategy>
+        /// status=ok|failed|pending`, then `outcome=`/`commit=` or `reason=`).
         MergeEnd => "MERGE_END",
-        /// A step ticked tasks in the plan without committing.
+        /// report.tsv: a step ticked tasks in the plan without committing (HEAD did not move)
+        /// (`tasks=<n>`).
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
-        /// Why the run failed (`reason=<exit reason> failure=<why>`), before RUN_END.
+        /// report.tsv: why the run failed, just before its RUN_END
+        /// (`reason=<exit reason> failure=<why, in words>`).
         RunFailure => "RUN_FAILURE",
-        /// The run waits for a usage limit's reset.
+        /// report.tsv: the run waits for the account's usage limit to reset
+        /// (`until=<RFC 3339> wait_sec=<n>`).
         UsageLimitWait => "USAGE_LIMIT_WAIT",
-        /// A setup command started.
+        /// report.tsv: a setup command started (`cmd=<command>`).
         SetupCmdStart => "SETUP_CMD_START",
-        /// A setup command ended.
+        /// report.tsv: a setup command ended (`cmd=<command> status=ok|failed`).
         SetupCmdEnd => "SETUP_CMD_END",
-        /// The run ended.
+        /// report.tsv: the run ended (`reason=<exit reason>`).
         RunEnd => "RUN_END",
-        /// The postmortem started.
+        /// report.tsv: the postmortem of a finished run started (`reason=<exit reason>`),
+        /// after its end (SPEC §12).
         PostmortemStart => "POSTMORTEM_START",
-        /// The postmortem ended (`status=ok|failed`).
+        /// report.tsv: the postmortem ended (`status=ok|failed`, then what failed).
         PostmortemEnd => "POSTMORTEM_END",
     }
 }
@@ -579,6 +601,66 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Stored events keep their kind's spelling: every kind spelled before `EventKind` was
+    /// generated from this file's list is still spelled the same (kinds may be added).
+    #[test]
+    fn stored_kind_spellings_are_kept() {
+        let before = [
+            "CLAUDE_API_RETRY",
+            "CLAUDE_RETRY",
+            "COMPLETE_DETECTED",
+            "HEARTBEAT",
+            "ITERATION_END",
+            "ITERATION_START",
+            "ITERATION_TAIL",
+            "ITERATION_TIMEOUT",
+            "MERGE_DONE",
+            "MERGE_END",
+            "MERGE_PENDING",
+            "MERGE_START",
+            "PROMPT_SNAPSHOT",
+            "RECOVERY_CLEANUP",
+            "RUN_CANCELED",
+            "RUN_COMPLETED",
+            "RUN_CREATED",
+            "RUN_END",
+            "RUN_FAILED",
+            "RUN_FAILURE",
+            "RUN_NAMED",
+            "RUN_PAUSED",
+            "RUN_RESUMED",
+            "RUN_START",
+            "RUN_STARTED",
+            "SEED_COMMITTED",
+            "STEP_FINISHED",
+            "STEP_STARTED",
+            "VERIFY_CMD_END",
+            "VERIFY_CMD_START",
+            "VERIFY_END",
+            "VERIFY_SKIP",
+            "VERIFY_START",
+            "WARN_COMPLETE_WITH_PENDING",
+            "WARN_ITERATION_LONG",
+            "WARN_MALFORMED_COMPLETE",
+            "WARN_OUTPUT_LARGE",
+            "WARN_REVIEWER_COMPLETE_WITH_PENDING",
+            "WARN_TICK_WITHOUT_COMMIT",
+            "WATCHDOG_REWRITE",
+            "WORKTREE_READY",
+        ];
+        let now: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        for spelled in before {
+            assert!(now.contains(&spelled), "{spelled} is gone");
+            let kind: EventKind = spelled.parse().expect("parses");
+            assert_eq!(kind.as_str(), spelled);
+            assert_eq!(serde_json::to_value(kind).expect("json"), spelled);
+        }
+        let mut unique = now.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), now.len(), "one spelling per kind");
+    }
 
     #[test]
     fn every_event_kind_has_a_payload_type() {
