@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 mod chaos;
 mod full_disk;
 mod merge_crash;
+mod notify;
 mod real_claude;
 mod secrets;
 

@@ -24,9 +24,9 @@ const QUEUE: usize = 256;
 /// notifications are still delivered by the old tasks).
 const MAX_TARGETS: usize = 64;
 
-/// What a notification is about, from the event's kind name (events added by other parts
-/// of the engine are matched by name: `USAGE_LIMIT_WAIT`, `REVIEW_*`) and, for a failed
-/// run, its exit reason.
+/// What a notification is about, from the event's kind name (matched by name, for the kinds
+/// other parts of the engine add: `USAGE_LIMIT_WAIT`, `REVIEW_ACTION`, `RUN_RETRIED`) and,
+/// for a failed run, its exit reason.
 pub(crate) fn classify(event: &Event) -> Option<NotificationKind> {
     let kind = event.kind.as_str();
     match kind {
@@ -45,6 +45,8 @@ pub(crate) fn classify(event: &Event) -> Option<NotificationKind> {
             })
         }
         "USAGE_LIMIT_WAIT" => Some(NotificationKind::UsageLimitWait),
+        // A merge, scrap or pull request (`REVIEW_ACTION`), or a retry (`RUN_RETRIED`).
+        "RUN_RETRIED" => Some(NotificationKind::ReviewAction),
         k if k.starts_with("REVIEW_") => Some(NotificationKind::ReviewAction),
         _ => None,
     }
