@@ -254,6 +254,17 @@ impl Work {
             ));
             None
         };
+        // The answers of an earlier postmortem would read as this one's.
+        for (name, _) in ANALYSES {
+            for ext in ["md", "log"] {
+                let stale = dir.join(format!("{name}.{ext}"));
+                if let Err(e) = std::fs::remove_file(&stale)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    self.fail(format!("cannot remove {}: {e}", stale.display()));
+                }
+            }
+        }
         let facts = facts(run, cfg, rec, dir, has_worktree);
         let prompts: Vec<(&str, String)> = ANALYSES
             .iter()
