@@ -75,7 +75,10 @@ async fn a_signed_webhook_and_notify_cmd_tell_of_the_end() {
     assert_eq!(body["exit_reason"], "complete_plan");
     assert_eq!(body["tasks_done"], 3);
     assert_eq!(body["payload"]["mode"], "complete_plan");
-    assert!(body.get("config").is_none(), "the run's config is never sent");
+    assert!(
+        body.get("config").is_none(),
+        "the run's config is never sent"
+    );
     // notify_cmd got the same JSON on stdin.
     for _ in 0..400 {
         if cmd_file.with_extension("json.env").exists() {
@@ -87,7 +90,10 @@ async fn a_signed_webhook_and_notify_cmd_tell_of_the_end() {
     let stdin: serde_json::Value = serde_json::from_str(&text).expect("JSON on stdin");
     assert_eq!(stdin, body);
     let env = std::fs::read_to_string(cmd_file.with_extension("json.env")).expect("env file");
-    assert_eq!(env.trim(), format!("run_completed RUN_COMPLETED {}", run.id));
+    assert_eq!(
+        env.trim(),
+        format!("run_completed RUN_COMPLETED {}", run.id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,10 +106,7 @@ async fn a_failed_run_is_notified_with_its_reason() {
             stderr: "the agent broke down".into(),
         },
     )]);
-    let h = Harness::new(
-        setup(vec![("notify_webhook_url", hook.url("/"))]),
-        exec,
-    );
+    let h = Harness::new(setup(vec![("notify_webhook_url", hook.url("/"))]), exec);
     let run = h.run_one().await;
     assert_eq!(run.status, RunStatus::Failed);
     let got = hook.wait_for(1, Duration::from_secs(20)).await;
@@ -117,7 +120,10 @@ async fn a_failed_run_is_notified_with_its_reason() {
             .is_some_and(|r| r.contains("the agent broke down")),
         "{body}"
     );
-    assert!(got[0].header("x-loop-signature").is_none(), "no secret, no signature");
+    assert!(
+        got[0].header("x-loop-signature").is_none(),
+        "no secret, no signature"
+    );
 }
 
 /// A receiver answering 503 twice gets the third try, with the same delivery id each time,
@@ -146,13 +152,22 @@ async fn deliveries_are_retried_with_backoff() {
     };
     let started = Instant::now();
     queued.notify(&note).await.expect("enqueued at once");
-    assert!(started.elapsed() < Duration::from_millis(50), "notify only enqueues");
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "notify only enqueues"
+    );
     let got = hook.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3, "two 503s, then delivered");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(300), "100 ms then 200 ms apart: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "100 ms then 200 ms apart: {waited:?}"
+    );
     let ids: Vec<_> = got.iter().map(|r| r.header("x-loop-delivery")).collect();
-    assert!(ids.iter().all(|id| id.is_some() && *id == ids[0]), "{ids:?}");
+    assert!(
+        ids.iter().all(|id| id.is_some() && *id == ids[0]),
+        "{ids:?}"
+    );
     // A 4xx other than 408/429 is not retried.
     let refusing = WebhookReceiver::start([404]).await;
     let queued = QueuedNotifier::spawn(
@@ -206,7 +221,11 @@ async fn a_webhook_that_is_down_does_not_slow_the_run() {
         eprintln!("notify: run wall with webhook {label}: {wall:?}");
         walls.push(wall);
     }
-    assert_eq!(silent.wait_for(1, Duration::from_secs(5)).await.len(), 1, "it was tried");
+    assert_eq!(
+        silent.wait_for(1, Duration::from_secs(5)).await.len(),
+        1,
+        "it was tried"
+    );
     let base = walls[0];
     for wall in &walls[1..] {
         assert!(

@@ -81,7 +81,14 @@ async fn a_completed_run_gets_its_postmortem_after_the_merge() {
     assert!(read("git-status.txt").starts_with("## "));
     // Each prompt sits beside its answer; the simulated agent read the files they name.
     let spec_prompt = read("spec-compliance-prompt.txt");
-    assert!(spec_prompt.contains(&run.worktree_path.join("specs/widget.md").display().to_string()));
+    assert!(
+        spec_prompt.contains(
+            &run.worktree_path
+                .join("specs/widget.md")
+                .display()
+                .to_string()
+        )
+    );
     let answer = read("spec-compliance.md");
     assert!(answer.starts_with("# Simulated postmortem"), "{answer}");
     assert!(answer.contains("git-last-commit.patch`: "), "{answer}");
@@ -93,8 +100,14 @@ async fn a_completed_run_gets_its_postmortem_after_the_merge() {
     let run_end = position(&rows, "RUN_END");
     let start = position(&rows, "POSTMORTEM_START");
     let end = position(&rows, "POSTMORTEM_END");
-    assert!(merge_end < run_end && run_end < start && start < end, "{rows:#?}");
-    assert!(rows[start].1.starts_with("reason=complete_plan"), "{rows:#?}");
+    assert!(
+        merge_end < run_end && run_end < start && start < end,
+        "{rows:#?}"
+    );
+    assert!(
+        rows[start].1.starts_with("reason=complete_plan"),
+        "{rows:#?}"
+    );
     assert!(rows[end].1.starts_with("status=ok files="), "{rows:#?}");
     // Events, after RUN_COMPLETED.
     let kinds = h.kinds(run.id).await;
@@ -109,9 +122,7 @@ async fn a_completed_run_gets_its_postmortem_after_the_merge() {
         .filter(|a| a.kind == ArtifactKind::Analysis)
         .collect();
     assert!(
-        analysis
-            .iter()
-            .any(|a| a.path == dir.join("summary.md")),
+        analysis.iter().any(|a| a.path == dir.join("summary.md")),
         "{analysis:#?}"
     );
     // The run is exactly as it ended, and its worktree untouched.
@@ -123,7 +134,10 @@ async fn a_completed_run_gets_its_postmortem_after_the_merge() {
     assert!(!listing.running);
     assert_eq!(listing.files.len(), names.len());
     assert_eq!(
-        listing.summary_head.as_deref().and_then(|s| s.lines().next()),
+        listing
+            .summary_head
+            .as_deref()
+            .and_then(|s| s.lines().next()),
         Some("# Simulated postmortem")
     );
 }
@@ -174,8 +188,14 @@ async fn a_hanging_postmortem_neither_delays_the_end_nor_runs_unbounded() {
         (ExecPurpose::Implementation, Act::Agent),
         (ExecPurpose::Implementation, Act::Agent),
         (ExecPurpose::Postmortem, Act::Hang),
-        (ExecPurpose::Postmortem, Act::Reply("# Quality\nfine".into())),
-        (ExecPurpose::Postmortem, Act::Reply("All good.\n## Root cause\nnone".into())),
+        (
+            ExecPurpose::Postmortem,
+            Act::Reply("# Quality\nfine".into()),
+        ),
+        (
+            ExecPurpose::Postmortem,
+            Act::Reply("All good.\n## Root cause\nnone".into()),
+        ),
     ]);
     let h = Harness::new(
         with_postmortem(vec![("claude_timeout_sec", "2".into())]),
@@ -192,7 +212,11 @@ async fn a_hanging_postmortem_neither_delays_the_end_nor_runs_unbounded() {
     // The run is over while its postmortem still waits for the hanging agent (2 s).
     let mut running = false;
     for _ in 0..100 {
-        let listing = h.engine.postmortem_listing(created.id).await.expect("listing");
+        let listing = h
+            .engine
+            .postmortem_listing(created.id)
+            .await
+            .expect("listing");
         if listing.running {
             running = true;
             break;
@@ -223,8 +247,15 @@ async fn a_hanging_postmortem_neither_delays_the_end_nor_runs_unbounded() {
         std::fs::read_to_string(dir.join("summary.md")).expect("summary.md"),
         "All good.\n## Root cause\nnone"
     );
-    let listing = h.engine.postmortem_listing(created.id).await.expect("listing");
-    assert_eq!(listing.summary_head.as_deref(), Some("All good.\n## Root cause\nnone"));
+    let listing = h
+        .engine
+        .postmortem_listing(created.id)
+        .await
+        .expect("listing");
+    assert_eq!(
+        listing.summary_head.as_deref(),
+        Some("All good.\n## Root cause\nnone")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +310,10 @@ async fn prompt_only_writes_the_prompts_and_runs_no_agent() {
         )
         .await
         .expect("postmortem");
-    assert!(!dir.join("summary.md").exists(), "a stale answer is removed");
+    assert!(
+        !dir.join("summary.md").exists(),
+        "a stale answer is removed"
+    );
     let rows = rows(&run);
     let start = &rows[position(&rows, "POSTMORTEM_START")].1;
     assert_eq!(start, "reason=complete_plan model=sonnet prompt_only=true");

@@ -547,14 +547,20 @@ async fn postmortem(claude: &Path) {
         .clone();
     let read = |name: &str| {
         std::fs::read_to_string(analysis.join(name)).unwrap_or_else(|e| {
-            let log = std::fs::read_to_string(analysis.join("spec-compliance.log"))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(analysis.join("spec-compliance.log")).unwrap_or_default();
             panic!("{name}: {e}; POSTMORTEM_END: {end:?}; spec-compliance.log:\n{log}")
         })
     };
     assert_eq!(read("spec-compliance.md"), "## Verdict\nMeets the spec.");
-    assert_eq!(read("run-quality.md"), "## Timeline\nThree iterations, one task each.");
-    assert_eq!(read("summary.md"), "The run did what was asked.\n## Root cause\nnone");
+    assert_eq!(
+        read("run-quality.md"),
+        "## Timeline\nThree iterations, one task each."
+    );
+    assert_eq!(
+        read("summary.md"),
+        "The run did what was asked.\n## Root cause\nnone"
+    );
     assert!(read("summary-prompt.txt").contains("spec-compliance.md"));
     assert!(read("git-last-commit.txt").contains("Task number 3"));
     assert!(
@@ -583,7 +589,10 @@ async fn postmortem(claude: &Path) {
         // The CLI may add internal placeholders; no tool that writes or runs anything.
         assert!(tools.iter().any(|t| t == "Read"), "{tools:?}");
         for writer in ["Bash", "Edit", "Write", "MultiEdit", "NotebookEdit"] {
-            assert!(!tools.iter().any(|t| t == writer), "{writer} offered: {tools:?}");
+            assert!(
+                !tools.iter().any(|t| t == writer),
+                "{writer} offered: {tools:?}"
+            );
         }
     }
     server.shutdown().await;

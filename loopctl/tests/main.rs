@@ -543,7 +543,13 @@ async fn analyze_and_inspect_show_the_postmortem() {
     let out = loopctl(
         &d,
         &repo,
-        &["--json", "run", "specs/widget.md", "--set", "postmortem=true"],
+        &[
+            "--json",
+            "run",
+            "specs/widget.md",
+            "--set",
+            "postmortem=true",
+        ],
     )
     .await;
     let id = created_id(&out);
@@ -569,7 +575,10 @@ async fn analyze_and_inspect_show_the_postmortem() {
     let analyzed = loopctl(&d, &repo, &["analyze", "--latest", "--prompt-only"]).await;
     assert!(analyzed.success(), "{}", analyzed.stderr_text());
     let shown = analyzed.stdout_text();
-    assert!(shown.contains(&format!("postmortem of run {id} under way: ")), "{shown}");
+    assert!(
+        shown.contains(&format!("postmortem of run {id} under way: ")),
+        "{shown}"
+    );
     assert!(shown.contains("spec-compliance-prompt.txt"), "{shown}");
     let listed = json(&loopctl(&d, &repo, &["--json", "analyze", &id, "--prompt-only"]).await);
     assert_eq!(listed["running"], false);
@@ -584,10 +593,20 @@ async fn analyze_and_inspect_show_the_postmortem() {
     // A run that has not ended is refused (409); so is a missing one (404).
     let slow = daemon(5000).await;
     let slow_repo = slow.repo.path().to_path_buf();
-    let going = created_id(&loopctl(&slow, &slow_repo, &["--json", "run", "specs/widget.md"]).await);
+    let going =
+        created_id(&loopctl(&slow, &slow_repo, &["--json", "run", "specs/widget.md"]).await);
     let refused = loopctl(&slow, &slow_repo, &["analyze", &going]).await;
     assert_eq!(refused.code, 65, "{}", refused.stderr_text());
-    assert!(refused.stderr_text().contains("has ended"), "{}", refused.stderr_text());
-    let missing = loopctl(&d, &repo, &["analyze", "0190aaaa-0000-7000-8000-000000000000"]).await;
+    assert!(
+        refused.stderr_text().contains("has ended"),
+        "{}",
+        refused.stderr_text()
+    );
+    let missing = loopctl(
+        &d,
+        &repo,
+        &["analyze", "0190aaaa-0000-7000-8000-000000000000"],
+    )
+    .await;
     assert_eq!(missing.code, 66, "{}", missing.stderr_text());
 }

@@ -40,8 +40,7 @@ async fn desktop_webhook_and_cmd_tell_of_a_run_through_the_daemon() {
     .expect("stand-in");
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let path = format!(
         "{}:{}",
@@ -68,7 +67,10 @@ async fn desktop_webhook_and_cmd_tell_of_a_run_through_the_daemon() {
     req.config_override = overrides.as_object().cloned();
     let created = daemon.client.create_run(&req).await.expect("run created");
     let id = created.run.id;
-    assert_eq!(wait_terminal(&daemon.client, id).await, RunStatus::Completed);
+    assert_eq!(
+        wait_terminal(&daemon.client, id).await,
+        RunStatus::Completed
+    );
 
     let args = wait_for_file(&desktop).await;
     let lines: Vec<&str> = args.lines().collect();

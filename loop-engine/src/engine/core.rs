@@ -11,8 +11,8 @@ use crate::domain::{Artifact, Event, EventKind, Run, RunId, RunStatus, Step};
 use crate::engine::hub::{CurrentOutput, Hub, LiveOutput};
 use crate::engine::inner::{EngineSettings, Inner, SchedState};
 use crate::engine::metrics::{Metrics, MetricsSnapshot};
-use crate::error::EngineError;
 use crate::engine::notify::Notifications;
+use crate::error::EngineError;
 use crate::impls::LogNotifier;
 use crate::impls::notify::RetryPolicy;
 

@@ -68,7 +68,9 @@ impl WebhookReceiver {
     }
 
     async fn bind(statuses: VecDeque<u16>, silent: bool) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Mutex::new(Shared {
             received: Vec::new(),

@@ -54,7 +54,9 @@ pub(crate) async fn analyze(ctx: &Ctx, a: &AnalyzeArgs) -> anyhow::Result<()> {
             exit::RUN_FAILED,
             format!(
                 "the postmortem of run {id} failed: {}",
-                pm.last_message.as_deref().unwrap_or("no POSTMORTEM_END row")
+                pm.last_message
+                    .as_deref()
+                    .unwrap_or("no POSTMORTEM_END row")
             ),
         )),
     }

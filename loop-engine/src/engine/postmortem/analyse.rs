@@ -394,13 +394,7 @@ fn secs(s: u64) -> Option<Duration> {
 
 /// What the prompts say: the run's facts, the spec and plan as the agent saw them, and the
 /// last agent step and accepted completion from report.tsv.
-fn facts(
-    run: &Run,
-    cfg: &Config,
-    rec: &Recorder,
-    dir: &Path,
-    has_worktree: bool,
-) -> Facts {
+fn facts(run: &Run, cfg: &Config, rec: &Recorder, dir: &Path, has_worktree: bool) -> Facts {
     let (spec, plan) = if has_worktree {
         let paths = crate::engine::create::prompt_paths(
             cfg,

@@ -220,6 +220,7 @@ fn last_end(report: &std::path::Path) -> Option<String> {
     // output_lines, output_path, message, tasks_done, tasks_total.
     text.lines().rev().find_map(|line| {
         let cols: Vec<&str> = line.split('\t').collect();
-        (cols.get(1) == Some(&"POSTMORTEM_END")).then(|| cols.get(8).copied().unwrap_or_default().to_owned())
+        (cols.get(1) == Some(&"POSTMORTEM_END"))
+            .then(|| cols.get(8).copied().unwrap_or_default().to_owned())
     })
 }

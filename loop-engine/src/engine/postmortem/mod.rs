@@ -8,5 +8,5 @@ mod api;
 mod prompts;
 
 pub use analyse::{AnalysisFile, PostmortemOptions, PostmortemReport, PostmortemStatus};
-pub use api::PostmortemListing;
 pub(crate) use analyse::{after_run, applies_after};
+pub use api::PostmortemListing;

@@ -75,11 +75,31 @@ pub(super) fn spec_compliance(f: &Facts) -> String {
     out.push_str("Read these files:\n");
     file(&mut out, "the spec", &f.spec);
     file(&mut out, "the plan, as the agent left it", &f.plan);
-    file(&mut out, "the worktree's status", &f.analysis.join("git-status.txt"));
-    file(&mut out, "the last commit", &f.analysis.join("git-last-commit.txt"));
-    file(&mut out, "its patch", &f.analysis.join("git-last-commit.patch"));
-    file(&mut out, "uncommitted changes", &f.analysis.join("git-diff.patch"));
-    file(&mut out, "the run's summary", &f.run_folder.join("summary.json"));
+    file(
+        &mut out,
+        "the worktree's status",
+        &f.analysis.join("git-status.txt"),
+    );
+    file(
+        &mut out,
+        "the last commit",
+        &f.analysis.join("git-last-commit.txt"),
+    );
+    file(
+        &mut out,
+        "its patch",
+        &f.analysis.join("git-last-commit.patch"),
+    );
+    file(
+        &mut out,
+        "uncommitted changes",
+        &f.analysis.join("git-diff.patch"),
+    );
+    file(
+        &mut out,
+        "the run's summary",
+        &f.run_folder.join("summary.json"),
+    );
     let _ = writeln!(
         out,
         "The source files themselves are in {}; read what you need to judge the work.\n{READ_ONLY}\n",
@@ -107,7 +127,10 @@ pub(super) fn run_quality(f: &Facts) -> String {
     );
     match &f.completed_iteration {
         Some(it) => {
-            let _ = writeln!(out, "The completion token was accepted at iteration {it}.\n");
+            let _ = writeln!(
+                out,
+                "The completion token was accepted at iteration {it}.\n"
+            );
         }
         None => out.push_str("No completion token was accepted.\n\n"),
     }
@@ -118,8 +141,16 @@ pub(super) fn run_quality(f: &Facts) -> String {
         &f.run_folder.join("report.tsv"),
     );
     file(&mut out, "the run log", &f.run_folder.join("run.log"));
-    file(&mut out, "the prompt the agent got", &f.run_folder.join("prompt.txt"));
-    file(&mut out, "the run's summary", &f.run_folder.join("summary.json"));
+    file(
+        &mut out,
+        "the prompt the agent got",
+        &f.run_folder.join("prompt.txt"),
+    );
+    file(
+        &mut out,
+        "the run's summary",
+        &f.run_folder.join("summary.json"),
+    );
     file(
         &mut out,
         "notes the loop passed to the agent (failed checks)",
@@ -158,7 +189,11 @@ pub(super) fn summary(f: &Facts) -> String {
         "the spec compliance report",
         &f.analysis.join("spec-compliance.md"),
     );
-    file(&mut out, "the run quality report", &f.analysis.join("run-quality.md"));
+    file(
+        &mut out,
+        "the run quality report",
+        &f.analysis.join("run-quality.md"),
+    );
     let _ = writeln!(
         out,
         "Should a report be missing, say so and use the run's report instead: {}",

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::VcsError;
 use super::plumbing::{GitCli, os_args};
+use crate::backend::VcsError;
 
 /// The snapshot's files, the git command behind each, and whether git writes the file itself
 /// (`--output`) rather than its stdout being saved.
@@ -22,7 +22,14 @@ const FILES: &[(&str, &[&str], bool)] = &[
     ),
     (
         "git-last-commit.patch",
-        &["show", "-1", "--stat", "--patch", "--no-color", "--no-ext-diff"],
+        &[
+            "show",
+            "-1",
+            "--stat",
+            "--patch",
+            "--no-color",
+            "--no-ext-diff",
+        ],
         true,
     ),
     (

@@ -49,7 +49,9 @@ impl Notifier for DesktopNotifier {
     async fn notify(&self, n: &Notification) -> Result<(), NotifierError> {
         let Some(program) = find_notify_send() else {
             if !SAID_MISSING.swap(true, Ordering::Relaxed) {
-                tracing::info!("notify_desktop: notify-send is not on PATH; desktop notifications are skipped");
+                tracing::info!(
+                    "notify_desktop: notify-send is not on PATH; desktop notifications are skipped"
+                );
             }
             return Ok(());
         };

@@ -99,8 +99,11 @@ impl Notifier for QueuedNotifier {
         match self.tx.try_send(n.clone()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(NotifierError::Retryable(
-                format!("the queue of notifier {} is full: notification dropped", self.name)
-                    .into(),
+                format!(
+                    "the queue of notifier {} is full: notification dropped",
+                    self.name
+                )
+                .into(),
             )),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(NotifierError::Fatal {
                 detail: format!("the delivery task of notifier {} has stopped", self.name),

@@ -118,10 +118,12 @@ impl WebhookNotifier {
         let url = WebhookUrl::parse(url).map_err(|why| NotifierError::Fatal {
             detail: format!("notify_webhook_url `{url}`: {why}"),
         })?;
-        let secret = secret.filter(|s| !s.is_empty()).map(|s| match s.strip_prefix("env:") {
-            Some(name) => Secret::Env(name.to_owned()),
-            None => Secret::Literal(s.to_owned()),
-        });
+        let secret = secret
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.strip_prefix("env:") {
+                Some(name) => Secret::Env(name.to_owned()),
+                None => Secret::Literal(s.to_owned()),
+            });
         Ok(Self { url, secret })
     }
 
@@ -227,10 +229,7 @@ impl Notifier for WebhookNotifier {
                 format!("{} answered {status}", self.url.host_header()).into(),
             )),
             other => Err(NotifierError::Fatal {
-                detail: format!(
-                    "{} answered {other}; not retried",
-                    self.url.host_header()
-                ),
+                detail: format!("{} answered {other}; not retried", self.url.host_header()),
             }),
         }
     }
