@@ -16,6 +16,9 @@ fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
         ("context_files" | "verify_cmds", _) => None,
         // Free text, but never loopd's own variables.
         ("agent_env", _) => Some("LOOPD_TOKEN"),
+        // Free text, but an http:// URL / an `env:` secret must name something.
+        ("notify_webhook_url", _) => Some("https://hooks.example.test/loop"),
+        ("notify_webhook_secret", _) => Some("env:"),
         (_, "text (empty = unset)") => None,
         (_, "path (empty = unset)") => None,
         (_, "path") => Some(""),
@@ -71,7 +74,13 @@ async fn every_key_with_a_wrong_value_is_refused_naming_key_value_and_file() {
     // The keys that accept any value are a deliberate, short list.
     assert_eq!(
         free,
-        ["prompt_file", "context_files", "verify_cmds", "agent_cmd",],
+        [
+            "prompt_file",
+            "context_files",
+            "verify_cmds",
+            "agent_cmd",
+            "notify_cmd"
+        ],
         "a new key needs a wrong value in wrong_value()"
     );
     assert!(refused >= 30, "{refused} keys checked");
@@ -91,7 +100,7 @@ async fn broken_lines_and_bad_templates_are_refused_before_anything_runs() {
     for (extra, must_contain) in [
         (
             "this line has no equals sign\n",
-            ".loop/config:7: cannot parse",
+            ".loop/config:8: cannot parse",
         ),
         ("executor=command\n", "agent_cmd"),
         (
