@@ -44,6 +44,10 @@ fn finished_run(i: usize, created_at: i64) -> Run {
         updated_at: created_at + 60_000,
         worker_id: None,
         lease_expires_at: None,
+        review_status: loop_engine::domain::ReviewStatus::Pending,
+        review_action_at: None,
+        merge_commit: None,
+        pr_url: None,
     }
 }
 
@@ -68,6 +72,7 @@ fn step(run: &Run, seq: u32) -> Step {
         agent_pid: Some(4242),
         agent_start_time: Some(1),
         usage: None,
+        resources: None,
     }
 }
 

@@ -63,14 +63,34 @@ pub(crate) fn detect(output: &str, mode: CompletionMode) -> Completion {
     }
 }
 
+/// How many characters of output the `output_head=` of a `WARN_MALFORMED_COMPLETE` row keeps
+/// (SPEC §7).
+const OUTPUT_HEAD_CHARS: usize = 200;
+
 /// The first [`SNIPPET_CHARS`] characters of `output` on one line: `\r\n`, `\n` and `\r`
 /// each become a single space, so the snippet fits a report.tsv field and an event payload.
 fn snippet(output: &str) -> String {
+    one_line(output, SNIPPET_CHARS)
+}
+
+/// The first 200 characters of `output` on one line (as [`Completion::Malformed`]'s
+/// snippet, longer): the `output_head=` of the `WARN_MALFORMED_COMPLETE` row.
+pub(crate) fn output_head(output: &str) -> String {
+    one_line(output, OUTPUT_HEAD_CHARS)
+}
+
+fn one_line(output: &str, chars: usize) -> String {
     output
         .replace("\r\n", "\n")
         .chars()
-        .take(SNIPPET_CHARS)
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .take(chars)
+        .map(|c| {
+            if c == '\n' || c == '\r' || c == '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -193,5 +213,15 @@ mod tests {
                 snippet: "x <promise>COMPLETE</promise> y".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn output_head_is_the_first_200_chars_on_one_line() {
+        let out = format!("one\r\ntwo\tthree\n{}", "é".repeat(300));
+        let head = output_head(&out);
+        assert_eq!(head.chars().count(), 200);
+        assert!(head.starts_with("one two three éé"), "{head}");
+        assert!(!head.contains(['\n', '\r', '\t']));
+        assert_eq!(output_head("short"), "short");
     }
 }

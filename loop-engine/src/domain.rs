@@ -187,6 +187,30 @@ spelled_enum!(
 );
 
 spelled_enum!(
+    /// Where a finished run is in a person's review (SPEC §12).
+    ReviewStatus {
+        /// Nobody acted on the run yet.
+        Pending => "pending",
+        /// The run branch was merged into a target (by the run's own merge or by `merge`).
+        Merged => "merged",
+        /// The worktree was removed and the run branch deleted.
+        Scrapped => "scrapped",
+        /// A pull request was opened for the run branch.
+        PrCreated => "pr_created",
+    }
+);
+
+#[expect(
+    clippy::derivable_impls,
+    reason = "spelled_enum! declares the enum; one of its enums takes no extra derive"
+)]
+impl Default for ReviewStatus {
+    fn default() -> Self {
+        Self::Pending
+    }
+}
+
+spelled_enum!(
     /// The kind of work a step does.
     StepPhase {
         /// The agent implements one task.
@@ -201,6 +225,12 @@ spelled_enum!(
         Merge => "merge",
         /// The naming model names the run.
         Naming => "naming",
+        /// A `setup_cmds` command in the new worktree.
+        Setup => "setup",
+        /// The run waits for the account's usage limit to reset: `started_at` is when the
+        /// wait began and `ended_at` when it ends (set when the wait is decided, so a
+        /// restarted daemon waits for the rest instead of calling the agent).
+        UsageWait => "usage_wait",
     }
 );
 
@@ -264,6 +294,10 @@ spelled_enum!(
         PromptRewrite => "prompt_rewrite",
         /// `analysis/*`: a postmortem's git snapshot, prompts and reports.
         Analysis => "analysis",
+        /// `naming.log`: the naming call's whole output.
+        NamingLog => "naming_log",
+        /// `setup/setup-<n>.log`: a setup command's output.
+        SetupLog => "setup_log",
         /// Anything else a backend chose to record.
         Other => "other",
     }
@@ -293,6 +327,17 @@ pub enum ExitReason {
     /// the run started: no agent step ran, nothing was verified or merged. Ends `FAILED`, with
     /// the plan's counts in the failure reason.
     PlanAlreadyDone,
+    /// Implementation steps kept changing neither the plan nor HEAD (`max_no_progress_steps`
+    /// in a row, after the watchdog's rewrites) (SPEC §15).
+    NoProgress,
+    /// A budget of the run was spent: `budget_exhausted:cost`, `:tokens` or `:wall`
+    /// (SPEC §15).
+    BudgetExhausted {
+        /// `cost`, `tokens` or `wall`.
+        kind: String,
+    },
+    /// A `setup_cmds` command failed in the new worktree; no agent ran.
+    SetupFailed,
     /// Any other failure (store, git, merge, config); the detail is in `RUN_FAILED`.
     Failed,
     /// A user canceled the run.
@@ -317,6 +362,9 @@ impl fmt::Display for ExitReason {
                 write!(f, "max_consecutive_failures:{kind}:{limit}")
             }
             Self::PlanAlreadyDone => f.write_str("plan_already_done"),
+            Self::NoProgress => f.write_str("no_progress"),
+            Self::BudgetExhausted { kind } => write!(f, "budget_exhausted:{kind}"),
+            Self::SetupFailed => f.write_str("setup_failed"),
             Self::Failed => f.write_str("failed"),
             Self::Canceled => f.write_str("canceled"),
         }
@@ -336,8 +384,19 @@ impl FromStr for ExitReason {
             "iterations_exhausted" => Self::IterationsExhausted,
             "claude_failed" => Self::ClaudeFailed,
             "plan_already_done" => Self::PlanAlreadyDone,
+            "no_progress" => Self::NoProgress,
+            "setup_failed" => Self::SetupFailed,
             "failed" => Self::Failed,
             "canceled" => Self::Canceled,
+            other if other.starts_with("budget_exhausted:") => {
+                let kind = &other["budget_exhausted:".len()..];
+                if kind.is_empty() {
+                    return Err(bad());
+                }
+                Self::BudgetExhausted {
+                    kind: kind.to_owned(),
+                }
+            }
             other => {
                 let rest = other
                     .strip_prefix("max_consecutive_failures:")
@@ -405,6 +464,11 @@ spelled_enum!(
         /// The merge could not land without touching a user's uncommitted work (the target is
         /// checked out there); the run completed and the merge waits to be retried.
         MergePending => "MERGE_PENDING",
+        /// A person acted on a finished run (SPEC §12): merged it, scrapped it or opened a
+        /// pull request for it; the payload's `action` says which.
+        ReviewAction => "REVIEW_ACTION",
+        /// A failed or canceled run was started again from its last durable step (SPEC §12).
+        RunRetried => "RUN_RETRIED",
         /// report.tsv: the run started.
         RunStart => "RUN_START",
         /// report.tsv: the prompt was snapshotted.
@@ -454,6 +518,16 @@ spelled_enum!(
         /// report.tsv: a step ticked tasks in the plan without committing (HEAD did not move)
         /// (`tasks=<n>`).
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// report.tsv: why the run failed, just before its RUN_END
+        /// (`reason=<exit reason> failure=<why, in words>`).
+        RunFailure => "RUN_FAILURE",
+        /// report.tsv: the run waits for the account's usage limit to reset
+        /// (`until=<RFC 3339> wait_sec=<n>`).
+        UsageLimitWait => "USAGE_LIMIT_WAIT",
+        /// report.tsv: a setup command started (`cmd=<command>`).
+        SetupCmdStart => "SETUP_CMD_START",
+        /// report.tsv: a setup command ended (`cmd=<command> status=ok|failed`).
+        SetupCmdEnd => "SETUP_CMD_END",
         /// report.tsv: the run ended (`reason=<exit reason>`).
         RunEnd => "RUN_END",
         /// report.tsv: the postmortem of a finished run started (`reason=<exit reason>`),
@@ -511,6 +585,18 @@ pub struct Run {
     pub worker_id: Option<String>,
     /// When that lease expires.
     pub lease_expires_at: Option<UnixMs>,
+    /// Where the run is in a person's review (SPEC §12).
+    #[serde(default)]
+    pub review_status: ReviewStatus,
+    /// When the last review action (or the run's own merge) happened.
+    #[serde(default)]
+    pub review_action_at: Option<UnixMs>,
+    /// The target's commit that holds the run's work, once merged.
+    #[serde(default)]
+    pub merge_commit: Option<String>,
+    /// The pull request opened for the run branch.
+    #[serde(default)]
+    pub pr_url: Option<String>,
 }
 
 /// One unit of work inside a run: an agent call, a verification, a merge, ...
@@ -554,6 +640,25 @@ pub struct Step {
     pub agent_start_time: Option<u64>,
     /// What the agent's stream-json `result` line reported, if any.
     pub usage: Option<AgentUsage>,
+    /// What the agent's processes used, measured by its cgroup (`None` without cgroups, or
+    /// before the step ran).
+    pub resources: Option<AgentResources>,
+}
+
+/// What one agent invocation used, from the cgroup it ran in (see `process::containment`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentResources {
+    /// CPU time of every process of the invocation, in microseconds (`cpu.stat usage_usec`).
+    pub cpu_usec: u64,
+    /// Peak memory in bytes, where a memory controller is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// Most processes alive at once, where a pids controller is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_peak: Option<u64>,
+    /// The limit that stopped the agent (`agent_pids_max`, `agent_memory_max`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_hit: Option<String>,
 }
 
 /// Token usage, cost and turn count from the agent's final `result` line.
@@ -707,6 +812,11 @@ mod tests {
             ExitReason::IterationsExhausted,
             ExitReason::ClaudeFailed,
             ExitReason::PlanAlreadyDone,
+            ExitReason::NoProgress,
+            ExitReason::SetupFailed,
+            ExitReason::BudgetExhausted {
+                kind: "cost".into(),
+            },
             ExitReason::Failed,
             ExitReason::Canceled,
             ExitReason::MaxConsecutiveFailures {

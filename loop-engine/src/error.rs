@@ -166,6 +166,24 @@ pub enum EngineError {
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// A merge a person asked for would conflict; nothing was changed.
+    #[error("run {run_id}: {detail}")]
+    MergeConflict {
+        /// The run.
+        run_id: crate::domain::RunId,
+        /// The conflicting paths.
+        paths: Vec<String>,
+        /// What conflicts and what was left as it was.
+        detail: String,
+    },
+    /// A program the request needs is not installed (e.g. `gh` for a pull request).
+    #[error("{detail}")]
+    ToolMissing {
+        /// The program.
+        tool: String,
+        /// What it is needed for and how to get it.
+        detail: String,
+    },
 }
 
 impl EngineError {

@@ -179,6 +179,63 @@ pub(crate) fn sanitize_name(raw: &str) -> Option<String> {
     Some(name)
 }
 
+/// Most words a naming answer may have (the prompt asks for 2 to 5).
+const MAX_LABEL_WORDS: usize = 6;
+
+/// Checks that the naming model answered a short label of plain words (issue 13: an answer
+/// such as "Blocked: the plan update failed (no-plan-file)" went into the branch name and the
+/// squash commit) and returns it cleaned ([`sanitize_name`]). The answer must be one line
+/// (surrounding quotes, backticks and a final period allowed) of at most
+/// [`MAX_LABEL_WORDS`] words made of letters, digits, hyphens and apostrophes, with at least
+/// one letter. `Err` says why the answer is no label.
+pub(crate) fn validate_label(raw: &str) -> Result<String, String> {
+    let lines: Vec<&str> = raw
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let shown = |s: &str| -> String { s.chars().take(80).collect() };
+    let line = match lines.as_slice() {
+        [] => return Err("the naming model answered nothing".to_owned()),
+        [one] => *one,
+        [first, ..] => {
+            return Err(format!(
+                "the naming model answered {} lines, not one label (first: `{}`)",
+                lines.len(),
+                shown(first)
+            ));
+        }
+    };
+    let quotes = ['"', '\'', '`'];
+    let label = line.trim_end_matches('.').trim_matches(quotes);
+    let label = strip_label_prefix(label)
+        .trim_matches(quotes)
+        .trim_end_matches('.')
+        .trim();
+    if let Some(bad) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '\'')))
+    {
+        return Err(format!(
+            "the naming model's answer `{}` is not a label of plain words (it contains `{bad}`)",
+            shown(line)
+        ));
+    }
+    let words = label.split_whitespace().count();
+    if words == 0 || words > MAX_LABEL_WORDS || !label.chars().any(|c| c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "the naming model's answer `{}` is not a short label ({words} words; 1 to {MAX_LABEL_WORDS} expected)",
+            shown(line)
+        ));
+    }
+    sanitize_name(label).ok_or_else(|| {
+        format!(
+            "the naming model's answer `{}` is no usable name",
+            shown(line)
+        )
+    })
+}
+
 /// Drops a leading `Name:`, `Label:` or `Title:` (any case) that models like to add.
 fn strip_label_prefix(line: &str) -> &str {
     for label in ["name", "label", "title", "run name"] {
@@ -726,6 +783,34 @@ mod tests {
                 slug.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             );
+        }
+    }
+
+    #[test]
+    fn only_a_short_label_of_plain_words_is_a_name() {
+        assert_eq!(
+            validate_label("billing export api\n").unwrap(),
+            "billing export api"
+        );
+        assert_eq!(
+            validate_label("\"Order tracking\".").unwrap(),
+            "Order tracking"
+        );
+        assert_eq!(
+            validate_label("Name: widget builder").unwrap(),
+            "widget builder"
+        );
+        for bad in [
+            "",
+            "Blocked: the plan update failed (no-plan-file)",
+            "I will run `ls` first\nwidget builder",
+            "one two three four five six seven",
+            "/tmp/x",
+            "42",
+            "**widget**",
+        ] {
+            let err = validate_label(bad).expect_err(bad);
+            assert!(err.contains("naming model"), "{err}");
         }
     }
 

@@ -26,6 +26,12 @@ pub enum FailureKind {
         /// The HTTP status, when known.
         status: Option<u16>,
     },
+    /// The account's usage limit is used up (Claude Code's `api_error: usage_limit_reached`).
+    /// Retrying before the reset only fails again: the loop waits for it instead.
+    UsageLimit {
+        /// When the limit resets (Unix seconds), when the agent said.
+        resets_at: Option<i64>,
+    },
     /// The agent exited successfully without its final `result` line (it was interrupted).
     NoResult,
     /// The agent reported an error of its own (`is_error: true`, neither transient nor auth).
@@ -65,6 +71,13 @@ impl Verdict {
         judge(outcome, expect_result_line)
     }
 
+    /// [`Verdict::of`] for an agent whose credentials are `credentials` (what an auth failure
+    /// tells the user to check, e.g. `OPENAI_API_KEY`), instead of the Claude CLI's
+    /// `ANTHROPIC_API_KEY`.
+    pub fn of_agent(outcome: &ExecOutcome, expect_result_line: bool, credentials: &str) -> Self {
+        judge_with(outcome, expect_result_line, credentials)
+    }
+
     /// True for [`Verdict::Success`].
     pub fn is_success(&self) -> bool {
         matches!(self, Self::Success)
@@ -85,6 +98,14 @@ pub(crate) const ROOT_REFUSAL_FIX: &str = "set IS_SANDBOX=1 in loopd's environme
 /// `result` line (the Claude CLI); for other agents exit code 0 is success. A `result` line,
 /// when one came, decides in both cases.
 pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict {
+    judge_with(outcome, expect_result_line, CLAUDE_CREDENTIALS)
+}
+
+/// What a Claude auth failure tells the user to check.
+const CLAUDE_CREDENTIALS: &str = "ANTHROPIC_API_KEY (or log the CLI in again)";
+
+/// [`judge`] naming `credentials` in auth failures.
+fn judge_with(outcome: &ExecOutcome, expect_result_line: bool, credentials: &str) -> Verdict {
     let secs = outcome.duration_ms / 1000;
     match outcome.termination {
         Some(Termination::TimedOut) => {
@@ -117,7 +138,7 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
         Some(Termination::Exited | Termination::Signaled) | None => {}
     }
     if let Some(result) = &outcome.result {
-        return judge_result(result, outcome);
+        return judge_result(result, outcome, credentials);
     }
     if is_root_refusal(&outcome.stderr_tail) || is_root_refusal(&outcome.output_text) {
         return root_refused();
@@ -135,7 +156,7 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
         );
     }
     let text = format!("{}\n{}", outcome.stderr_tail, outcome.output_text);
-    if let Some(verdict) = classify_text(&text, None) {
+    if let Some(verdict) = classify_text(&text, None, credentials) {
         return verdict;
     }
     let what = match outcome.termination {
@@ -152,21 +173,36 @@ pub(crate) fn judge(outcome: &ExecOutcome, expect_result_line: bool) -> Verdict 
     )
 }
 
-fn judge_result(result: &AgentResult, outcome: &ExecOutcome) -> Verdict {
+fn judge_result(result: &AgentResult, outcome: &ExecOutcome, credentials: &str) -> Verdict {
     if !result.is_error {
         return Verdict::Success;
+    }
+    if result.api_error.as_deref() == Some("usage_limit_reached") {
+        let when = result.usage_limit_resets_at.map_or_else(
+            || "no reset time given".to_owned(),
+            |t| format!("resets at Unix time {t}"),
+        );
+        return Verdict::failure(
+            FailureKind::UsageLimit {
+                resets_at: result.usage_limit_resets_at,
+            },
+            format!(
+                "the account's usage limit is reached ({when}): {}",
+                snippet(&result.text)
+            ),
+        );
     }
     let status = result
         .api_error_status
         .or_else(|| api_status_in(&result.text));
-    if let Some(verdict) = status.and_then(classify_status) {
+    if let Some(verdict) = status.and_then(|s| classify_status(s, credentials)) {
         return verdict;
     }
     let text = format!("{}\n{}", result.text, outcome.stderr_tail);
     if is_root_refusal(&text) {
         return root_refused();
     }
-    if let Some(verdict) = classify_text(&text, status) {
+    if let Some(verdict) = classify_text(&text, status, credentials) {
         return verdict;
     }
     let subtype = result.subtype.as_deref().unwrap_or("error");
@@ -190,7 +226,7 @@ fn root_refused() -> Verdict {
     )
 }
 
-fn classify_status(status: u16) -> Option<Verdict> {
+fn classify_status(status: u16, credentials: &str) -> Option<Verdict> {
     let transient = |what: &str| {
         Verdict::failure(
             FailureKind::Transient {
@@ -202,11 +238,13 @@ fn classify_status(status: u16) -> Option<Verdict> {
     match status {
         401 => Some(Verdict::failure(
             FailureKind::AuthRefused,
-            "the API key was refused (HTTP 401): check ANTHROPIC_API_KEY (or log the CLI in again)",
+            format!("the API key was refused (HTTP 401): check {credentials}"),
         )),
         403 => Some(Verdict::failure(
             FailureKind::AuthRefused,
-            "the API refused access (HTTP 403): check ANTHROPIC_API_KEY and the account's permissions",
+            format!(
+                "the API refused access (HTTP 403): check {credentials} and the account's permissions"
+            ),
         )),
         429 => Some(transient("the API rate limit was hit")),
         529 => Some(transient("the API is overloaded")),
@@ -216,7 +254,7 @@ fn classify_status(status: u16) -> Option<Verdict> {
 }
 
 /// Recognises auth and transient failures in free text (stderr, result text).
-fn classify_text(text: &str, status: Option<u16>) -> Option<Verdict> {
+fn classify_text(text: &str, status: Option<u16>, credentials: &str) -> Option<Verdict> {
     let lower = text.to_lowercase();
     const AUTH: &[&str] = &[
         "invalid x-api-key",
@@ -255,7 +293,7 @@ fn classify_text(text: &str, status: Option<u16>) -> Option<Verdict> {
         return Some(Verdict::failure(
             FailureKind::AuthRefused,
             format!(
-                "the API refused the credentials: check ANTHROPIC_API_KEY (or log the CLI in again){}",
+                "the API refused the credentials: check {credentials}{}",
                 detail_suffix(text)
             ),
         ));
@@ -340,6 +378,36 @@ mod tests {
             }),
             ..exited(code)
         }
+    }
+
+    #[test]
+    fn usage_limit_reached_is_its_own_kind_with_the_reset() {
+        let mut out = with_result(
+            1,
+            true,
+            Some(429),
+            "You've hit your 5-hour limit · resets 6:40pm (UTC)",
+        );
+        if let Some(r) = out.result.as_mut() {
+            r.api_error = Some("usage_limit_reached".into());
+            r.usage_limit_resets_at = Some(1_796_150_446);
+        }
+        let v = judge(&out, true);
+        assert_eq!(
+            kind(&v),
+            Some(&FailureKind::UsageLimit {
+                resets_at: Some(1_796_150_446)
+            })
+        );
+        // A plain 429 (an API key's rate limit, no usage limit) stays transient.
+        let v = judge(
+            &with_result(1, true, Some(429), "API Error: Request rejected (429)"),
+            true,
+        );
+        assert!(matches!(
+            kind(&v),
+            Some(FailureKind::Transient { status: Some(429) })
+        ));
     }
 
     fn kind(v: &Verdict) -> Option<&FailureKind> {

@@ -189,15 +189,33 @@ async fn invalid_utf8_output_is_logged_as_is_and_the_run_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_stream_json_from_claude_fails_the_step_cleanly() {
-    // A fake `claude` printing broken stream-json: truncated objects, wrong types, no result.
-    let body = r#"echo '{"type":"system","subtype":"init"'
-echo 'not json at all'
-echo '{"type":"assistant","message":42}'
-echo '{"type":"result","result":{"nested":true},"is_error":"maybe","usage":"lots"}'
-echo '{"type":"result"'
-printf '\377\n'
-"#;
+    // As root the Claude executor needs IS_SANDBOX=1 in the engine's environment: the test
+    // runs itself again with it rather than stopping at the creation refusal.
+    if crate::support::rerun_with_sandbox(
+        "agent_faults::malformed_stream_json_from_claude_fails_the_step_cleanly",
+        &[],
+    )
+    .await
+    {
+        return;
+    }
+    // A fake `claude` printing broken stream-json: truncated objects, wrong types, no valid
+    // result line, and exit code 0 (issue 13: the wrong-typed result line was judged a
+    // success, and the run went on to iterations_exhausted after 50 calls). Every call is
+    // counted in a file next to the script.
     let dir = tempfile::tempdir().expect("dir").keep();
+    let calls = dir.join("calls");
+    let body = format!(
+        r#"echo call >> {calls}
+echo '{{"type":"system","subtype":"init"'
+echo 'not json at all'
+echo '{{"type":"assistant","message":42}}'
+echo '{{"type":"result","result":{{"nested":true}},"is_error":"maybe","usage":"lots"}}'
+echo '{{"type":"result"'
+printf '\377\n'
+"#,
+        calls = shell_quote(&calls)
+    );
     let script = dir.join("claude");
     std::fs::write(&script, format!("#!/bin/sh\n{body}")).expect("script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -207,12 +225,15 @@ printf '\377\n'
         config: vec![
             ("executor", "claude".into()),
             ("claude_bin", script.display().to_string()),
+            // No valid result line is a transient failure: one quick retry shows the budget
+            // is bounded without waiting through the default backoff.
+            ("claude_transient_retries", "1".into()),
+            ("claude_transient_backoff_max_sec", "1".into()),
         ],
         ..Setup::default()
     });
-    // As root without IS_SANDBOX=1 the Claude CLI would refuse to start, so the run is
-    // refused at creation and the fake CLI cannot be exercised here.
     if let Some(problem) = loop_engine::engine::sandbox_problem() {
+        // Not root-with-IS_SANDBOX: the refusal at creation is what a user gets.
         let err = h.engine.create_run(h.request()).await.expect_err("refused");
         assert!(err.to_string().contains("IS_SANDBOX=1"), "{err}");
         eprintln!("skipped the stream-json part: {problem}");
@@ -223,8 +244,15 @@ printf '\377\n'
     assert_eq!(run.exit_reason, Some(ExitReason::ClaudeFailed));
     let steps = h.steps(run.id).await;
     let agent = agent_steps(&steps);
-    assert_eq!(agent.len(), 1);
-    assert!(agent[0].reason.is_some(), "{:?}", agent[0]);
+    // The first attempt and its one transient retry: 2 calls, not 50.
+    assert_eq!(agent.len(), 2, "{agent:?}");
+    let reason = agent[1].reason.clone().unwrap_or_default();
+    assert!(reason.contains("result line"), "{reason}");
+    let made = std::fs::read_to_string(&calls)
+        .expect("calls")
+        .lines()
+        .count();
+    assert_eq!(made, 2);
     assert!(!failure(&run).is_empty());
 }
 

@@ -13,7 +13,7 @@ use crate::support::{Harness, Setup};
 fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
     match (key, accepts) {
         // Free text and paths whose problems only show when used: any text is acceptable.
-        ("context_files" | "verify_cmds", _) => None,
+        ("context_files" | "verify_cmds" | "setup_cmds", _) => None,
         // Free text, but never loopd's own variables.
         ("agent_env", _) => Some("LOOPD_TOKEN"),
         // Free text, but an http:// URL / an `env:` secret must name something.
@@ -25,6 +25,7 @@ fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
         (_, "text") => Some("   "),
         (_, "true|false|1|0|yes|no|on|off") => Some("maybe"),
         (_, a) if a.starts_with("integer") => Some("-3x"),
+        (_, a) if a.starts_with("US dollars") => Some("-1"),
         (_, a) if a.starts_with("seconds") => Some("9223372036854775808"),
         (_, "branch name (empty = unset)") => Some("../../x"),
         (_, "start of a branch name") => Some("-x/"),
@@ -79,6 +80,7 @@ async fn every_key_with_a_wrong_value_is_refused_naming_key_value_and_file() {
             "context_files",
             "verify_cmds",
             "agent_cmd",
+            "setup_cmds",
             "notify_cmd"
         ],
         "a new key needs a wrong value in wrong_value()"

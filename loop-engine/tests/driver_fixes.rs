@@ -197,6 +197,7 @@ async fn a_restart_mid_iteration_starts_a_new_iteration() {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     };
     h.store.insert_step(&interrupted).await.unwrap();
     h.drive().await;

@@ -269,7 +269,7 @@ async fn malformed_completion_is_warned_and_never_completes_alone() {
         warn.payload["message"]
             .as_str()
             .unwrap()
-            .starts_with("All done <promise>")
+            .starts_with("output_head=All done <promise>")
     );
     assert_eq!(
         run.iterations_run, 2,
@@ -376,12 +376,17 @@ async fn transient_api_errors_are_retried_with_backoff() {
         .filter(|e| e.kind == EventKind::ClaudeRetry)
         .collect();
     assert_eq!(retries.len(), 2);
-    assert!(
-        retries[0].payload["message"]
-            .as_str()
-            .unwrap()
-            .contains("transient")
-    );
+    // The seed's words in report.tsv; what kind of retry, and after how long, in run.log.
+    assert_eq!(retries[0].payload["message"], "attempt=1");
+    assert_eq!(retries[1].payload["message"], "attempt=2");
+    let log = std::fs::read_to_string(
+        run.workspace_root
+            .join("logs/loop")
+            .join(format!("run-{}", run.id))
+            .join("run.log"),
+    )
+    .expect("run.log");
+    assert_eq!(log.matches("transient retry after").count(), 2, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,6 +641,7 @@ async fn recovery_after_a_crash_repeats_no_completed_step() {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     };
     h.store.insert_step(&interrupted).await.unwrap();
     h.drive().await;

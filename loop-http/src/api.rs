@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use loop_engine::domain::{
-    AgentUsage, Artifact, Event, MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId,
-    UnixMs,
+    AgentResources, AgentUsage, Artifact, Event, MergeStrategy, NameSource, ReviewStatus, Run,
+    RunId, RunStatus, Step, StepId, UnixMs,
 };
 use loop_engine::engine::CreateRun;
 use serde::{Deserialize, Serialize};
@@ -161,6 +161,10 @@ pub struct StepResource {
     pub head_after: Option<String>,
     /// Usage from the agent's result line.
     pub usage: Option<UsageResource>,
+    /// What the agent's processes used, from its cgroup: `cpu_usec`, `memory_peak_bytes`,
+    /// `pids_peak`, `limit_hit` (absent without cgroups).
+    #[serde(default)]
+    pub resources: Option<AgentResources>,
 }
 
 impl From<&Step> for StepResource {
@@ -186,6 +190,7 @@ impl From<&Step> for StepResource {
             head_before: s.head_before.clone(),
             head_after: s.head_after.clone(),
             usage: s.usage.as_ref().map(UsageResource::from),
+            resources: s.resources.clone(),
         }
     }
 }
@@ -241,6 +246,21 @@ pub struct RunResource {
     pub last_step: Option<StepResource>,
     /// The effective configuration.
     pub config: serde_json::Value,
+    /// Where the run is in a person's review: `pending`, `merged`, `scrapped`, `pr_created`.
+    #[serde(default)]
+    pub review_status: ReviewStatus,
+    /// When the last review action (or the run's own merge) happened, RFC 3339.
+    #[serde(default)]
+    pub review_action_at: Option<String>,
+    /// The same, ms.
+    #[serde(default)]
+    pub review_action_at_ms: Option<UnixMs>,
+    /// The target's commit that holds the run's work, once merged.
+    #[serde(default)]
+    pub merge_commit: Option<String>,
+    /// The pull request opened for the run branch.
+    #[serde(default)]
+    pub pr_url: Option<String>,
 }
 
 impl RunResource {
@@ -271,6 +291,11 @@ impl RunResource {
             worker_id: run.worker_id.clone(),
             last_step: last_step.map(StepResource::from),
             config: run.config.clone(),
+            review_status: run.review_status,
+            review_action_at: run.review_action_at.map(rfc3339),
+            review_action_at_ms: run.review_action_at,
+            merge_commit: run.merge_commit.clone(),
+            pr_url: run.pr_url.clone(),
         }
     }
 }
@@ -434,6 +459,10 @@ pub struct Health {
     pub worker_id: String,
     /// Runs executing now.
     pub running: usize,
+    /// How agents are contained: `cgroup` (one cgroup per agent invocation) or
+    /// `process-group` (process group plus a `/proc` search, where no cgroup can be made).
+    #[serde(default)]
+    pub containment: String,
     /// What is wrong, when degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -464,6 +493,84 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable message naming what is wrong.
     pub message: String,
+    /// The conflicting paths of a refused merge (`merge_conflict`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+/// Body of `POST /runs/{id}/merge` (all optional; an empty body is `{}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequestBody {
+    /// `squash` or `merge` (default: the run's `merge_strategy`; `squash` when that is `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<MergeStrategy>,
+    /// The branch to merge into (default: the run's `merge_target_branch`, else `base_branch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Body of `POST /runs/{id}/create-pr` (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrRequestBody {
+    /// The title (default: `loop: <name> (<done> of <total> tasks)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The body (default: a summary of tasks, iterations, cost and verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Open it as a draft.
+    #[serde(default)]
+    pub draft: bool,
+    /// The branch it merges into (default: the run's `base_branch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+/// Answer of `POST /runs/{id}/merge|scrap|create-pr`: the run afterwards and what was done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReviewActionResponse {
+    /// The run afterwards.
+    #[serde(flatten)]
+    pub run: RunResource,
+    /// What was done or left alone, in words.
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// Answer of `GET /runs/{id}/diff` (SPEC §12): `base_ref`, `head_ref`, `base_sha`,
+/// `head_sha`, `commits`, `files`, `stats`, `truncated`.
+pub type DiffResponse = loop_engine::engine::RunDiff;
+
+/// One run's worktree on `GET /worktrees`.
+pub type WorktreeResource = loop_engine::engine::WorktreeInfo;
+
+/// Answer of `GET /worktrees`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorktreeList {
+    /// Every run's worktree, newest run first.
+    pub worktrees: Vec<WorktreeResource>,
+}
+
+/// A worktree `POST /worktrees/prune` could not remove.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneFailure {
+    /// The worktree.
+    #[serde(flatten)]
+    pub worktree: WorktreeResource,
+    /// Why.
+    pub error: String,
+}
+
+/// Answer of `POST /worktrees/prune`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneResponse {
+    /// The worktrees removed.
+    pub removed: Vec<WorktreeResource>,
+    /// The ones that could not be.
+    #[serde(default)]
+    pub failed: Vec<PruneFailure>,
 }
 
 /// The `data:` of an event on `GET /runs/{id}/events`.
@@ -597,6 +704,10 @@ mod tests {
             updated_at: 2000,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let resp = CreatedRunResponse {
             run: RunResource::new(&run, None),

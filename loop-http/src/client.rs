@@ -15,11 +15,24 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use crate::api::{
-    ArtifactList, ArtifactResource, CreateRunRequest, CreatedRunResponse, ErrorBody, Health,
-    ListQuery, PostmortemRequest, PostmortemResource, PromptResponse, RunList, RunResource,
-    StepList, StepResource,
+    ArtifactList, ArtifactResource, CreatePrRequestBody, CreateRunRequest, CreatedRunResponse,
+    DiffResponse, ErrorBody, Health, ListQuery, MergeRequestBody, PostmortemRequest,
+    PostmortemResource, PromptResponse, PruneResponse, ReviewActionResponse, RunList, RunResource,
+    StepList, StepResource, WorktreeList, WorktreeResource,
 };
 use crate::query;
+use loop_engine::backend::DiffLimits;
+
+/// `base` with `?workspace_root=` when one is given.
+fn worktree_path(base: &str, workspace_root: Option<&std::path::Path>) -> String {
+    match workspace_root {
+        Some(w) => format!(
+            "{base}?workspace_root={}",
+            query::encode(&w.to_string_lossy())
+        ),
+        None => base.to_owned(),
+    }
+}
 
 /// First delay of [`Client::wait_ready`]; it doubles after each failed probe.
 const FIRST_PROBE_DELAY: Duration = Duration::from_millis(200);
@@ -321,6 +334,85 @@ impl Client {
     /// `GET /runs/{id}`.
     pub async fn get_run(&self, id: RunId) -> Result<RunResource, ClientError> {
         self.call(Method::GET, &format!("/runs/{id}"), None).await
+    }
+
+    /// `GET /runs/{id}/diff`, with the default size limits where `limits` leaves them out
+    /// (`None` keeps the daemon's defaults).
+    pub async fn diff(
+        &self,
+        id: RunId,
+        limits: Option<DiffLimits>,
+    ) -> Result<DiffResponse, ClientError> {
+        let path = match limits {
+            None => format!("/runs/{id}/diff"),
+            Some(l) => format!(
+                "/runs/{id}/diff?max_file_bytes={}&max_total_bytes={}&max_files={}&max_commits={}",
+                l.max_file_bytes, l.max_total_bytes, l.max_files, l.max_commits
+            ),
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// `POST /runs/{id}/merge`.
+    pub async fn merge(
+        &self,
+        id: RunId,
+        req: &MergeRequestBody,
+    ) -> Result<ReviewActionResponse, ClientError> {
+        let body = self.json_body(req)?;
+        self.call(Method::POST, &format!("/runs/{id}/merge"), Some(body))
+            .await
+    }
+
+    /// `POST /runs/{id}/scrap`.
+    pub async fn scrap(&self, id: RunId) -> Result<ReviewActionResponse, ClientError> {
+        self.call(Method::POST, &format!("/runs/{id}/scrap"), None)
+            .await
+    }
+
+    /// `POST /runs/{id}/create-pr`.
+    pub async fn create_pr(
+        &self,
+        id: RunId,
+        req: &CreatePrRequestBody,
+    ) -> Result<ReviewActionResponse, ClientError> {
+        let body = self.json_body(req)?;
+        self.call(Method::POST, &format!("/runs/{id}/create-pr"), Some(body))
+            .await
+    }
+
+    /// `POST /runs/{id}/retry`.
+    pub async fn retry(&self, id: RunId) -> Result<RunResource, ClientError> {
+        self.call(Method::POST, &format!("/runs/{id}/retry"), None)
+            .await
+    }
+
+    /// `GET /worktrees` (of one workspace, or of all).
+    pub async fn worktrees(
+        &self,
+        workspace_root: Option<&std::path::Path>,
+    ) -> Result<Vec<WorktreeResource>, ClientError> {
+        let list: WorktreeList = self
+            .call(
+                Method::GET,
+                &worktree_path("/worktrees", workspace_root),
+                None,
+            )
+            .await?;
+        Ok(list.worktrees)
+    }
+
+    /// `POST /worktrees/prune` (of one workspace, or of all).
+    pub async fn prune_worktrees(
+        &self,
+        workspace_root: Option<&std::path::Path>,
+    ) -> Result<PruneResponse, ClientError> {
+        self.call(
+            Method::POST,
+            &worktree_path("/worktrees/prune", workspace_root),
+            None,
+        )
+        .await
     }
 
     /// `POST /runs/{id}/pause`.

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong, naming the offending value.
     pub message: String,
+    /// The conflicting paths of a refused merge.
+    pub paths: Vec<String>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            paths: Vec::new(),
         }
     }
 
@@ -50,6 +53,7 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message.clone(),
+                paths: self.paths.clone(),
             },
         }
     }
@@ -77,12 +81,26 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidInput { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_input", message)
             }
+            EngineError::MergeConflict { paths, .. } => {
+                let mut api = Self::new(StatusCode::CONFLICT, "merge_conflict", message);
+                api.paths = paths.clone();
+                api
+            }
+            EngineError::ToolMissing { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "tool_missing", message)
+            }
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
             EngineError::Store(_) => {
                 tracing::error!(error = %message, "store error while serving a request");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
+            }
+            EngineError::Vcs(loop_engine::backend::VcsError::Conflict { .. }) => {
+                Self::new(StatusCode::CONFLICT, "vcs_conflict", message)
+            }
+            EngineError::Vcs(loop_engine::backend::VcsError::NotFound { .. }) => {
+                Self::not_found(message)
             }
             EngineError::Vcs(_) => {
                 tracing::error!(error = %message, "git error while serving a request");
@@ -153,6 +171,42 @@ mod tests {
             let api = ApiError::from(e);
             assert_eq!((api.status, api.code), (status, code), "{api}");
         }
+    }
+
+    #[test]
+    fn a_refused_merge_names_its_paths_and_a_missing_tool_is_503() {
+        let id = RunId::new();
+        let api = ApiError::from(EngineError::MergeConflict {
+            run_id: id,
+            paths: vec!["README.md".into(), "src/lib.rs".into()],
+            detail: "merging run/a into main conflicts in README.md, src/lib.rs".into(),
+        });
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::CONFLICT, "merge_conflict")
+        );
+        let body = serde_json::to_value(api.body()).unwrap();
+        assert_eq!(
+            body["error"]["paths"],
+            serde_json::json!(["README.md", "src/lib.rs"])
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&id.to_string())
+        );
+        let api = ApiError::from(EngineError::ToolMissing {
+            tool: "gh".into(),
+            detail: "the GitHub CLI `gh` is not installed".into(),
+        });
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "tool_missing")
+        );
+        // Other errors carry no `paths` key at all.
+        let body = serde_json::to_value(ApiError::not_found("x").body()).unwrap();
+        assert!(body["error"].get("paths").is_none());
     }
 
     #[test]

@@ -14,7 +14,8 @@ macro_rules! run_columns {
         "id, name, name_source, status, exit_reason, failure, workspace_root, spec_path, \
          plan_path, base_branch, run_branch, merge_target_branch, merge_strategy, \
          worktree_path, config, iterations_run, tasks_done, tasks_total, created_at, \
-         updated_at, worker_id, lease_expires_at"
+         updated_at, worker_id, lease_expires_at, review_status, review_action_at, \
+         merge_commit, pr_url"
     };
 }
 
@@ -43,13 +44,18 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
         updated_at: columns::get(row, "runs.updated_at")?,
         worker_id: columns::get(row, "runs.worker_id")?,
         lease_expires_at: columns::get(row, "runs.lease_expires_at")?,
+        review_status: columns::parse(row, "runs.review_status")?,
+        review_action_at: columns::get(row, "runs.review_action_at")?,
+        merge_commit: columns::get(row, "runs.merge_commit")?,
+        pr_url: columns::get(row, "runs.pr_url")?,
     })
 }
 
 /// The values of the run columns that `update_run` replaces, in this order: name,
 /// name_source, status, exit_reason, failure, workspace_root, spec_path, plan_path,
 /// base_branch, run_branch, merge_target_branch, merge_strategy, worktree_path, config,
-/// iterations_run, tasks_done, tasks_total.
+/// iterations_run, tasks_done, tasks_total, review_status, review_action_at, merge_commit,
+/// pr_url.
 fn add_mutable_columns(args: &mut SqliteArguments, run: &Run) -> Result<(), StoreError> {
     add_arg(args, run.name.clone())?;
     add_arg(args, run.name_source.as_str())?;
@@ -74,6 +80,10 @@ fn add_mutable_columns(args: &mut SqliteArguments, run: &Run) -> Result<(), Stor
     add_arg(args, i64::from(run.iterations_run))?;
     add_arg(args, i64::from(run.tasks_done))?;
     add_arg(args, i64::from(run.tasks_total))?;
+    add_arg(args, run.review_status.as_str())?;
+    add_arg(args, run.review_action_at)?;
+    add_arg(args, run.merge_commit.clone())?;
+    add_arg(args, run.pr_url.clone())?;
     Ok(())
 }
 
@@ -88,9 +98,10 @@ pub(crate) async fn create(writer: &SqlitePool, run: &Run) -> Result<(), StoreEr
     let result = sqlx::query_with(
         "INSERT INTO runs (name, name_source, status, exit_reason, failure, workspace_root, \
          spec_path, plan_path, base_branch, run_branch, merge_target_branch, merge_strategy, \
-         worktree_path, config, iterations_run, tasks_done, tasks_total, created_at, \
-         updated_at, worker_id, lease_expires_at, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         worktree_path, config, iterations_run, tasks_done, tasks_total, review_status, \
+         review_action_at, merge_commit, pr_url, created_at, updated_at, worker_id, \
+         lease_expires_at, id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         args,
     )
     .execute(writer)
@@ -194,7 +205,8 @@ pub(crate) async fn update(conn: &mut SqliteConnection, run: &Run) -> Result<(),
         "UPDATE runs SET name = ?, name_source = ?, status = ?, exit_reason = ?, failure = ?, \
          workspace_root = ?, spec_path = ?, plan_path = ?, base_branch = ?, run_branch = ?, \
          merge_target_branch = ?, merge_strategy = ?, worktree_path = ?, config = ?, \
-         iterations_run = ?, tasks_done = ?, tasks_total = ?, updated_at = ? \
+         iterations_run = ?, tasks_done = ?, tasks_total = ?, review_status = ?, \
+         review_action_at = ?, merge_commit = ?, pr_url = ?, updated_at = ? \
          WHERE id = ?",
         args,
     )

@@ -12,7 +12,7 @@ macro_rules! step_columns {
     () => {
         "id, run_id, seq, iteration, label, phase, status, attempt, started_at, ended_at, \
          exit_code, reason, prompt_path, output_path, head_before, head_after, agent_pid, \
-         agent_start_time, usage"
+         agent_start_time, usage, resources"
     };
 }
 
@@ -37,12 +37,13 @@ fn step_from_row(row: &SqliteRow) -> Result<Step, StoreError> {
         agent_pid: columns::int_opt(row, "steps.agent_pid")?,
         agent_start_time: columns::int_opt(row, "steps.agent_start_time")?,
         usage: columns::json_opt(row, "steps.usage")?,
+        resources: columns::json_opt(row, "steps.resources")?,
     })
 }
 
 /// The values of every column except `id` and `run_id`, in this order: seq, iteration,
 /// label, phase, status, attempt, started_at, ended_at, exit_code, reason, prompt_path,
-/// output_path, head_before, head_after, agent_pid, agent_start_time, usage.
+/// output_path, head_before, head_after, agent_pid, agent_start_time, usage, resources.
 fn add_columns(args: &mut SqliteArguments, step: &Step) -> Result<(), StoreError> {
     add_arg(args, i64::from(step.seq))?;
     add_arg(args, i64::from(step.iteration))?;
@@ -76,6 +77,12 @@ fn add_columns(args: &mut SqliteArguments, step: &Step) -> Result<(), StoreError
         .map(|u| json_text(u, "step.usage"))
         .transpose()?;
     add_arg(args, usage)?;
+    let resources = step
+        .resources
+        .as_ref()
+        .map(|r| json_text(r, "step.resources"))
+        .transpose()?;
+    add_arg(args, resources)?;
     Ok(())
 }
 
@@ -87,8 +94,8 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, step: &Step) -> Result<(
     let result = sqlx::query_with(
         "INSERT INTO steps (seq, iteration, label, phase, status, attempt, started_at, \
          ended_at, exit_code, reason, prompt_path, output_path, head_before, head_after, \
-         agent_pid, agent_start_time, usage, id, run_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         agent_pid, agent_start_time, usage, resources, id, run_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         args,
     )
     .execute(&mut *conn)
@@ -110,7 +117,7 @@ pub(crate) async fn update(conn: &mut SqliteConnection, step: &Step) -> Result<(
         "UPDATE steps SET seq = ?, iteration = ?, label = ?, phase = ?, status = ?, \
          attempt = ?, started_at = ?, ended_at = ?, exit_code = ?, reason = ?, \
          prompt_path = ?, output_path = ?, head_before = ?, head_after = ?, agent_pid = ?, \
-         agent_start_time = ?, usage = ? \
+         agent_start_time = ?, usage = ?, resources = ? \
          WHERE id = ?",
         args,
     )

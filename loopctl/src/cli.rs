@@ -48,6 +48,20 @@ pub(crate) enum Command {
     Wait(IdArg),
     /// Print a stored agent step log.
     Logs(LogsArgs),
+    /// Show what a run changed: its commits and a patch per file (--stat: one line per file).
+    Diff(DiffArgs),
+    /// Merge a finished run's branch into its merge target (at most once; a conflict changes
+    /// nothing).
+    Merge(MergeArgs),
+    /// Throw a finished run's work away: remove its worktree and delete its branch.
+    Scrap(IdArg),
+    /// Open a pull request for a finished run's branch with the GitHub CLI (`gh`).
+    Pr(PrArgs),
+    /// Start a failed or canceled run again from its last step, with a fresh iteration budget.
+    Retry(IdArg),
+    /// List the runs' worktrees (path, branch, status, size, on disk or gone); --prune removes
+    /// those of ended, reviewed runs.
+    Worktrees(WorktreesArgs),
     /// Print the prompt a run would get, without running anything.
     Prompt(RunArgs),
     /// Write a run's postmortem (git snapshot, spec-compliance, run-quality and summary
@@ -120,6 +134,58 @@ pub(crate) struct ListArgs {
 pub(crate) struct IdArg {
     /// The run: its id, a unique prefix of the id, its name, or `last`.
     pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
+    pub(crate) id: String,
+    /// One line per file instead of the patches.
+    #[arg(long)]
+    pub(crate) stat: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
+    pub(crate) id: String,
+    /// `squash` or `merge` [default: the run's merge_strategy, `squash` when that is `none`].
+    #[arg(long)]
+    pub(crate) strategy: Option<String>,
+    /// The branch to merge into [default: the run's merge target, else its base branch].
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PrArgs {
+    /// The run: its id, a unique prefix of the id, its name, or `last`.
+    pub(crate) id: String,
+    /// The title [default: `loop: <name> (<done> of <total> tasks)`].
+    #[arg(long)]
+    pub(crate) title: Option<String>,
+    /// The body [default: tasks, iterations, cost and verification of the run].
+    #[arg(long)]
+    pub(crate) body: Option<String>,
+    /// Read the body from this file.
+    #[arg(long)]
+    pub(crate) body_file: Option<PathBuf>,
+    /// Open it as a draft.
+    #[arg(long)]
+    pub(crate) draft: bool,
+    /// The branch it merges into [default: the run's base branch].
+    #[arg(long)]
+    pub(crate) base: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorktreesArgs {
+    /// Remove the worktrees of ended runs that were merged, scrapped or sent as a pull request.
+    #[arg(long)]
+    pub(crate) prune: bool,
+    /// Only runs of this workspace [default: every workspace].
+    #[arg(long)]
+    pub(crate) workspace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

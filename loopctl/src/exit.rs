@@ -15,7 +15,7 @@ pub(crate) const USAGE: i32 = 64;
 pub(crate) const INVALID: i32 = 65;
 /// The run (or step) does not exist.
 pub(crate) const NOT_FOUND: i32 = 66;
-/// The daemon cannot be reached.
+/// The daemon cannot be reached, or lacks a program the request needs (`gh`).
 pub(crate) const UNAVAILABLE: i32 = 69;
 /// Anything else (daemon error, unexpected answer, local IO).
 pub(crate) const SOFTWARE: i32 = 70;
@@ -45,6 +45,8 @@ pub(crate) fn report(result: anyhow::Result<()>) -> i32 {
         Some(ClientError::Connect { .. }) => UNAVAILABLE,
         Some(ClientError::Unauthorized { .. }) => NO_PERMISSION,
         Some(ClientError::Api { status: 404, .. }) => NOT_FOUND,
+        // A program the daemon needs for the request is missing (`gh` for `loopctl pr`).
+        Some(ClientError::Api { status: 503, .. }) => UNAVAILABLE,
         Some(ClientError::Api { status, .. }) if (400..500).contains(status) => INVALID,
         Some(ClientError::InvalidUrl { .. }) => USAGE,
         _ => SOFTWARE,

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod exit;
 mod render;
+mod render_review;
 
 use clap::Parser;
 

@@ -6,6 +6,27 @@ use std::io::IsTerminal;
 use loop_engine::domain::RunStatus;
 use loop_http::api::{ArtifactResource, PostmortemResource, RunResource, StepResource};
 
+/// How amounts of money are shown: as the agent reported them, or labelled as not billed
+/// (`loopctl demo`: its scripted model answers for free, whatever the CLI computes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Costs {
+    /// What the agent reported, as it is.
+    #[default]
+    Reported,
+    /// Computed by the CLI for a scripted model: nothing was billed.
+    Scripted,
+}
+
+impl Costs {
+    /// `$0.1234`, or `$0.1234 (scripted model, nothing billed)`.
+    pub(crate) fn show(self, usd: f64) -> String {
+        match self {
+            Self::Reported => format!("${usd:.4}"),
+            Self::Scripted => format!("${usd:.4} (scripted model, nothing billed)"),
+        }
+    }
+}
+
 /// Whether to colour stdout.
 pub(crate) fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
@@ -107,7 +128,7 @@ pub(crate) fn runs_table(runs: &[RunResource], colour: bool) -> String {
     )
 }
 
-fn usage_text(step: &StepResource) -> String {
+fn usage_text(step: &StepResource, costs: Costs) -> String {
     let Some(u) = &step.usage else {
         return "-".into();
     };
@@ -123,12 +144,38 @@ fn usage_text(step: &StepResource) -> String {
         ));
     }
     if let Some(c) = u.cost_usd {
-        parts.push(format!("${c:.4}"));
+        parts.push(costs.show(c));
     }
     if parts.is_empty() {
         "-".into()
     } else {
         parts.join(", ")
+    }
+}
+
+/// What the agent's cgroup measured: CPU time, peak memory, peak processes, a limit hit.
+fn resources_text(step: &StepResource) -> String {
+    let Some(r) = &step.resources else {
+        return "-".into();
+    };
+    let mut parts = vec![format!("cpu {}", cpu_text(r.cpu_usec))];
+    if let Some(b) = r.memory_peak_bytes {
+        parts.push(format!("mem {:.1} MiB", b as f64 / (1024.0 * 1024.0)));
+    }
+    if let Some(p) = r.pids_peak {
+        parts.push(format!("{p} procs"));
+    }
+    if let Some(l) = &r.limit_hit {
+        parts.push(format!("hit {l}"));
+    }
+    parts.join(", ")
+}
+
+fn cpu_text(usec: u64) -> String {
+    if usec >= 1_000_000 {
+        format!("{:.2} s", usec as f64 / 1e6)
+    } else {
+        format!("{:.1} ms", usec as f64 / 1e3)
     }
 }
 
@@ -177,6 +224,7 @@ pub(crate) fn inspect(
     steps: &[StepResource],
     artifacts: &[ArtifactResource],
     colour: bool,
+    costs: Costs,
 ) -> String {
     let mut kv: Vec<(&str, String)> = vec![
         ("id", run.id.to_string()),
@@ -228,6 +276,19 @@ pub(crate) fn inspect(
         ("created", run.created_at.clone()),
         ("updated", run.updated_at.clone()),
     ]);
+    if run.status.is_terminal() {
+        let mut review = run.review_status.to_string();
+        if let Some(c) = &run.merge_commit {
+            review.push_str(&format!(" at {c}"));
+        }
+        if let Some(u) = &run.pr_url {
+            review.push_str(&format!(" {u}"));
+        }
+        if let Some(at) = &run.review_action_at {
+            review.push_str(&format!(" ({at})"));
+        }
+        kv.push(("review", review));
+    }
     if let Some(s) = &run.last_step {
         // A pending merge's reason is on its own line already.
         let shown_reason = s.reason.as_deref().filter(|_| pending.is_none());
@@ -269,12 +330,22 @@ pub(crate) fn inspect(
                     s.status.clone(),
                     s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                     s.duration_ms.map_or_else(|| "-".into(), duration_ms),
-                    usage_text(s),
+                    usage_text(s, costs),
+                    resources_text(s),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["#", "LABEL", "PHASE", "STATUS", "EXIT", "TIME", "USAGE"],
+            &[
+                "#",
+                "LABEL",
+                "PHASE",
+                "STATUS",
+                "EXIT",
+                "TIME",
+                "USAGE",
+                "RESOURCES",
+            ],
             &rows,
         ));
     }
@@ -303,6 +374,7 @@ pub(crate) fn inspect(
 pub(crate) fn status_line(
     run: &RunResource,
     cost_usd: Option<f64>,
+    costs: Costs,
     elapsed_ms: i64,
     colour: bool,
 ) -> String {
@@ -311,7 +383,9 @@ pub(crate) fn status_line(
         Some(s) if s.label.is_empty() || s.label == s.phase => s.phase.clone(),
         Some(s) => format!("iteration {} {}", s.label, s.phase),
     };
-    let cost = cost_usd.map(|c| format!(" | ${c:.4}")).unwrap_or_default();
+    let cost = cost_usd
+        .map(|c| format!(" | {}", costs.show(c)))
+        .unwrap_or_default();
     format!(
         "[{}] {step} | tasks {}/{} | {}{cost}",
         status(run.status, colour),
@@ -327,6 +401,7 @@ pub(crate) fn status_line(
 #[derive(Debug, Default)]
 pub(crate) struct AgentView {
     partial: String,
+    costs: Costs,
 }
 
 fn first_line(text: &str, max: usize) -> String {
@@ -344,19 +419,35 @@ fn first_line(text: &str, max: usize) -> String {
 }
 
 impl AgentView {
+    /// A view that shows costs as `costs` says.
+    pub(crate) fn new(costs: Costs) -> Self {
+        Self {
+            partial: String::new(),
+            costs,
+        }
+    }
+
     /// Renders the complete lines in `chunk` (and any earlier partial line).
     pub(crate) fn feed(&mut self, chunk: &str) -> String {
         self.partial.push_str(chunk);
         let mut out = String::new();
         while let Some(pos) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=pos).collect();
-            out.push_str(&Self::line(line.trim_end_matches(['\n', '\r'])));
+            out.push_str(&Self::line_with(
+                line.trim_end_matches(['\n', '\r']),
+                self.costs,
+            ));
         }
         out
     }
 
-    /// Renders one line of agent output.
+    /// Renders one line of agent output (costs as reported).
     pub(crate) fn line(line: &str) -> String {
+        Self::line_with(line, Costs::Reported)
+    }
+
+    /// Renders one line of agent output, costs shown as `costs` says.
+    pub(crate) fn line_with(line: &str, costs: Costs) -> String {
         // The engine's lenient parser: a lone surrogate or invalid UTF-8 in a line is
         // repaired, not shown as raw JSON.
         let parsed = if line.trim_start().starts_with('{') {
@@ -452,7 +543,7 @@ impl AgentView {
                         .unwrap_or_else(|| "?".into()),
                     v.get("total_cost_usd")
                         .and_then(|c| c.as_f64())
-                        .map(|c| format!(", ${c:.4}"))
+                        .map(|c| format!(", {}", costs.show(c)))
                         .unwrap_or_default(),
                     v.get("api_error_status")
                         .and_then(|s| s.as_u64())
@@ -469,12 +560,43 @@ impl AgentView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loop_engine::domain::{Run, Step, StepId, StepPhase, StepStatus};
+
+    fn sample_run() -> Run {
+        use loop_engine::domain::{MergeStrategy, NameSource, RunId, RunStatus};
+        Run {
+            id: RunId::new(),
+            name: "widget".into(),
+            name_source: NameSource::SpecSlug,
+            status: RunStatus::Failed,
+            exit_reason: None,
+            failure: None,
+            workspace_root: "/w".into(),
+            spec_path: "/w/specs/widget.md".into(),
+            plan_path: "/w/specs/planning/widget-plan.md".into(),
+            base_branch: "main".into(),
+            run_branch: "run/widget".into(),
+            merge_target_branch: None,
+            merge_strategy: MergeStrategy::Squash,
+            worktree_path: "/w.run-widget".into(),
+            config: serde_json::json!({}),
+            iterations_run: 1,
+            tasks_done: 0,
+            tasks_total: 1,
+            created_at: 0,
+            updated_at: 0,
+            worker_id: None,
+            lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
+        }
+    }
 
     #[test]
     fn inspect_shows_a_failure_once() {
-        use loop_engine::domain::{
-            MergeStrategy, NameSource, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
-        };
+        use loop_engine::domain::{MergeStrategy, NameSource, RunId, RunStatus};
         let reason = "loopd runs as root (IS_SANDBOX is `yes`): set IS_SANDBOX=1";
         let run = Run {
             id: RunId::new(),
@@ -499,6 +621,10 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let step = Step {
             id: StepId::new(),
@@ -520,12 +646,14 @@ mod tests {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         };
         let text = inspect(
             &loop_http::api::RunResource::new(&run, Some(&step)),
             &[],
             &[],
             false,
+            Costs::Reported,
         );
         assert_eq!(text.matches("IS_SANDBOX=1").count(), 1, "{text}");
         assert!(text.contains("last step"), "{text}");
@@ -550,7 +678,7 @@ mod tests {
         let resource = loop_http::api::RunResource::new(&done, Some(&merge));
         let line = format!("the merge into main waits: {why}");
         assert_eq!(merge_pending(&resource).as_deref(), Some(line.as_str()));
-        let text = inspect(&resource, &[], &[], false);
+        let text = inspect(&resource, &[], &[], false, Costs::Reported);
         assert_eq!(text.matches(why).count(), 1, "{text}");
         assert!(
             text.lines()
@@ -565,6 +693,53 @@ mod tests {
         assert_eq!(
             merge_pending(&loop_http::api::RunResource::new(&done, Some(&landed))),
             None
+        );
+    }
+
+    #[test]
+    fn inspect_shows_what_the_agent_cgroup_measured() {
+        let run = sample_run();
+        let mut step = Step {
+            id: StepId::new(),
+            run_id: run.id,
+            seq: 1,
+            iteration: 1,
+            label: "1".into(),
+            phase: StepPhase::Implementation,
+            status: StepStatus::Failed,
+            attempt: 1,
+            started_at: Some(0),
+            ended_at: Some(10),
+            exit_code: Some(2),
+            reason: None,
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+            resources: Some(loop_engine::domain::AgentResources {
+                cpu_usec: 1_500_000,
+                memory_peak_bytes: Some(3 << 20),
+                pids_peak: Some(12),
+                limit_hit: Some("agent_pids_max".into()),
+            }),
+        };
+        let with = StepResource::from(&step);
+        step.resources = None;
+        let without = StepResource::from(&step);
+        let text = inspect(
+            &loop_http::api::RunResource::new(&run, Some(&step)),
+            &[with, without],
+            &[],
+            false,
+            Costs::Reported,
+        );
+        assert!(text.contains("RESOURCES"), "{text}");
+        assert!(
+            text.contains("cpu 1.50 s, mem 3.0 MiB, 12 procs, hit agent_pids_max"),
+            "{text}"
         );
     }
 
@@ -609,6 +784,93 @@ mod tests {
     fn lone_surrogates_are_rendered_not_printed_as_json() {
         let line = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"bad \udcff char"}]}}"#;
         assert_eq!(AgentView::line(line), "bad \u{fffd} char\n");
+    }
+
+    /// The status line names a step once when its label is its phase (`naming`, `merge`),
+    /// and the demo's costs say that nothing was billed (issue 13 item 9).
+    #[test]
+    fn status_lines_name_the_step_once_and_label_scripted_costs() {
+        use loop_engine::domain::{
+            MergeStrategy, NameSource, Run, RunId, Step, StepId, StepPhase, StepStatus,
+        };
+        let run = Run {
+            id: RunId::new(),
+            name: "greeter".into(),
+            name_source: NameSource::SpecSlug,
+            status: RunStatus::Running,
+            exit_reason: None,
+            failure: None,
+            workspace_root: "/w".into(),
+            spec_path: "/w/specs/greeter.md".into(),
+            plan_path: "/w/specs/planning/greeter-plan.md".into(),
+            base_branch: "main".into(),
+            run_branch: "run/greeter".into(),
+            merge_target_branch: Some("main".into()),
+            merge_strategy: MergeStrategy::Squash,
+            worktree_path: "/w.run-greeter".into(),
+            config: serde_json::json!({}),
+            iterations_run: 2,
+            tasks_done: 1,
+            tasks_total: 3,
+            created_at: 0,
+            updated_at: 0,
+            worker_id: None,
+            lease_expires_at: None,
+            review_status: loop_engine::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
+        };
+        let step = |label: &str, phase: StepPhase| Step {
+            id: StepId::new(),
+            run_id: run.id,
+            seq: 1,
+            iteration: 2,
+            label: label.into(),
+            phase,
+            status: StepStatus::InProgress,
+            attempt: 1,
+            started_at: Some(0),
+            ended_at: None,
+            exit_code: None,
+            reason: None,
+            prompt_path: None,
+            output_path: None,
+            head_before: None,
+            head_after: None,
+            agent_pid: None,
+            agent_start_time: None,
+            usage: None,
+            resources: None,
+        };
+        let line = |s: Step, costs: Costs| {
+            status_line(
+                &RunResource::new(&run, Some(&s)),
+                Some(0.1234),
+                costs,
+                3000,
+                false,
+            )
+        };
+        assert_eq!(
+            line(step("naming", StepPhase::Naming), Costs::Reported),
+            "[RUNNING] naming | tasks 1/3 | 3s | $0.1234"
+        );
+        assert_eq!(
+            line(step("merge", StepPhase::Merge), Costs::Reported),
+            "[RUNNING] merge | tasks 1/3 | 3s | $0.1234"
+        );
+        assert_eq!(
+            line(step("2", StepPhase::Implementation), Costs::Scripted),
+            "[RUNNING] iteration 2 implementation | tasks 1/3 | 3s | $0.1234 (scripted model, nothing billed)"
+        );
+        let done = r#"{"type":"result","is_error":false,"num_turns":2,"total_cost_usd":0.12,"result":"ok"}"#;
+        let mut view = AgentView::new(Costs::Scripted);
+        assert_eq!(
+            view.feed(&format!("{done}\n")),
+            "✓ done in 2 turns, $0.1200 (scripted model, nothing billed)\n"
+        );
+        assert_eq!(AgentView::line(done), "✓ done in 2 turns, $0.1200\n");
     }
 
     #[test]

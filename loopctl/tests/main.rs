@@ -13,6 +13,8 @@ use loop_engine::testing::{Act, GitFixture, ScriptedExecutor};
 use loop_http::{ServerOptions, serve};
 use tokio_util::sync::CancellationToken;
 
+mod review;
+
 const TOKEN: &str = "test-token-123";
 
 struct Daemon {
@@ -455,6 +457,37 @@ async fn logs_are_rendered_unless_raw() {
             "· agent started (model opus)\nLooked \u{fffd} around.\n✓ done in 2 turns, $0.5000"
         ),
         "{text}"
+    );
+}
+
+/// `tail` renders live stream-json lines with lone surrogate escapes (a high one alone, two
+/// high ones in a row, a low one) through the engine's parser, not as raw JSON (issue 13
+/// item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_renders_lines_with_lone_surrogates() {
+    let repo = fixture();
+    let stream = concat!(
+        r#"{"type":"system","subtype":"init","model":"opus"}"#,
+        "\n",
+        r#"{"type":"assistant","message":{"content":[{"type":"text","text":"High \ud800 alone, \ud800\ud800 twice, low \udc00, pair \ud83d\ude00."}]}}"#,
+        "\n",
+        r#"{"type":"result","is_error":false,"num_turns":1,"result":"Looked around."}"#,
+        "\n",
+    );
+    let agent = ScriptedExecutor::new([(ExecPurpose::Implementation, Act::Reply(stream.into()))])
+        .then_agent()
+        .with_delay(Duration::from_millis(400))
+        .with_git_env(repo.env());
+    let d = daemon_with(repo, agent).await;
+    let repo = d.repo.path().to_path_buf();
+    let id = created_id(&loopctl(&d, &repo, &["--json", "run", "specs/widget.md"]).await);
+    let tail = loopctl(&d, &repo, &["tail", &id]).await;
+    assert_eq!(tail.code, 0, "{}", tail.stderr_text());
+    let t = tail.stdout_text();
+    assert!(!t.contains(r#""type""#), "rendered, not JSON: {t}");
+    assert!(
+        t.contains("High \u{fffd} alone, \u{fffd}\u{fffd} twice, low \u{fffd}, pair 😀."),
+        "{t}"
     );
 }
 

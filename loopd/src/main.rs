@@ -165,8 +165,24 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     if generated {
         tracing::info!(path = %loop_http::auth::token_path(&data_dir).display(), "generated a new API token");
     }
-    if let Err(e) = loop_engine::process::become_child_subreaper() {
-        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned agent tools may survive a cancel");
+    match loop_engine::process::containment() {
+        loop_engine::process::Containment::Cgroup => {
+            tracing::info!(
+                parent = %loop_engine::process::cgroup_parent().map(|p| p.display().to_string()).unwrap_or_default(),
+                controllers = %loop_engine::process::controllers().join(","),
+                "agents are contained in a cgroup each"
+            );
+        }
+        loop_engine::process::Containment::ProcessGroup => {
+            tracing::warn!(
+                reason = loop_engine::process::fallback_reason().unwrap_or_default(),
+                "no cgroup can be made for agents: they are contained by process group and /proc scanning"
+            );
+            // Orphans of agents then re-parent to loopd, where they stay findable.
+            if let Err(e) = loop_engine::process::become_child_subreaper() {
+                tracing::warn!(error = %e, "cannot become a child subreaper; orphaned agent tools may survive a cancel");
+            }
+        }
     }
     let store = SqliteStore::open(&data_dir.join("loopd.db"))
         .await

@@ -14,10 +14,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod chaos;
+mod containment;
 mod full_disk;
 mod merge_crash;
 mod notify;
+mod real_agents;
 mod real_claude;
+mod review;
 mod secrets;
 
 const TOKEN: &str = "loopd-test-token";

@@ -98,6 +98,7 @@ mod contract {
             timeout: Some(Duration::from_secs(60)),
             idle_timeout: None,
             env: vec![("EXTRA".into(), "from-the-request".into())],
+            limits: Default::default(),
         }
     }
 

@@ -26,6 +26,6 @@ pub(crate) use files::{
 };
 pub(crate) use layout::RunFolder;
 pub(crate) use report::{ReportRow, ReportWriter};
-pub(crate) use run_log::RunLog;
+pub(crate) use run_log::{RunLog, rfc3339};
 pub(crate) use summary::{Summary, write_summary};
-pub(crate) use tail::{tail_lines, write_tail};
+pub(crate) use tail::{TailSize, count_lines, tail_lines, write_tail};

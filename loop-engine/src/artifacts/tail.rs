@@ -60,11 +60,30 @@ pub(crate) fn tail_of_text(text: &str, n: usize) -> &str {
     }
 }
 
+/// The size of a written tail, for its report.tsv row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TailSize {
+    /// Bytes written.
+    pub(crate) bytes: u64,
+    /// Lines written (a last line without a newline counts).
+    pub(crate) lines: u64,
+}
+
 /// Writes the last `n` lines of `log` to `tail_path`, atomically (not synced: the tail is
-/// derived from the log and rewritten after every step).
-pub(crate) fn write_tail(log: &Path, tail_path: &Path, n: usize) -> io::Result<()> {
+/// derived from the log and rewritten after every step), and says how big it is.
+pub(crate) fn write_tail(log: &Path, tail_path: &Path, n: usize) -> io::Result<TailSize> {
     let tail = tail_lines(log, n)?;
-    write_derived(tail_path, tail.as_bytes())
+    write_derived(tail_path, tail.as_bytes())?;
+    Ok(TailSize {
+        bytes: tail.len() as u64,
+        lines: count_lines(tail.as_bytes()),
+    })
+}
+
+/// Lines in `bytes`: its newlines, plus one for a last line without a newline.
+pub(crate) fn count_lines(bytes: &[u8]) -> u64 {
+    let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
 /// Scans `buf` backwards for line breaks, counting down `remaining`; returns the index where

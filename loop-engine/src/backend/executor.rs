@@ -54,6 +54,9 @@ pub struct ExecRequest {
     pub idle_timeout: Option<Duration>,
     /// Extra environment variables on top of the inherited environment.
     pub env: Vec<(String, String)>,
+    /// Resource limits of the agent's cgroup (`agent_memory_max`, `agent_pids_max`,
+    /// `agent_cpu_max`); the default is none.
+    pub limits: crate::process::AgentLimits,
 }
 
 /// Which stream a chunk of output came from.
@@ -155,6 +158,15 @@ pub struct AgentResult {
     pub text: String,
     /// `api_error_status`, when the CLI gave up on an API error.
     pub api_error_status: Option<u16>,
+    /// `api_error`: the CLI's typed kind of the API failure it gave up on, e.g.
+    /// `usage_limit_reached` (the account's usage limit; see `usage_limit_resets_at`).
+    #[serde(default)]
+    pub api_error: Option<String>,
+    /// When the account's usage limit resets, in Unix seconds: the `resetsAt` of the session's
+    /// last rejected `rate_limit_event` (or of the `api_error_params.rate_limit_info` of its
+    /// error message). The `result` line itself does not carry it.
+    #[serde(default)]
+    pub usage_limit_resets_at: Option<i64>,
     /// Turns, tokens, cost.
     pub usage: AgentUsage,
 }
@@ -180,6 +192,9 @@ pub struct ExecOutcome {
     pub output_lines: u64,
     /// Wall time.
     pub duration_ms: u64,
+    /// What the agent's processes used, from its cgroup (`None` where agents are contained by
+    /// process group, and for executors that run no process).
+    pub resources: Option<crate::domain::AgentResources>,
 }
 
 /// Errors of an [`Executor`]: the agent could not be run at all. An agent that ran and failed

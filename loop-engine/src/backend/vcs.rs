@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+use crate::backend::{Diff, DiffRequest, PullRequest};
 use crate::domain::{MergeStrategy, RunId};
 
 /// Errors of a [`Vcs`]. The engine branches on the variant.
@@ -28,6 +29,22 @@ pub enum VcsError {
     #[error("git temporarily failed: {detail}")]
     Retryable {
         /// What failed.
+        detail: String,
+    },
+    /// A merge would conflict: nothing was changed (no branch, ref, index or checkout).
+    #[error("{detail}")]
+    MergeConflict {
+        /// The conflicting paths, relative to the repository root.
+        paths: Vec<String>,
+        /// What conflicts, in words a user can act on.
+        detail: String,
+    },
+    /// A tool the operation needs is not installed (e.g. `gh` for a pull request).
+    #[error("{detail}")]
+    ToolMissing {
+        /// The program's name.
+        tool: String,
+        /// What it is needed for and how to get it.
         detail: String,
     },
     /// Anything else: git missing, a corrupt repository, an I/O error.
@@ -212,4 +229,28 @@ pub trait Vcs: Send + Sync {
     /// out; a checkout that has the target checked out is updated when clean, else the merge
     /// is [`MergeOutcome::Pending`]. Safe to call again (e.g. to retry a pending merge).
     async fn merge(&self, req: &MergeRequest) -> Result<MergeOutcome, VcsError>;
+
+    /// What `req.head` changed against `req.base` (or their merge base): its commits, its
+    /// files with patches, its counts, within `req.limits` (memory stays bounded by them
+    /// whatever the size of the change). Read-only. A revision that does not exist is
+    /// `NotFound`.
+    async fn diff(&self, req: &DiffRequest) -> Result<Diff, VcsError>;
+
+    /// The commit `rev` names in `repo`, `None` when there is none.
+    async fn resolve_commit(&self, repo: &Path, rev: &str) -> Result<Option<String>, VcsError>;
+
+    /// Removes the linked worktree at `path` of the repository at `repo`, uncommitted
+    /// changes included, and forgets its registration; false when there was none (nothing on
+    /// disk, nothing registered). Never removes the primary checkout (`Conflict`).
+    async fn remove_worktree(&self, repo: &Path, path: &Path) -> Result<bool, VcsError>;
+
+    /// Deletes the local branch `branch` whatever it holds; false when it did not exist. A
+    /// branch checked out somewhere is `Conflict` (nothing deleted).
+    async fn delete_branch(&self, repo: &Path, branch: &str) -> Result<bool, VcsError>;
+
+    /// Opens a pull request of `req.head` into `req.base` with the code host's CLI (for git:
+    /// the GitHub CLI `gh`) and returns its address. A missing CLI is
+    /// [`VcsError::ToolMissing`]; a CLI that fails is `Fatal` with its message. This is the
+    /// one operation that may talk to a remote, and only through that CLI.
+    async fn create_pull_request(&self, req: &PullRequest) -> Result<String, VcsError>;
 }

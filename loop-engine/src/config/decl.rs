@@ -17,6 +17,10 @@ spelled_enum!(
     ExecutorKind {
         /// The Claude Code CLI (`claude_bin`).
         Claude => "claude",
+        /// The OpenAI Codex CLI (`codex_bin`).
+        Codex => "codex",
+        /// The Gemini CLI (`gemini_bin`).
+        Gemini => "gemini",
         /// Any agent CLI, started from the `agent_cmd` template.
         Command => "command",
         /// The built-in simulated agent: works the plan without any model (demos, rehearsals).
@@ -31,6 +35,16 @@ spelled_enum!(
         Mirror => "mirror",
         /// In the workspace's `log_dir` only.
         Workspace => "workspace",
+    }
+);
+
+spelled_enum!(
+    /// What happens to a run's worktree once its work is merged.
+    WorktreeCleanup {
+        /// Removed when the run is merged (by the run's own merge or by `loopctl merge`).
+        OnMerge => "on_merge",
+        /// Kept until scrapped or pruned (`loopctl worktrees --prune`).
+        Never => "never",
     }
 );
 
@@ -110,13 +124,31 @@ config_keys! {
         "Passed to the agent CLI as `CLAUDE_CODE_MAX_RETRIES` when set.";
     claude_bin: String = "claude".into(), ValueKind::Text,
         "The Claude Code executable.";
+    codex_bin: String = "codex".into(), ValueKind::Text,
+        "The OpenAI Codex CLI executable (`executor=codex`).";
+    codex_model: Option<String> = None, ValueKind::OptText,
+        "Model for `executor=codex` (`-m`; unset = the Codex CLI's own default; `model` is for Claude).";
+    codex_args: Option<String> = None, ValueKind::OptText,
+        "Extra arguments for `codex exec` (split like a shell would), e.g. `-c model_reasoning_effort=\"low\"`.";
+    gemini_bin: String = "gemini".into(), ValueKind::Text,
+        "The Gemini CLI executable (`executor=gemini`).";
+    gemini_model: Option<String> = None, ValueKind::OptText,
+        "Model for `executor=gemini` (`-m`; unset = the Gemini CLI's own default; `model` is for Claude).";
+    gemini_args: Option<String> = None, ValueKind::OptText,
+        "Extra arguments for `gemini` (split like a shell would), e.g. `--sandbox`.";
     executor: ExecutorKind = ExecutorKind::Claude,
-        ValueKind::Choice(&["claude", "command", "simulate"]),
-        "Which agent runs the steps: the Claude CLI, the `agent_cmd` template, or the built-in simulation (no model).";
+        ValueKind::Choice(&["claude", "codex", "gemini", "command", "simulate"]),
+        "Which agent runs the steps: the Claude CLI, the Codex CLI, the Gemini CLI, the `agent_cmd` template, or the built-in simulation (no model).";
     agent_cmd: Option<String> = None, ValueKind::OptText,
         "Command template for `executor=command` (required then), e.g. `codex exec --full-auto {prompt}` (`{prompt}`, `{prompt_file}`, `{model}`, `{workdir}`; no placeholder = prompt on stdin).";
     agent_env: Option<String> = None, ValueKind::OptText,
-        "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
+        "What agents and verification commands get on top of the allow-listed environment (`PATH`, `HOME`, `USER`, `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `OPENAI_*`, `CODEX_*`, `GEMINI_*`, `GOOGLE_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `IS_SANDBOX`, the git identity, proxies): space-separated `NAME`s passed through from loopd's environment and `NAME=value` pairs, e.g. `OPENAI_API_KEY MODE=fast`; `LOOPD_*` is refused.";
+    agent_memory_max: Option<String> = None, ValueKind::OptText,
+        "Memory limit of each agent invocation's cgroup (bytes, or with `K`/`M`/`G`, e.g. `2G`); the step fails with reason `agent_memory_max` when the agent is killed for it. Needs a memory controller: refused at run creation where there is none.";
+    agent_pids_max: Option<u32> = None, ValueKind::OptU32 { min: 1 },
+        "Most processes (and threads) alive at once in each agent invocation's cgroup; a fork loop then fails the step with reason `agent_pids_max` instead of exhausting the host. Needs a pids controller: refused at run creation where there is none.";
+    agent_cpu_max: Option<String> = None, ValueKind::OptText,
+        "CPU limit of each agent invocation's cgroup, in CPUs (e.g. `1.5`). Needs the cgroup v2 cpu controller: refused at run creation where there is none.";
     artifact_mode: ArtifactMode = ArtifactMode::Mirror,
         ValueKind::Choice(&["mirror", "workspace"]),
         "Also copy run folders under `global_log_dir` (`mirror`) or keep them in the workspace only (`workspace`).";
@@ -139,6 +171,9 @@ config_keys! {
     worktree_path_template: String = "../{{ repo }}.{{ run_branch | sanitize }}".into(),
         ValueKind::Text,
         "Where run worktrees go (`{{ repo }}`, `{{ run_branch }}`, `| sanitize`), relative to the workspace root; must resolve inside the workspace's parent folder.";
+    worktree_cleanup: WorktreeCleanup = WorktreeCleanup::Never,
+        ValueKind::Choice(&["on_merge", "never"]),
+        "Remove a run's worktree once its work is merged, by the run's own merge or by `loopctl merge` (`on_merge`), or keep it until `loopctl scrap` or `loopctl worktrees --prune` (`never`).";
     max_concurrency: u32 = 3, ValueKind::U32 { min: 1, max: u32::MAX },
         "Runs executing at once before this one may start.";
     max_runs_per_workspace: Option<u32> = None, ValueKind::OptU32 { min: 1 },
@@ -154,6 +189,22 @@ config_keys! {
         "Steps without a commit or plan change that raise `no_progress`.";
     watchdog_repeat_task_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
         "Steps on the same task that raise `repeated_task`.";
+    max_no_progress_steps: u32 = 3, ValueKind::U32 { min: 0, max: u32::MAX },
+        "Fail a run (`no_progress`) after this many implementation steps that changed neither the plan nor HEAD, once the watchdog's rewrites are used up (0 = never).";
+    max_cost_usd: Option<f64> = None, ValueKind::OptUsd,
+        "Cost budget of a run in US dollars, summed from the agent's own accounting (retries and the naming call count); checked before and after every step, reached = FAILED `budget_exhausted:cost`.";
+    max_tokens: Option<u64> = None, ValueKind::OptU64,
+        "Token budget of a run (input + output tokens of every agent call); reached = FAILED `budget_exhausted:tokens`.";
+    max_wall_sec: u64 = 0, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Wall-clock budget of a run in seconds from its first start (0 = none); reached = FAILED `budget_exhausted:wall`.";
+    usage_limit_wait_max_sec: u64 = 21600, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Longest wait for an account usage limit to reset (event `USAGE_LIMIT_WAIT`); a reset further away fails the run (0 = never wait).";
+    setup_cmds: Vec<String> = Vec::new(), ValueKind::CmdList,
+        "Commands run once in a new worktree before the first agent call (install dependencies, copy an `.env`), separated by `|`, with `bash -lc`; a failure ends the run FAILED `setup_failed`.";
+    setup_timeout_sec: u64 = 1800, ValueKind::Secs { max: MAX_TIMEOUT_SEC },
+        "Timeout of each setup command in seconds (0 = none).";
+    summary_json: bool = true, ValueKind::Bool,
+        "Seed key: write `summary.json` at every run end. Accepted for compatibility with the seed's config files; summary.json is always written (SPEC §7).";
     max_review_passes: u32 = 10, ValueKind::U32 { min: 0, max: u32::MAX },
         "Reviewer steps per iteration at most.";
     heartbeat_sec: u64 = 300, ValueKind::Secs { max: MAX_INTERVAL_SEC },

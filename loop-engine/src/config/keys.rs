@@ -38,6 +38,10 @@ pub(super) enum ValueKind {
     OptU32 { min: u32 },
     /// A whole number (bytes).
     U64,
+    /// A whole number; empty means unset.
+    OptU64,
+    /// An amount in US dollars (a decimal number >= 0); empty means unset.
+    OptUsd,
     /// A number of seconds from 0 to `max`.
     Secs { max: u64 },
     /// One of the listed spellings (any case).
@@ -80,6 +84,8 @@ impl KeySpec {
             ValueKind::U32 { min, max } => format!("integer {min}..={max}"),
             ValueKind::OptU32 { min } => format!("integer >= {min} (empty = unset)"),
             ValueKind::U64 => "integer >= 0".to_owned(),
+            ValueKind::OptU64 => "integer >= 0 (empty = unset)".to_owned(),
+            ValueKind::OptUsd => "US dollars, e.g. 2.50 (empty = unset)".to_owned(),
             ValueKind::Secs { max } => format!("seconds 0..={max}"),
             ValueKind::Choice(options) => options.join("|"),
         }
@@ -98,7 +104,7 @@ impl KeySpec {
         match self.kind {
             ValueKind::U32 { max, .. } => Some(u64::from(max)),
             ValueKind::OptU32 { .. } => Some(u64::from(u32::MAX)),
-            ValueKind::U64 => Some(u64::MAX),
+            ValueKind::U64 | ValueKind::OptU64 => Some(u64::MAX),
             ValueKind::Secs { max } => Some(max),
             _ => None,
         }
@@ -112,6 +118,8 @@ impl KeySpec {
                 | ValueKind::OptText
                 | ValueKind::OptBranch
                 | ValueKind::OptU32 { .. }
+                | ValueKind::OptU64
+                | ValueKind::OptUsd
                 | ValueKind::PathList
                 | ValueKind::CmdList
         )
@@ -166,7 +174,9 @@ pub(super) fn value_from_text(
             ValueKind::OptPath
             | ValueKind::OptText
             | ValueKind::OptBranch
-            | ValueKind::OptU32 { .. } => Ok(none()),
+            | ValueKind::OptU32 { .. }
+            | ValueKind::OptU64
+            | ValueKind::OptUsd => Ok(none()),
             ValueKind::PathList | ValueKind::CmdList => Ok(Value::from(Vec::<String>::new())),
             _ => Err(invalid(
                 spec,
@@ -236,6 +246,23 @@ pub(super) fn value_from_text(
                 ),
             )),
         },
+        ValueKind::OptU64 => text.parse::<u64>().map(Value::from).map_err(|_| {
+            invalid(
+                spec,
+                raw,
+                source,
+                format!("expected a whole number from 0 to {}", u64::MAX),
+            )
+        }),
+        ValueKind::OptUsd => match text.trim_start_matches('$').parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => Ok(Value::from(n)),
+            _ => Err(invalid(
+                spec,
+                raw,
+                source,
+                "expected an amount in US dollars, a number >= 0 such as 2.50".to_owned(),
+            )),
+        },
         ValueKind::U64 => text.parse::<u64>().map(Value::from).map_err(|_| {
             invalid(
                 spec,
@@ -285,6 +312,8 @@ pub(super) fn value_from_json(
             ValueKind::U32 { .. }
             | ValueKind::OptU32 { .. }
             | ValueKind::U64
+            | ValueKind::OptU64
+            | ValueKind::OptUsd
             | ValueKind::Secs { .. } => value_from_text(spec, &n.to_string(), source),
             _ => Err(wrong_type()),
         },

@@ -15,7 +15,7 @@ mod schema;
 
 pub use decl::{
     ArtifactMode, Config, ExecutorKind, KEY_SPECS, KEYS, MAX_INTERVAL_SEC, MAX_TIMEOUT_SEC,
-    default_text, flag_help, key_spec, markdown_table,
+    WorktreeCleanup, default_text, flag_help, key_spec, markdown_table,
 };
 pub use file::KeyValueFile;
 pub use keys::KeySpec;

@@ -82,6 +82,19 @@ impl Config {
         {
             return Err(invalid("agent_env", value.clone(), &reason));
         }
+        if let Err(reason) = self.agent_limits() {
+            let key = reason
+                .split(':')
+                .next()
+                .unwrap_or("agent_memory_max")
+                .to_owned();
+            let value = match key.as_str() {
+                "agent_pids_max" => self.agent_pids_max.map(|n| n.to_string()),
+                "agent_cpu_max" => self.agent_cpu_max.clone(),
+                _ => self.agent_memory_max.clone(),
+            };
+            return Err(invalid(&key, value.unwrap_or_default(), &reason));
+        }
         if let Some(url) = self.notify_webhook_url.as_deref().filter(|u| !u.is_empty())
             && let Err(reason) = crate::impls::notify::WebhookUrl::parse(url)
         {
@@ -119,7 +132,34 @@ impl Config {
         {
             return Err(invalid("agent_cmd", template.clone(), &e.reason));
         }
+        for (key, value) in [
+            ("codex_args", &self.codex_args),
+            ("gemini_args", &self.gemini_args),
+        ] {
+            if let Err(reason) = crate::impls::agent_cli_split(key, value.as_deref()) {
+                return Err(invalid(key, value.clone().unwrap_or_default(), &reason));
+            }
+        }
         Ok(())
+    }
+
+    /// The resource limits of agent cgroups (`agent_memory_max`, `agent_pids_max`,
+    /// `agent_cpu_max`), parsed.
+    ///
+    /// # Errors
+    /// A message naming the key whose value does not parse.
+    pub fn agent_limits(&self) -> Result<crate::process::AgentLimits, String> {
+        let text = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        crate::process::AgentLimits::parse(
+            text(&self.agent_memory_max).as_deref(),
+            self.agent_pids_max,
+            text(&self.agent_cpu_max).as_deref(),
+        )
     }
 
     /// The configuration as a JSON object of config keys (the form stored with every run).

@@ -264,6 +264,73 @@ pub struct MergePending {
     pub reason: String,
 }
 
+/// What a person did to a finished run (`REVIEW_ACTION`'s `action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewActionKind {
+    /// The run branch was merged into a target (`loopctl merge`, `POST /runs/{id}/merge`).
+    Merge,
+    /// The worktree was removed and the run branch deleted (`loopctl scrap`).
+    Scrap,
+    /// A pull request was opened with `gh pr create` (`loopctl pr`).
+    CreatePr,
+}
+
+impl ReviewActionKind {
+    /// The spelling used in events and messages: `merge`, `scrap`, `create_pr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Merge => "merge",
+            Self::Scrap => "scrap",
+            Self::CreatePr => "create_pr",
+        }
+    }
+}
+
+/// `REVIEW_ACTION`: a review action on a finished run is done (SPEC §12). One event kind for
+/// every action, so a notifier needs a single rule for "a person acted on a run".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReviewAction {
+    /// The run.
+    pub run_id: RunId,
+    /// What was done.
+    pub action: ReviewActionKind,
+    /// The run's review status afterwards (`merged`, `scrapped`, `pr_created`).
+    pub review_status: String,
+    /// The branch merged into (merge) or the pull request's base (create_pr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The strategy of a merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<MergeStrategy>,
+    /// The target's commit after a merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_commit: Option<String>,
+    /// The pull request's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_url: Option<String>,
+    /// What else was done or left alone, in words (worktree removed, branch deleted, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// `RUN_RETRIED`: a failed or canceled run was queued again to go on from its last durable
+/// step, on the same branch and worktree, with a fresh iteration budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRetried {
+    /// The run.
+    pub run_id: RunId,
+    /// The status it had (`FAILED` or `CANCELED`).
+    pub previous_status: String,
+    /// The exit reason it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_exit_reason: Option<String>,
+    /// Iterations run before the retry; the new budget counts from here.
+    pub iterations_before: u32,
+    /// The fresh budget: this many more iterations.
+    pub iterations: u32,
+}
+
 /// `CLAUDE_API_RETRY`: the agent CLI retried an API call (fields as the CLI reported them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClaudeApiRetry {
@@ -409,6 +476,10 @@ event_payloads! {
         MergePending(MergePending) => "MERGE_PENDING",
         /// The agent CLI retried an API call.
         ClaudeApiRetry(ClaudeApiRetry) => "CLAUDE_API_RETRY",
+        /// A review action (merge, scrap, create-pr) is done.
+        ReviewAction(ReviewAction) => "REVIEW_ACTION",
+        /// A failed or canceled run was started again.
+        RunRetried(RunRetried) => "RUN_RETRIED",
     }
     report {
         /// The run started.
@@ -455,6 +526,14 @@ event_payloads! {
         MergeEnd => "MERGE_END",
         /// A step ticked tasks in the plan without committing.
         WarnTickWithoutCommit => "WARN_TICK_WITHOUT_COMMIT",
+        /// Why the run failed (`reason=<exit reason> failure=<why>`), before RUN_END.
+        RunFailure => "RUN_FAILURE",
+        /// The run waits for a usage limit's reset.
+        UsageLimitWait => "USAGE_LIMIT_WAIT",
+        /// A setup command started.
+        SetupCmdStart => "SETUP_CMD_START",
+        /// A setup command ended.
+        SetupCmdEnd => "SETUP_CMD_END",
         /// The run ended.
         RunEnd => "RUN_END",
         /// The postmortem started.

@@ -108,6 +108,34 @@ fn read_doc(key: &str, path: &Path) -> Result<String, EngineError> {
 
 /// Checks the paths of a configuration against the workspace (symlinks followed): `log_dir`,
 /// `prompt_file` and `context_files` must stay inside it.
+/// Refuses agent resource limits this host cannot apply (no cgroups, or not the controller).
+fn check_agent_limits(config: &Config) -> Result<(), EngineError> {
+    let limits = config
+        .agent_limits()
+        .map_err(|detail| EngineError::InvalidInput {
+            field: detail
+                .split(':')
+                .next()
+                .unwrap_or("agent_memory_max")
+                .to_owned(),
+            detail,
+        })?;
+    if config.executor == crate::config::ExecutorKind::Simulate {
+        // The simulated agent runs no process.
+        return Ok(());
+    }
+    limits
+        .check_supported()
+        .map_err(|detail| EngineError::InvalidInput {
+            field: detail
+                .split([' ', ',', ':'])
+                .find(|w| w.starts_with("agent_"))
+                .unwrap_or("agent_memory_max")
+                .to_owned(),
+            detail,
+        })
+}
+
 fn check_config_paths(config: &Config, workspace: &Path) -> Result<(), EngineError> {
     resolve_inside(workspace, &config.log_dir, "log_dir")?;
     if let Some(p) = &config.prompt_file {
@@ -184,6 +212,7 @@ fn resolve(req: &CreateRun) -> Result<Resolved, EngineError> {
     let config = loaded.config;
     config.validate()?;
     check_config_paths(&config, &workspace)?;
+    check_agent_limits(&config)?;
     if let Some(branch) = &req.merge_target_branch
         && let Some(rule) = naming::branch_name_problem(branch)
     {
@@ -341,6 +370,10 @@ impl Engine {
             updated_at: now,
             worker_id: None,
             lease_expires_at: None,
+            review_status: crate::domain::ReviewStatus::Pending,
+            review_action_at: None,
+            merge_commit: None,
+            pr_url: None,
         };
         let counts = crate::plan::counts(&r.plan_text);
         run.tasks_done = counts.done;

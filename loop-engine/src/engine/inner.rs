@@ -102,6 +102,18 @@ impl Inner {
         }
         match cfg.executor {
             ExecutorKind::Claude => Ok(Arc::new(ClaudeExecutor::new(cfg.claude_bin.clone()))),
+            ExecutorKind::Codex => crate::impls::CodexExecutor::new(
+                cfg.codex_bin.clone(),
+                cfg.codex_model.clone(),
+                cfg.codex_args.as_deref(),
+            )
+            .map(|e| Arc::new(e) as Arc<dyn Executor>),
+            ExecutorKind::Gemini => crate::impls::GeminiExecutor::new(
+                cfg.gemini_bin.clone(),
+                cfg.gemini_model.clone(),
+                cfg.gemini_args.as_deref(),
+            )
+            .map(|e| Arc::new(e) as Arc<dyn Executor>),
             ExecutorKind::Simulate => Ok(Arc::new(crate::impls::SimulatedAgent::new())),
             ExecutorKind::Command => {
                 let template = cfg.agent_cmd.as_deref().unwrap_or_default();

@@ -13,6 +13,7 @@ mod notify;
 mod postmortem;
 mod recovery;
 mod report;
+mod review;
 mod scheduler;
 mod supervisor;
 #[cfg(test)]
@@ -26,3 +27,4 @@ pub use metrics::{MetricsSnapshot, TimingSnapshot};
 pub use postmortem::{
     AnalysisFile, PostmortemListing, PostmortemOptions, PostmortemReport, PostmortemStatus,
 };
+pub use review::{MergeOptions, PrOptions, PruneReport, ReviewOutcome, RunDiff, WorktreeInfo};

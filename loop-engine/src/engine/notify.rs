@@ -231,6 +231,18 @@ mod tests {
             )),
             Some(NotificationKind::BudgetExhausted)
         );
+        assert_eq!(
+            classify(&event(EventKind::UsageLimitWait, none.clone())),
+            Some(NotificationKind::UsageLimitWait)
+        );
+        assert_eq!(
+            classify(&event(EventKind::ReviewAction, none.clone())),
+            Some(NotificationKind::ReviewAction)
+        );
+        assert_eq!(
+            classify(&event(EventKind::RunRetried, none.clone())),
+            Some(NotificationKind::ReviewAction)
+        );
         for quiet in [
             EventKind::RunStarted,
             EventKind::StepStarted,

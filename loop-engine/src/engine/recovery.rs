@@ -116,8 +116,27 @@ pub(crate) async fn reclaim_steps(inner: &Inner, run: &Run) -> Result<(), Engine
             )
             .await?;
     }
+    // Every agent of the run ran in a cgroup named after it (where cgroups are used): what a
+    // crashed daemon left there is killed in one write each, however it detached.
+    let id = run.id.to_string();
+    let in_cgroups = tokio::task::spawn_blocking(move || process::kill_run_cgroups(&id))
+        .await
+        .unwrap_or_default();
+    if !in_cgroups.is_empty() {
+        inner
+            .emit(NewEvent::typed(
+                run.id,
+                &EventPayload::RecoveryCleanup(RecoveryCleanup::KilledUnrecorded {
+                    run_id: run.id,
+                    action: "killed the processes left in the run's agent cgroups".into(),
+                    killed_pids: in_cgroups,
+                }),
+            ))
+            .await?;
+    }
     if interrupted_any {
-        // Agents whose pid was never recorded are found by the run id in their environment.
+        // Agents whose pid was never recorded are found by the run id in their environment
+        // (the previous daemon may have contained them by process group).
         let id = run.id.to_string();
         let killed = tokio::task::spawn_blocking(move || process::kill_run_survivors(&id))
             .await

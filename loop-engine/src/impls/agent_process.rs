@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,9 @@ use crate::backend::{
     OutputStream, Termination,
 };
 use crate::impls::stream_json::{StreamLine, parse_line};
-use crate::process::{self, Cmd, INTERRUPT_GRACE, ProcessTree, TIMEOUT_EXIT_CODE};
+use crate::process::{
+    self, AgentCgroup, Cmd, INTERRUPT_GRACE, KILL_GRACE, ProcessTree, Signal, TIMEOUT_EXIT_CODE,
+};
 
 /// Exit code reported for an agent stopped by the cancel token (as a shell reports SIGINT).
 pub(crate) const CANCEL_EXIT_CODE: i32 = 130;
@@ -67,16 +70,38 @@ pub(crate) struct AgentRun {
     pub(crate) peak_retained: usize,
 }
 
+/// How long the end of a call waits for a killed cgroup to empty (SIGKILL is delivered
+/// asynchronously; a process in uninterruptible sleep dies when it wakes).
+const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(10);
+
 /// Kills the agent's whole tree when the future running it is dropped before the end.
 struct KillGuard {
     tree: ProcessTree,
+    /// The agent's cgroup, where agents are contained by cgroup.
+    cgroup: Option<Arc<AgentCgroup>>,
     armed: bool,
 }
 
 impl Drop for KillGuard {
     fn drop(&mut self) {
-        if self.armed {
-            self.tree.kill_now();
+        if !self.armed {
+            return;
+        }
+        match &self.cgroup {
+            Some(cg) => {
+                cg.kill();
+                // Removed once empty, where a runtime is at hand; else recovery finds it.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let cg = Arc::clone(cg);
+                    rt.spawn(async move {
+                        let adopted = process::adopt(&cg.pids());
+                        cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+                        process::reap_adopted(&adopted);
+                        cg.remove();
+                    });
+                }
+            }
+            None => self.tree.kill_now(),
         }
     }
 }
@@ -234,9 +259,7 @@ struct Collector<'a> {
     stdout_tail: Tail,
     stderr_tail: Tail,
     lines: LineSplitter,
-    result: Option<AgentResult>,
-    /// The model the session's `init` line named.
-    init_model: Option<String>,
+    reader: Box<dyn StreamReader + 'a>,
     bytes: u64,
     line_count: u64,
     /// Per stream: whether the last byte seen was a newline (or nothing was seen).
@@ -272,9 +295,8 @@ impl Collector<'_> {
         match stream {
             OutputStream::Stdout => {
                 self.stdout_tail.push(data);
-                let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
-                self.lines
-                    .feed(data, &mut |line| on_line(line, result, model, ctx));
+                let (reader, ctx) = (&mut self.reader, self.ctx);
+                self.lines.feed(data, &mut |line| reader.line(line, ctx));
             }
             OutputStream::Stderr => self.stderr_tail.push(data),
         }
@@ -291,9 +313,8 @@ impl Collector<'_> {
             self.at_line_start[idx] = true;
         }
         if stream == OutputStream::Stdout {
-            let (result, model, ctx) = (&mut self.result, &mut self.init_model, self.ctx);
-            self.lines
-                .end_line(&mut |line| on_line(line, result, model, ctx));
+            let (reader, ctx) = (&mut self.reader, self.ctx);
+            self.lines.end_line(&mut |line| reader.line(line, ctx));
         }
     }
 }
@@ -305,26 +326,62 @@ fn stream_index(stream: OutputStream) -> usize {
     }
 }
 
-fn on_line(
-    line: &[u8],
-    result: &mut Option<AgentResult>,
-    init_model: &mut Option<String>,
-    ctx: &ExecContext,
-) {
-    match parse_line(line) {
-        StreamLine::Result(mut r) => {
-            // The result line may not name the model; the session's init line did.
-            if r.usage.model.is_none() {
-                r.usage.model = init_model.clone();
+/// Reads one agent CLI's stdout, line by line (each line that starts with `{`, without its
+/// newline): what it learns becomes the outcome's final result, and live facts (API retries)
+/// are sent on the context's signals. Each CLI's output format has its own reader.
+pub(crate) trait StreamReader: Send {
+    /// One line of stdout that may be a JSON object.
+    fn line(&mut self, line: &[u8], ctx: &ExecContext);
+    /// The final result, once stdout ended.
+    fn finish(&mut self) -> Option<AgentResult>;
+}
+
+/// The Claude CLI's stream-json: the `result` line is the result; the `init` line names the
+/// model when the result does not.
+#[derive(Debug, Default)]
+pub(crate) struct ClaudeStream {
+    result: Option<AgentResult>,
+    init_model: Option<String>,
+    /// The reset time (Unix seconds) of the last rejected rate limit the session reported.
+    limit_resets_at: Option<i64>,
+}
+
+impl StreamReader for ClaudeStream {
+    fn line(&mut self, line: &[u8], ctx: &ExecContext) {
+        match parse_line(line) {
+            StreamLine::Result(mut r) => {
+                // The result line may not name the model; the session's init line did.
+                if r.usage.model.is_none() {
+                    r.usage.model = self.init_model.clone();
+                }
+                // Nor when a usage limit resets: the rate-limit event before it did.
+                if r.usage_limit_resets_at.is_none() {
+                    r.usage_limit_resets_at = self.limit_resets_at;
+                }
+                self.result = Some(r);
             }
-            *result = Some(r);
+            StreamLine::RateLimit(info) => {
+                if info.is_rejected() && info.resets_at.is_some() {
+                    self.limit_resets_at = info.resets_at;
+                }
+            }
+            // A malformed result line is no verdict, and it cancels an earlier one: the agent's
+            // last word is what counts (a CLI exiting 0 after it gave no valid result).
+            StreamLine::MalformedResult { problem } => {
+                tracing::debug!(%problem, "agent printed a malformed result line");
+                self.result = None;
+            }
+            StreamLine::Init { model } => self.init_model = model,
+            StreamLine::ApiRetry(retry) => {
+                // The engine may have stopped listening; the retry is in the log anyway.
+                let _ = ctx.signals.send(retry.into());
+            }
+            StreamLine::Other { .. } | StreamLine::Raw => {}
         }
-        StreamLine::Init { model } => *init_model = model,
-        StreamLine::ApiRetry(retry) => {
-            // The engine may have stopped listening; the retry is in the log anyway.
-            let _ = ctx.signals.send(retry.into());
-        }
-        StreamLine::Other { .. } | StreamLine::Raw => {}
+    }
+
+    fn finish(&mut self) -> Option<AgentResult> {
+        self.result.take()
     }
 }
 
@@ -345,7 +402,9 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-type StopFuture = Pin<Box<dyn Future<Output = ProcessTree> + Send>>;
+/// Stops processes; gives back the updated tree (process-group containment) or nothing
+/// (cgroup containment).
+type StopFuture = Pin<Box<dyn Future<Output = Option<ProcessTree>> + Send>>;
 
 fn fatal(detail: String, source: Option<io::Error>) -> ExecutorError {
     ExecutorError::Fatal {
@@ -408,10 +467,21 @@ pub async fn run_agent(
 
 /// [`run_agent`], also reporting how much memory the output handling retained.
 pub(crate) async fn run_measured(
+    cmd: Cmd,
+    key: ProgramKey,
+    req: &ExecRequest,
+    ctx: &ExecContext,
+) -> Result<AgentRun, ExecutorError> {
+    run_reading(cmd, key, req, ctx, Box::new(ClaudeStream::default())).await
+}
+
+/// [`run_measured`] with `reader` reading the agent's stdout (its CLI's output format).
+pub(crate) async fn run_reading(
     mut cmd: Cmd,
     key: ProgramKey,
     req: &ExecRequest,
     ctx: &ExecContext,
+    reader: Box<dyn StreamReader + '_>,
 ) -> Result<AgentRun, ExecutorError> {
     let program = cmd.program().to_string_lossy().into_owned();
     if !req.workdir.is_dir() {
@@ -448,10 +518,45 @@ pub(crate) async fn run_measured(
     for (k, v) in &req.env {
         cmd = cmd.env(k, v);
     }
+    // One cgroup per invocation, where the host allows: the agent is started through a
+    // shim that enters it before exec'ing the agent (see `process::cgroup`).
+    let cgroup_name = process::agent_cgroup_name(
+        &req.run_id.to_string(),
+        &req.step_id.to_string(),
+        marker_value.rsplit('-').next().unwrap_or(&marker_value),
+    );
+    let cgroup = AgentCgroup::create(&cgroup_name, &req.limits)
+        .map_err(|e| {
+            fatal(
+                format!("cannot create the agent's cgroup {cgroup_name}"),
+                Some(e),
+            )
+        })?
+        .map(Arc::new);
+    if let Some(cg) = &cgroup {
+        // The shim would only report a missing program as exit code 127.
+        if !cmd.program_found() {
+            cg.remove();
+            return Err(spawn_error(
+                &program,
+                key,
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        cmd = cmd.through_shim(cg.shim_args());
+    }
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|e| spawn_error(&program, key, e))?;
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            return Err(spawn_error(&program, key, e));
+        }
+    };
     let Some(pid) = child.id() else {
         return Err(fatal(format!("`{program}` exited before it started"), None));
     };
@@ -459,8 +564,12 @@ pub(crate) async fn run_measured(
     let mut guard = KillGuard {
         tree: ProcessTree::with_start(pid, start_time)
             .with_marker(format!("{MARKER_KEY}={marker_value}")),
+        cgroup: cgroup.clone(),
         armed: true,
     };
+    // Tells a stop in progress that the agent itself has exited.
+    let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+    let watch_limits = cgroup.is_some() && !req.limits.is_empty();
     // The engine may not listen (one-off calls); the pid is only needed for crash recovery.
     let _ = ctx.signals.send(ExecSignal::Spawned { pid, start_time });
 
@@ -490,8 +599,7 @@ pub(crate) async fn run_measured(
         stdout_tail: Tail::new(STDOUT_TAIL),
         stderr_tail: Tail::new(STDERR_TAIL),
         lines: LineSplitter::new(LINE_CAP),
-        result: None,
-        init_model: None,
+        reader,
         bytes: 0,
         line_count: 0,
         at_line_start: [true, true],
@@ -503,6 +611,7 @@ pub(crate) async fn run_measured(
     let mut status: Option<ExitStatus> = None;
     let mut stopped_by: Option<Termination> = None;
     let mut stop: Option<StopFuture> = None;
+    let mut limit_stopped = false;
     let mut leftovers_swept = false;
     let mut drain_deadline: Option<Instant> = None;
     // No read of `/proc` at the start: the agent has not forked anything yet.
@@ -515,6 +624,14 @@ pub(crate) async fn run_measured(
                 // Whatever the agent left behind (background jobs, setsid'ed tools) must not
                 // outlive the call; this also releases pipes they hold.
                 leftovers_swept = true;
+                if let Some(cg) = &cgroup {
+                    // Whatever is left in the cgroup is a leftover: one read says whether
+                    // anything is.
+                    if cg.populated() {
+                        stop = Some(kill_cgroup(Arc::clone(cg)));
+                    }
+                    continue;
+                }
                 let mut tree = guard.tree.clone();
                 if tree.group_gone_and_nothing_seen() {
                     // The usual end: the group is empty and no descendant was ever seen. Only
@@ -530,7 +647,7 @@ pub(crate) async fn run_measured(
                 }
                 stop = Some(Box::pin(async move {
                     tree.stop_leftovers().await;
-                    tree
+                    Some(tree)
                 }));
                 continue;
             }
@@ -543,7 +660,7 @@ pub(crate) async fn run_measured(
         }
         if stopped_by.is_none() && sink.log_error.is_some() {
             stopped_by = Some(Termination::Canceled);
-            stop = Some(stop_future(&guard.tree));
+            stop = Some(stop_future(&guard, pid, &exited_rx));
             continue;
         }
         let running = status.is_none() && stopped_by.is_none();
@@ -554,15 +671,15 @@ pub(crate) async fn run_measured(
             biased;
             () = ctx.cancel.cancelled(), if running => {
                 stopped_by = Some(Termination::Canceled);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             () = sleep_until(deadline), if running && deadline.is_some() => {
                 stopped_by = Some(Termination::TimedOut);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             () = sleep_until(idle_at), if running && idle_at.is_some() => {
                 stopped_by = Some(Termination::IdleTimedOut);
-                stop = Some(stop_future(&guard.tree));
+                stop = Some(stop_future(&guard, pid, &exited_rx));
             }
             read = read_some(stdout.as_mut(), &mut out_buf), if out_open => match read {
                 Ok(n) if n > 0 => {
@@ -586,16 +703,33 @@ pub(crate) async fn run_measured(
                 }
             },
             exited = child.wait(), if status.is_none() => match exited {
-                Ok(s) => status = Some(s),
+                Ok(s) => {
+                    status = Some(s);
+                    // Nobody may be waiting for it.
+                    let _ = exited_tx.send(true);
+                }
                 Err(e) => return Err(fatal(format!("cannot wait for `{program}`"), Some(e))),
             },
             tree = async { match stop.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if stopping => {
-                guard.tree = tree;
+                if let Some(tree) = tree {
+                    guard.tree = tree;
+                }
                 stop = None;
             }
             () = &mut feed, if !fed => fed = true,
-            _ = refresh.tick(), if running || draining => {
-                if draining {
+            _ = refresh.tick(), if (cgroup.is_some() && ((running && watch_limits) || draining)) || (cgroup.is_none() && (running || draining)) => {
+                if let Some(cg) = &cgroup {
+                    if draining {
+                        if cg.populated() {
+                            stop = Some(kill_cgroup(Arc::clone(cg)));
+                        }
+                    } else if !limit_stopped && cg.limit_hit().is_some() {
+                        // A fork loop or a memory hog: the whole agent is stopped, and the step
+                        // fails with the limit as its reason.
+                        limit_stopped = true;
+                        stop = Some(kill_cgroup(Arc::clone(cg)));
+                    }
+                } else if draining {
                     // Something still holds the pipes: a leftover the sweep could not see yet
                     // (caught between fork and exec, say). Look again.
                     if guard.tree.any_alive() {
@@ -611,7 +745,24 @@ pub(crate) async fn run_measured(
         }
     }
     guard.armed = false;
-    guard.tree.reap();
+    let resources = match &cgroup {
+        Some(cg) => {
+            let usage = cg.usage();
+            if cg.populated() {
+                // Something still held our pipes past the drain: it must not outlive the call.
+                let adopted = process::adopt(&cg.pids());
+                cg.kill();
+                cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+                process::reap_adopted(&adopted);
+            }
+            cg.remove();
+            Some(usage)
+        }
+        None => {
+            guard.tree.reap();
+            None
+        }
+    };
     drop(stdout);
     drop(stderr);
     if out_open {
@@ -630,6 +781,7 @@ pub(crate) async fn run_measured(
             (TIMEOUT_EXIT_CODE, t)
         }
         (Some(t), _) => (CANCEL_EXIT_CODE, t),
+        (None, Some(s)) if limit_stopped && s.success() => (128 + 9, Termination::Signaled),
         (None, Some(s)) => {
             use std::os::unix::process::ExitStatusExt;
             let t = if s.signal().is_some() {
@@ -641,19 +793,21 @@ pub(crate) async fn run_measured(
         }
         (None, None) => (-1, Termination::Exited),
     };
-    let output_text = match &sink.result {
+    let result = sink.reader.finish();
+    let output_text = match &result {
         Some(r) => r.text.clone(),
         None => sink.stdout_tail.text(),
     };
     let outcome = ExecOutcome {
         exit_code,
         termination: Some(termination),
-        result: sink.result.take(),
+        result,
         output_text,
         stderr_tail: sink.stderr_tail.text(),
         output_bytes: sink.bytes,
         output_lines: sink.line_count,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        resources,
     };
     Ok(AgentRun {
         outcome,
@@ -661,11 +815,54 @@ pub(crate) async fn run_measured(
     })
 }
 
-fn stop_future(tree: &ProcessTree) -> StopFuture {
-    let mut tree = tree.clone();
+/// The stop of a cancel or timeout: SIGINT to the agent's group (the Claude CLI then stops
+/// its tools), SIGTERM after [`INTERRUPT_GRACE`], then everything is killed: the cgroup
+/// with `cgroup.kill` after [`KILL_GRACE`] more, or, without a cgroup, the group and every
+/// descendant found in `/proc`.
+fn stop_future(
+    guard: &KillGuard,
+    pid: u32,
+    exited: &tokio::sync::watch::Receiver<bool>,
+) -> StopFuture {
+    match &guard.cgroup {
+        Some(cg) => {
+            let cg = Arc::clone(cg);
+            let mut exited = exited.clone();
+            Box::pin(async move {
+                process::signal_group(pid, Signal::Interrupt);
+                if !wait_exited(&mut exited, INTERRUPT_GRACE).await {
+                    process::signal_group(pid, Signal::Terminate);
+                    wait_exited(&mut exited, KILL_GRACE).await;
+                }
+                kill_cgroup(cg).await
+            })
+        }
+        None => {
+            let mut tree = guard.tree.clone();
+            Box::pin(async move {
+                tree.stop(INTERRUPT_GRACE).await;
+                Some(tree)
+            })
+        }
+    }
+}
+
+/// Waits up to `limit` for the agent itself to exit; true when it did.
+async fn wait_exited(exited: &mut tokio::sync::watch::Receiver<bool>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, exited.wait_for(|e| *e))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Kills everything in the agent's cgroup and waits until it is empty, reaping those of its
+/// processes that were re-parented to us.
+fn kill_cgroup(cg: Arc<AgentCgroup>) -> StopFuture {
     Box::pin(async move {
-        tree.stop(INTERRUPT_GRACE).await;
-        tree
+        let adopted = process::adopt(&cg.pids());
+        cg.kill();
+        cg.wait_empty(CGROUP_EMPTY_WAIT).await;
+        process::reap_adopted(&adopted);
+        None
     })
 }
 
@@ -700,6 +897,7 @@ mod tests {
             timeout: Some(Duration::from_secs(60)),
             idle_timeout: None,
             env: Vec::new(),
+            limits: Default::default(),
         }
     }
 

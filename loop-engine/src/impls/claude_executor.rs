@@ -3,7 +3,9 @@
 //! `claude -p --dangerously-skip-permissions --model <model> --output-format stream-json
 //! --verbose <prompt>` runs in the worktree, in its own process group, with stdin closed and
 //! the daemon's environment plus `ExecRequest.env`. What the run means is judged from the final
-//! `result` line (see [`Verdict::of`]), never from the exit code alone.
+//! `result` line (see [`Verdict::of`]), never from the exit code alone. The naming call
+//! ([`ExecPurpose::Naming`](crate::backend::ExecPurpose)) gets no tools at all (`--tools ""`)
+//! and so no `--dangerously-skip-permissions`: it only answers a label.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -74,7 +76,7 @@ pub(crate) fn installed_claude_in(cache: &Path) -> Option<PathBuf> {
     others.iter().rev().find_map(|dir| binary(dir))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -116,18 +118,23 @@ impl ClaudeExecutor {
     }
 
     /// The arguments for `req`: print mode, no permission prompts, the model, stream-json.
-    /// A postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
+    /// The naming call runs with no tools (`--tools ""`) instead of skipping permissions. A
+    /// postmortem gets the read-only tools only (`--tools Read,Grep,Glob -- <prompt>`): it
     /// reads the run's files and must not change the worktree.
     pub fn args(req: &ExecRequest) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "-p".into(),
-            "--dangerously-skip-permissions".into(),
+        let mut args: Vec<String> = vec!["-p".into()];
+        if req.purpose == ExecPurpose::Naming {
+            args.extend(["--tools".into(), String::new()]);
+        } else {
+            args.push("--dangerously-skip-permissions".into());
+        }
+        args.extend([
             "--model".into(),
             req.model.clone(),
             "--output-format".into(),
             "stream-json".into(),
             "--verbose".into(),
-        ];
+        ]);
         if req.purpose == ExecPurpose::Postmortem {
             // `--tools` takes several values: `--` ends them, or the prompt would be one.
             args.extend(["--tools".into(), READ_ONLY_TOOLS.into(), "--".into()]);
@@ -186,7 +193,7 @@ impl Executor for ClaudeExecutor {
 
 /// The value `key` will have in the agent's environment: the last override in `env`, else the
 /// inherited one.
-fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
+pub(crate) fn effective_env(env: &[(String, String)], key: &str) -> Option<String> {
     env.iter()
         .rev()
         .find(|(k, _)| k == key)
@@ -213,7 +220,7 @@ pub(crate) fn root_refusal(euid: Option<u32>, is_sandbox: Option<&str>) -> Optio
 
 /// True when `program` names an executable file: a path (relative to `workdir`) when it holds
 /// a `/`, else a file in one of the `path_var` directories.
-fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
+pub(crate) fn program_exists(program: &str, path_var: Option<&str>, workdir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -289,7 +296,23 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("IS_SANDBOX".into(), "1".into())],
+            limits: Default::default(),
         }
+    }
+
+    #[test]
+    fn the_naming_call_gets_no_tools_and_skips_no_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut req = request(dir.path());
+        req.purpose = ExecPurpose::Naming;
+        let args = ClaudeExecutor::args(&req);
+        assert_eq!(&args[..3], ["-p", "--tools", ""]);
+        assert!(!args.iter().any(|a| a == "--dangerously-skip-permissions"));
+        req.purpose = ExecPurpose::Review;
+        assert_eq!(
+            ClaudeExecutor::args(&req)[1],
+            "--dangerously-skip-permissions"
+        );
     }
 
     /// A fake `claude` printing `body` (shell) after recording its arguments.

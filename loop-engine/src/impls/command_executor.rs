@@ -175,7 +175,7 @@ fn substitute(word: &str, vars: &[(&str, &str)]) -> String {
 /// Splits a template into words: whitespace separates words; `'...'` is literal; in `"..."` a
 /// backslash escapes `"` and `\`; elsewhere a backslash escapes the next character. Quotes can
 /// make an empty word (`''`).
-fn split_words(template: &str) -> Result<Vec<String>, &'static str> {
+pub(crate) fn split_words(template: &str) -> Result<Vec<String>, &'static str> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -255,6 +255,7 @@ mod tests {
             timeout: Some(std::time::Duration::from_secs(30)),
             idle_timeout: None,
             env: vec![("EXTRA_VAR".into(), "extra".into())],
+            limits: Default::default(),
         }
     }
 

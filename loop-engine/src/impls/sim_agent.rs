@@ -269,6 +269,7 @@ pub(crate) async fn finish_outcome(
         output_bytes: line.len() as u64,
         output_lines: 1,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        resources: None,
     })
 }
 

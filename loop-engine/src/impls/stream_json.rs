@@ -15,6 +15,17 @@ use crate::domain::AgentUsage;
 pub enum StreamLine {
     /// The final `{"type":"result",...}` line.
     Result(AgentResult),
+    /// A `{"type":"result",...}` line whose fields have the wrong types (`is_error` not a
+    /// boolean, `result` not a string, ...): it is no valid result line, and it cancels one
+    /// that came before it, so an agent whose last word is malformed is judged as having
+    /// given no result (issue 13: such a line used to count as success).
+    MalformedResult {
+        /// Which field was wrong, e.g. `is_error is "maybe", not a boolean`.
+        problem: String,
+    },
+    /// A `{"type":"rate_limit_event",...}` line, or an assistant error message carrying
+    /// `api_error_params.rate_limit_info`: what the API said about the account's limit.
+    RateLimit(RateLimitInfo),
     /// A `{"type":"system","subtype":"api_retry",...}` line: the CLI retries an API call.
     ApiRetry(ApiRetry),
     /// The `{"type":"system","subtype":"init",...}` line that opens a session.
@@ -29,6 +40,25 @@ pub enum StreamLine {
     },
     /// Not JSON (plain text, or JSON too broken to repair).
     Raw,
+}
+
+/// The `rate_limit_info` of a `rate_limit_event` (Claude Code with a subscription login):
+/// `{"status":"rejected","resetsAt":1796150446,"rateLimitType":"five_hour",...}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// `status`: `allowed`, `allowed_warning` or `rejected` (the limit is used up).
+    pub status: Option<String>,
+    /// `resetsAt`: when the limit resets, in Unix seconds.
+    pub resets_at: Option<i64>,
+    /// `rateLimitType`: `five_hour`, `seven_day`, ...
+    pub limit_type: Option<String>,
+}
+
+impl RateLimitInfo {
+    /// True when the limit is used up.
+    pub fn is_rejected(&self) -> bool {
+        self.status.as_deref() == Some("rejected")
+    }
 }
 
 /// An API retry announced by the CLI. Every field is optional: names vary between versions.
@@ -142,7 +172,21 @@ fn classify(v: &Value) -> StreamLine {
     let kind = v.get("type").and_then(Value::as_str);
     let subtype = v.get("subtype").and_then(Value::as_str);
     match (kind, subtype) {
-        (Some("result"), _) => StreamLine::Result(agent_result(v)),
+        (Some("result"), _) => match result_problem(v) {
+            None => StreamLine::Result(agent_result(v)),
+            Some(problem) => StreamLine::MalformedResult { problem },
+        },
+        (Some("rate_limit_event"), _) => {
+            StreamLine::RateLimit(rate_limit_info(v.get("rate_limit_info")))
+        }
+        (Some("assistant"), _)
+            if v.pointer("/api_error_params/rate_limit_info")
+                .is_some_and(Value::is_object) =>
+        {
+            StreamLine::RateLimit(rate_limit_info(
+                v.pointer("/api_error_params/rate_limit_info"),
+            ))
+        }
         (Some("system"), Some("api_retry")) | (Some("api_retry"), _) => {
             StreamLine::ApiRetry(api_retry(v))
         }
@@ -156,6 +200,18 @@ fn classify(v: &Value) -> StreamLine {
         _ => StreamLine::Other {
             kind: kind.map(str::to_owned),
         },
+    }
+}
+
+fn rate_limit_info(v: Option<&Value>) -> RateLimitInfo {
+    let Some(v) = v else {
+        return RateLimitInfo::default();
+    };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    RateLimitInfo {
+        status: text("status"),
+        resets_at: uint(v, "resetsAt").and_then(|n| i64::try_from(n).ok()),
+        limit_type: text("rateLimitType"),
     }
 }
 
@@ -174,6 +230,27 @@ fn status(v: &Value, keys: &[&str]) -> Option<u16> {
     keys.iter()
         .find_map(|k| uint(v, k))
         .and_then(|n| u16::try_from(n).ok())
+}
+
+/// What makes a `result` line invalid: a field the verdict depends on with the wrong type.
+/// `None` for a valid line (every field is still optional).
+fn result_problem(v: &Value) -> Option<String> {
+    let wrong = |key: &str, want: &str| -> Option<String> {
+        let value = v.get(key)?;
+        let text: String = value.to_string().chars().take(60).collect();
+        Some(format!("{key} is {text}, not {want}"))
+    };
+    let check = |key: &str, ok: fn(&Value) -> bool, want: &str| -> Option<String> {
+        match v.get(key) {
+            Some(value) if !value.is_null() && !ok(value) => wrong(key, want),
+            _ => None,
+        }
+    };
+    check("is_error", Value::is_boolean, "a boolean")
+        .or_else(|| check("result", Value::is_string, "a string"))
+        .or_else(|| check("subtype", Value::is_string, "a string"))
+        .or_else(|| check("usage", Value::is_object, "an object"))
+        .or_else(|| check("total_cost_usd", Value::is_number, "a number"))
 }
 
 fn agent_result(v: &Value) -> AgentResult {
@@ -197,6 +274,11 @@ fn agent_result(v: &Value) -> AgentResult {
         is_error,
         text,
         api_error_status: status(v, &["api_error_status"]),
+        api_error: v
+            .get("api_error")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        usage_limit_resets_at: None,
         usage: AgentUsage {
             num_turns: uint(v, "num_turns"),
             input_tokens: uint(usage, "input_tokens"),
@@ -309,6 +391,67 @@ mod tests {
         assert!(r.usage.is_error);
         assert_eq!(r.api_error_status, Some(529));
         assert!(r.text.contains("overloaded_error"));
+    }
+
+    #[test]
+    fn result_line_with_wrong_typed_fields_is_no_result() {
+        for (line, field) in [
+            (
+                r#"{"type":"result","result":{"nested":true},"is_error":"maybe"}"#,
+                "is_error",
+            ),
+            (r#"{"type":"result","result":{"nested":true}}"#, "result"),
+            (
+                r#"{"type":"result","is_error":false,"result":"x","usage":"lots"}"#,
+                "usage",
+            ),
+            (
+                r#"{"type":"result","is_error":false,"result":"x","total_cost_usd":"1"}"#,
+                "total_cost_usd",
+            ),
+        ] {
+            let StreamLine::MalformedResult { problem } = parse_line(line.as_bytes()) else {
+                panic!("{line} was accepted as a result");
+            };
+            assert!(problem.starts_with(field), "{problem}");
+        }
+        // Nulls are absent fields, not wrong ones.
+        assert!(matches!(
+            parse_line(br#"{"type":"result","is_error":false,"result":null,"usage":null}"#),
+            StreamLine::Result(_)
+        ));
+    }
+
+    /// What Claude Code 2.1.331 printed (logged in with a subscription, `CLAUDE_CODE_OAUTH_TOKEN`)
+    /// when the API answered a 429 with `anthropic-ratelimit-unified-status: rejected`: a
+    /// `rate_limit_event`, an assistant error message, and a result line without the reset.
+    #[test]
+    fn usage_limit_lines_of_the_cli() {
+        let event = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796150446,"rateLimitType":"five_hour","isUsingOverage":false},"uuid":"u","session_id":"s"}"#;
+        let StreamLine::RateLimit(info) = parse_line(event) else {
+            panic!("not a rate limit");
+        };
+        assert!(info.is_rejected());
+        assert_eq!(info.resets_at, Some(1_796_150_446));
+        assert_eq!(info.limit_type.as_deref(), Some("five_hour"));
+        let assistant = br#"{"type":"assistant","message":{"model":"<synthetic>","content":[{"type":"text","text":"You've hit your 5-hour limit \u00b7 resets 6:40pm (UTC)"}]},"error":"rate_limit","is_api_error_message":true,"api_error_status":429,"api_error":"usage_limit_reached","api_error_params":{"rate_limit_info":{"status":"rejected","resetsAt":1796150446,"rateLimitType":"five_hour","isUsingOverage":false}},"api_error_type":"rate_limit_error"}"#;
+        let StreamLine::RateLimit(info) = parse_line(assistant) else {
+            panic!("not a rate limit");
+        };
+        assert_eq!(info.resets_at, Some(1_796_150_446));
+        let result = br#"{"type":"result","subtype":"success","is_error":true,"num_turns":1,"total_cost_usd":0,"api_error_status":429,"api_error_type":"rate_limit_error","api_error":"usage_limit_reached","result":"You've hit your 5-hour limit \u00b7 resets 6:40pm (UTC)","terminal_reason":"api_error"}"#;
+        let StreamLine::Result(r) = parse_line(result) else {
+            panic!("not a result");
+        };
+        assert!(r.is_error);
+        assert_eq!(r.api_error.as_deref(), Some("usage_limit_reached"));
+        assert_eq!(r.api_error_status, Some(429));
+        // An allowed event is information only.
+        let allowed = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","isUsingOverage":false}}"#;
+        let StreamLine::RateLimit(info) = parse_line(allowed) else {
+            panic!("not a rate limit");
+        };
+        assert!(!info.is_rejected());
     }
 
     #[test]

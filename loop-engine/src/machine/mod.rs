@@ -6,6 +6,8 @@ mod retry;
 mod run;
 #[cfg(test)]
 mod table;
+#[cfg(test)]
+mod table_stops;
 mod watchdog;
 
 pub(crate) use retry::*;

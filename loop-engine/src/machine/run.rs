@@ -36,7 +36,72 @@ pub(crate) struct LoopConfig {
     pub(crate) max_rewrites: u32,
     /// The retry policy of agent calls.
     pub(crate) retry: RetryPolicy,
+    /// `max_no_progress_steps` (0 = no limit).
+    pub(crate) max_no_progress_steps: u32,
+    /// `max_cost_usd`, `max_tokens`, `max_wall_sec`.
+    pub(crate) budget: Budget,
+    /// `usage_limit_wait_max_sec`: the longest wait for a usage limit's reset.
+    pub(crate) usage_limit_wait_max: Duration,
 }
+
+/// A run's budgets (SPEC §15); `None` = no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Budget {
+    /// `max_cost_usd`.
+    pub(crate) cost_usd: Option<f64>,
+    /// `max_tokens` (input + output).
+    pub(crate) tokens: Option<u64>,
+    /// `max_wall_sec`.
+    pub(crate) wall: Option<Duration>,
+}
+
+impl Budget {
+    /// True when any limit is set.
+    pub(crate) fn is_set(&self) -> bool {
+        self.cost_usd.is_some() || self.tokens.is_some() || self.wall.is_some()
+    }
+
+    /// The first limit `spent` reached, if any.
+    pub(crate) fn exhausted(&self, spent: &Spent) -> Option<BudgetKind> {
+        if self.cost_usd.is_some_and(|limit| spent.cost_usd >= limit) {
+            return Some(BudgetKind::Cost);
+        }
+        if self.tokens.is_some_and(|limit| spent.tokens >= limit) {
+            return Some(BudgetKind::Tokens);
+        }
+        if self.wall.is_some_and(|limit| spent.wall >= limit) {
+            return Some(BudgetKind::Wall);
+        }
+        None
+    }
+}
+
+/// What a run has spent so far: every agent call (retries and the naming call included) and
+/// the wall-clock time since its first step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Spent {
+    /// Dollars, from the agents' own accounting.
+    pub(crate) cost_usd: f64,
+    /// Input + output tokens.
+    pub(crate) tokens: u64,
+    /// Wall-clock time.
+    pub(crate) wall: Duration,
+}
+
+/// Which budget ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BudgetKind {
+    /// `max_cost_usd`.
+    Cost,
+    /// `max_tokens`.
+    Tokens,
+    /// `max_wall_sec`.
+    Wall,
+}
+
+/// Usage-limit waits one agent call may make in a row before the run gives up (a CLI that
+/// keeps reporting a reset in the past would otherwise be called forever).
+pub(crate) const MAX_USAGE_LIMIT_WAITS: u32 = 10;
 
 /// What a run brings back from its stored steps when it starts again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,7 +150,7 @@ pub(crate) enum Warning {
 }
 
 /// Why the loop ends a run as failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Failure {
     /// The last agent attempt failed and is not retried (`claude_failed`).
     Agent,
@@ -103,6 +168,25 @@ pub(crate) enum Failure {
         done: u32,
         /// Tasks in the plan.
         total: u32,
+    },
+    /// Implementation steps changed neither the plan nor HEAD this many times in a row, and
+    /// the watchdog's rewrites are used up (`no_progress`).
+    NoProgress {
+        /// Steps without progress in a row.
+        steps: u32,
+    },
+    /// A budget ran out (`budget_exhausted:<kind>`).
+    Budget {
+        /// Which one.
+        kind: BudgetKind,
+        /// What was spent when it was checked.
+        spent: Spent,
+    },
+    /// The account's usage limit is reached and its reset is unknown, further away than
+    /// `usage_limit_wait_max_sec`, or keeps not coming (`claude_failed`).
+    UsageLimit {
+        /// The wait the reset asked for, when known.
+        wait: Option<Duration>,
     },
     /// The driver reported something the loop did not ask for (a bug; `failed`).
     Protocol {
@@ -171,6 +255,16 @@ pub(crate) enum Decision {
         /// Which verification.
         kind: VerifyKind,
     },
+    /// Measure what the run has spent (a budget is set; before an agent call and after one).
+    /// Answer: [`Observation::Spent`].
+    CheckBudget,
+    /// The last agent attempt hit the account's usage limit: record it, wait `wait` (the
+    /// reset), then the same call is made again; no retry is used. Answer:
+    /// [`Observation::Done`].
+    WaitUsageLimit {
+        /// How long until the reset.
+        wait: Duration,
+    },
     /// Rewrite the prompt for the watchdog's signal. Answer: [`Observation::Rewritten`].
     Rewrite {
         /// The signal.
@@ -236,6 +330,14 @@ pub(crate) enum Observation {
     },
     /// The executor could not run the agent at all (not retried).
     AgentBroken,
+    /// An agent attempt hit the account's usage limit; `wait` is the time left until its
+    /// reset (`None`: the agent gave no reset time).
+    UsageLimited {
+        /// Time until the reset.
+        wait: Option<Duration>,
+    },
+    /// What the run has spent.
+    Spent(Spent),
     /// A verification finished.
     Verified {
         /// It passed.
@@ -302,6 +404,8 @@ enum At {
     GateRewrite,
     /// `WARN_COMPLETE_WITH_PENDING` being recorded.
     Warned,
+    /// The spending asked before the decision kept in `RunLoop::guarded`.
+    Budget,
     /// The run ended.
     Ended,
 }
@@ -326,6 +430,12 @@ pub(crate) struct RunLoop {
     consecutive_verification_failures: u32,
     unstarted: bool,
     watchdog: Watchdog,
+    /// Implementation steps in a row that changed neither the plan nor HEAD.
+    no_progress: u32,
+    /// Usage-limit waits of the current agent call.
+    usage_waits: u32,
+    /// The decision (and where it waits) held back while the spending is asked.
+    guarded: Option<(At, Decision)>,
 }
 
 impl RunLoop {
@@ -344,6 +454,9 @@ impl RunLoop {
             consecutive_verification_failures: history.consecutive_verification_failures,
             unstarted: history.unstarted,
             watchdog: Watchdog::new(),
+            no_progress: 0,
+            usage_waits: 0,
+            guarded: None,
         }
     }
 
@@ -367,8 +480,58 @@ impl RunLoop {
     }
 
     /// The decision that follows `obs`, the answer to the previous decision.
+    ///
+    /// With a budget set (SPEC §15), the spending is asked ([`Decision::CheckBudget`]) before
+    /// every agent call and after every agent step, so no step starts once a budget is spent
+    /// and a run stops as soon as one step spent it.
     pub(crate) fn next(&mut self, obs: Observation) -> Decision {
+        let after_agent = matches!(
+            obs,
+            Observation::Implemented { .. }
+                | Observation::Reviewed { .. }
+                | Observation::AgentFailed { .. }
+                | Observation::UsageLimited { .. }
+        );
+        let checked = matches!(obs, Observation::Spent(_));
+        let decision = self.decide(obs);
+        if checked {
+            return decision;
+        }
+        self.guard(decision, after_agent)
+    }
+
+    /// Holds `decision` back behind a budget check when one is due.
+    fn guard(&mut self, decision: Decision, after_agent: bool) -> Decision {
+        if !self.cfg.budget.is_set() || self.at == At::Ended {
+            return decision;
+        }
+        let agent_call = matches!(
+            decision,
+            Decision::Implement { .. } | Decision::Review { .. }
+        );
+        if !agent_call && !after_agent {
+            return decision;
+        }
+        self.guarded = Some((self.at, decision));
+        self.at = At::Budget;
+        Decision::CheckBudget
+    }
+
+    fn decide(&mut self, obs: Observation) -> Decision {
         match (self.at, obs) {
+            (At::Budget, Observation::Spent(spent)) => {
+                if let Some(kind) = self.cfg.budget.exhausted(&spent) {
+                    self.guarded = None;
+                    return self.fail(Failure::Budget { kind, spent });
+                }
+                match self.guarded.take() {
+                    Some((at, decision)) => {
+                        self.at = at;
+                        decision
+                    }
+                    None => self.protocol("a budget check with no decision held back"),
+                }
+            }
             (At::Unstarted, Observation::Plan(plan)) => {
                 if plan.pending == 0 && !(self.cfg.reviewer && plan.to_review > 0) {
                     return self.fail(Failure::PlanAlreadyDone {
@@ -401,6 +564,7 @@ impl RunLoop {
                 }
                 self.attempt = 0;
                 self.budget = RetryBudget::default();
+                self.usage_waits = 0;
                 self.review(pass, r, false)
             }
             (
@@ -435,7 +599,9 @@ impl RunLoop {
             }
             (
                 At::Reviewing(pass, r),
-                obs @ (Observation::AgentFailed { .. } | Observation::AgentBroken),
+                obs @ (Observation::AgentFailed { .. }
+                | Observation::AgentBroken
+                | Observation::UsageLimited { .. }),
             ) => self.agent_failed(obs, At::ReviewRetry(pass, r)),
             (At::ReviewRetry(pass, r), Observation::Done) => self.review(pass, r, true),
             (At::ReviewFinal(pass), Observation::Verified { passed, skipped }) => {
@@ -508,21 +674,39 @@ impl RunLoop {
                 },
             ) => {
                 progress.malformed_complete = token == Token::Malformed;
+                if progress.head_changed || progress.plan_changed {
+                    self.no_progress = 0;
+                } else {
+                    // An empty answer, or one with no effect (issue 13).
+                    self.no_progress += 1;
+                }
                 self.watchdog.observe(progress);
                 self.accepted = token == Token::Accepted;
                 // A plan with nothing left to implement goes on to verification whatever the
                 // answer looked like (issue 13): a rewrite would only re-run the agent on a
                 // finished plan.
-                if plan.pending > 0
-                    && let Some(rewrite) = self.rewrite(At::ImplementRewrite, true)
-                {
-                    return rewrite;
+                if plan.pending > 0 {
+                    if let Some(rewrite) = self.rewrite(At::ImplementRewrite, true) {
+                        return rewrite;
+                    }
+                    // Steps without progress end the run once the watchdog can no longer
+                    // rewrite the prompt for them (its rewrites count toward the limit).
+                    let limit = self.cfg.max_no_progress_steps;
+                    let rewrites_left = self.cfg.watchdog.no_progress_steps > 0
+                        && self.rewrites_used < self.cfg.max_rewrites;
+                    if limit > 0 && self.no_progress >= limit && !rewrites_left {
+                        return self.fail(Failure::NoProgress {
+                            steps: self.no_progress,
+                        });
+                    }
                 }
                 self.after_implementation()
             }
             (
                 At::Implementing,
-                obs @ (Observation::AgentFailed { .. } | Observation::AgentBroken),
+                obs @ (Observation::AgentFailed { .. }
+                | Observation::AgentBroken
+                | Observation::UsageLimited { .. }),
             ) => self.agent_failed(obs, At::ImplementRetry),
             (At::ImplementRetry, Observation::Done) => self.implement(true),
             (At::ImplementRewrite, Observation::Rewritten { ok }) => {
@@ -652,6 +836,7 @@ impl RunLoop {
     fn implement_first(&mut self) -> Decision {
         self.attempt = 0;
         self.budget = RetryBudget::default();
+        self.usage_waits = 0;
         self.implement(false)
     }
 
@@ -701,6 +886,20 @@ impl RunLoop {
     }
 
     fn agent_failed(&mut self, obs: Observation, retry_at: At) -> Decision {
+        if let Observation::UsageLimited { wait } = obs {
+            // Waiting for the reset uses no retry: the same call goes again after it.
+            return match wait {
+                Some(wait)
+                    if wait <= self.cfg.usage_limit_wait_max
+                        && self.usage_waits < MAX_USAGE_LIMIT_WAITS =>
+                {
+                    self.usage_waits += 1;
+                    self.at = retry_at;
+                    Decision::WaitUsageLimit { wait }
+                }
+                _ => self.fail(Failure::UsageLimit { wait }),
+            };
+        }
         let Observation::AgentFailed { kind, jitter } = obs else {
             return self.fail(Failure::Agent);
         };

@@ -14,15 +14,15 @@ use crate::outcome::FailureKind;
 use crate::plan::PlanCounts;
 
 /// One rule.
-struct Row {
-    rule: &'static str,
-    cfg: LoopConfig,
-    history: History,
-    first: Decision,
-    script: Vec<(Observation, Decision)>,
+pub(super) struct Row {
+    pub(super) rule: &'static str,
+    pub(super) cfg: LoopConfig,
+    pub(super) history: History,
+    pub(super) first: Decision,
+    pub(super) script: Vec<(Observation, Decision)>,
 }
 
-fn base() -> LoopConfig {
+pub(super) fn base() -> LoopConfig {
     LoopConfig {
         iterations: 50,
         reviewer: false,
@@ -41,16 +41,19 @@ fn base() -> LoopConfig {
             transient_retries: 0,
             transient_backoff_max: Duration::from_secs(60),
         },
+        max_no_progress_steps: 0,
+        budget: crate::machine::Budget::default(),
+        usage_limit_wait_max: Duration::from_secs(3600),
     }
 }
 
-fn with(f: impl FnOnce(&mut LoopConfig)) -> LoopConfig {
+pub(super) fn with(f: impl FnOnce(&mut LoopConfig)) -> LoopConfig {
     let mut cfg = base();
     f(&mut cfg);
     cfg
 }
 
-fn fresh() -> History {
+pub(super) fn fresh() -> History {
     History {
         first_iteration: 1,
         ..History::default()
@@ -58,30 +61,30 @@ fn fresh() -> History {
 }
 
 // Decisions.
-fn start(iteration: u32) -> Decision {
+pub(super) fn start(iteration: u32) -> Decision {
     Decision::StartIteration { iteration }
 }
-fn read_plan() -> Decision {
+pub(super) fn read_plan() -> Decision {
     Decision::ReadPlan
 }
-fn read_head() -> Decision {
+pub(super) fn read_head() -> Decision {
     Decision::ReadHead
 }
-fn implement(iteration: u32, attempt: u32) -> Decision {
+pub(super) fn implement(iteration: u32, attempt: u32) -> Decision {
     Decision::Implement {
         iteration,
         attempt,
         retry: false,
     }
 }
-fn implement_again(iteration: u32, attempt: u32) -> Decision {
+pub(super) fn implement_again(iteration: u32, attempt: u32) -> Decision {
     Decision::Implement {
         iteration,
         attempt,
         retry: true,
     }
 }
-fn review(iteration: u32, pass: u32) -> Decision {
+pub(super) fn review(iteration: u32, pass: u32) -> Decision {
     Decision::Review {
         iteration,
         pass,
@@ -89,34 +92,34 @@ fn review(iteration: u32, pass: u32) -> Decision {
         retry: false,
     }
 }
-fn verify(iteration: u32, kind: VerifyKind) -> Decision {
+pub(super) fn verify(iteration: u32, kind: VerifyKind) -> Decision {
     Decision::Verify { iteration, kind }
 }
-fn complete(iteration: u32, reason: ExitReason) -> Decision {
+pub(super) fn complete(iteration: u32, reason: ExitReason) -> Decision {
     Decision::Complete { iteration, reason }
 }
-fn rewrite(signal: WatchdogSignal, rewrite: u32, after_agent: bool) -> Decision {
+pub(super) fn rewrite(signal: WatchdogSignal, rewrite: u32, after_agent: bool) -> Decision {
     Decision::Rewrite {
         signal,
         rewrite,
         after_agent,
     }
 }
-fn retry_after(secs: u64, transient: bool) -> Decision {
+pub(super) fn retry_after(secs: u64, transient: bool) -> Decision {
     Decision::RetryAgent {
         delay: Duration::from_secs(secs),
         transient,
     }
 }
-fn fail(failure: Failure) -> Decision {
+pub(super) fn fail(failure: Failure) -> Decision {
     Decision::Fail(failure)
 }
 
 // Observations.
-fn done() -> Observation {
+pub(super) fn done() -> Observation {
     Observation::Done
 }
-fn counts(pending: u32, to_review: u32) -> PlanCounts {
+pub(super) fn counts(pending: u32, to_review: u32) -> PlanCounts {
     PlanCounts {
         pending,
         to_review,
@@ -124,14 +127,14 @@ fn counts(pending: u32, to_review: u32) -> PlanCounts {
         ..PlanCounts::default()
     }
 }
-fn plan(pending: u32, to_review: u32) -> Observation {
+pub(super) fn plan(pending: u32, to_review: u32) -> Observation {
     Observation::Plan(counts(pending, to_review))
 }
-fn head(h: &str) -> Observation {
+pub(super) fn head(h: &str) -> Observation {
     Observation::Head(Some(h.to_owned()))
 }
 /// An implementation step that committed and changed the plan.
-fn worked(token: Token) -> Observation {
+pub(super) fn worked(token: Token) -> Observation {
     Observation::Implemented {
         token,
         progress: StepObservation {
@@ -145,7 +148,7 @@ fn worked(token: Token) -> Observation {
     }
 }
 /// An implementation step that changed nothing.
-fn stalled() -> Observation {
+pub(super) fn stalled() -> Observation {
     Observation::Implemented {
         token: Token::Absent,
         progress: StepObservation {
@@ -156,20 +159,20 @@ fn stalled() -> Observation {
         plan: counts(1, 0),
     }
 }
-fn reviewed(token: Token, returning: bool, pending: u32, to_review: u32) -> Observation {
+pub(super) fn reviewed(token: Token, returning: bool, pending: u32, to_review: u32) -> Observation {
     Observation::Reviewed {
         token,
         returning,
         plan: counts(pending, to_review),
     }
 }
-fn verified(passed: bool) -> Observation {
+pub(super) fn verified(passed: bool) -> Observation {
     Observation::Verified {
         passed,
         skipped: false,
     }
 }
-fn failed(kind: FailureKind) -> Observation {
+pub(super) fn failed(kind: FailureKind) -> Observation {
     Observation::AgentFailed { kind, jitter: 0.5 }
 }
 
@@ -177,7 +180,7 @@ fn failed(kind: FailureKind) -> Observation {
 fn table() -> Vec<Row> {
     use ExitReason::{CompletePlan, CompleteReviewer};
     use VerifyKind::{Final, Gate, Review};
-    vec![
+    let mut rows = vec![
         Row {
             rule: "§6.2 no pending task and nothing to review: final verification, then complete_plan",
             cfg: with(|c| c.verify = true),
@@ -835,7 +838,9 @@ fn table() -> Vec<Row> {
                 }),
             )],
         },
-    ]
+    ];
+    rows.extend(super::table_stops::rows());
+    rows
 }
 
 #[test]

@@ -54,6 +54,12 @@ const ALLOWED: &[&str] = &[
     "AWS_BEARER_TOKEN_BEDROCK",
     "GOOGLE_APPLICATION_CREDENTIALS",
     "CLOUD_ML_REGION",
+    // The Gemini CLI: its key, endpoint and Vertex settings.
+    "GOOGLE_API_KEY",
+    "GOOGLE_GEMINI_BASE_URL",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION",
 ];
 
 /// Variables passed through by prefix.
@@ -61,6 +67,11 @@ const ALLOWED_PREFIXES: &[&str] = &[
     "LC_",
     "ANTHROPIC_",
     "CLAUDE_",
+    // The Codex CLI (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, `CODEX_HOME`) and the Gemini CLI
+    // (`GEMINI_API_KEY`, `GEMINI_CLI_HOME`).
+    "OPENAI_",
+    "CODEX_",
+    "GEMINI_",
     "GIT_AUTHOR_",
     "GIT_COMMITTER_",
     "VERTEX_REGION_",
@@ -71,8 +82,8 @@ pub const DAEMON_PREFIX: &str = "LOOPD_";
 
 /// True when the variable `name` of this process's environment is passed to agents and
 /// verification commands without being configured: the allow-list (`PATH`, `HOME`, `USER`,
-/// `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `IS_SANDBOX`, the git
-/// identity, proxies, ...), never `LOOPD_*`.
+/// `LANG`/`LC_*`, `TERM`, `TMPDIR`, `SHELL`, `ANTHROPIC_*`, `CLAUDE_*`, `OPENAI_*`, `CODEX_*`,
+/// `GEMINI_*`, `GOOGLE_API_KEY`, `IS_SANDBOX`, the git identity, proxies, ...), never `LOOPD_*`.
 pub fn is_allowed(name: &OsStr) -> bool {
     let Some(name) = name.to_str() else {
         return false;

@@ -12,8 +12,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod cgroup;
 mod env;
 mod tree;
+
+pub(crate) use cgroup::{AgentCgroup, agent_cgroup_name, kill_run_cgroups};
+pub use cgroup::{
+    AgentLimits, Containment, CpuMax, NO_CGROUP_ENV, PARENT_NAME, cgroup_parent, containment,
+    controllers, fallback_reason, without_cgroups,
+};
 
 pub use env::{AgentEnvEntry, DAEMON_PREFIX, agent_env_vars, is_allowed, parse_agent_env};
 pub(crate) use tree::wait_run_vcs_children;
@@ -39,7 +46,9 @@ pub async fn with_run_marker<F: std::future::Future>(run_id: String, fut: F) -> 
 
 use tree::terminate_group;
 pub use tree::{INTERRUPT_GRACE, KILL_GRACE, Signal, reap_orphans, signal_group};
-pub(crate) use tree::{ProcessTree, kill_run_survivors, kill_survivor, process_start_time};
+pub(crate) use tree::{
+    ProcessTree, adopt, kill_run_survivors, kill_survivor, process_start_time, reap_adopted,
+};
 #[cfg(test)]
 pub(crate) use tree::{group_alive, proc_stat};
 
@@ -77,6 +86,8 @@ pub struct CmdOutput {
     pub stderr: Vec<u8>,
     /// True when the timeout killed it.
     pub timed_out: bool,
+    /// True when standard output went past [`Cmd::stdout_limit`] and the rest was discarded.
+    pub stdout_truncated: bool,
 }
 
 impl CmdOutput {
@@ -110,6 +121,7 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
     allowed_env_only: bool,
+    stdout_limit: Option<usize>,
 }
 
 impl Cmd {
@@ -124,7 +136,15 @@ impl Cmd {
             stdin: None,
             timeout: None,
             allowed_env_only: false,
+            stdout_limit: None,
         }
+    }
+
+    /// Keeps at most `bytes` of standard output; the rest is read and discarded (the child is
+    /// never blocked on a full pipe) and [`CmdOutput::stdout_truncated`] is set.
+    pub fn stdout_limit(mut self, bytes: usize) -> Self {
+        self.stdout_limit = Some(bytes);
+        self
     }
 
     /// Adds one argument.
@@ -252,6 +272,39 @@ impl Cmd {
         cmd
     }
 
+    /// The same command started through `shell_args` (`/bin/sh -c SCRIPT NAME ... --`): the
+    /// program and its arguments come after them, so the script can `exec "$@"` them.
+    pub(crate) fn through_shim(mut self, shell_args: Vec<OsString>) -> Self {
+        let program = std::mem::replace(&mut self.program, OsString::from("/bin/sh"));
+        let mut args = shell_args;
+        args.push(program);
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
+    /// Whether the program exists and is executable, looked up as `execvp` would (relative to
+    /// the working directory when it holds a `/`, else in the child's `PATH`).
+    pub(crate) fn program_found(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        let executable = |p: &Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if self.program.as_bytes().contains(&b'/') {
+            return executable(&self.cwd.join(&self.program));
+        }
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| executable(&self.cwd.join(dir).join(&self.program)))
+    }
+
     fn spawn_error(&self, source: std::io::Error) -> ProcessError {
         let program = self.program.to_string_lossy().into_owned();
         if source.kind() == std::io::ErrorKind::NotFound
@@ -288,12 +341,24 @@ impl Cmd {
             }
             drop(stdin);
         };
+        let limit = self.stdout_limit;
         let read_out = async move {
             let mut buf = Vec::new();
+            let mut cut = false;
             if let Some(p) = stdout.as_mut() {
-                p.read_to_end(&mut buf).await?;
+                match limit {
+                    None => {
+                        p.read_to_end(&mut buf).await?;
+                    }
+                    Some(limit) => {
+                        let keep = u64::try_from(limit).unwrap_or(u64::MAX);
+                        (&mut *p).take(keep).read_to_end(&mut buf).await?;
+                        let rest = tokio::io::copy(p, &mut tokio::io::sink()).await?;
+                        cut = rest > 0;
+                    }
+                }
             }
-            Ok::<_, std::io::Error>(buf)
+            Ok::<_, std::io::Error>((buf, cut))
         };
         let read_err = async move {
             let mut buf = Vec::new();
@@ -312,11 +377,12 @@ impl Cmd {
             None => Some(all.await),
         };
         match result {
-            Some(Ok((stdout, stderr, status))) => Ok(CmdOutput {
+            Some(Ok(((stdout, stdout_truncated), stderr, status))) => Ok(CmdOutput {
                 code: exit_code_of(status),
                 stdout,
                 stderr,
                 timed_out: false,
+                stdout_truncated,
             }),
             Some(Err(e)) => Err(io_err(e)),
             None => {
@@ -332,6 +398,7 @@ impl Cmd {
                     )
                     .into_bytes(),
                     timed_out: true,
+                    stdout_truncated: false,
                 })
             }
         }

@@ -344,6 +344,25 @@ fn reap_pids(candidates: &[(u32, u64)]) -> usize {
     reaped
 }
 
+/// Records the processes `pids` (of an agent's cgroup, about to be killed) as adoptable: when
+/// they were re-parented to us (as a subreaper) their zombies are ours to reap. Returns them
+/// with their start times, for [`reap_adopted`].
+pub(crate) fn adopt(pids: &[u32]) -> Vec<(u32, u64)> {
+    let found: Vec<(u32, u64)> = pids
+        .iter()
+        .filter_map(|pid| proc_stat(*pid).map(|p| (p.pid, p.start_time)))
+        .collect();
+    if !found.is_empty() {
+        adoptable().extend(found.iter().copied());
+    }
+    found
+}
+
+/// Reaps those of `adopted` that are our zombies now; forgets the gone ones.
+pub(crate) fn reap_adopted(adopted: &[(u32, u64)]) -> usize {
+    reap_pids(adopted)
+}
+
 fn reap_one(pid: u32) -> bool {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let Ok(raw) = i32::try_from(pid) else {

@@ -245,6 +245,7 @@ impl Executor for ScriptedExecutor {
                         is_error,
                         ..Default::default()
                     },
+                    ..AgentResult::default()
                 });
                 Ok(out)
             }

@@ -20,9 +20,9 @@ use crate::backend::{
     BatchOutcome, ClaimRequest, QueueOrder, RunFilter, Store, StoreError, StoreWrite,
 };
 use crate::domain::{
-    AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason, MergeStrategy,
-    NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId, StepPhase, StepStatus,
-    UnixMs, now_ms,
+    AgentResources, AgentUsage, ArtifactKind, ArtifactLocation, Event, EventKind, ExitReason,
+    MergeStrategy, NameSource, NewArtifact, NewEvent, Run, RunId, RunStatus, Step, StepId,
+    StepPhase, StepStatus, UnixMs, now_ms,
 };
 
 /// A clock value for claiming checks; leases are relative to it, not to the wall clock.
@@ -59,6 +59,10 @@ pub fn sample_run(workspace: &str) -> Run {
         updated_at: now,
         worker_id: None,
         lease_expires_at: None,
+        review_status: crate::domain::ReviewStatus::Pending,
+        review_action_at: None,
+        merge_commit: None,
+        pr_url: None,
     }
 }
 
@@ -82,6 +86,10 @@ pub fn full_run(workspace: &str) -> Run {
         tasks_total: 9,
         worker_id: Some("worker-a".to_owned()),
         lease_expires_at: Some(T0 + 30_000),
+        review_status: crate::domain::ReviewStatus::PrCreated,
+        review_action_at: Some(T0 + 40_000),
+        merge_commit: None,
+        pr_url: Some("https://example.invalid/pr/7".to_owned()),
         ..sample_run(workspace)
     }
 }
@@ -108,6 +116,7 @@ pub fn sample_step(run_id: RunId, seq: u32) -> Step {
         agent_pid: None,
         agent_start_time: None,
         usage: None,
+        resources: None,
     }
 }
 
@@ -139,6 +148,12 @@ pub fn full_step(run_id: RunId, seq: u32) -> Step {
             is_error: true,
             duration_api_ms: Some(59_000),
             model: Some("claude-opus-4-1".to_owned()),
+        }),
+        resources: Some(AgentResources {
+            cpu_usec: 1_234_567,
+            memory_peak_bytes: Some(64 << 20),
+            pids_peak: Some(17),
+            limit_hit: Some("agent_pids_max".to_owned()),
         }),
         ..sample_step(run_id, seq)
     }
@@ -295,6 +310,10 @@ pub async fn update_run_replaces_fields_but_not_the_lease(store: &dyn Store) {
         created_at: run.created_at + 1,
         worker_id: None,
         lease_expires_at: None,
+        review_status: crate::domain::ReviewStatus::Merged,
+        review_action_at: Some(T0 + 9_000),
+        merge_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
+        pr_url: None,
         ..run.clone()
     };
     ok("update_run", store.update_run(&changed).await);
@@ -510,6 +529,10 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
             num_turns: Some(1),
             ..AgentUsage::default()
         }),
+        resources: Some(AgentResources {
+            cpu_usec: 5,
+            ..AgentResources::default()
+        }),
         ..s1.clone()
     };
     ok("update_step", store.update_step(&finished).await);
@@ -521,6 +544,7 @@ pub async fn steps_round_trip_in_seq_order(store: &dyn Store) {
     );
     let cleared = Step {
         usage: None,
+        resources: None,
         exit_code: None,
         ..s2.clone()
     };

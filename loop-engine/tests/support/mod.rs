@@ -176,3 +176,38 @@ impl Harness {
             .collect()
     }
 }
+
+/// The child-process marker of [`rerun_with_sandbox`].
+const SANDBOX_CHILD_ENV: &str = "LOOP_SANDBOX_CHILD";
+
+/// As root, the Claude executor refuses to start a CLI unless the engine's own environment has
+/// `IS_SANDBOX=1`, and a test may not change its own environment. So a test of a (fake or
+/// real) Claude CLI calls this first: as root without `IS_SANDBOX=1` it runs `test_name`
+/// again in a child process whose environment has it (plus `extra_env`), checks that the
+/// child passed, and returns true (the caller returns); otherwise it returns false and the
+/// caller goes on in this process.
+pub(crate) async fn rerun_with_sandbox(test_name: &str, extra_env: &[(&str, &str)]) -> bool {
+    let root = loop_engine::process::effective_uid() == Some(0);
+    let sandbox_ok = std::env::var("IS_SANDBOX").as_deref() == Ok("1");
+    if !root || sandbox_ok || std::env::var_os(SANDBOX_CHILD_ENV).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut cmd = loop_engine::process::Cmd::new(&exe, std::env::temp_dir())
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("IS_SANDBOX", "1")
+        .env(SANDBOX_CHILD_ENV, "1")
+        .timeout(Some(Duration::from_secs(600)));
+    for (k, v) in extra_env {
+        cmd = cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("the test binary runs");
+    let stdout = out.stdout_text();
+    let stderr = out.stderr_text();
+    assert!(out.success(), "child run failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran the test: {stdout}"
+    );
+    true
+}

@@ -4,6 +4,7 @@
 mod accept;
 pub mod auth;
 mod body;
+mod review;
 mod routes;
 mod sse;
 

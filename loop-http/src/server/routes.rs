@@ -31,6 +31,7 @@ use crate::query;
 use crate::server::ServerOptions;
 use crate::server::auth::Guard;
 use crate::server::body::{self, ChannelBody, RespBody};
+use crate::server::review;
 use crate::server::sse::{self, FRAME_CAPACITY, Sink, SseSettings};
 
 /// Default `limit` of `GET /runs`.
@@ -182,6 +183,36 @@ async fn route(
             };
             Ok(body::json(StatusCode::OK, &resource(engine, &run).await?))
         }
+        ["runs", id, "diff"] => {
+            allow(method, &path, &[Method::GET])?;
+            review::diff(engine, parse_run_id(id)?, &parse_query(&query)?).await
+        }
+        ["runs", id, "merge"] => {
+            allow(method, &path, &[Method::POST])?;
+            let id = parse_run_id(id)?;
+            review::merge(engine, id, &parts.headers, body, state.opts.max_body_bytes).await
+        }
+        ["runs", id, "scrap"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::scrap(engine, parse_run_id(id)?).await
+        }
+        ["runs", id, "create-pr"] => {
+            allow(method, &path, &[Method::POST])?;
+            let id = parse_run_id(id)?;
+            review::create_pr(engine, id, &parts.headers, body, state.opts.max_body_bytes).await
+        }
+        ["runs", id, "retry"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::retry(engine, parse_run_id(id)?).await
+        }
+        ["worktrees"] => {
+            allow(method, &path, &[Method::GET])?;
+            review::worktrees(engine, &parse_query(&query)?).await
+        }
+        ["worktrees", "prune"] => {
+            allow(method, &path, &[Method::POST])?;
+            review::prune(engine, &parse_query(&query)?).await
+        }
         ["runs", id, "steps"] => {
             allow(method, &path, &[Method::GET])?;
             let steps = engine.steps(parse_run_id(id)?).await?;
@@ -268,6 +299,7 @@ async fn health(engine: &Engine) -> Response<RespBody> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             worker_id: engine.settings().worker_id.clone(),
             running: engine.running_runs().len(),
+            containment: loop_engine::process::containment().as_str().to_owned(),
             problem,
         },
     )
@@ -377,17 +409,12 @@ fn list_filter(query: &str) -> Result<RunFilter, ApiError> {
     Ok(filter)
 }
 
-/// Reads a JSON body of at most `max` bytes. A larger body is drained (up to a bound) before
-/// the 413, so the client reads the answer instead of a reset connection.
 /// The decoded pairs of a query string; bytes that are not UTF-8 are a 400.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     query::parse(query)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message))
 }
 
-/// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
-/// parameters such as `charset=utf-8` allowed) with 415. Only routes that read a body check
-/// it; body-less `POST`s (pause, resume, cancel) ignore both the type and any body.
 /// True when a request says it has a body (a `Content-Type`, or a `Content-Length` above 0):
 /// routes whose body is optional take their defaults without one.
 fn has_body(headers: &HeaderMap) -> bool {
@@ -398,7 +425,10 @@ fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(CONTENT_TYPE) || length.is_some_and(|n| n > 0)
 }
 
-fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses a request body that is not declared as JSON (`Content-Type: application/json`,
+/// parameters such as `charset=utf-8` allowed) with 415. Only routes that read a body check
+/// it; body-less `POST`s (pause, resume, cancel) ignore both the type and any body.
+pub(crate) fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
     let is_json = given.is_some_and(|v| {
         let essence = v.split(|b| *b == b';').next().unwrap_or_default();
@@ -425,6 +455,8 @@ fn require_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// Reads a JSON body of at most `max` bytes. A larger body is drained (up to a bound) before
+/// the 413, so the client reads the answer instead of a reset connection.
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Incoming,
@@ -465,6 +497,29 @@ async fn read_json<T: DeserializeOwned>(
             format!("invalid request body: {e}"),
         )
     })
+}
+
+/// The body of at most `max` bytes (413 past it), read within the body timeout.
+pub(crate) async fn collect_body(body: Incoming, max: usize) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_TIMEOUT, collect_limited(body, max))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+        })??
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than the limit of {max} bytes"),
+            )
+        })
 }
 
 /// The body if it fits in `max` bytes, `None` if it does not (then the rest was drained).

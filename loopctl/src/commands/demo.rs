@@ -248,6 +248,9 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
                 bin.display(),
                 m.base_url
             ));
+            out(
+                "costs shown are what the CLI computes from the scripted model's token counts: nothing is billed",
+            );
             if root {
                 out(
                     "running as root: the demo's private loopd gets IS_SANDBOX=1 so the CLI accepts --dangerously-skip-permissions; its agent only talks to the local scripted model",
@@ -278,6 +281,8 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
         client,
         json: false,
         colour: render::colour(),
+        // The scripted model answers for free: whatever the CLI computes is not billed.
+        costs: render::Costs::Scripted,
     };
     let created = ctx
         .client
@@ -301,7 +306,9 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> anyhow::Result<()> {
     let steps = ctx.client.steps(id).await?;
     let artifacts = ctx.client.artifacts(id).await?;
     out("");
-    out(&render::inspect(&run, &steps, &artifacts, ctx.colour));
+    out(&render::inspect(
+        &run, &steps, &artifacts, ctx.colour, ctx.costs,
+    ));
     out(&format!(
         "artifacts: {}",
         dir.join("logs/loop").join(format!("run-{id}")).display()

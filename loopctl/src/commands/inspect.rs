@@ -56,7 +56,7 @@ pub(crate) async fn inspect(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
             "postmortem": postmortem,
         }));
     }
-    let mut text = render::inspect(&run, &steps, &artifacts, ctx.colour);
+    let mut text = render::inspect(&run, &steps, &artifacts, ctx.colour, ctx.costs);
     if let Some(section) = postmortem.as_ref().and_then(render::postmortem_section) {
         text.push('\n');
         text.push_str(&section);

@@ -5,6 +5,7 @@ mod control;
 mod demo;
 mod inspect;
 mod logs;
+mod review;
 mod run;
 mod tail;
 
@@ -26,6 +27,8 @@ pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) json: bool,
     pub(crate) colour: bool,
+    /// How costs are shown (labelled as not billed in the demo).
+    pub(crate) costs: crate::render::Costs,
 }
 
 /// Prints a line to stdout (commands are the only place that prints).
@@ -143,6 +146,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Ctx> {
         client,
         json: cli.json,
         colour: crate::render::colour(),
+        costs: crate::render::Costs::Reported,
     })
 }
 
@@ -178,6 +182,12 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Command::Wait(a) => control::wait(&ctx, &a.id).await,
                 Command::Tail(a) => tail::tail(&ctx, &a.id, a.raw).await,
                 Command::Logs(a) => logs::logs(&ctx, a).await,
+                Command::Diff(a) => review::diff(&ctx, a).await,
+                Command::Merge(a) => review::merge(&ctx, a).await,
+                Command::Scrap(a) => review::scrap(&ctx, &a.id).await,
+                Command::Pr(a) => review::pr(&ctx, a).await,
+                Command::Retry(a) => review::retry(&ctx, &a.id).await,
+                Command::Worktrees(a) => review::worktrees(&ctx, a).await,
                 Command::Analyze(a) => analyze::analyze(&ctx, a).await,
                 Command::Completions(_) | Command::Demo(_) => Ok(()),
             }

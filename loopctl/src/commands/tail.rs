@@ -129,6 +129,7 @@ impl Screen {
 struct Status {
     run: RunResource,
     cost_usd: Option<f64>,
+    costs: render::Costs,
 }
 
 impl Status {
@@ -136,6 +137,7 @@ impl Status {
         render::status_line(
             &self.run,
             self.cost_usd,
+            self.costs,
             now_ms() - self.run.created_at_ms,
             colour,
         )
@@ -143,7 +145,7 @@ impl Status {
 
     /// Everything but the elapsed time.
     fn key(&self) -> String {
-        render::status_line(&self.run, self.cost_usd, 0, false)
+        render::status_line(&self.run, self.cost_usd, self.costs, 0, false)
     }
 }
 
@@ -156,7 +158,11 @@ async fn status(ctx: &Ctx, id: RunId) -> Result<Status, ClientError> {
         .filter_map(|s| s.usage.as_ref().and_then(|u| u.cost_usd))
         .collect();
     let cost_usd = (!costs.is_empty()).then(|| costs.iter().sum());
-    Ok(Status { run, cost_usd })
+    Ok(Status {
+        run,
+        cost_usd,
+        costs: ctx.costs,
+    })
 }
 
 pub(crate) async fn tail(ctx: &Ctx, id: &str, raw: bool) -> anyhow::Result<()> {
@@ -177,7 +183,7 @@ async fn reconnect(ctx: &Ctx) -> anyhow::Result<()> {
 pub(crate) async fn follow(ctx: &Ctx, id: RunId, raw: bool) -> anyhow::Result<()> {
     let mut screen = Screen::new(std::io::stdout().is_terminal(), ctx.colour);
     let mut printed = Printed::default();
-    let mut view = render::AgentView::default();
+    let mut view = render::AgentView::new(ctx.costs);
     let mut stdout = std::io::stdout();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -317,6 +323,7 @@ mod tests {
         Status {
             run,
             cost_usd: Some(0.25),
+            costs: render::Costs::Reported,
         }
     }
 

@@ -1,8 +1,10 @@
 //! # scripted-model
 //!
-//! A scripted Anthropic Messages API server, so the real Claude Code CLI can be driven
-//! offline: point `ANTHROPIC_BASE_URL` at [`ModelServer::base_url`] and the CLI talks to a
-//! [`Script`] instead of a model. The CLI still does the real work: it runs the `Bash`, `Edit`
+//! A scripted model API server, so the real agent CLIs can be driven offline: point the
+//! Claude CLI's `ANTHROPIC_BASE_URL` (Messages API), the Codex CLI's model provider
+//! (`<base_url>/v1`, Responses API, see [`openai`]) or the Gemini CLI's
+//! `GOOGLE_GEMINI_BASE_URL` (see [`gemini`]) at [`ModelServer::base_url`] and the CLI talks to
+//! a [`Script`] instead of a model. The CLI still does the real work: it runs the `Bash`, `Edit`
 //! and `Write` tool calls the script makes, in its working directory, and reports the results
 //! back, exactly as it would with a real model.
 //!
@@ -25,6 +27,8 @@
 //! ```
 
 pub mod cli;
+pub mod gemini;
+pub mod openai;
 pub mod plan_agent;
 mod reply;
 pub mod request;

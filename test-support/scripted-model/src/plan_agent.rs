@@ -90,7 +90,7 @@ pub fn command(role: Role, plan: &str, fix: &str) -> String {
                  git commit -q -m \"$msg\"\n  \
                  echo \"LOOP_MODEL task=$task\"\n\
                  fi\n\
-                 rm -f \"$tmp\"\n",
+                 unlink \"$tmp\"\n",
                 mark = shell_quote(MARK_AWK),
             )
         }

@@ -164,6 +164,28 @@ pub(crate) fn error_type(status: u16) -> &'static str {
 }
 
 /// The default error body for `status`.
+/// `secs` (Unix seconds) as an RFC 3339 UTC time, e.g. `2026-12-01T18:00:00Z`.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 pub(crate) fn error_body(status: u16) -> Value {
     let message = match status {
         401 => "invalid x-api-key".to_owned(),
@@ -185,6 +207,13 @@ mod tests {
         let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
         assert!(text.ends_with("\n\n"));
         (name.to_owned(), serde_json::from_str(data).unwrap())
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_083_200 + 3661), "2026-12-01T01:01:01Z");
     }
 
     #[test]

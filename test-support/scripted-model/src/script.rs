@@ -66,6 +66,15 @@ pub enum Turn {
         #[serde(with = "millis", rename = "delay_ms")]
         delay: Duration,
     },
+    /// A 429 as the API sends it when the account's usage limit is used up until a reset
+    /// `reset_in_sec` seconds from the answer: a `rate_limit_error` body, `retry-after`, the
+    /// standard `anthropic-ratelimit-{requests,tokens}-reset` (RFC 3339) and the subscription
+    /// `anthropic-ratelimit-unified-*` headers (`status: rejected`, `reset` in Unix seconds,
+    /// the `five_hour` claim) that Claude Code reads.
+    UsageLimit {
+        /// Seconds from the answer to the reset.
+        reset_in_sec: u64,
+    },
     /// Headers and `message_start`, then nothing: the connection stays open until the client
     /// goes away or the server shuts down.
     Stall,
@@ -95,6 +104,7 @@ impl Turn {
                     .join(",")
             ),
             Self::Error { status, .. } => format!("error {status}"),
+            Self::UsageLimit { reset_in_sec } => format!("usage_limit({reset_in_sec}s)"),
             Self::Slow { .. } => "slow".into(),
             Self::Stall => "stall".into(),
             Self::PlanAgent => "plan_agent".into(),

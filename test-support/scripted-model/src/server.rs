@@ -27,7 +27,7 @@ use crate::reply::{self, Content};
 use crate::request::MessagesRequest;
 use crate::script::{Script, ToolCall, Turn};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// One request the server received.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,11 +55,24 @@ impl RecordedRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as a Messages request, when it is JSON.
+    /// The body as a Messages request, when it is JSON (Responses and Gemini requests are
+    /// translated into that shape).
     pub fn messages(&self) -> Option<MessagesRequest> {
-        serde_json::from_str(&self.body)
-            .ok()
-            .map(MessagesRequest::new)
+        let body: Value = serde_json::from_str(&self.body).ok()?;
+        let route = self.path.split('?').next().unwrap_or_default();
+        if route == "/v1/responses" {
+            return Some(MessagesRequest::new(crate::openai::to_messages(&body)));
+        }
+        if let Some((model, method)) = route
+            .strip_prefix("/v1beta/models/")
+            .and_then(|t| t.split_once(':'))
+        {
+            let stream = method == "streamGenerateContent";
+            return Some(MessagesRequest::new(crate::gemini::to_messages(
+                model, stream, &body,
+            )));
+        }
+        Some(MessagesRequest::new(body))
     }
 }
 
@@ -82,7 +95,7 @@ struct State {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     shutdown: watch::Receiver<bool>,
 }
@@ -211,7 +224,46 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-fn json_response(status: u16, value: &Value) -> Response<Body> {
+/// The 429 of an exhausted usage limit, resetting `reset_in_sec` seconds from now (see
+/// [`Turn::UsageLimit`]).
+fn usage_limit(reset_in_sec: u64) -> Response<Body> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let reset = now.saturating_add(reset_in_sec);
+    let rfc3339 = reply::rfc3339(reset);
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": "This request would exceed your account's rate limit. Please try again later."
+        }
+    });
+    let mut res = json_response(429, &body);
+    let headers = res.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    put("retry-after", reset_in_sec.to_string());
+    put("anthropic-ratelimit-requests-reset", rfc3339.clone());
+    put("anthropic-ratelimit-tokens-reset", rfc3339.clone());
+    put("anthropic-ratelimit-input-tokens-reset", rfc3339.clone());
+    put("anthropic-ratelimit-output-tokens-reset", rfc3339);
+    put("anthropic-ratelimit-unified-status", "rejected".into());
+    put("anthropic-ratelimit-unified-reset", reset.to_string());
+    put("anthropic-ratelimit-unified-5h-status", "rejected".into());
+    put("anthropic-ratelimit-unified-5h-reset", reset.to_string());
+    put(
+        "anthropic-ratelimit-unified-representative-claim",
+        "five_hour".into(),
+    );
+    put("request-id", "req_scripted_usage_limit".into());
+    res
+}
+
+pub(crate) fn json_response(status: u16, value: &Value) -> Response<Body> {
     let mut res = Response::new(full(value.to_string()));
     *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut()
@@ -250,6 +302,10 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     };
     let (response, answer) = match (&method, route.as_str()) {
         (&Method::POST, "/v1/messages") => messages(&shared, &body, &mut record),
+        (&Method::POST, "/v1/responses") => crate::openai::responses(&shared, &body, &mut record),
+        (&Method::POST, p) if p.starts_with("/v1beta/models/") || p.starts_with("/v1/models/") => {
+            crate::gemini::generate(&shared, p, &body, &mut record)
+        }
         (&Method::POST, "/v1/messages/count_tokens") => {
             let tokens = serde_json::from_slice(&body)
                 .map_or(1, |v| MessagesRequest::new(v).estimated_input_tokens());
@@ -297,7 +353,17 @@ fn messages(
         );
     };
     let req = MessagesRequest::new(value);
-    let (number, answer, label) = {
+    let (number, answer, label) = decide(shared, &req);
+    record.number = Some(number);
+    let id = format!("msg_sm_{number}");
+    (respond(shared, &req, &id, answer), label)
+}
+
+/// Numbers a model request and decides its answer: the continuation of a tool call the
+/// script made, else the script's next turn. Every API dialect asks this with its request
+/// translated into the Messages shape.
+pub(crate) fn decide(shared: &Arc<Shared>, req: &MessagesRequest) -> (usize, Answer, String) {
+    {
         let mut state = shared.lock();
         state.messages_count += 1;
         let number = state.messages_count;
@@ -306,29 +372,29 @@ fn messages(
             .iter()
             .find_map(|r| state.continuations.remove(&r.tool_use_id));
         let (answer, label) = match continuation {
-            Some(c) => (continue_with(c, &req), "continuation".to_owned()),
+            Some(c) => (continue_with(c, req), "continuation".to_owned()),
             None => {
-                let turn = state.script.next_turn(number, &req);
+                let turn = state.script.next_turn(number, req);
                 let label = turn.describe();
-                (expand(turn, number, &req, &mut state.continuations), label)
+                (expand(turn, number, req, &mut state.continuations), label)
             }
         };
         (number, answer, label)
-    };
-    record.number = Some(number);
-    let id = format!("msg_sm_{number}");
-    (respond(shared, &req, &id, answer), label)
+    }
 }
 
 /// A turn made concrete for one request.
 #[derive(Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Content(Content),
     Slow(Content, Duration),
     Error {
         status: u16,
         body: Value,
         retry_after: Option<u64>,
+    },
+    UsageLimit {
+        reset_in_sec: u64,
     },
     Stall,
 }
@@ -389,6 +455,7 @@ fn expand(
             body: body.unwrap_or_else(|| reply::error_body(status)),
             retry_after,
         },
+        Turn::UsageLimit { reset_in_sec } => Answer::UsageLimit { reset_in_sec },
         Turn::Slow { chunks, delay } => Answer::Slow(Content::Text(chunks), delay),
         Turn::Stall => Answer::Stall,
         Turn::PlanAgent => {
@@ -424,6 +491,7 @@ fn respond(
             }
             return res;
         }
+        Answer::UsageLimit { reset_in_sec } => return usage_limit(reset_in_sec),
         Answer::Stall => {
             return stall(
                 shared,
@@ -479,7 +547,7 @@ fn is_text_delta(event: &Bytes) -> bool {
         && event.windows(12).any(|w| w == b"\"text_delta\"")
 }
 
-fn sse_response(body: Body) -> Response<Body> {
+pub(crate) fn sse_response(body: Body) -> Response<Body> {
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -488,7 +556,7 @@ fn sse_response(body: Body) -> Response<Body> {
 }
 
 /// Sends `first` (if any), then nothing until the server shuts down.
-fn stall(shared: &Arc<Shared>, first: Option<Bytes>) -> Response<Body> {
+pub(crate) fn stall(shared: &Arc<Shared>, first: Option<Bytes>) -> Response<Body> {
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
     let mut shutdown = shared.shutdown.clone();
     let streaming = first.is_some();

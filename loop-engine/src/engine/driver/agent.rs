@@ -81,12 +81,11 @@ impl RunDriver {
         self.report(
             Some(step.id),
             ReportKind::IterationStart,
-            Row {
-                output_path: Some(log_path.clone()),
-                ..Row::msg(label.clone(), format!("{} attempt {}", phase, attempt))
-            },
+            Row::msg(label.clone(), ""),
         )
         .await?;
+        self.rec
+            .log(format!("step {label}: {phase} attempt {attempt}"));
         // The agent may commit: HEAD is read afresh once it is done.
         let workdir = self.worktree.lend();
         let req = ExecRequest {
@@ -101,8 +100,11 @@ impl RunDriver {
             timeout: secs(self.cfg.claude_timeout_sec),
             idle_timeout: secs(self.cfg.claude_idle_timeout_sec),
             env: self.agent_env(),
+            // Checked when the run was created.
+            limits: self.cfg.agent_limits().unwrap_or_default(),
         };
         let started = Instant::now();
+        self.set_last_api_error(None);
         let (result, store_error) = self.run_agent(&executor, req, &mut step).await;
         drop(workdir);
         if let Some(e) = store_error {
@@ -124,6 +126,18 @@ impl RunDriver {
                     }
                 } else {
                     step.exit_code = None;
+                    // No agent process ran: the row says why, with no exit code.
+                    self.refresh_tasks();
+                    self.report(
+                        Some(step.id),
+                        ReportKind::IterationEnd,
+                        Row {
+                            duration_ms: Some(duration),
+                            output_path: log_path.exists().then(|| log_path.clone()),
+                            ..Row::msg(label.clone(), format!("reason={detail}"))
+                        },
+                    )
+                    .await?;
                     self.open_attempt = Some(OpenAttempt {
                         step,
                         label,
@@ -142,6 +156,11 @@ impl RunDriver {
         step.exit_code = Some(outcome.exit_code);
         step.head_after = self.head().await?;
         step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+        step.resources.clone_from(&outcome.resources);
+        if let Some(u) = &step.usage {
+            // Every call counts against the budgets, failed and retried ones included.
+            self.add_usage(&u.clone());
+        }
         // An agent that left the run branch or rewrote its history would have its work
         // (or earlier steps' work) silently dropped by the merge: stop here instead.
         match self
@@ -166,16 +185,25 @@ impl RunDriver {
             }
             Err(e) => return Err(e.into()),
         }
+        // The rows of this step carry the plan's counts as the step left them.
+        self.refresh_tasks();
+        // The columns every row about the finished step carries (SPEC §7).
+        let finished = Row {
+            iteration: label.clone(),
+            duration_ms: Some(duration),
+            exit_code: Some(outcome.exit_code),
+            output_bytes: Some(outcome.output_bytes),
+            output_lines: Some(outcome.output_lines),
+            output_path: Some(log_path.clone()),
+            message: String::new(),
+        };
         if outcome.output_bytes > self.cfg.warn_output_bytes {
             self.report(
                 Some(step.id),
                 ReportKind::WarnOutputLarge,
                 Row {
-                    output_bytes: Some(outcome.output_bytes),
-                    ..Row::msg(
-                        label.clone(),
-                        format!("step printed {} bytes", outcome.output_bytes),
-                    )
+                    message: format!("threshold={}", self.cfg.warn_output_bytes),
+                    ..finished.clone()
                 },
             )
             .await?;
@@ -184,68 +212,107 @@ impl RunDriver {
             outcome.termination,
             Some(Termination::TimedOut | Termination::IdleTimedOut)
         ) {
-            let what = if outcome.termination == Some(Termination::IdleTimedOut) {
-                format!("no output for {} s", self.cfg.claude_idle_timeout_sec)
+            let (limit, what) = if outcome.termination == Some(Termination::IdleTimedOut) {
+                (self.cfg.claude_idle_timeout_sec, "no output for")
             } else {
-                format!("ran past {} s", self.cfg.claude_timeout_sec)
+                (self.cfg.claude_timeout_sec, "ran past")
             };
             self.report(
                 Some(step.id),
                 ReportKind::IterationTimeout,
                 Row {
-                    duration_ms: Some(duration),
                     exit_code: Some(outcome.exit_code),
-                    ..Row::msg(label.clone(), what)
+                    output_path: Some(log_path.clone()),
+                    ..Row::msg(label.clone(), format!("timeout_sec={limit}"))
                 },
             )
             .await?;
+            self.rec
+                .log(format!("step {label}: {what} {limit} s; stopped"));
         }
+        let limit_hit = outcome.resources.as_ref().and_then(|r| r.limit_hit.clone());
         let verdict = if step.reason.is_some() {
             Verdict::Failure {
                 kind: FailureKind::Transient { status: None },
                 message: step.reason.clone().unwrap_or_default(),
             }
+        } else if let Some(key) = limit_hit {
+            // The agent's cgroup refused it more processes or memory: whatever it printed,
+            // the step did not do its work.
+            Verdict::Failure {
+                kind: if outcome.exit_code == 0 {
+                    FailureKind::AgentError
+                } else {
+                    FailureKind::ExitCode(outcome.exit_code)
+                },
+                message: format!(
+                    "the agent hit its {key} limit ({}) and was stopped by it",
+                    match key.as_str() {
+                        "agent_pids_max" => self
+                            .cfg
+                            .agent_pids_max
+                            .map(|n| format!("{n} processes"))
+                            .unwrap_or_default(),
+                        _ => self.cfg.agent_memory_max.clone().unwrap_or_default(),
+                    }
+                ),
+            }
         } else {
             // The executor that ran the step says what its outcome means.
             executor.judge(&outcome)
         };
+        // A timeout hides what the agent was waiting for: the API error it kept retrying on
+        // says it (issue 13: a bad key looked like a slow model).
+        let verdict = match verdict {
+            Verdict::Failure {
+                kind: FailureKind::Timeout,
+                message,
+            } => Verdict::Failure {
+                kind: FailureKind::Timeout,
+                message: match self.take_last_api_error() {
+                    Some(api) => format!("{message}; last API error: {api}"),
+                    None => message,
+                },
+            },
+            other => other,
+        };
+        // Empty when the step succeeded; a failure says why (SPEC §7).
         let message = match &verdict {
-            Verdict::Success => "ok".to_owned(),
-            Verdict::Failure { message, .. } => message.clone(),
+            Verdict::Success => String::new(),
+            Verdict::Failure { message, .. } => format!("reason={message}"),
         };
         self.report(
             Some(step.id),
             ReportKind::IterationEnd,
             Row {
-                iteration: label.clone(),
-                duration_ms: Some(duration),
-                exit_code: Some(outcome.exit_code),
-                output_bytes: Some(outcome.output_bytes),
-                output_lines: Some(outcome.output_lines),
-                output_path: Some(log_path.clone()),
                 message,
+                ..finished
             },
         )
         .await?;
-        // The tail is written and both files checksummed at the next flush, which runs
-        // while the next agent starts; the log is complete now, so the tail will be too.
+        // The tail is small and written now (its row gives its size); the log and the tail
+        // are checksummed at the next flush, which runs while the next agent starts.
         if log_path.exists() {
-            let (log, tail) = (log_path.clone(), tail_path.clone());
+            let (tail_bytes, tail_lines) = match write_tail(&log_path, &tail_path).await {
+                Ok(size) => (Some(size.bytes), Some(size.lines)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the tail of {}", log_path.display());
+                    (None, None)
+                }
+            };
             self.rec.defer_record(
                 vec![
                     (ArtifactKind::IterationTail, tail_path.clone()),
                     (ArtifactKind::IterationLog, log_path.clone()),
                 ],
-                move || {
-                    if let Err(e) = artifacts::write_tail(&log, &tail, 200) {
-                        tracing::warn!(error = %e, "cannot write the tail of {}", log.display());
-                    }
-                },
+                || {},
             );
             self.report(
                 Some(step.id),
                 ReportKind::IterationTail,
                 Row {
+                    output_bytes: tail_bytes,
+                    output_lines: tail_lines,
                     output_path: Some(tail_path.clone()),
                     ..Row::msg(label.clone(), "last 200 lines")
                 },
@@ -315,23 +382,151 @@ impl RunDriver {
             Some(step.id),
             ReportKind::ClaudeRetry,
             Row {
-                duration_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 exit_code,
+                output_path: step.output_path.clone(),
+                ..Row::msg(label.clone(), format!("attempt={}", step.attempt))
+            },
+        )
+        .await?;
+        self.rec.log(format!(
+            "step {label}: {} retry after {} ms: {message}",
+            if transient { "transient" } else { "plain" },
+            delay.as_millis()
+        ));
+        self.flush().await?;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.control.cancel.cancelled() => Err(self.interrupted()),
+        }
+    }
+
+    fn set_last_api_error(&self, value: Option<String>) {
+        if let Ok(mut last) = self.last_api_error.lock() {
+            *last = value;
+        }
+    }
+
+    fn take_last_api_error(&self) -> Option<String> {
+        self.last_api_error.lock().ok().and_then(|mut l| l.take())
+    }
+
+    /// Ends the failed attempt that waits for the loop's decision as `failed` (the run ends
+    /// for another reason). `Some` when the store failed.
+    pub(super) async fn close_open_attempt(&mut self) -> Option<Stop> {
+        let OpenAttempt {
+            mut step, duration, ..
+        } = self.open_attempt.take()?;
+        self.end_step(&mut step, StepStatus::Failed, duration)
+            .await
+            .err()
+    }
+
+    /// The loop waits for the account's usage limit to reset (SPEC §15): the failed
+    /// attempt's step ends `retrying`, a `usage_wait` step records the wait with its end as
+    /// `ended_at` (durable before the wait begins, so a restarted daemon waits for the rest),
+    /// `USAGE_LIMIT_WAIT` is reported, and the driver sleeps; a cancel cuts the wait short.
+    /// The run stays `RUNNING`.
+    pub(super) async fn wait_usage_limit(&mut self, wait: Duration) -> Result<(), Stop> {
+        let (label, message) = match self.open_attempt.take() {
+            Some(OpenAttempt {
+                mut step,
+                label,
+                duration,
+                message,
+                ..
+            }) => {
+                self.end_step(&mut step, StepStatus::Retrying, duration)
+                    .await?;
+                (label, message)
+            }
+            None => (self.run.iterations_run.to_string(), String::new()),
+        };
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let until = crate::domain::now_ms().saturating_add(wait_ms);
+        let iteration = self.run.iterations_run;
+        let mut step = self.new_step(
+            iteration,
+            &format!("{label}-usage-wait"),
+            StepPhase::UsageWait,
+            1,
+        );
+        step.status = StepStatus::Succeeded;
+        step.ended_at = Some(until);
+        step.reason = Some(message);
+        self.rec.write(StoreWrite::InsertStep(step.clone()));
+        self.report(
+            Some(step.id),
+            ReportKind::UsageLimitWait,
+            Row {
+                duration_ms: Some(u64::try_from(wait_ms).unwrap_or(0)),
                 ..Row::msg(
                     label,
                     format!(
-                        "{} retry after {} ms: {message}",
-                        if transient { "transient" } else { "plain" },
-                        delay.as_millis()
+                        "until={} wait_sec={}",
+                        crate::artifacts::rfc3339(until),
+                        wait.as_secs()
                     ),
                 )
             },
         )
         .await?;
         self.flush().await?;
+        self.sleep_until(until).await
+    }
+
+    /// Waits for the rest of a usage-limit wait a restart cut short.
+    pub(super) async fn resume_usage_wait(&mut self, until: i64) -> Result<(), Stop> {
+        let left = until.saturating_sub(crate::domain::now_ms()).max(0);
+        self.report(
+            None,
+            ReportKind::UsageLimitWait,
+            Row {
+                duration_ms: Some(u64::try_from(left).unwrap_or(0)),
+                ..Row::msg(
+                    "",
+                    format!(
+                        "until={} wait_sec={} resumed=true",
+                        crate::artifacts::rfc3339(until),
+                        left / 1000
+                    ),
+                )
+            },
+        )
+        .await?;
+        self.flush().await?;
+        self.sleep_until(until).await
+    }
+
+    async fn sleep_until(&self, until: i64) -> Result<(), Stop> {
+        let left = until.saturating_sub(crate::domain::now_ms()).max(0);
+        let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
         tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
+            () = tokio::time::sleep(left) => Ok(()),
             () = self.control.cancel.cancelled() => Err(self.interrupted()),
+        }
+    }
+
+    /// The loop gives up on a usage limit it cannot wait for: the attempt's step and the run
+    /// fail (`claude_failed`) saying when the limit resets and why the run did not wait.
+    pub(super) async fn usage_limit_failure(&mut self, wait: Option<Duration>) -> Stop {
+        let why = match wait {
+            None => "the agent gave no reset time to wait for".to_owned(),
+            Some(w) if w.as_secs() > self.cfg.usage_limit_wait_max_sec => format!(
+                "it resets in {} s, past usage_limit_wait_max_sec={}",
+                w.as_secs(),
+                self.cfg.usage_limit_wait_max_sec
+            ),
+            Some(_) => format!(
+                "it was still reached after {} waits for its reset",
+                crate::machine::MAX_USAGE_LIMIT_WAITS
+            ),
+        };
+        match self.agent_failure().await {
+            Stop::Fail { reason, detail } => Stop::Fail {
+                reason,
+                detail: format!("{detail}; the run did not wait: {why}"),
+            },
+            other => other,
         }
     }
 
@@ -395,6 +590,7 @@ impl RunDriver {
             signals: sig_tx,
             cancel: cancel.clone(),
         };
+        let log_path = req.log_path.clone();
         let exec = executor.execute(req, ctx);
         tokio::pin!(exec);
         // The first flush waits a moment: the agent's own start is the latency that counts,
@@ -433,11 +629,23 @@ impl RunDriver {
                         None => std::future::pending().await,
                     }
                 } => {
-                    self.rec.report(Some(step.id), ReportKind::Heartbeat, Row::msg(step.label.clone(), format!("running for {} s", started.elapsed().as_secs())), self.tasks());
+                    let elapsed = ms(started);
+                    let row = Row {
+                        duration_ms: Some(elapsed),
+                        output_path: Some(log_path.clone()),
+                        ..Row::msg(step.label.clone(), format!("elapsed_ms={elapsed}"))
+                    };
+                    self.rec.report(Some(step.id), ReportKind::Heartbeat, row, self.tasks());
                 }
                 () = &mut long, if !warned => {
                     warned = true;
-                    self.rec.report(Some(step.id), ReportKind::WarnIterationLong, Row::msg(step.label.clone(), format!("step running past {} s", self.cfg.warn_iteration_sec)), self.tasks());
+                    let threshold = self.cfg.warn_iteration_sec.max(1).saturating_mul(1000);
+                    let row = Row {
+                        duration_ms: Some(ms(started)),
+                        output_path: Some(log_path.clone()),
+                        ..Row::msg(step.label.clone(), format!("threshold_ms={threshold}"))
+                    };
+                    self.rec.report(Some(step.id), ReportKind::WarnIterationLong, row, self.tasks());
                 }
             }
             // What the branches queued (the agent's pid, a heartbeat) is flushed at once, one
@@ -481,6 +689,16 @@ impl RunDriver {
                 error_status,
                 error,
             } => {
+                let what = match (&error, error_status) {
+                    (Some(e), Some(s)) => format!("{e} (HTTP {s})"),
+                    (Some(e), None) => e.clone(),
+                    (None, Some(s)) => format!("HTTP {s}"),
+                    (None, None) => "unknown".to_owned(),
+                };
+                self.set_last_api_error(Some(match attempt {
+                    Some(n) => format!("{what}, retry {n} by the CLI"),
+                    None => what,
+                }));
                 let mut ev = NewEvent::typed(
                     self.run.id,
                     &EventPayload::ClaudeApiRetry(payloads::ClaudeApiRetry {
@@ -496,6 +714,21 @@ impl RunDriver {
             }
         }
     }
+}
+
+/// Writes the last 200 lines of an agent step's log to its tail file: in place for a log of
+/// a usual size (a hop to the blocking pool would cost more, between two agent calls), on the
+/// blocking pool for a big one (its last lines may be one huge line).
+async fn write_tail(log: &Path, tail: &Path) -> std::io::Result<artifacts::TailSize> {
+    const IN_PLACE_BYTES: u64 = 1024 * 1024;
+    let big = std::fs::metadata(log).map_or(true, |m| m.len() > IN_PLACE_BYTES);
+    if !big {
+        return artifacts::write_tail(log, tail, 200);
+    }
+    let (log, tail) = (log.to_path_buf(), tail.to_path_buf());
+    tokio::task::spawn_blocking(move || artifacts::write_tail(&log, &tail, 200))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Forwards executor output to the run's live channel. Offsets come from the executor, so a

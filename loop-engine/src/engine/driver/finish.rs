@@ -5,14 +5,16 @@ use std::time::{Duration, Instant};
 
 use crate::artifacts::{self, Summary};
 use crate::backend::{MergeOutcome, MergeRequest, Notification, NotificationKind, VcsError};
+use crate::config::WorktreeCleanup;
 use crate::domain::{
-    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, RunStatus, StepPhase,
-    StepStatus, now_ms, payloads,
+    ArtifactKind, EventPayload, ExitReason, MergeStrategy, ReportKind, ReviewStatus, RunStatus,
+    StepPhase, StepStatus, now_ms, payloads,
 };
 use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::postmortem;
 use crate::engine::report::Row;
+use crate::engine::review::remove_run_worktree;
 
 /// How often a merge that found a git lock held is tried again (about 16 s in all).
 const MERGE_LOCK_RETRIES: u64 = 10;
@@ -129,6 +131,12 @@ impl RunDriver {
                 };
                 step.head_after = commit.clone();
                 step.exit_code = Some(0);
+                if let Some(commit) = &commit {
+                    // The work is in the target: the review has nothing left to merge.
+                    self.run.review_status = ReviewStatus::Merged;
+                    self.run.review_action_at = Some(now_ms());
+                    self.run.merge_commit = Some(commit.clone());
+                }
                 let duration = ms(started);
                 self.end_step(&mut step, StepStatus::Succeeded, duration)
                     .await?;
@@ -299,16 +307,33 @@ impl RunDriver {
             .map(ToString::to_string)
             .unwrap_or_default();
         // RUN_END keeps the seed's whole message (scripts match it); why the run failed, in
-        // words, is the line before it in run.log.
+        // words, is the RUN_FAILURE row before it (and the RUN_FAILED line of run.log).
         if let Some(why) = &detail {
             self.rec
                 .log(format!("RUN_FAILED reason={reason_text} failure={why}"));
+            let _ = self
+                .report(
+                    None,
+                    ReportKind::RunFailure,
+                    Row::msg(
+                        self.run.iterations_run.to_string(),
+                        format!("reason={reason_text} failure={why}"),
+                    ),
+                )
+                .await;
         }
         let _ = self
             .report(
                 None,
                 ReportKind::RunEnd,
-                Row::msg("", format!("reason={reason_text}")),
+                Row {
+                    duration_ms: Some(u64::try_from(now_ms() - self.start_ms).unwrap_or(0)),
+                    exit_code: Some(self.end_exit_code()),
+                    ..Row::msg(
+                        self.run.iterations_run.to_string(),
+                        format!("reason={reason_text}"),
+                    )
+                },
             )
             .await;
         let (payload, note) = match status {
@@ -356,6 +381,15 @@ impl RunDriver {
         if let Err(e) = self.inner.notifier.notify(&notification).await {
             tracing::warn!(%run_id, error = %chain(&e), "notifier failed");
         }
+        // Last, once nothing of the run needs its worktree any more.
+        if status == RunStatus::Completed
+            && self.run.review_status == ReviewStatus::Merged
+            && self.cfg.worktree_cleanup == WorktreeCleanup::OnMerge
+        {
+            let what = remove_run_worktree(&self.inner, &self.run).await;
+            self.rec.log(format!("WORKTREE_CLEANUP {what}"));
+            let _ = self.flush().await;
+        }
         self.inner.hub.close(run_id);
         if postmortem::applies_after(status, &self.cfg) {
             // The run has ended for everyone (status, merge, events, notification): its
@@ -365,6 +399,18 @@ impl RunDriver {
             self.inner.wake.notify_one();
             postmortem::after_run(&self.inner, &self.rec, &self.run, &self.cfg).await;
         }
+    }
+
+    /// The run's last exit code (RUN_END's `exit_code`, summary.json's `last_exit_code`): the
+    /// last agent process's, or, when no agent process ran (a failure while preparing, an
+    /// agent that could not be started), the run's own as `loopctl wait` gives it: 0
+    /// completed, 1 failed, 2 canceled.
+    pub(super) fn end_exit_code(&self) -> i32 {
+        self.last_exit_code.unwrap_or(match self.run.status {
+            RunStatus::Completed => 0,
+            RunStatus::Canceled => 2,
+            _ => 1,
+        })
     }
 
     /// Writes summary.json (the seed's keys, then status, name, failure, tasks, branches and
@@ -404,7 +450,7 @@ impl RunDriver {
                 .iter_duration_sum
                 .checked_div(self.iter_count)
                 .unwrap_or(0),
-            last_exit_code: self.last_exit_code,
+            last_exit_code: Some(self.end_exit_code()),
             completion_mode: self.completion_seen.then_some(self.cfg.completion_mode),
             model,
             exit_reason: reason.clone(),

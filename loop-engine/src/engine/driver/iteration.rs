@@ -14,9 +14,10 @@ use crate::engine::driver::stop::Stop;
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
 use crate::machine::{
-    Decision, Failure, LoopConfig, Observation, RetryPolicy, RunLoop, StepObservation, Token,
-    Warning, WatchdogConfig, WatchdogSignal,
+    Budget, BudgetKind, Decision, Failure, LoopConfig, Observation, RetryPolicy, RunLoop,
+    StepObservation, Token, Warning, WatchdogConfig, WatchdogSignal,
 };
+use crate::outcome::FailureKind;
 use crate::plan;
 use crate::{naming, prompt};
 
@@ -36,6 +37,14 @@ impl RunDriver {
                 verification_failures: 2,
             },
             max_rewrites: cfg.watchdog_max_rewrites,
+            max_no_progress_steps: cfg.max_no_progress_steps,
+            budget: Budget {
+                cost_usd: cfg.max_cost_usd,
+                tokens: cfg.max_tokens,
+                wall: (cfg.max_wall_sec > 0)
+                    .then(|| std::time::Duration::from_secs(cfg.max_wall_sec)),
+            },
+            usage_limit_wait_max: std::time::Duration::from_secs(cfg.usage_limit_wait_max_sec),
             retry: RetryPolicy {
                 retries: cfg.claude_retries,
                 backoff: std::time::Duration::from_secs(cfg.claude_retry_backoff_sec),
@@ -52,6 +61,10 @@ impl RunDriver {
         self.checkpoint()?;
         let history = self.load_history().await?;
         self.prepare().await?;
+        if let Some(until) = self.resume_wait_until.take() {
+            // A restart cut a usage-limit wait short: the rest of it comes first.
+            self.resume_usage_wait(until).await?;
+        }
         let mut run_loop = RunLoop::new(self.loop_config(), history);
         let mut decision = run_loop.start();
         loop {
@@ -81,6 +94,11 @@ impl RunDriver {
                 } => self.implementation_step(iteration, attempt, retry).await?,
                 Decision::RetryAgent { delay, transient } => {
                     self.retry_agent(delay, transient).await?;
+                    Observation::Done
+                }
+                Decision::CheckBudget => Observation::Spent(self.spent()),
+                Decision::WaitUsageLimit { wait } => {
+                    self.wait_usage_limit(wait).await?;
                     Observation::Done
                 }
                 Decision::Verify { iteration, kind } => {
@@ -149,6 +167,62 @@ impl RunDriver {
                     },
                 ),
             },
+            Failure::NoProgress { steps } => {
+                // The last step's failure-free end stays as it is; the run says why it stops.
+                Stop::Fail {
+                    reason: ExitReason::NoProgress,
+                    detail: format!(
+                        "run {}: {steps} implementation steps in a row changed neither the plan nor HEAD (empty or ineffective answers) and the watchdog's {} rewrites are used up ({} of {} tasks done); max_no_progress_steps={}",
+                        self.run.id,
+                        self.cfg.watchdog_max_rewrites,
+                        self.run.tasks_done,
+                        self.run.tasks_total,
+                        self.cfg.max_no_progress_steps
+                    ),
+                }
+            }
+            Failure::Budget { kind, spent } => {
+                let (name, detail) = match kind {
+                    BudgetKind::Cost => (
+                        "cost",
+                        format!(
+                            "spent ${:.4} of max_cost_usd=${:.4}",
+                            spent.cost_usd,
+                            self.cfg.max_cost_usd.unwrap_or_default()
+                        ),
+                    ),
+                    BudgetKind::Tokens => (
+                        "tokens",
+                        format!(
+                            "used {} tokens of max_tokens={}",
+                            spent.tokens,
+                            self.cfg.max_tokens.unwrap_or_default()
+                        ),
+                    ),
+                    BudgetKind::Wall => (
+                        "wall",
+                        format!(
+                            "ran {} s of max_wall_sec={}",
+                            spent.wall.as_secs(),
+                            self.cfg.max_wall_sec
+                        ),
+                    ),
+                };
+                // A failed attempt waiting for the loop's decision ends with the run.
+                if let Some(stop) = self.close_open_attempt().await {
+                    return stop;
+                }
+                Stop::Fail {
+                    reason: ExitReason::BudgetExhausted {
+                        kind: name.to_owned(),
+                    },
+                    detail: format!(
+                        "run {}: budget exhausted: {detail} ({} of {} tasks done)",
+                        self.run.id, self.run.tasks_done, self.run.tasks_total
+                    ),
+                }
+            }
+            Failure::UsageLimit { wait } => self.usage_limit_failure(wait).await,
             Failure::Protocol { detail } => {
                 Stop::failed(format!("run {}: internal error: {detail}", self.run.id))
             }
@@ -160,12 +234,12 @@ impl RunDriver {
         match warning {
             Warning::CompleteWithPending { pending } => {
                 self.report(
-                    None,
+                    self.last_agent_step,
                     ReportKind::WarnCompleteWithPending,
-                    Row::msg(
-                        iteration.to_string(),
-                        format!("{pending} tasks still pending"),
-                    ),
+                    Row {
+                        output_path: self.last_iter_log.clone(),
+                        ..Row::msg(iteration.to_string(), format!("pending={pending}"))
+                    },
                 )
                 .await
             }
@@ -174,13 +248,18 @@ impl RunDriver {
                 pending,
                 to_review,
             } => {
+                let label = naming::iteration_label(iteration, Some(pass), None);
+                self.rec.log(format!(
+                    "step {label}: the reviewer sent the completion token with {pending} tasks pending and {to_review} awaiting review"
+                ));
+                // For the reviewer, every task not through review is still pending.
                 self.report(
                     self.last_agent_step,
                     ReportKind::WarnReviewerCompleteWithPending,
-                    Row::msg(
-                        naming::iteration_label(iteration, Some(pass), None),
-                        format!("{pending} pending, {to_review} awaiting review"),
-                    ),
+                    Row {
+                        output_path: self.last_iter_log.clone(),
+                        ..Row::msg(label, format!("pending={}", pending + to_review))
+                    },
                 )
                 .await
             }
@@ -190,6 +269,18 @@ impl RunDriver {
     /// The observation of an agent attempt that did not succeed.
     fn attempt_failed(attempt: Attempt) -> Observation {
         match attempt {
+            Attempt::Failed {
+                kind: FailureKind::UsageLimit { resets_at },
+                ..
+            } => Observation::UsageLimited {
+                // The time left until the reset (a reset in the past: none).
+                wait: resets_at.map(|at| {
+                    let ms = at
+                        .saturating_mul(1000)
+                        .saturating_sub(crate::domain::now_ms());
+                    std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+                }),
+            },
             Attempt::Failed { kind, jitter } => Observation::AgentFailed { kind, jitter },
             Attempt::Broken | Attempt::Done(_) => Observation::AgentBroken,
         }
@@ -389,21 +480,33 @@ impl RunDriver {
     /// Detects the completion token in an agent's answer and records what was seen.
     async fn completion(&mut self, label: String, step: StepId, text: &str) -> Result<Token, Stop> {
         let c = completion::detect(text, self.cfg.completion_mode);
+        let log = self.last_iter_log.clone();
         match &c {
             Completion::Accepted => {
                 self.completion_seen = true;
+                // The token in the accepted form, whatever the plan says: whether the run is
+                // done is decided by the plan (a WARN_*_PENDING row says when it is not).
                 self.report(
                     Some(step),
                     ReportKind::CompleteDetected,
-                    Row::msg(label, "completion token accepted"),
+                    Row {
+                        output_path: log,
+                        ..Row::msg(label, format!("mode={}", self.cfg.completion_mode))
+                    },
                 )
                 .await?;
             }
-            Completion::Malformed { snippet } => {
+            Completion::Malformed { .. } => {
                 self.report(
                     Some(step),
                     ReportKind::WarnMalformedComplete,
-                    Row::msg(label, snippet.clone()),
+                    Row {
+                        output_path: log,
+                        ..Row::msg(
+                            label,
+                            format!("output_head={}", completion::output_head(text)),
+                        )
+                    },
                 )
                 .await?;
             }

@@ -7,13 +7,15 @@
 //!
 //! One concern per file: `state` (the driver's state and bookkeeping), `prepare` (worktree,
 //! seed, naming), `iteration` (the loop of SPEC §6), `agent` (one agent step with retries),
-//! `verify` (verification commands), `finish` (merge and the end of a run), `stop` (why a run
-//! stops), `worktree` (the worktree and its HEAD).
+//! `verify` (verification commands), `setup` (`setup_cmds` in a new worktree), `finish`
+//! (merge and the end of a run), `stop` (why a run stops), `worktree` (the worktree and its
+//! HEAD).
 
 mod agent;
 mod finish;
 mod iteration;
 mod prepare;
+mod setup;
 mod state;
 mod stop;
 mod verify;

@@ -3,14 +3,18 @@
 
 use std::time::{Duration, Instant};
 
+/// The naming call's timeout when neither `claude_timeout_sec` nor `claude_idle_timeout_sec`
+/// is set.
+const NAMING_TIMEOUT_WITHOUT_CONFIG: Duration = Duration::from_secs(120);
+
 use crate::artifacts;
-use crate::backend::{ExecContext, ExecPurpose, ExecRequest};
+use crate::backend::{ExecPurpose, ExecRequest};
 use crate::config::{MAX_DOC_FILE_BYTES, read_user_file};
 use crate::domain::{
     ArtifactKind, EventPayload, NameSource, ReportKind, StepPhase, StepStatus, payloads,
 };
 use crate::engine::create::assign_branch;
-use crate::engine::driver::state::{RunDriver, ms, rebase};
+use crate::engine::driver::state::{RunDriver, ms, rebase, secs};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::report::Row;
@@ -27,10 +31,12 @@ impl RunDriver {
         }
         let fresh = self.step_seq == 0;
         if fresh {
+            self.rec
+                .log(format!("run {} ({})", self.run.name, self.run.id));
             self.report(
                 None,
                 ReportKind::RunStart,
-                Row::msg("", format!("run {} ({})", self.run.name, self.run.id)),
+                Row::msg("", self.run_start_message()),
             )
             .await?;
         }
@@ -106,6 +112,7 @@ impl RunDriver {
             }
         }
         self.seed(wt.created_worktree).await?;
+        self.setup(wt.created_worktree).await?;
         // The prompt snapshot is what the agent gets; written once per start.
         let text = self.implementation_prompt()?;
         let path = self.rec.folder.prompt();
@@ -120,10 +127,23 @@ impl RunDriver {
             ReportKind::PromptSnapshot,
             Row {
                 output_path: Some(path),
-                ..Row::msg("", "prompt snapshot")
+                ..Row::msg("", "prompt")
             },
         )
         .await
+    }
+
+    /// The RUN_START message in the seed's words (SPEC §7), split on spaces by its readers:
+    /// `spec=<path> plan=<path> iterations=<n> model=<model> mode=<completion mode>`.
+    pub(super) fn run_start_message(&self) -> String {
+        format!(
+            "spec={} plan={} iterations={} model={} mode={}",
+            self.run.spec_path.display(),
+            self.run.plan_path.display(),
+            self.cfg.iterations,
+            self.cfg.model,
+            self.cfg.completion_mode
+        )
     }
 
     /// Copies a spec or plan that is missing or different at the base branch into the
@@ -219,7 +239,15 @@ impl RunDriver {
         .await
     }
 
-    /// Asks the naming model for a name; falls back to the spec slug on any failure.
+    /// Asks the naming model for a name; falls back to the spec slug on any failure, and
+    /// records why (the step's reason, `RUN_NAMED`'s `fallback_reason`).
+    ///
+    /// The call is an agent step like the others (issue 13): it obeys `claude_timeout_sec`
+    /// and `claude_idle_timeout_sec` (with neither set it is cut after
+    /// [`NAMING_TIMEOUT_WITHOUT_CONFIG`]: a name is not worth a longer wait), its output is
+    /// live for `tail`, its log `naming.log` is a recorded (and mirrored) artifact, and its
+    /// cost counts against the run's budgets. The executor runs it without tools
+    /// ([`ExecPurpose::Naming`]), and only a short label of plain words is taken as a name.
     pub(super) async fn name_with_model(&mut self) -> Result<(), Stop> {
         let spec_text = std::fs::read_to_string(&self.run.spec_path).unwrap_or_default();
         let excerpt: String = spec_text.chars().take(4000).collect();
@@ -228,6 +256,13 @@ impl RunDriver {
         step.output_path = Some(log.clone());
         self.start_step(&step).await?;
         let started = Instant::now();
+        let (timeout, idle_timeout) = match (
+            secs(self.cfg.claude_timeout_sec),
+            secs(self.cfg.claude_idle_timeout_sec),
+        ) {
+            (None, None) => (Some(NAMING_TIMEOUT_WITHOUT_CONFIG), None),
+            set => set,
+        };
         let result = match self.executor() {
             Ok(executor) => {
                 let req = ExecRequest {
@@ -240,21 +275,26 @@ impl RunDriver {
                     // The run folder, not the primary checkout: the naming agent must not
                     // touch the user's files.
                     workdir: self.rec.folder.root().to_path_buf(),
-                    log_path: log,
-                    timeout: Some(Duration::from_secs(120)),
-                    idle_timeout: None,
+                    log_path: log.clone(),
+                    timeout,
+                    idle_timeout,
                     env: self.agent_env(),
+                    limits: self.cfg.agent_limits().unwrap_or_default(),
                 };
-                let ctx = ExecContext::detached(self.control.cancel.child_token());
-                self.flush().await?;
-                match executor.execute(req, ctx).await {
+                let (outcome, store_error) = self.run_agent(&executor, req, &mut step).await;
+                self.inner.hub.set_current_output(self.run.id, None);
+                if let Some(e) = store_error {
+                    return Err(e.into());
+                }
+                match outcome {
                     Ok(outcome) => {
                         step.exit_code = Some(outcome.exit_code);
+                        step.usage = outcome.result.as_ref().map(|r| r.usage.clone());
+                        if let Some(u) = step.usage.clone() {
+                            self.add_usage(&u);
+                        }
                         match executor.judge(&outcome) {
-                            Verdict::Success => naming::sanitize_name(&outcome.output_text)
-                                .ok_or_else(|| {
-                                    "the naming model answered no usable name".to_owned()
-                                }),
+                            Verdict::Success => naming::validate_label(&outcome.output_text),
                             Verdict::Failure { message, .. } => Err(message),
                         }
                     }
@@ -263,6 +303,9 @@ impl RunDriver {
             }
             Err(e) => Err(e),
         };
+        if log.exists() {
+            self.rec.record(ArtifactKind::NamingLog, &log).await;
+        }
         if self.control.cancel.is_cancelled() {
             step.reason = Some("interrupted".into());
             self.end_step(&mut step, StepStatus::Canceled, ms(started))

@@ -75,6 +75,19 @@ pub(crate) struct RunDriver {
     /// The engine's fallback git identity for the agent when git has none (asked once per
     /// run, at preparation).
     pub(super) identity_env: Vec<(String, String)>,
+    /// Dollars spent by every agent call of the run (history included; SPEC §15).
+    pub(super) spent_cost_usd: f64,
+    /// Input + output tokens of every agent call of the run.
+    pub(super) spent_tokens: u64,
+    /// When the run's first step started (its wall-clock budget counts from there).
+    pub(super) first_step_ms: Option<i64>,
+    /// A usage-limit wait a restart cut short: when it ends.
+    pub(super) resume_wait_until: Option<i64>,
+    /// The last API error the agent CLI retried on during the current attempt (a timeout's
+    /// reason names it).
+    pub(super) last_api_error: std::sync::Mutex<Option<String>>,
+    /// `setup_cmds` succeeded in this run's worktree (history included).
+    pub(super) setup_done: bool,
 }
 
 impl RunDriver {
@@ -127,6 +140,12 @@ impl RunDriver {
             completed_iteration: None,
             completion_seen: false,
             identity_env: Vec::new(),
+            spent_cost_usd: 0.0,
+            spent_tokens: 0,
+            first_step_ms: None,
+            resume_wait_until: None,
+            last_api_error: std::sync::Mutex::new(None),
+            setup_done: false,
             run,
         })
     }
@@ -163,8 +182,20 @@ impl RunDriver {
         })
     }
 
+    /// The plan's counts as last read: the `tasks_done`/`tasks_total` of report rows.
     pub(super) fn tasks(&self) -> (u32, u32) {
         (self.run.tasks_done, self.run.tasks_total)
+    }
+
+    /// Re-counts the plan in the worktree after a step, so the step's rows carry the counts
+    /// it left (SPEC §7). A plan that cannot be read keeps the last counts: the loop reads it
+    /// again and says what is wrong ([`RunDriver::read_plan`]).
+    pub(super) fn refresh_tasks(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.plan_in_worktree) {
+            let counts = plan::counts(&text);
+            self.run.tasks_done = counts.done;
+            self.run.tasks_total = counts.total;
+        }
     }
 
     /// Queues a report-kind event (store, report.tsv, run.log); see [`Recorder`].
@@ -292,6 +323,31 @@ impl RunDriver {
         if let Some(v) = verdicts.next_back() {
             self.last_verified = Some((v.head_before.clone(), v.status == StepStatus::Succeeded));
         }
+        // The last agent process's exit code (RUN_END and summary.json report it).
+        self.last_exit_code = steps
+            .iter()
+            .rev()
+            .filter(|s| matches!(s.phase, StepPhase::Implementation | StepPhase::Review))
+            .find_map(|s| s.exit_code);
+        // Budgets survive restarts: what the stored steps spent counts (retries included).
+        for s in &steps {
+            if let Some(u) = &s.usage {
+                self.add_usage(u);
+            }
+        }
+        self.first_step_ms = steps.iter().filter_map(|s| s.started_at).min();
+        self.setup_done = steps
+            .iter()
+            .any(|s| s.phase == StepPhase::Setup && s.status == StepStatus::Succeeded);
+        // A usage-limit wait a restart cut short goes on until its reset: the agent is not
+        // called before it.
+        if let Some(last) = steps.iter().max_by_key(|s| s.seq)
+            && last.phase == StepPhase::UsageWait
+            && let Some(until) = last.ended_at
+            && until > now_ms()
+        {
+            self.resume_wait_until = Some(until);
+        }
         // A watchdog rewrite stays in force after a restart.
         if let Some(w) = steps.iter().rev().find(|s| s.phase == StepPhase::Watchdog)
             && let Some(p) = &w.prompt_path
@@ -307,6 +363,27 @@ impl RunDriver {
         })
     }
 
+    /// Adds one agent call's accounting to what the run spent.
+    pub(super) fn add_usage(&mut self, usage: &crate::domain::AgentUsage) {
+        self.spent_cost_usd += usage.cost_usd.unwrap_or(0.0).max(0.0);
+        self.spent_tokens = self.spent_tokens.saturating_add(
+            usage
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(usage.output_tokens.unwrap_or(0)),
+        );
+    }
+
+    /// What the run has spent so far (SPEC §15).
+    pub(super) fn spent(&self) -> crate::machine::Spent {
+        let since = self.first_step_ms.unwrap_or(self.start_ms);
+        crate::machine::Spent {
+            cost_usd: self.spent_cost_usd,
+            tokens: self.spent_tokens,
+            wall: Duration::from_millis(u64::try_from(now_ms() - since).unwrap_or(0)),
+        }
+    }
+
     pub(super) fn new_step(
         &mut self,
         iteration: u32,
@@ -315,6 +392,7 @@ impl RunDriver {
         attempt: u32,
     ) -> Step {
         self.step_seq += 1;
+        self.first_step_ms.get_or_insert_with(now_ms);
         if phase == StepPhase::Verification {
             self.verify_labels.insert(label.to_owned());
         }
@@ -338,6 +416,7 @@ impl RunDriver {
             agent_pid: None,
             agent_start_time: None,
             usage: None,
+            resources: None,
         }
     }
 

@@ -35,16 +35,14 @@ impl RunDriver {
             && *h == head
         {
             let passed = *passed;
+            self.rec.log(format!(
+                "verification {label} skipped: HEAD unchanged since the last verification ({})",
+                if passed { "passed" } else { "failed" }
+            ));
             self.report(
                 None,
                 ReportKind::VerifySkip,
-                Row::msg(
-                    label,
-                    format!(
-                        "HEAD unchanged since the last verification ({})",
-                        if passed { "passed" } else { "failed" }
-                    ),
-                ),
+                Row::msg(label, "reason=no_changes"),
             )
             .await?;
             return Ok((passed, true));
@@ -69,7 +67,7 @@ impl RunDriver {
             ReportKind::VerifyStart,
             Row::msg(
                 label.clone(),
-                format!("{} commands", self.cfg.verify_cmds.len()),
+                format!("cmds={}", self.cfg.verify_cmds.len()),
             ),
         )
         .await?;
@@ -83,7 +81,7 @@ impl RunDriver {
                 ReportKind::VerifyCmdStart,
                 Row {
                     output_path: Some(log.clone()),
-                    ..Row::msg(label.clone(), cmd.clone())
+                    ..Row::msg(label.clone(), format!("cmd={cmd}"))
                 },
             )
             .await?;
@@ -107,22 +105,21 @@ impl RunDriver {
                 }
             };
             drop(workdir);
-            let (code, bytes) = match out {
+            let (code, all) = match out {
                 Ok(o) => {
                     let mut all = o.stdout;
                     all.extend_from_slice(&o.stderr);
-                    let len = all.len() as u64;
-                    if let Err(e) = artifacts::write_private(&log, &all) {
-                        tracing::warn!(run_id = %self.run.id, error = %e, "cannot write verification log");
-                    }
-                    (o.code, len)
+                    (o.code, all)
                 }
                 Err(e) => {
                     let text = format!("cannot run verification command `{cmd}`: {}", chain(&e));
-                    let _ = artifacts::write_private(&log, text.as_bytes());
-                    (127, text.len() as u64)
+                    (127, text.into_bytes())
                 }
             };
+            if let Err(e) = artifacts::write_private(&log, &all) {
+                tracing::warn!(run_id = %self.run.id, error = %e, "cannot write verification log");
+            }
+            let (bytes, lines) = (all.len() as u64, artifacts::count_lines(&all));
             self.rec.record(ArtifactKind::VerifyLog, &log).await;
             self.report(
                 Some(step.id),
@@ -131,8 +128,9 @@ impl RunDriver {
                     duration_ms: Some(ms(t)),
                     exit_code: Some(code),
                     output_bytes: Some(bytes),
+                    output_lines: Some(lines),
                     output_path: Some(log.clone()),
-                    ..Row::msg(label.clone(), cmd.clone())
+                    ..Row::msg(label.clone(), format!("cmd={cmd}"))
                 },
             )
             .await?;
@@ -147,9 +145,12 @@ impl RunDriver {
             Some(step.id),
             ReportKind::VerifyEnd,
             Row {
-                duration_ms: Some(ms(started)),
                 exit_code: step.exit_code,
-                ..Row::msg(label.clone(), if passed { "passed" } else { "failed" })
+                output_path: failure.as_ref().map(|f| f.2.clone()),
+                ..Row::msg(
+                    label.clone(),
+                    if passed { "status=ok" } else { "status=failed" },
+                )
             },
         )
         .await?;

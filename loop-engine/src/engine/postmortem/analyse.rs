@@ -311,6 +311,7 @@ impl Work {
                 timeout: Some(secs(cfg.claude_timeout_sec).unwrap_or(DEFAULT_CALL_TIMEOUT)),
                 idle_timeout: secs(cfg.claude_idle_timeout_sec),
                 env: agent_env(run, cfg),
+                limits: cfg.agent_limits().unwrap_or_default(),
             };
             match ask(&executor, req, cancel.clone()).await {
                 Ok((text, cost)) => {

@@ -243,7 +243,8 @@ impl GitCli {
             1 => {
                 let mut files: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
                 files.dedup();
-                return Err(VcsError::Conflict {
+                return Err(VcsError::MergeConflict {
+                    paths: files.iter().map(|f| (*f).to_owned()).collect(),
                     detail: format!(
                         "merging {} into {} conflicts in {}; nothing was merged, the run \
                          branch {} is kept",

@@ -8,11 +8,15 @@
 //!
 //! The parts: `plumbing` (the git command door and shared helpers), `refs` (refs, HEAD,
 //! branch names, commits), `worktrees` (worktree listing and preparation, cleanliness, stale
-//! locks), `merge` and `snapshot` (what a postmortem reads). This file only wires them to the [`Vcs`] trait.
+//! locks), `merge`, `diff` (the bounded diff of a run), `review` (removing a
+//! worktree, deleting a branch, `gh pr create`) and `snapshot` (what a postmortem reads). This
+//! file only wires them to the [`Vcs`] trait.
 
+mod diff;
 mod merge;
 mod plumbing;
 mod refs;
+mod review;
 mod snapshot;
 #[cfg(test)]
 mod test_support;
@@ -22,7 +26,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::backend::{MergeOutcome, MergeRequest, Vcs, VcsError, WorktreeReport};
+use crate::backend::{
+    Diff, DiffRequest, MergeOutcome, MergeRequest, PullRequest, Vcs, VcsError, WorktreeReport,
+};
 
 pub use merge::RUN_ID_TRAILER;
 pub use plumbing::GitCli;
@@ -104,5 +110,25 @@ impl Vcs for GitCli {
 
     async fn merge(&self, req: &MergeRequest) -> Result<MergeOutcome, VcsError> {
         GitCli::merge(self, req).await
+    }
+
+    async fn diff(&self, req: &DiffRequest) -> Result<Diff, VcsError> {
+        GitCli::diff(self, req).await
+    }
+
+    async fn resolve_commit(&self, repo: &Path, rev: &str) -> Result<Option<String>, VcsError> {
+        GitCli::resolve(self, repo, rev, "commit").await
+    }
+
+    async fn remove_worktree(&self, repo: &Path, path: &Path) -> Result<bool, VcsError> {
+        GitCli::remove_worktree(self, repo, path).await
+    }
+
+    async fn delete_branch(&self, repo: &Path, branch: &str) -> Result<bool, VcsError> {
+        GitCli::delete_branch(self, repo, branch).await
+    }
+
+    async fn create_pull_request(&self, req: &PullRequest) -> Result<String, VcsError> {
+        GitCli::create_pull_request(self, req).await
     }
 }

@@ -112,6 +112,138 @@ impl GitCli {
         config_identity_only: bool,
         fallback_identity: bool,
     ) -> Result<CmdOutput, VcsError> {
+        let cmd = self.command(dir, args, config_identity_only, fallback_identity);
+        Self::output(dir, cmd).await
+    }
+
+    /// Runs a read-only git command in `dir` keeping at most `limit` bytes of its output (the
+    /// rest is discarded as it arrives, see [`CmdOutput::stdout_truncated`]); a non-zero exit
+    /// is returned as output, as with [`GitCli::git`].
+    pub(super) async fn git_limited<I, S>(
+        &self,
+        dir: &Path,
+        args: I,
+        limit: usize,
+    ) -> Result<CmdOutput, VcsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        if !dir.is_dir() {
+            return Err(VcsError::NotFound {
+                what: format!("directory {}", dir.display()),
+            });
+        }
+        let cmd = self.command(dir, &args, false, false).stdout_limit(limit);
+        let out = Self::output(dir, cmd).await?;
+        if out.timed_out {
+            return Err(VcsError::Fatal {
+                detail: format!(
+                    "`git {}` in {} timed out after {} s",
+                    show_args(&args),
+                    dir.display(),
+                    GIT_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs a read-only git command in `dir` and hands its standard output to `each` chunk by
+    /// chunk as it arrives (nothing is collected here, so memory stays bounded whatever git
+    /// prints). A non-zero exit is `Fatal` with git's message.
+    pub(super) async fn git_chunks<F>(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        mut each: F,
+    ) -> Result<(), VcsError>
+    where
+        F: FnMut(&[u8]) + Send,
+    {
+        use tokio::io::AsyncReadExt;
+        let os: Vec<OsString> = os_args(args);
+        let cmd = self.command(dir, &os, false, false);
+        let mut child = cmd.to_tokio().spawn().map_err(|e| VcsError::Fatal {
+            detail: format!(
+                "cannot run `git {}` in {}: {e}",
+                show_args(&os),
+                dir.display()
+            ),
+        })?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let work = async {
+            let read_out = async {
+                let mut buf = vec![0u8; 64 << 10];
+                if let Some(p) = stdout.as_mut() {
+                    loop {
+                        let n = p.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        each(&buf[..n]);
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let read_err = async {
+                let mut err = Vec::new();
+                if let Some(p) = stderr.as_mut() {
+                    p.take(64 << 10).read_to_end(&mut err).await?;
+                    tokio::io::copy(p, &mut tokio::io::sink()).await?;
+                }
+                Ok::<_, std::io::Error>(err)
+            };
+            let (out, err, status) = tokio::join!(read_out, read_err, child.wait());
+            out?;
+            Ok::<_, std::io::Error>((err?, status?))
+        };
+        let (err, status) = match tokio::time::timeout(GIT_TIMEOUT, work).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                return Err(VcsError::Fatal {
+                    detail: format!(
+                        "cannot read `git {}` in {}: {e}",
+                        show_args(&os),
+                        dir.display()
+                    ),
+                });
+            }
+            Err(_) => {
+                return Err(VcsError::Fatal {
+                    detail: format!(
+                        "`git {}` in {} timed out after {} s",
+                        show_args(&os),
+                        dir.display(),
+                        GIT_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(VcsError::Fatal {
+                detail: format!(
+                    "`git {}` in {} failed: {}",
+                    show_args(&os),
+                    dir.display(),
+                    String::from_utf8_lossy(&err).trim()
+                ),
+            })
+        }
+    }
+
+    /// The git command with the door's settings.
+    fn command(
+        &self,
+        dir: &Path,
+        args: &[OsString],
+        config_identity_only: bool,
+        fallback_identity: bool,
+    ) -> Cmd {
         // Prompts would hang a daemon, and the error matching needs English messages.
         let mut cmd = Cmd::new("git", dir);
         if config_identity_only {
@@ -135,6 +267,10 @@ impl GitCli {
                 cmd = cmd.env(key, value);
             }
         }
+        cmd
+    }
+
+    async fn output(dir: &Path, cmd: Cmd) -> Result<CmdOutput, VcsError> {
         cmd.output().await.map_err(|e| match e {
             ProcessError::NotFound { .. } => VcsError::Fatal {
                 detail: "git is not installed or not on PATH; agent-loop needs git for \

@@ -43,7 +43,7 @@ pub(super) fn current_branch(fx: &GitFixture) -> String {
 
 pub(super) fn conflict_detail(result: Result<impl std::fmt::Debug, VcsError>) -> String {
     match result {
-        Err(VcsError::Conflict { detail }) => detail,
+        Err(VcsError::Conflict { detail } | VcsError::MergeConflict { detail, .. }) => detail,
         other => panic!("expected a conflict, got {other:?}"),
     }
 }
