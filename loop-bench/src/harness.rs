@@ -327,7 +327,7 @@ pub(crate) async fn workspace(dir: &Path, tasks: usize, config: &str) -> anyhow:
     std::fs::write(
         dir.join(".loop/config"),
         format!(
-            "run_naming_mode=spec_slug\nartifact_mode=workspace\nreviewer=false\niterations={}\n{config}\n",
+            "run_naming_mode=spec_slug\nartifact_mode=workspace\nreviewer=false\npostmortem=false\niterations={}\n{config}\n",
             tasks * 2 + 5
         ),
     )?;

@@ -16,9 +16,14 @@ fn wrong_value(key: &str, accepts: &str) -> Option<&'static str> {
         ("context_files" | "verify_cmds" | "setup_cmds", _) => None,
         // Free text, but never loopd's own variables.
         ("agent_env", _) => Some("LOOPD_TOKEN"),
+        // Extra CLI arguments, split like a shell would: an unclosed quote cannot be.
+        ("codex_args" | "gemini_args", _) => Some("--flag 'unclosed"),
         // Free text that must parse as a size or a number of CPUs.
         ("agent_memory_max", _) => Some("lots"),
         ("agent_cpu_max", _) => Some("-1"),
+        // Free text, but an http:// URL / an `env:` secret must name something.
+        ("notify_webhook_url", _) => Some("https://hooks.example.test/loop"),
+        ("notify_webhook_secret", _) => Some("env:"),
         (_, "text (empty = unset)") => None,
         (_, "path (empty = unset)") => None,
         (_, "path") => Some(""),
@@ -79,8 +84,11 @@ async fn every_key_with_a_wrong_value_is_refused_naming_key_value_and_file() {
             "prompt_file",
             "context_files",
             "verify_cmds",
+            "codex_model",
+            "gemini_model",
             "agent_cmd",
-            "setup_cmds"
+            "setup_cmds",
+            "notify_cmd"
         ],
         "a new key needs a wrong value in wrong_value()"
     );
@@ -101,7 +109,7 @@ async fn broken_lines_and_bad_templates_are_refused_before_anything_runs() {
     for (extra, must_contain) in [
         (
             "this line has no equals sign\n",
-            ".loop/config:7: cannot parse",
+            ".loop/config:8: cannot parse",
         ),
         ("executor=command\n", "agent_cmd"),
         (

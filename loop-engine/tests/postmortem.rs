@@ -296,6 +296,24 @@ async fn prompt_only_writes_the_prompts_and_runs_no_agent() {
         ]
     );
     assert!(exec.unexpected().is_empty(), "{:?}", exec.unexpected());
+    // A postmortem removes the answers of an earlier one: after a prompt-only one, no stale
+    // answer reads as its own.
+    let dir = folder(&run).join("analysis");
+    std::fs::write(dir.join("summary.md"), "stale").expect("write");
+    h.engine
+        .postmortem(
+            run.id,
+            PostmortemOptions {
+                model: None,
+                prompt_only: true,
+            },
+        )
+        .await
+        .expect("postmortem");
+    assert!(
+        !dir.join("summary.md").exists(),
+        "a stale answer is removed"
+    );
     let rows = rows(&run);
     let start = &rows[position(&rows, "POSTMORTEM_START")].1;
     assert_eq!(start, "reason=complete_plan model=sonnet prompt_only=true");

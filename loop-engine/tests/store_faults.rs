@@ -20,7 +20,7 @@ async fn a_store_outage_fails_the_run_with_a_reason_and_loses_nothing() {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
             repo.root().join("global").display()
         ),
     );
@@ -156,7 +156,7 @@ async fn a_store_failing_while_the_agent_runs_stops_the_agent_and_fails_the_run(
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
             repo.root().join("global").display()
         ),
     );
@@ -229,7 +229,7 @@ async fn a_driver_dying_while_the_store_fails_ends_its_run_once_the_store_is_bac
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nglobal_log_dir={}\n",
             repo.root().join("global").display()
         ),
     );

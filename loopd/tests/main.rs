@@ -17,6 +17,7 @@ mod chaos;
 mod containment;
 mod full_disk;
 mod merge_crash;
+mod notify;
 mod real_agents;
 mod real_claude;
 mod review;

@@ -281,6 +281,7 @@ fn repo_for(agent: Agent, bin: &Path, server: &ModelServer, extra: &[(&str, &str
         ("postmortem", "false".to_owned()),
         ("global_log_dir", global.display().to_string()),
         ("reviewer", "false".to_owned()),
+        ("postmortem", "false".to_owned()),
         ("claude_timeout_sec", "120".to_owned()),
         ("claude_retry_backoff_sec", "0".to_owned()),
         ("claude_transient_retries", "0".to_owned()),

@@ -31,7 +31,9 @@ fn request(repo: &GitFixture) -> CreateRun {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviewer_configuration_reviews_every_task() {
-    let repo = repo("reviewer=true\nrun_naming_mode=spec_slug\nartifact_mode=workspace\n");
+    let repo = repo(
+        "reviewer=true\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\n",
+    );
     // Implement, review, implement, review, ...: the transcript of a healthy run.
     let script = [ExecPurpose::Implementation, ExecPurpose::Review]
         .repeat(3)

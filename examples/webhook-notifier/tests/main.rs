@@ -52,7 +52,7 @@ async fn run_notifications_are_posted_as_json() {
     let repo = GitFixture::new();
     repo.write_file(
         ".loop/config",
-        "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\n",
+        "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\n",
     );
     repo.write_file(".gitignore", "logs/\n");
     repo.write_file("specs/demo.md", "# Demo\n");

@@ -22,8 +22,8 @@ pub enum NotificationKind {
     UsageLimitWait,
     /// The run failed because it spent its budget (exit reason `budget_exhausted:*`).
     BudgetExhausted,
-    /// A person's review action on the run was carried out (merge, scrap, pull request,
-    /// retry: the `REVIEW_*` events).
+    /// A person's review action on the run was carried out: a merge, scrap or pull request
+    /// (`REVIEW_ACTION`) or a retry (`RUN_RETRIED`).
     ReviewAction,
 }
 

@@ -24,9 +24,9 @@ const QUEUE: usize = 256;
 /// notifications are still delivered by the old tasks).
 const MAX_TARGETS: usize = 64;
 
-/// What a notification is about, from the event's kind name (events added by other parts
-/// of the engine are matched by name: `USAGE_LIMIT_WAIT`, `REVIEW_*`) and, for a failed
-/// run, its exit reason.
+/// What a notification is about, from the event's kind name (matched by name, for the kinds
+/// other parts of the engine add: `USAGE_LIMIT_WAIT`, `REVIEW_ACTION`, `RUN_RETRIED`) and,
+/// for a failed run, its exit reason.
 pub(crate) fn classify(event: &Event) -> Option<NotificationKind> {
     let kind = event.kind.as_str();
     match kind {
@@ -45,8 +45,7 @@ pub(crate) fn classify(event: &Event) -> Option<NotificationKind> {
             })
         }
         "USAGE_LIMIT_WAIT" => Some(NotificationKind::UsageLimitWait),
-        // REVIEW_ACTION (merge, scrap, pull request) and a retry, which is a person's
-        // action on a finished run too.
+        // A merge, scrap or pull request (`REVIEW_ACTION`), or a retry (`RUN_RETRIED`).
         "RUN_RETRIED" => Some(NotificationKind::ReviewAction),
         k if k.starts_with("REVIEW_") => Some(NotificationKind::ReviewAction),
         _ => None,
@@ -232,13 +231,18 @@ mod tests {
             )),
             Some(NotificationKind::BudgetExhausted)
         );
-        for review in [EventKind::ReviewAction, EventKind::RunRetried] {
-            assert_eq!(
-                classify(&event(review, none.clone())),
-                Some(NotificationKind::ReviewAction),
-                "{review}"
-            );
-        }
+        assert_eq!(
+            classify(&event(EventKind::UsageLimitWait, none.clone())),
+            Some(NotificationKind::UsageLimitWait)
+        );
+        assert_eq!(
+            classify(&event(EventKind::ReviewAction, none.clone())),
+            Some(NotificationKind::ReviewAction)
+        );
+        assert_eq!(
+            classify(&event(EventKind::RunRetried, none.clone())),
+            Some(NotificationKind::ReviewAction)
+        );
         for quiet in [
             EventKind::RunStarted,
             EventKind::StepStarted,

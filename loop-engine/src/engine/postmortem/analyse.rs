@@ -27,6 +27,9 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Writes one analysis's prompt from the run's facts.
 type PromptFn = fn(&Facts) -> String;
 
+/// How long past its timeout a postmortem call is waited for before it is dropped.
+const OVERRUN: Duration = Duration::from_secs(30);
+
 /// The analyses, in the order they run: `(name, prompt builder)`. The summary reads the
 /// answers of the first two.
 const ANALYSES: [(&str, PromptFn); 3] = [
@@ -254,6 +257,17 @@ impl Work {
             ));
             None
         };
+        // The answers of an earlier postmortem would read as this one's.
+        for (name, _) in ANALYSES {
+            for ext in ["md", "log"] {
+                let stale = dir.join(format!("{name}.{ext}"));
+                if let Err(e) = std::fs::remove_file(&stale)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    self.fail(format!("cannot remove {}: {e}", stale.display()));
+                }
+            }
+        }
         let facts = facts(run, cfg, rec, dir, has_worktree);
         let prompts: Vec<(&str, String)> = ANALYSES
             .iter()
@@ -343,9 +357,12 @@ async fn ask(
     req: ExecRequest,
     cancel: CancellationToken,
 ) -> Result<(String, Option<f64>), String> {
-    let outcome = executor
-        .execute(req, ExecContext::detached(cancel))
+    // The executor stops the agent at `timeout` by contract; should one not, the call is
+    // dropped (which stops its agent) a little later all the same.
+    let bound = req.timeout.unwrap_or(DEFAULT_CALL_TIMEOUT) + OVERRUN;
+    let outcome = tokio::time::timeout(bound, executor.execute(req, ExecContext::detached(cancel)))
         .await
+        .map_err(|_| format!("no answer within {} s", bound.as_secs()))?
         .map_err(|e| chain(&e))?;
     match executor.judge(&outcome) {
         Verdict::Success => {
