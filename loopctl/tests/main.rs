@@ -150,7 +150,13 @@ async fn run_wait_inspect_list_logs_with_json() {
     assert_eq!(lines[1], "name         widget (spec_slug)");
     assert_eq!(lines[2], "status       COMPLETED");
     assert_eq!(lines[3], "exit reason  complete_plan");
-    assert_eq!(lines[4], "tasks        2/2 done");
+    // The agent row names what the run's config asks for (this daemon's executor is a
+    // scripted one, its config the default `claude`).
+    assert_eq!(
+        lines[4],
+        "agent        claude (claude_bin claude, model opus)"
+    );
+    assert_eq!(lines[5], "tasks        2/2 done");
     assert!(
         masked.contains("\nsteps:\n#  LABEL  PHASE           STATUS     EXIT  TIME"),
         "{masked}"

@@ -462,7 +462,7 @@ async fn transient_overload(client: &Client, claude: &Path) {
     assert!(
         run_log
             .lines()
-            .any(|l| l.contains("step 1A1: transient retry after") && l.contains("529")),
+            .any(|l| l.contains("step 1: transient retry after") && l.contains("529")),
         "{run_log}"
     );
     let rows = f.rows_of("CLAUDE_RETRY");

@@ -64,7 +64,7 @@ async fn reviewer_configuration_reviews_every_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_agent_is_retried_then_reported_once() {
     let repo = repo(
-        "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nclaude_retries=2\nclaude_retry_backoff_sec=0\n",
+        "reviewer=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nclaude_retries=2\nclaude_retry_backoff_sec=0\npostmortem=false\n",
     );
     let mut exec = MockExecutor::new();
     // One attempt plus two retries, then the run gives up.

@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use crate::artifacts;
 use crate::domain::{ArtifactKind, ExitReason, ReportKind, StepPhase, StepStatus};
-use crate::engine::driver::state::{RunDriver, ms, secs};
+use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::report::Row;
-use crate::process::Cmd;
 
 /// Lines of a failing setup command's output quoted in the run's failure.
 const FAILURE_TAIL_LINES: usize = 20;
@@ -43,14 +42,7 @@ impl RunDriver {
             self.flush().await?;
             let t = Instant::now();
             let workdir = self.worktree.lend();
-            // Like verification commands: the allow-listed environment, `agent_env`, the
-            // run marker.
-            let run = Cmd::new("bash", workdir.path())
-                .args(["-lc", cmd.as_str()])
-                .allowed_env_only()
-                .envs(self.configured_env())
-                .env("LOOP_RUN_ID", self.run.id.to_string())
-                .timeout(secs(self.cfg.setup_timeout_sec));
+            let run = self.project_cmd(workdir.path(), cmd, self.cfg.setup_timeout_sec);
             let out = tokio::select! {
                 out = run.output() => out,
                 () = self.control.cancel.cancelled() => {

@@ -496,6 +496,22 @@ impl RunDriver {
         }
     }
 
+    /// A project command (a setup or verification command) in `dir`: `bash -lc`, like an
+    /// agent the allow-listed environment plus `agent_env`, and the run marker.
+    pub(super) fn project_cmd(
+        &self,
+        dir: &Path,
+        cmd: &str,
+        timeout_sec: u64,
+    ) -> crate::process::Cmd {
+        crate::process::Cmd::new("bash", dir)
+            .args(["-lc", cmd])
+            .allowed_env_only()
+            .envs(self.configured_env())
+            .env("LOOP_RUN_ID", self.run.id.to_string())
+            .timeout(secs(timeout_sec))
+    }
+
     pub(super) fn prompt_paths(&self) -> prompt::PromptPaths {
         prompt_paths(
             &self.cfg,

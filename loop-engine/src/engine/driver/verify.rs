@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use crate::artifacts;
 use crate::domain::{ArtifactKind, ReportKind, StepPhase, StepStatus};
-use crate::engine::driver::state::{RunDriver, ms, secs};
+use crate::engine::driver::state::{RunDriver, ms};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::metrics::Metrics;
 use crate::engine::report::Row;
 use crate::machine::VerifyKind;
 use crate::naming;
-use crate::process::Cmd;
 use crate::prompt;
 
 impl RunDriver {
@@ -89,13 +88,7 @@ impl RunDriver {
             let t = Instant::now();
             // The command may commit: HEAD is read afresh once it is done.
             let workdir = self.worktree.lend();
-            // Like an agent: the allow-listed environment, `agent_env`, the run marker.
-            let run = Cmd::new("bash", workdir.path())
-                .args(["-lc", cmd.as_str()])
-                .allowed_env_only()
-                .envs(self.configured_env())
-                .env("LOOP_RUN_ID", self.run.id.to_string())
-                .timeout(secs(self.cfg.verify_timeout_sec));
+            let run = self.project_cmd(workdir.path(), cmd, self.cfg.verify_timeout_sec);
             let out = tokio::select! {
                 out = run.output() => out,
                 () = self.control.cancel.cancelled() => {
