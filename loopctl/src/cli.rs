@@ -161,10 +161,10 @@ pub(crate) struct MergeArgs {
 pub(crate) struct PrArgs {
     /// The run: its id, a unique prefix of the id, its name, or `last`.
     pub(crate) id: String,
-    /// The title [default: `loop: <name> (<done> of <total> tasks)`].
+    /// The title (default: `loop: <name> (<done> of <total> tasks)`).
     #[arg(long)]
     pub(crate) title: Option<String>,
-    /// The body [default: tasks, iterations, cost and verification of the run].
+    /// The body (default: tasks, iterations, cost and verification of the run).
     #[arg(long)]
     pub(crate) body: Option<String>,
     /// Read the body from this file.
