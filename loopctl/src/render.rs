@@ -788,35 +788,11 @@ mod tests {
 
     #[test]
     fn inspect_shows_a_failure_once() {
-        use loop_engine::domain::{MergeStrategy, NameSource, RunId, RunStatus};
+        use loop_engine::domain::RunStatus;
         let reason = "loopd runs as root (IS_SANDBOX is `yes`): set IS_SANDBOX=1";
         let run = Run {
-            id: RunId::new(),
-            name: "widget".into(),
-            name_source: NameSource::SpecSlug,
-            status: RunStatus::Failed,
-            exit_reason: None,
             failure: Some(format!("agent step failed: {reason}")),
-            workspace_root: "/w".into(),
-            spec_path: "/w/specs/widget.md".into(),
-            plan_path: "/w/specs/planning/widget-plan.md".into(),
-            base_branch: "main".into(),
-            run_branch: "run/widget".into(),
-            merge_target_branch: None,
-            merge_strategy: MergeStrategy::Squash,
-            worktree_path: "/w.run-widget".into(),
-            config: serde_json::json!({}),
-            iterations_run: 1,
-            tasks_done: 0,
-            tasks_total: 1,
-            created_at: 0,
-            updated_at: 0,
-            worker_id: None,
-            lease_expires_at: None,
-            review_status: loop_engine::domain::ReviewStatus::Pending,
-            review_action_at: None,
-            merge_commit: None,
-            pr_url: None,
+            ..sample_run()
         };
         let step = Step {
             id: StepId::new(),
@@ -999,36 +975,19 @@ mod tests {
     /// and the demo's costs say that nothing was billed (issue 13 item 9).
     #[test]
     fn status_lines_name_the_step_once_and_label_scripted_costs() {
-        use loop_engine::domain::{
-            MergeStrategy, NameSource, Run, RunId, Step, StepId, StepPhase, StepStatus,
-        };
+        use loop_engine::domain::{Run, Step, StepId, StepPhase, StepStatus};
         let run = Run {
-            id: RunId::new(),
             name: "greeter".into(),
-            name_source: NameSource::SpecSlug,
             status: RunStatus::Running,
-            exit_reason: None,
-            failure: None,
-            workspace_root: "/w".into(),
             spec_path: "/w/specs/greeter.md".into(),
             plan_path: "/w/specs/planning/greeter-plan.md".into(),
-            base_branch: "main".into(),
             run_branch: "run/greeter".into(),
             merge_target_branch: Some("main".into()),
-            merge_strategy: MergeStrategy::Squash,
             worktree_path: "/w.run-greeter".into(),
-            config: serde_json::json!({}),
             iterations_run: 2,
             tasks_done: 1,
             tasks_total: 3,
-            created_at: 0,
-            updated_at: 0,
-            worker_id: None,
-            lease_expires_at: None,
-            review_status: loop_engine::domain::ReviewStatus::Pending,
-            review_action_at: None,
-            merge_commit: None,
-            pr_url: None,
+            ..sample_run()
         };
         let step = |label: &str, phase: StepPhase| Step {
             id: StepId::new(),
