@@ -54,9 +54,18 @@ impl Idlers {
         Ok(Self { child, pgid })
     }
 
-    async fn stop(mut self) {
+    /// Kills them and waits (30 s at most) until the machine is back to about `before`
+    /// processes: their zombies are init's to reap, and the next arm must not be measured with
+    /// 3,000 of them still in `/proc`.
+    async fn stop(mut self, before: usize) {
         signal_group(self.pgid, Signal::Kill);
         let _ = self.child.wait().await;
+        for _ in 0..300 {
+            if process_count() <= before + 50 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -139,9 +148,10 @@ async fn mode(
         ctx.reps
     ));
     let base = measure(ctx, &daemon, &format!("{containment}-base"), tasks).await?;
+    let before = process_count();
     let idlers = Idlers::spawn(idle).await?;
     let loaded = measure(ctx, &daemon, &format!("{containment}-idle"), tasks).await;
-    idlers.stop().await;
+    idlers.stop(before).await;
     let loaded = loaded?;
     daemon.stop().await?;
     let growth = loaded.cpu_ms_per_call / base.cpu_ms_per_call;

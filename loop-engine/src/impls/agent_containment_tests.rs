@@ -247,7 +247,12 @@ async fn the_cgroup_measures_the_cpu_time_of_a_busy_agent() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let req = request(dir.path());
+    let mut req = request(dir.path());
+    if process::controllers().contains(&"pids") {
+        // A limit far above what it uses: on hybrid hosts the process peak is measured only
+        // for calls with a limit of the v1 `pids` hierarchy.
+        req.limits.pids_max = Some(1000);
+    }
     let (ctx, _rx, _) = context();
     // Busy in a child process too: the cgroup counts every process of the call.
     let busy = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done";
@@ -301,5 +306,53 @@ async fn agent_pids_max_stops_a_fork_loop() {
     let res = run.outcome.resources.expect("resources measured");
     assert_eq!(res.limit_hit.as_deref(), Some("agent_pids_max"), "{res:?}");
     assert!(res.pids_peak.is_some_and(|p| p <= 16), "{res:?}");
+    assert!(no_cgroup_left(req.run_id));
+}
+
+#[tokio::test]
+async fn v1_hierarchies_only_for_the_limits_that_need_them() {
+    if !cgroups_or_skip("v1_hierarchies_only_for_the_limits_that_need_them") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, _rx, _) = context();
+    // The lines of /proc/self/cgroup (`id:controllers:path`) that put the agent in a cgroup
+    // of its run.
+    let cgroups_of_call = |req: &ExecRequest, run: &AgentRun| -> Vec<String> {
+        let run_id = req.run_id.to_string();
+        run.outcome
+            .output_text
+            .lines()
+            .filter(|l| l.contains(&run_id))
+            .map(|l| l.split(':').nth(1).unwrap_or_default().to_owned())
+            .collect()
+    };
+    let req = request(dir.path());
+    let run = run_sh("cat /proc/self/cgroup", &req, &ctx, true).await;
+    assert_eq!(run.outcome.exit_code, 0, "{:?}", run.outcome);
+    // The unified hierarchy (no controllers named) and nothing else.
+    assert_eq!(
+        cgroups_of_call(&req, &run),
+        [""],
+        "{}",
+        run.outcome.output_text
+    );
+
+    if !process::controllers().contains(&"pids") {
+        return;
+    }
+    let mut req = request(dir.path());
+    req.limits.pids_max = Some(64);
+    let run = run_sh("cat /proc/self/cgroup", &req, &ctx, true).await;
+    assert_eq!(run.outcome.exit_code, 0, "{:?}", run.outcome);
+    let entered = cgroups_of_call(&req, &run);
+    assert!(entered.contains(&String::new()), "{entered:?}");
+    // A v1 `pids` hierarchy, where the host has one, and never the memory one.
+    assert!(
+        entered.iter().all(|c| !c.split(',').any(|x| x == "memory")),
+        "{entered:?}"
+    );
+    let res = run.outcome.resources.expect("resources measured");
+    assert!(res.pids_peak.is_some(), "{res:?}");
     assert!(no_cgroup_left(req.run_id));
 }

@@ -563,7 +563,8 @@ pub(crate) async fn run_reading(
     let start_time = process::process_start_time(pid);
     let mut guard = KillGuard {
         tree: ProcessTree::with_start(pid, start_time)
-            .with_marker(format!("{MARKER_KEY}={marker_value}")),
+            .with_marker(format!("{MARKER_KEY}={marker_value}"))
+            .spawned_here(),
         cgroup: cgroup.clone(),
         armed: true,
     };

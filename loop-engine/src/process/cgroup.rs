@@ -7,9 +7,13 @@
 //!
 //! The `pids`, `memory` and `cpu` controllers are used where the host has them: enabled in
 //! the parent's `cgroup.subtree_control` on cgroup v2, or as v1 hierarchies (`pids`,
-//! `memory`) next to the unified one on hybrid hosts, where a per-agent cgroup of the same
-//! name is created under loopd's own v1 cgroup (so an agent stays inside the limits loopd
-//! itself runs under).
+//! `memory`) next to the unified one on hybrid hosts. A v1 hierarchy is used only for a call
+//! with a limit of its controller (`agent_pids_max`, `agent_memory_max`): then a per-agent
+//! cgroup of the same name is created under loopd's own v1 cgroup (so an agent stays inside
+//! the limits loopd itself runs under), and its peak is measured too. Calls without such a
+//! limit get the unified cgroup only (CPU time, kill, events), so each call makes, enters and
+//! removes one cgroup instead of three; their memory and process peaks are measured only
+//! where the controller is in the unified hierarchy.
 //!
 //! Placement before exec: the agent is started (with `posix_spawn`, no `pre_exec` closure)
 //! through a tiny `/bin/sh` shim that writes `0` to the `cgroup.procs` files, which moves the
@@ -169,6 +173,11 @@ impl AgentLimits {
             v.push(("agent_cpu_max", Controller::Cpu));
         }
         v
+    }
+
+    /// Whether one of these limits is applied through controller `c`.
+    fn needs(&self, c: Controller) -> bool {
+        self.wanted().iter().any(|(_, w)| *w == c)
     }
 
     fn keys(&self) -> Vec<&'static str> {
@@ -527,7 +536,9 @@ impl AgentCgroup {
             v2: host.v2.clone(),
             limits: *limits,
         };
-        for (c, parent) in &host.v1 {
+        // A v1 hierarchy only where a limit needs it: each one is one more cgroup to make,
+        // enter and remove per call, and entering a cgroup is what costs the most here.
+        for (c, parent) in host.v1.iter().filter(|(c, _)| limits.needs(*c)) {
             let dir = parent.join(name);
             if let Err(e) = std::fs::create_dir(&dir) {
                 cg.remove();

@@ -165,6 +165,41 @@ pub(crate) fn all_processes() -> Option<Vec<ProcStat>> {
     )
 }
 
+/// The children of `pid` (of every one of its threads), from
+/// `/proc/<pid>/task/<tid>/children`; empty when the process is gone.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut kids = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            kids.extend(
+                text.split_whitespace()
+                    .filter_map(|w| w.parse::<u32>().ok()),
+            );
+        }
+    }
+    kids
+}
+
+/// Whether this kernel has `/proc/<pid>/task/<tid>/children` (`CONFIG_PROC_CHILDREN`).
+fn children_files() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let me = std::process::id();
+        std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// Whether the processes of an agent can be found by following child links from the agent
+/// and from our own children: the kernel lists children, and we are a child subreaper (see
+/// [`become_child_subreaper`](crate::process::become_child_subreaper)), so a descendant
+/// whose parent died was re-parented to us rather than to init.
+fn walk_supported() -> bool {
+    children_files() && nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+}
+
 #[cfg(test)]
 /// Every process that descends from `pid` (children, their children, ...), following the
 /// parent links of `/proc`. A process whose parent already died was re-parented and is no
@@ -388,6 +423,9 @@ pub(crate) struct ProcessTree {
     root_start: Option<u64>,
     marker: Option<String>,
     known: BTreeMap<u32, u64>,
+    /// The root is our own child: its processes can be found by child links (see
+    /// [`ProcessTree::table`]).
+    spawned_here: bool,
 }
 
 impl ProcessTree {
@@ -404,7 +442,16 @@ impl ProcessTree {
             root_start,
             marker: None,
             known: BTreeMap::new(),
+            spawned_here: false,
         }
+    }
+
+    /// Marks the root as a child this process spawned: where the kernel lists children and
+    /// we are a child subreaper, the tree is then found by following child links from the
+    /// root and from our own children instead of reading every process of `/proc`.
+    pub(crate) fn spawned_here(mut self) -> Self {
+        self.spawned_here = true;
+        self
     }
 
     /// Also counts as ours every process re-parented to this process whose environment holds
@@ -430,10 +477,64 @@ impl ProcessTree {
         }
     }
 
+    /// The processes that can belong to the tree. For a tree [`spawned_here`](Self::spawned_here)
+    /// where [`walk_supported`], only those reachable by child links from the root, from the
+    /// descendants seen before, and from those of our own children (re-parented orphans) that
+    /// are in the agent's group or carry its marker: the cost follows the agent's own
+    /// processes and our children, not the machine's process count. Every group member and
+    /// every descendant is reachable so: its parent is alive and one of them, or it was
+    /// re-parented to us. Elsewhere (recovery of another daemon's agents, no children files,
+    /// not a subreaper) every process of `/proc`.
+    fn table(&self) -> Option<Vec<ProcStat>> {
+        if !self.spawned_here || !walk_supported() {
+            return all_processes();
+        }
+        let me = std::process::id();
+        let mut frontier: Vec<u32> = vec![self.root];
+        frontier.extend(self.known.keys().copied());
+        let mut table: BTreeMap<u32, ProcStat> = BTreeMap::new();
+        for child in children_of(me) {
+            if child == self.root || self.known.contains_key(&child) {
+                continue;
+            }
+            let Some(p) = proc_stat(child) else {
+                continue;
+            };
+            if p.pgrp == self.root
+                || self
+                    .marker
+                    .as_deref()
+                    .is_some_and(|m| environ_contains(child, m))
+            {
+                table.insert(child, p);
+                frontier.extend(children_of(child));
+            }
+        }
+        while let Some(pid) = frontier.pop() {
+            if table.contains_key(&pid) {
+                continue;
+            }
+            let Some(p) = proc_stat(pid) else {
+                continue;
+            };
+            table.insert(pid, p);
+            // A reused pid names another process: its children are not ours.
+            let ours = if pid == self.root {
+                self.root_start.is_none_or(|s| s == p.start_time)
+            } else {
+                self.known.get(&pid).is_none_or(|s| *s == p.start_time)
+            };
+            if ours {
+                frontier.extend(children_of(pid));
+            }
+        }
+        Some(table.into_values().collect())
+    }
+
     /// Re-reads `/proc` and records every descendant of the root, of the descendants seen
     /// before, and every marked orphan re-parented to us. Forgets the ones that are gone.
     pub(crate) fn refresh(&mut self) {
-        if let Some(table) = all_processes() {
+        if let Some(table) = self.table() {
             self.refresh_from(&table);
         }
     }
@@ -515,7 +616,7 @@ impl ProcessTree {
 
     /// True while the agent's process group has a live member.
     pub(crate) fn group_alive(&self) -> bool {
-        let Some(table) = all_processes() else {
+        let Some(table) = self.table() else {
             return group_alive(self.root);
         };
         self.root_is_ours(&table)
@@ -526,7 +627,7 @@ impl ProcessTree {
 
     /// True while any process of the tree (group member or known descendant) is alive.
     pub(crate) fn any_alive(&mut self) -> bool {
-        let Some(table) = all_processes() else {
+        let Some(table) = self.table() else {
             return group_alive(self.root);
         };
         self.refresh_from(&table);
@@ -535,7 +636,7 @@ impl ProcessTree {
 
     /// Sends `signal` to the agent's group (when it is still ours).
     fn signal_group(&self, signal: Signal) {
-        if let Some(table) = all_processes()
+        if let Some(table) = self.table()
             && self.root_is_ours(&table)
         {
             signal_group(self.root, signal);
@@ -545,7 +646,7 @@ impl ProcessTree {
     /// Refreshes, then sends `signal` to the group and to every live process of the tree.
     /// Returns how many processes were alive.
     pub(crate) fn signal_all(&mut self, signal: Signal) -> usize {
-        let Some(table) = all_processes() else {
+        let Some(table) = self.table() else {
             signal_group(self.root, signal);
             return 0;
         };
@@ -597,7 +698,7 @@ impl ProcessTree {
     /// descendants) gets SIGTERM, SIGKILL after [`KILL_GRACE`], and is reaped.
     pub(crate) async fn stop_leftovers(&mut self) {
         // The common case, an agent that left nothing behind, costs one read of `/proc`.
-        let Some(table) = all_processes() else {
+        let Some(table) = self.table() else {
             if !group_alive(self.root) {
                 return;
             }
@@ -824,6 +925,59 @@ mod tests {
         assert!(eventually(|| dead(grandchild)).await);
         assert!(!pid_alive_with_start(pid, start));
         assert!(!kill_survivor(pid, start));
+    }
+
+    #[tokio::test]
+    async fn a_spawned_tree_is_found_by_child_links() {
+        become_child_subreaper().unwrap();
+        if !children_files() {
+            eprintln!(
+                "skipped: this kernel has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN)"
+            );
+            return;
+        }
+        // Not part of the agent: our child too, but in its own group and without the marker.
+        let mut other = spawn_sh("echo $$; sleep 300");
+        let other_pid = first_line(&mut other).await;
+        // The agent: one sleeper stays in its group, one leaves it with setsid, and one is
+        // double-forked out of it (its parent exits at once, so it is re-parented to us).
+        let mut child = Cmd::new("sh", "/")
+            .args([
+                "-c",
+                "sleep 300 & setsid sleep 300 & (setsid sleep 300 & echo $!) ; echo ready; sleep 0.3",
+            ])
+            .env("LOOP_TEST_MARKER", "walk-1")
+            .to_tokio()
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let orphan = first_line(&mut child).await;
+        let mut tree = ProcessTree::new(pid)
+            .with_marker("LOOP_TEST_MARKER=walk-1")
+            .spawned_here();
+        tree.refresh();
+        child.wait().await.unwrap();
+        // The agent is gone: its group's sleeper and the setsid'd one were re-parented to us.
+        let me = std::process::id();
+        assert!(
+            eventually(|| proc_stat(orphan).is_some_and(|p| p.ppid == me && p.is_alive())).await
+        );
+        tree.refresh();
+        let known = tree.known();
+        assert!(known.contains(&orphan), "{known:?} lacks {orphan}");
+        assert_eq!(known.len(), 3, "{known:?}");
+        // Only the agent's processes (and our children) were read, not the whole machine.
+        let table = tree.table().unwrap();
+        assert!(table.iter().all(|p| p.pid != other_pid), "{table:?}");
+        assert!(table.len() <= 4, "{table:?}");
+        assert!(tree.any_alive());
+        tree.kill_now();
+        assert!(eventually(|| !tree.any_alive()).await);
+        assert!(eventually(|| known.iter().all(|k| dead(*k))).await);
+        reap_orphans();
+        assert!(proc_stat(other_pid).is_some_and(|p| p.is_alive()));
+        signal_group(other.id().unwrap(), Signal::Kill);
+        other.wait().await.unwrap();
     }
 
     #[tokio::test]
