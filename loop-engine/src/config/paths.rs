@@ -23,15 +23,6 @@ pub const MAX_DOC_FILE_BYTES: u64 = 4 << 20;
 /// nowhere, if one was met (its target cannot be checked).
 fn resolve_parts(base: &Path, path: &Path) -> (PathBuf, Option<PathBuf>) {
     let joined = base.join(path);
-    // The usual case, a path that exists in full: one `realpath` gives what the walk below
-    // would (it too follows each symlink before applying a `..`), without resolving every
-    // leading part again (the walk costs a number of `readlink`s quadratic in the depth,
-    // and prompts show several paths per agent call).
-    if joined.is_absolute()
-        && let Ok(real) = std::fs::canonicalize(&joined)
-    {
-        return (real, None);
-    }
     let mut out = PathBuf::new();
     let mut missing_depth = 0usize;
     let mut dangling = None;
