@@ -237,7 +237,8 @@ fn login_page(error: Option<&str>) -> String {
 }
 
 /// Headers every dashboard page carries: no caching, no framing, scripts and styles only from
-/// the daemon itself.
+/// the daemon itself. The referrer policy is `same-origin`, not `no-referrer`: under
+/// `no-referrer` Chromium sends `Origin: null` with form posts, which the origin rule refuses.
 fn secure(resp: &mut Response<RespBody>) {
     let h = resp.headers_mut();
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -250,7 +251,7 @@ fn secure(resp: &mut Response<RespBody>) {
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 
 /// An HTML response.

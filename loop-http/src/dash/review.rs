@@ -51,7 +51,7 @@ pub(crate) fn render_patch(patch: &str) -> String {
     let mut out = String::with_capacity(patch.len() * 2);
     out.push_str("<pre class=\"patch\"><code>");
     for line in patch.lines() {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "<span class=\"{}\">{}</span>",
             line_class(line),
@@ -115,7 +115,8 @@ pub(crate) async fn page(
         .unwrap_or_else(|| run.base_branch.clone());
     let _ = write!(
         body,
-        "<section class=\"review-actions\" id=\"review-actions\" data-run-id=\"{id}\" data-target=\"{target}\">\
+        "<section class=\"review-actions\" id=\"review-actions\" data-run-id=\"{id}\">\
+         <label>Into <input id=\"merge-target\" value=\"{target}\" size=\"18\"></label>\
          <label>Strategy <select id=\"merge-strategy\"><option value=\"squash\">squash</option><option value=\"merge\">merge</option></select></label>\
          <button type=\"button\" data-confirm=\"merge\" id=\"merge\">Merge…</button>\
          <button type=\"button\" data-confirm=\"create-pr\" id=\"create-pr\">Create PR…</button>\

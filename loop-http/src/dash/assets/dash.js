@@ -271,11 +271,10 @@
   // ---- The review page: actions behind a confirmation. ----
   function reviewPage(section) {
     var id = section.getAttribute("data-run-id");
-    var target = section.getAttribute("data-target");
     var box = $("#confirm"), text = $("#confirm-text"), result = $("#review-result");
     var pending = null;
     var words = {
-      merge: function () { return "Merge this run into " + target + " (" + $("#merge-strategy").value + ")?"; },
+      merge: function () { return "Merge this run into " + $("#merge-target").value + " (" + $("#merge-strategy").value + ")?"; },
       scrap: function () { return "Scrap this run: remove its worktree and delete its branch?"; },
       "create-pr": function () { return "Open a pull request for this run's branch with gh?"; }
     };
@@ -293,14 +292,15 @@
       var action = pending;
       box.hidden = true;
       pending = null;
-      var payload = action === "merge" ? { strategy: $("#merge-strategy").value } : undefined;
+      var payload = action === "merge" ? { strategy: $("#merge-strategy").value, target: $("#merge-target").value } : undefined;
       say(result, action + "…");
       post("/runs/" + id + "/" + action, payload).then(function (r) {
         if (!r.ok) { say(result, errorText(r.status, r.body), true); return; }
         var j = {};
         try { j = JSON.parse(r.body); } catch (_) { /* keep empty */ }
-        var status = j.run && j.run.review_status ? j.run.review_status : "done";
-        say(result, action + ": " + status + (j.run && j.run.pr_url ? " " + j.run.pr_url : ""));
+        var status = j.review_status || "done";
+        var details = Array.isArray(j.details) && j.details.length ? " — " + j.details.join("; ") : "";
+        say(result, action + ": " + status + (j.pr_url ? " " + j.pr_url : "") + details);
         var rs = $("#review-status");
         if (rs) { rs.textContent = status; }
       }).catch(function (e) { say(result, action + " failed: " + e, true); });
@@ -323,6 +323,12 @@
           var j = JSON.parse(r.body);
           fill(spec, j.specs);
           fill(plan, j.plans, true);
+          // Prefer a spec that has its default plan (specs/planning/<stem>-plan.md).
+          var planned = j.specs.filter(function (s) {
+            var stem = s.replace(/^.*\//, "").replace(/\.md$/, "");
+            return j.plans.indexOf("specs/planning/" + stem + "-plan.md") >= 0;
+          });
+          if (planned.length) { spec.value = planned[0]; }
           say(msg, j.specs.length ? "" : "No specs in " + ws.value + "/specs.", !j.specs.length);
         })
         .catch(function (e) { say(msg, "cannot list specs: " + e, true); });
@@ -360,7 +366,7 @@
       post("/runs", request()).then(function (r) {
         if (!r.ok) { say(msg, errorText(r.status, r.body), true); return; }
         var j = JSON.parse(r.body);
-        window.location.assign("/ui/runs/" + j.run.id);
+        window.location.assign("/ui/runs/" + j.id);
       }).catch(function (e) { say(msg, "start failed: " + e, true); });
     });
   }
