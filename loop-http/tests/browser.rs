@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use loop_engine::domain::RunStatus;
 use serde_json::Value;
 
-use crate::support::webdriver::{Browser, find_browser};
+use webdriver_lite::{Browser, find_browser};
 use crate::support::{Server, Setup, TOKEN};
 
 fn note(text: &str) {
@@ -70,7 +70,12 @@ async fn assert_fits(b: &Browser, page: &str) {
         .await
         .as_i64()
         .unwrap_or(i64::MAX);
-    assert!(overflow <= 1, "{page} scrolls sideways by {overflow} px");
+    if overflow > 1 {
+        let culprits = b
+            .exec("var w = window.innerWidth, out = []; document.querySelectorAll('body *').forEach(function (e) { var r = e.getBoundingClientRect(); if (r.right > w + 1 && out.length < 8) { out.push(e.tagName + '#' + e.id + '.' + e.className + ' right=' + Math.round(r.right)); } }); return out;")
+            .await;
+        panic!("{page} scrolls sideways by {overflow} px: {culprits}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,6 @@
 //! agent, its scheduler and the HTTP server, plus a raw HTTP helper for requests the typed
 //! client would never send.
 
-pub(crate) mod webdriver;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,8 +1,10 @@
-//! A small W3C WebDriver client for the browser tests: it starts `chromedriver` on a free
-//! loopback port and drives headless Chromium through the handful of commands the dashboard
-//! tests need (navigate, find, click, type, read, run a script, screenshot, browser log).
-//! Hand-written over hyper, which the crate already uses, instead of a WebDriver crate with its
-//! own HTTP and TLS stack.
+//! A small W3C WebDriver client for the dashboard's browser tests and benchmarks: it starts
+//! `chromedriver` on a free loopback port and drives headless Chromium through the handful of
+//! commands they need (navigate, find, click, type, read, run a script, cookies, screenshot,
+//! browser log). Hand-written over hyper, which the workspace already builds, instead of a
+//! WebDriver crate with its own HTTP and TLS stack.
+//!
+//! Test support: failures panic with what went wrong, which is what a test wants.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +21,7 @@ use tokio::net::TcpStream;
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where the browser and its driver are, or why the browser tests cannot run.
-pub(crate) fn find_browser() -> Result<(PathBuf, PathBuf), String> {
+pub fn find_browser() -> Result<(PathBuf, PathBuf), String> {
     let pick = |var: &str, default: &str| {
         std::env::var_os(var)
             .map(PathBuf::from)
@@ -40,7 +42,7 @@ pub(crate) fn find_browser() -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// A running chromedriver with one browser session.
-pub(crate) struct Browser {
+pub struct Browser {
     driver: Child,
     port: u16,
     session: String,
@@ -48,7 +50,7 @@ pub(crate) struct Browser {
 
 /// An element reference.
 #[derive(Clone, Debug)]
-pub(crate) struct Element(String);
+pub struct Element(String);
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -59,9 +61,16 @@ fn free_port() -> u16 {
 
 impl Browser {
     /// Starts chromedriver and a headless Chromium whose profile lives in `profile`.
-    pub(crate) async fn start(chromium: &Path, driver: &Path, profile: &Path) -> Self {
+    pub async fn start(chromium: &Path, driver: &Path, profile: &Path) -> Self {
         let port = free_port();
+        // Chromium writes caches and crash reports under HOME and the XDG folders: point them
+        // at the test's own folder, never the user's home.
+        let home = profile.parent().unwrap_or(profile);
         let driver = Command::new(driver)
+            .env("HOME", home)
+            .env("XDG_CACHE_HOME", home.join("cache"))
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
@@ -166,23 +175,23 @@ impl Browser {
     }
 
     /// Opens `url` and waits for it to load.
-    pub(crate) async fn goto(&self, url: &str) {
+    pub async fn goto(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({"url": url}))).await;
     }
 
     /// The current URL.
-    pub(crate) async fn url(&self) -> String {
+    pub async fn url(&self) -> String {
         self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_owned()
     }
 
     /// Resizes the window.
-    pub(crate) async fn resize(&self, width: u32, height: u32) {
+    pub async fn resize(&self, width: u32, height: u32) {
         self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})))
             .await;
     }
 
     /// The element matching `css`, if any.
-    pub(crate) async fn try_find(&self, css: &str) -> Option<Element> {
+    pub async fn try_find(&self, css: &str) -> Option<Element> {
         let path = format!("/session/{}/element", self.session);
         let v = self
             .call("POST", &path, Some(json!({"using": "css selector", "value": css})))
@@ -195,7 +204,7 @@ impl Browser {
     }
 
     /// The element matching `css` (panics naming it when there is none).
-    pub(crate) async fn find(&self, css: &str) -> Element {
+    pub async fn find(&self, css: &str) -> Element {
         match self.try_find(css).await {
             Some(e) => e,
             None => {
@@ -209,25 +218,25 @@ impl Browser {
     }
 
     /// Clicks an element.
-    pub(crate) async fn click(&self, e: &Element) {
+    pub async fn click(&self, e: &Element) {
         self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({}))).await;
     }
 
     /// Types `text` into an element (WebDriver key codes such as `\u{E007}` for Enter work).
-    pub(crate) async fn type_into(&self, e: &Element, text: &str) {
+    pub async fn type_into(&self, e: &Element, text: &str) {
         self.cmd("POST", &format!("/element/{}/value", e.0), Some(json!({"text": text})))
             .await;
     }
 
     /// Types into whatever has the focus.
-    pub(crate) async fn keys(&self, text: &str) {
+    pub async fn keys(&self, text: &str) {
         let active = self.cmd("GET", "/element/active", None).await;
         let id = active[ELEMENT].as_str().expect("an active element").to_owned();
         self.type_into(&Element(id), text).await;
     }
 
     /// The rendered text of an element.
-    pub(crate) async fn text(&self, e: &Element) -> String {
+    pub async fn text(&self, e: &Element) -> String {
         self.cmd("GET", &format!("/element/{}/text", e.0), None)
             .await
             .as_str()
@@ -236,13 +245,13 @@ impl Browser {
     }
 
     /// Runs `script` (a function body) in the page and returns its value.
-    pub(crate) async fn exec(&self, script: &str) -> Value {
+    pub async fn exec(&self, script: &str) -> Value {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
             .await
     }
 
     /// Waits up to `secs` for `script` to return something truthy, then returns it.
-    pub(crate) async fn wait_for(&self, what: &str, secs: u64, script: &str) -> Value {
+    pub async fn wait_for(&self, what: &str, secs: u64, script: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.exec(script).await;
@@ -261,14 +270,24 @@ impl Browser {
     }
 
     /// Saves a PNG screenshot of the window to `path`.
-    pub(crate) async fn screenshot(&self, path: &Path) {
+    pub async fn screenshot(&self, path: &Path) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
         let png = decode_base64(b64.as_str().expect("base64 text")).expect("valid base64");
         std::fs::write(path, png).expect("write the screenshot");
     }
 
+    /// Adds a cookie for the current page's host (navigate there first).
+    pub async fn add_cookie(&self, name: &str, value: &str) {
+        self.cmd(
+            "POST",
+            "/cookie",
+            Some(json!({"cookie": {"name": name, "value": value, "path": "/", "httpOnly": true, "sameSite": "Strict"}})),
+        )
+        .await;
+    }
+
     /// The browser console entries since the last call (chromedriver's log endpoint).
-    pub(crate) async fn console(&self) -> Vec<Value> {
+    pub async fn console(&self) -> Vec<Value> {
         let path = format!("/session/{}/se/log", self.session);
         match self.call("POST", &path, Some(json!({"type": "browser"}))).await {
             Ok(v) => v["value"].as_array().cloned().unwrap_or_default(),
@@ -303,7 +322,7 @@ impl Drop for Browser {
 }
 
 /// Standard base64 (with padding) to bytes.
-pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut acc = 0u32;
     let mut bits = 0;
@@ -328,6 +347,7 @@ pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+#[cfg(test)]
 #[test]
 fn base64_decodes() {
     assert_eq!(decode_base64("aGVsbG8=").as_deref(), Some(&b"hello"[..]));
