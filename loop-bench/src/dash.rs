@@ -104,7 +104,12 @@ impl Http {
 
 /// The first contentful paint of the list page in headless Chromium, median of `reps` loads
 /// (`None` and the reason when Chromium is not installed).
-async fn paint(ctx: &Ctx, url: &str, cookie: &str, reps: usize) -> anyhow::Result<Result<(f64, f64), String>> {
+async fn paint(
+    ctx: &Ctx,
+    url: &str,
+    cookie: &str,
+    reps: usize,
+) -> anyhow::Result<Result<(f64, f64), String>> {
     let (chromium, driver) = match webdriver_lite::find_browser() {
         Ok(found) => found,
         Err(why) => return Ok(Err(why)),

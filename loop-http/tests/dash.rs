@@ -47,21 +47,46 @@ async fn without_a_session_the_dashboard_shows_the_login_page_and_refuses_the_re
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     let (status, headers, body) = server.raw("GET", "/", &[], None).await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().expect("ascii").starts_with("text/html"));
-    assert!(headers["content-security-policy"].to_str().expect("ascii").contains("script-src 'self'"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .expect("ascii")
+            .contains("script-src 'self'")
+    );
     let page = text(&body);
     assert!(page.contains("action=\"/login\""), "{page}");
     assert!(!page.contains(TOKEN));
     // Pages redirect to the login page, fragments and the API answer 401.
-    for path in [format!("/ui/runs/{id}"), format!("/ui/runs/{id}/review"), "/ui/new".into()] {
+    for path in [
+        format!("/ui/runs/{id}"),
+        format!("/ui/runs/{id}/review"),
+        "/ui/new".into(),
+    ] {
         let (status, headers, _) = server.raw("GET", &path, &[], None).await;
         assert_eq!(status, 303, "{path}");
         assert_eq!(headers["location"], "/", "{path}");
     }
-    for path in ["/ui/rows".to_owned(), format!("/ui/runs/{id}/live"), "/ui/specs?workspace=/tmp".into(), "/runs".into()] {
+    for path in [
+        "/ui/rows".to_owned(),
+        format!("/ui/runs/{id}/live"),
+        "/ui/specs?workspace=/tmp".into(),
+        "/runs".into(),
+    ] {
         let (status, _, _) = server.raw("GET", &path, &[], None).await;
         assert_eq!(status, 401, "{path}");
     }
@@ -75,9 +100,16 @@ async fn without_a_session_the_dashboard_shows_the_login_page_and_refuses_the_re
     // The assets load without a session (the login page needs the stylesheet).
     let (status, headers, _) = server.raw("GET", "/ui/assets/dash.css", &[], None).await;
     assert_eq!(status, 200);
-    assert!(headers["content-type"].to_str().expect("ascii").starts_with("text/css"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/css")
+    );
     // The Host rule holds for the dashboard too.
-    let (status, _, _) = server.raw("GET", "/", &[("host", "evil.example:7700")], None).await;
+    let (status, _, _) = server
+        .raw("GET", "/", &[("host", "evil.example:7700")], None)
+        .await;
     assert_eq!(status, 403);
 }
 
@@ -102,15 +134,29 @@ async fn login_needs_the_right_token_and_a_same_origin_form() {
         .await;
     assert_eq!(status, 401);
     assert!(!headers.contains_key("set-cookie"));
-    assert!(text(&body).contains("not the daemon&#39;s token"), "{}", text(&body));
+    assert!(
+        text(&body).contains("not the daemon&#39;s token"),
+        "{}",
+        text(&body)
+    );
     // A cross-site login form and an origin-less one are refused before the token is looked at.
     let (status, headers, _) = server
-        .raw("POST", "/login", &with("http://evil.example"), Some(format!("token={TOKEN}").into_bytes()))
+        .raw(
+            "POST",
+            "/login",
+            &with("http://evil.example"),
+            Some(format!("token={TOKEN}").into_bytes()),
+        )
         .await;
     assert_eq!(status, 403);
     assert!(!headers.contains_key("set-cookie"));
     let (status, headers, body) = server
-        .raw("POST", "/login", &form, Some(format!("token={TOKEN}").into_bytes()))
+        .raw(
+            "POST",
+            "/login",
+            &form,
+            Some(format!("token={TOKEN}").into_bytes()),
+        )
         .await;
     assert_eq!(status, 403, "{}", text(&body));
     assert!(!headers.contains_key("set-cookie"));
@@ -127,31 +173,66 @@ async fn the_session_opens_the_api_but_state_changes_need_our_origin() {
         ..Setup::default()
     })
     .await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     let cookie = login(&server).await;
     let origin = format!("http://{}", server.addr);
-    let (status, _, body) = server.raw("GET", "/runs", &[("cookie", &cookie)], None).await;
+    let (status, _, body) = server
+        .raw("GET", "/runs", &[("cookie", &cookie)], None)
+        .await;
     assert_eq!(status, 200, "{}", text(&body));
     let cancel = format!("/runs/{id}/cancel");
     // Cross-site: refused, the run untouched.
     let (status, _, _) = server
-        .raw("POST", &cancel, &[("cookie", &cookie), ("origin", "http://evil.example")], None)
+        .raw(
+            "POST",
+            &cancel,
+            &[("cookie", &cookie), ("origin", "http://evil.example")],
+            None,
+        )
         .await;
     assert_eq!(status, 403);
     // No Origin at all (not a browser fetch): refused, naming the rule.
-    let (status, _, body) = server.raw("POST", &cancel, &[("cookie", &cookie)], None).await;
+    let (status, _, body) = server
+        .raw("POST", &cancel, &[("cookie", &cookie)], None)
+        .await;
     assert_eq!(status, 403);
-    assert!(text(&body).contains("same-origin `Origin`"), "{}", text(&body));
-    assert_eq!(server.client.get_run(id).await.expect("run").status, RunStatus::Pending);
+    assert!(
+        text(&body).contains("same-origin `Origin`"),
+        "{}",
+        text(&body)
+    );
+    assert_eq!(
+        server.client.get_run(id).await.expect("run").status,
+        RunStatus::Pending
+    );
     // Same origin: done.
     let (status, _, body) = server
-        .raw("POST", &cancel, &[("cookie", &cookie), ("origin", &origin)], None)
+        .raw(
+            "POST",
+            &cancel,
+            &[("cookie", &cookie), ("origin", &origin)],
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{}", text(&body));
-    assert_eq!(server.client.get_run(id).await.expect("run").status, RunStatus::Canceled);
+    assert_eq!(
+        server.client.get_run(id).await.expect("run").status,
+        RunStatus::Canceled
+    );
     // A wrong bearer token decides even with a good cookie.
     let (status, _, _) = server
-        .raw("GET", "/runs", &[("cookie", &cookie), ("authorization", "Bearer nope")], None)
+        .raw(
+            "GET",
+            "/runs",
+            &[("cookie", &cookie), ("authorization", "Bearer nope")],
+            None,
+        )
         .await;
     assert_eq!(status, 401);
     // The bearer token keeps working alone.
@@ -170,17 +251,36 @@ async fn logout_ends_the_session() {
     let origin = format!("http://{}", server.addr);
     // Logging out is a state change too: not from another site.
     let (status, _, _) = server
-        .raw("POST", "/logout", &[("cookie", &cookie), ("origin", "http://evil.example")], None)
+        .raw(
+            "POST",
+            "/logout",
+            &[("cookie", &cookie), ("origin", "http://evil.example")],
+            None,
+        )
         .await;
     assert_eq!(status, 403);
-    let (status, _, _) = server.raw("GET", "/runs", &[("cookie", &cookie)], None).await;
+    let (status, _, _) = server
+        .raw("GET", "/runs", &[("cookie", &cookie)], None)
+        .await;
     assert_eq!(status, 200);
     let (status, headers, _) = server
-        .raw("POST", "/logout", &[("cookie", &cookie), ("origin", &origin)], None)
+        .raw(
+            "POST",
+            "/logout",
+            &[("cookie", &cookie), ("origin", &origin)],
+            None,
+        )
         .await;
     assert_eq!(status, 303);
-    assert!(headers["set-cookie"].to_str().expect("ascii").contains("Max-Age=0"));
-    let (status, _, _) = server.raw("GET", "/runs", &[("cookie", &cookie)], None).await;
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .expect("ascii")
+            .contains("Max-Age=0")
+    );
+    let (status, _, _) = server
+        .raw("GET", "/runs", &[("cookie", &cookie)], None)
+        .await;
     assert_eq!(status, 401);
     let (_, _, body) = server.raw("GET", "/", &[("cookie", &cookie)], None).await;
     assert!(text(&body).contains("action=\"/login\""));
@@ -189,7 +289,13 @@ async fn logout_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_renders_a_finished_run_and_escapes_what_it_shows() {
     let server = Server::start().await;
-    let id = server.client.create_run(&server.request()).await.expect("create").run.id;
+    let id = server
+        .client
+        .create_run(&server.request())
+        .await
+        .expect("create")
+        .run
+        .id;
     server.wait_status(id, RunStatus::Completed).await;
     let cookie = login(&server).await;
     let get = |path: String| {
@@ -207,31 +313,60 @@ async fn every_page_renders_a_finished_run_and_escapes_what_it_shows() {
     assert!(list.contains("3/3"), "tasks done/total: {list}");
     // What the request hands back (the text filter) is escaped.
     let (status, _, body) = server
-        .raw("GET", "/?q=%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E", &[("cookie", &cookie)], None)
+        .raw(
+            "GET",
+            "/?q=%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            &[("cookie", &cookie)],
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let reflected = text(&body);
     assert!(!reflected.contains("<script>alert"), "{reflected}");
     assert!(reflected.contains("&quot;&gt;&lt;script&gt;alert(1)"));
     // Filters: status, text, workspace; a bad status names itself.
-    assert!(get("/?status=FAILED".into()).await.contains("No runs match."));
+    assert!(
+        get("/?status=FAILED".into())
+            .await
+            .contains("No runs match.")
+    );
     assert!(get("/?q=widget".into()).await.contains(&id.to_string()));
-    assert!(get("/?q=nothing-like-this".into()).await.contains("No runs match."));
+    assert!(
+        get("/?q=nothing-like-this".into())
+            .await
+            .contains("No runs match.")
+    );
     let ws = server.repo.path().to_string_lossy().into_owned();
-    assert!(get(format!("/?workspace={ws}")).await.contains(&id.to_string()));
-    let (status, _, body) = server.raw("GET", "/?status=DONE", &[("cookie", &cookie)], None).await;
+    assert!(
+        get(format!("/?workspace={ws}"))
+            .await
+            .contains(&id.to_string())
+    );
+    let (status, _, body) = server
+        .raw("GET", "/?status=DONE", &[("cookie", &cookie)], None)
+        .await;
     assert_eq!(status, 400);
     assert!(text(&body).contains("`DONE`"));
     let rows = get("/ui/rows".into()).await;
     assert!(rows.starts_with("<tr data-run-id="), "{rows}");
     let run = get(format!("/ui/runs/{id}")).await;
-    for needle in ["Lifecycle", "Worktree made", "RUN_COMPLETED", "data-action=\"retry\"", "id=\"output\"", "/steps/1/log"] {
+    for needle in [
+        "Lifecycle",
+        "Worktree made",
+        "RUN_COMPLETED",
+        "data-action=\"retry\"",
+        "id=\"output\"",
+        "/steps/1/log",
+    ] {
         assert!(run.contains(needle), "run page lacks {needle}");
     }
     let live = get(format!("/ui/runs/{id}/live")).await;
     assert!(live.contains("data-terminal=\"true\""));
     let review = get(format!("/ui/runs/{id}/review")).await;
-    assert!(review.contains("widget-plan.md"), "the plan file changed: {review}");
+    assert!(
+        review.contains("widget-plan.md"),
+        "the plan file changed: {review}"
+    );
     assert!(review.contains("class=\"da\""), "added lines are coloured");
     let new = get("/ui/new".into()).await;
     assert!(new.contains(&ws), "known workspaces are offered");
@@ -243,11 +378,21 @@ async fn every_page_renders_a_finished_run_and_escapes_what_it_shows() {
     let artifacts = server.client.artifacts(id).await.expect("artifacts");
     let first = artifacts.first().expect("an artifact");
     let (status, _, _) = server
-        .raw("GET", &format!("/ui/runs/{id}/artifacts/{}", first.id), &[("cookie", &cookie)], None)
+        .raw(
+            "GET",
+            &format!("/ui/runs/{id}/artifacts/{}", first.id),
+            &[("cookie", &cookie)],
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _, body) = server
-        .raw("GET", &format!("/ui/runs/{id}/artifacts/999999"), &[("cookie", &cookie)], None)
+        .raw(
+            "GET",
+            &format!("/ui/runs/{id}/artifacts/999999"),
+            &[("cookie", &cookie)],
+            None,
+        )
         .await;
     assert_eq!(status, 404);
     assert!(text(&body).contains(&id.to_string()));

@@ -130,9 +130,11 @@ pub(crate) async fn load(engine: &Engine, q: &ListQuery) -> Result<Page, ApiErro
     let now = now_ms();
     let mut runs = Vec::with_capacity(picked.len());
     for run in picked {
-        let steps = engine.store().list_steps(run.id).await.map_err(|e| {
-            ApiError::from(loop_engine::error::EngineError::from(e))
-        })?;
+        let steps = engine
+            .store()
+            .list_steps(run.id)
+            .await
+            .map_err(|e| ApiError::from(loop_engine::error::EngineError::from(e)))?;
         let budget = BudgetStatus::of(&run, &steps, now);
         runs.push((run, budget));
     }
@@ -221,7 +223,11 @@ pub(crate) async fn page(engine: &Engine, query: &str) -> Result<Response<RespBo
     }
     body.push_str("</datalist><label>Status <select name=\"status\" id=\"f-status\"><option value=\"\">any</option>");
     for s in RunStatus::ALL {
-        let selected = if q.status == Some(*s) { " selected" } else { "" };
+        let selected = if q.status == Some(*s) {
+            " selected"
+        } else {
+            ""
+        };
         let _ = write!(
             body,
             "<option value=\"{v}\"{selected}>{v}</option>",
@@ -247,11 +253,7 @@ pub(crate) async fn page(engine: &Engine, query: &str) -> Result<Response<RespBo
     body.push_str(&render_rows(&page));
     body.push_str("</tbody></table><nav class=\"pager\">");
     if q.before.is_some() {
-        let _ = write!(
-            body,
-            "<a href=\"/?{}\">Newest</a>",
-            esc(&filter)
-        );
+        let _ = write!(body, "<a href=\"/?{}\">Newest</a>", esc(&filter));
     }
     if page.more
         && let Some((last, _)) = page.runs.last()
@@ -287,6 +289,9 @@ mod tests {
         let e = ListQuery::parse("colour=red").unwrap_err();
         assert!(e.message.contains("`colour`"), "{}", e.message);
         assert!(ListQuery::parse("before=nope").is_err());
-        assert_eq!(ListQuery::parse("status=&before=").expect("empty"), ListQuery::default());
+        assert_eq!(
+            ListQuery::parse("status=&before=").expect("empty"),
+            ListQuery::default()
+        );
     }
 }

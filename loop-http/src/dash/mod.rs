@@ -50,7 +50,7 @@ pub(crate) fn api_session(
     if headers.contains_key(hyper::header::AUTHORIZATION) {
         return Ok(false);
     }
-    if state.sessions.from_headers(headers).is_none() {
+    if state.sessions.live_session(headers).is_none() {
         return Ok(false);
     }
     state.guard.check_host(headers)?;
@@ -80,9 +80,7 @@ fn require_origin(
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "missing_origin",
-            format!(
-                "{method} {path} from a browser session needs a same-origin `Origin` header"
-            ),
+            format!("{method} {path} from a browser session needs a same-origin `Origin` header"),
         ))
     }
 }
@@ -110,12 +108,10 @@ async fn route(
 ) -> Result<Response<RespBody>, ApiError> {
     let method = &parts.method;
     let query = parts.uri.query().unwrap_or_default();
-    let session = state.sessions.from_headers(&parts.headers);
+    let session = state.sessions.live_session(&parts.headers);
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.clone(), segments.as_slice()) {
-        (Method::GET, ["ui", "assets", "dash.css"]) => {
-            Ok(asset("text/css; charset=utf-8", CSS))
-        }
+        (Method::GET, ["ui", "assets", "dash.css"]) => Ok(asset("text/css; charset=utf-8", CSS)),
         (Method::GET, ["ui", "assets", "dash.js"]) => {
             Ok(asset("text/javascript; charset=utf-8", JS))
         }
@@ -168,7 +164,10 @@ async fn route(
 /// Fragments are fetched by the page's script: without a session they answer 401, not a
 /// redirect to the login page.
 fn is_fragment(segments: &[&str]) -> bool {
-    matches!(segments, ["ui", "rows"] | ["ui", "specs"] | ["ui", "runs", _, "live"])
+    matches!(
+        segments,
+        ["ui", "rows"] | ["ui", "specs"] | ["ui", "runs", _, "live"]
+    )
 }
 
 fn no_session() -> ApiError {
@@ -250,7 +249,10 @@ fn secure(resp: &mut Response<RespBody>) {
         ),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
 }
 
@@ -267,7 +269,11 @@ pub(crate) fn html_response(status: StatusCode, html: &str) -> Response<RespBody
 
 /// A plain-text response (logs, artifacts).
 pub(crate) fn text_response(text: String) -> Response<RespBody> {
-    let mut resp = body::with_type(StatusCode::OK, "text/plain; charset=utf-8", body::full(text));
+    let mut resp = body::with_type(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        body::full(text),
+    );
     secure(&mut resp);
     resp
 }

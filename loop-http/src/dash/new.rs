@@ -39,7 +39,11 @@ fn markdown_files(root: &Path, dir: &Path) -> Vec<String> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "md"))
-        .filter_map(|p| p.strip_prefix(root).ok().map(|r| r.to_string_lossy().into_owned()))
+        .filter_map(|p| {
+            p.strip_prefix(root)
+                .ok()
+                .map(|r| r.to_string_lossy().into_owned())
+        })
         .collect();
     out.sort();
     out.truncate(MAX_FILES);
@@ -95,7 +99,9 @@ pub(crate) async fn page(engine: &Engine, query: &str) -> Result<Response<RespBo
         .into_iter()
         .map(|r| r.workspace_root.to_string_lossy().into_owned())
         .collect();
-    let first = chosen.or_else(|| known.iter().next().cloned()).unwrap_or_default();
+    let first = chosen
+        .or_else(|| known.iter().next().cloned())
+        .unwrap_or_default();
     let mut body = String::from(
         "<nav class=\"crumbs\"><a href=\"/\">Runs</a> / <span>Start a run</span></nav><h1>Start a run</h1>\
          <form id=\"new-run\" class=\"new-run\" autocomplete=\"off\">\

@@ -107,7 +107,11 @@ pub(crate) async fn page(
         files = d.stats.files_changed,
         add = d.stats.additions,
         del = d.stats.deletions,
-        trunc = if d.truncated { " <strong>(cut: the diff is larger than shown)</strong>" } else { "" },
+        trunc = if d.truncated {
+            " <strong>(cut: the diff is larger than shown)</strong>"
+        } else {
+            ""
+        },
     );
     let target = run
         .merge_target_branch
@@ -132,7 +136,11 @@ pub(crate) async fn page(
         body,
         "<li><a href=\"/ui/runs/{}/review\"{}>All commits (aggregate)</a></li>",
         run.id,
-        if commit.is_none() { " aria-current=\"page\"" } else { "" }
+        if commit.is_none() {
+            " aria-current=\"page\""
+        } else {
+            ""
+        }
     );
     for c in &d.commits {
         let short = &c.sha[..c.sha.len().min(10)];
@@ -143,7 +151,11 @@ pub(crate) async fn page(
              <span class=\"muted\">{author} · {n} files <span class=\"plus\">+{a}</span> <span class=\"minus\">−{dl}</span></span></li>",
             id = run.id,
             sha = esc(&c.sha),
-            cur = if current { " aria-current=\"page\"" } else { "" },
+            cur = if current {
+                " aria-current=\"page\""
+            } else {
+                ""
+            },
             short = esc(short),
             msg = esc(c.message.lines().next().unwrap_or_default()),
             author = esc(&c.author),
@@ -229,7 +241,9 @@ mod tests {
 
     #[test]
     fn patch_lines_get_classes_and_escaping() {
-        let html = render_patch("diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-<old>\n+new & better\n same\n");
+        let html = render_patch(
+            "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-<old>\n+new & better\n same\n",
+        );
         assert!(html.contains("<span class=\"dm\">diff --git a/x b/x</span>"));
         assert!(html.contains("<span class=\"dm\">+++ b/x</span>"));
         assert!(html.contains("<span class=\"dh\">@@ -1 +1 @@</span>"));

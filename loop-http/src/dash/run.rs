@@ -82,16 +82,32 @@ fn render_live(live: &Live) -> String {
             .unwrap_or_else(|| "—".into()),
     );
     if let Some(f) = &run.failure {
-        fact("Failure", format!("<span class=\"error\">{}</span>", esc(f)));
+        fact(
+            "Failure",
+            format!("<span class=\"error\">{}</span>", esc(f)),
+        );
     }
-    fact("Workspace", format!("<code>{}</code>", esc(&run.workspace_root.to_string_lossy())));
-    fact("Spec", format!("<code>{}</code>", esc(&run.spec_path.to_string_lossy())));
+    fact(
+        "Workspace",
+        format!(
+            "<code>{}</code>",
+            esc(&run.workspace_root.to_string_lossy())
+        ),
+    );
+    fact(
+        "Spec",
+        format!("<code>{}</code>", esc(&run.spec_path.to_string_lossy())),
+    );
     fact(
         "Branches",
         format!(
             "<code>{}</code> → <code>{}</code>{}",
             esc(&run.base_branch),
-            esc(if run.run_branch.is_empty() { "(not yet)" } else { &run.run_branch }),
+            esc(if run.run_branch.is_empty() {
+                "(not yet)"
+            } else {
+                &run.run_branch
+            }),
             run.merge_target_branch
                 .as_ref()
                 .map(|t| format!(" → merge into <code>{}</code>", esc(t)))
@@ -104,10 +120,16 @@ fn render_live(live: &Live) -> String {
     );
     fact(
         "Tasks",
-        format!("<span id=\"tasks\">{}/{}</span>", run.tasks_done, run.tasks_total),
+        format!(
+            "<span id=\"tasks\">{}/{}</span>",
+            run.tasks_done, run.tasks_total
+        ),
     );
     fact("Iterations", run.iterations_run.to_string());
-    let limit = |v: Option<String>| v.map(|l| format!(" / {l}")).unwrap_or_else(|| " (no limit)".into());
+    let limit = |v: Option<String>| {
+        v.map(|l| format!(" / {l}"))
+            .unwrap_or_else(|| " (no limit)".into())
+    };
     fact(
         "Cost",
         format!(
@@ -118,7 +140,11 @@ fn render_live(live: &Live) -> String {
     );
     fact(
         "Tokens",
-        format!("{}{}", budget.tokens, limit(budget.max_tokens.map(|t| t.to_string()))),
+        format!(
+            "{}{}",
+            budget.tokens,
+            limit(budget.max_tokens.map(|t| t.to_string()))
+        ),
     );
     fact(
         "Wall time",
@@ -337,7 +363,11 @@ pub(crate) async fn page(engine: &Engine, id: RunId) -> Result<Response<RespBody
             "<li><a href=\"/ui/runs/{}/artifacts/{}\" target=\"_blank\" rel=\"noopener\">{}</a> <span class=\"muted\">{} · {}</span></li>",
             run.id,
             a.id,
-            esc(&a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            esc(&a
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()),
             esc(&a.kind.to_string()),
             esc(&a.path.to_string_lossy()),
         );
@@ -377,13 +407,18 @@ pub(crate) async fn page(engine: &Engine, id: RunId) -> Result<Response<RespBody
 async fn read_bounded(path: &Path, what: &str) -> Result<String, ApiError> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await.map_err(|e| {
-        ApiError::not_found(format!("{what} cannot be opened at {}: {e}", path.display()))
+        ApiError::not_found(format!(
+            "{what} cannot be opened at {}: {e}",
+            path.display()
+        ))
     })?;
     let mut buf = Vec::new();
     file.take(VIEW_MAX)
         .read_to_end(&mut buf)
         .await
-        .map_err(|e| ApiError::internal(format!("cannot read {what} at {}: {e}", path.display())))?;
+        .map_err(|e| {
+            ApiError::internal(format!("cannot read {what} at {}: {e}", path.display()))
+        })?;
     let mut text = String::from_utf8_lossy(&buf).into_owned();
     if buf.len() as u64 >= VIEW_MAX {
         text.push_str(&format!("\n[… cut at {VIEW_MAX} bytes]\n"));
@@ -398,7 +433,9 @@ pub(crate) async fn artifact(
     aid: &str,
 ) -> Result<Response<RespBody>, ApiError> {
     let aid: i64 = aid.parse().map_err(|_| {
-        ApiError::bad_request(format!("artifact `{aid}` of run {id} is not an artifact id"))
+        ApiError::bad_request(format!(
+            "artifact `{aid}` of run {id} is not an artifact id"
+        ))
     })?;
     let artifacts = engine.artifacts(id).await?;
     let a = artifacts
@@ -415,8 +452,9 @@ pub(crate) async fn analysis_file(
     id: RunId,
     name: &str,
 ) -> Result<Response<RespBody>, ApiError> {
-    let name = crate::query::decode(name)
-        .map_err(|_| ApiError::bad_request(format!("analysis file name of run {id} is not UTF-8")))?;
+    let name = crate::query::decode(name).map_err(|_| {
+        ApiError::bad_request(format!("analysis file name of run {id} is not UTF-8"))
+    })?;
     let listing = engine.postmortem_listing(id).await?;
     let f = listing
         .files

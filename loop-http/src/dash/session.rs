@@ -39,7 +39,7 @@ impl Sessions {
     }
 
     /// The session id of the request's cookie when that session is live.
-    pub(crate) fn from_headers(&self, headers: &HeaderMap) -> Option<String> {
+    pub(crate) fn live_session(&self, headers: &HeaderMap) -> Option<String> {
         let id = cookie(headers, COOKIE_NAME)?;
         let live = self.lock();
         match live.get(&id) {
@@ -105,27 +105,28 @@ mod tests {
         let id = s.create().expect("session");
         assert_eq!(id.len(), 64);
         let h = with_cookie(&format!("other=1; {COOKIE_NAME}={id}"));
-        assert_eq!(s.from_headers(&h).as_deref(), Some(id.as_str()));
+        assert_eq!(s.live_session(&h).as_deref(), Some(id.as_str()));
         s.remove(&id);
-        assert_eq!(s.from_headers(&h), None);
+        assert_eq!(s.live_session(&h), None);
     }
 
     #[test]
     fn unknown_or_empty_cookies_are_no_session() {
         let s = Sessions::default();
         s.create().expect("session");
-        assert_eq!(s.from_headers(&with_cookie("loopd_session=abc")), None);
-        assert_eq!(s.from_headers(&with_cookie("loopd_session=")), None);
-        assert_eq!(s.from_headers(&HeaderMap::new()), None);
+        assert_eq!(s.live_session(&with_cookie("loopd_session=abc")), None);
+        assert_eq!(s.live_session(&with_cookie("loopd_session=")), None);
+        assert_eq!(s.live_session(&HeaderMap::new()), None);
     }
 
     #[test]
     fn expired_sessions_are_refused() {
         let s = Sessions::default();
         let id = s.create().expect("session");
-        s.lock().insert(id.clone(), Instant::now() - Duration::from_secs(1));
+        s.lock()
+            .insert(id.clone(), Instant::now() - Duration::from_secs(1));
         assert_eq!(
-            s.from_headers(&with_cookie(&format!("{COOKIE_NAME}={id}"))),
+            s.live_session(&with_cookie(&format!("{COOKIE_NAME}={id}"))),
             None
         );
     }

@@ -7,7 +7,7 @@
 //! Test support: failures panic with what went wrong, which is what a test wants.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,7 +34,11 @@ pub fn find_browser() -> Result<(PathBuf, PathBuf), String> {
             return Err(format!(
                 "{what} is not installed at {} (apt-get install chromium chromium-driver, or set {})",
                 p.display(),
-                if what == "Chromium" { "CHROMIUM_BIN" } else { "CHROMEDRIVER_BIN" }
+                if what == "Chromium" {
+                    "CHROMIUM_BIN"
+                } else {
+                    "CHROMEDRIVER_BIN"
+                }
             ));
         }
     }
@@ -43,7 +47,9 @@ pub fn find_browser() -> Result<(PathBuf, PathBuf), String> {
 
 /// A running chromedriver with one browser session.
 pub struct Browser {
-    driver: Child,
+    driver: tokio::process::Child,
+    /// The driver's process group (Chromium runs in it too).
+    pgid: Option<u32>,
     port: u16,
     session: String,
 }
@@ -66,19 +72,22 @@ impl Browser {
         // Chromium writes caches and crash reports under HOME and the XDG folders: point them
         // at the test's own folder, never the user's home.
         let home = profile.parent().unwrap_or(profile);
-        let driver = Command::new(driver)
+        let driver = loop_engine::process::Cmd::new(driver, home)
             .env("HOME", home)
             .env("XDG_CACHE_HOME", home.join("cache"))
             .env("XDG_CONFIG_HOME", home.join("config"))
             .env("XDG_DATA_HOME", home.join("data"))
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            .to_tokio()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let pgid = driver.id();
         let mut browser = Self {
             driver,
+            pgid,
             port,
             session: String::new(),
         };
@@ -157,7 +166,10 @@ impl Browser {
             .map_err(|e| format!("{method} {path}: {e}"))?
             .to_bytes();
         let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            format!("{method} {path}: not JSON ({e}): {}", String::from_utf8_lossy(&body))
+            format!(
+                "{method} {path}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            )
         })?;
         if status.is_success() {
             Ok(v)
@@ -181,20 +193,32 @@ impl Browser {
 
     /// The current URL.
     pub async fn url(&self) -> String {
-        self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_owned()
+        self.cmd("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Resizes the window.
     pub async fn resize(&self, width: u32, height: u32) {
-        self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})))
-            .await;
+        self.cmd(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
     }
 
     /// The element matching `css`, if any.
     pub async fn try_find(&self, css: &str) -> Option<Element> {
         let path = format!("/session/{}/element", self.session);
         let v = self
-            .call("POST", &path, Some(json!({"using": "css selector", "value": css})))
+            .call(
+                "POST",
+                &path,
+                Some(json!({"using": "css selector", "value": css})),
+            )
             .await;
         match v {
             Ok(v) => v["value"][ELEMENT].as_str().map(|s| Element(s.to_owned())),
@@ -219,19 +243,27 @@ impl Browser {
 
     /// Clicks an element.
     pub async fn click(&self, e: &Element) {
-        self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({}))).await;
+        self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({})))
+            .await;
     }
 
     /// Types `text` into an element (WebDriver key codes such as `\u{E007}` for Enter work).
     pub async fn type_into(&self, e: &Element, text: &str) {
-        self.cmd("POST", &format!("/element/{}/value", e.0), Some(json!({"text": text})))
-            .await;
+        self.cmd(
+            "POST",
+            &format!("/element/{}/value", e.0),
+            Some(json!({"text": text})),
+        )
+        .await;
     }
 
     /// Types into whatever has the focus.
     pub async fn keys(&self, text: &str) {
         let active = self.cmd("GET", "/element/active", None).await;
-        let id = active[ELEMENT].as_str().expect("an active element").to_owned();
+        let id = active[ELEMENT]
+            .as_str()
+            .expect("an active element")
+            .to_owned();
         self.type_into(&Element(id), text).await;
     }
 
@@ -246,8 +278,12 @@ impl Browser {
 
     /// Runs `script` (a function body) in the page and returns its value.
     pub async fn exec(&self, script: &str) -> Value {
-        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
-            .await
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
     }
 
     /// Waits up to `secs` for `script` to return something truthy, then returns it.
@@ -255,14 +291,15 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.exec(script).await;
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!("")
-                && v != json!(0);
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
             if truthy {
                 return v;
             }
             if tokio::time::Instant::now() >= deadline {
-                let body = self.exec("return document.body.innerText.slice(0, 3000);").await;
+                let body = self
+                    .exec("return document.body.innerText.slice(0, 3000);")
+                    .await;
                 panic!("timed out after {secs} s waiting for {what}; the page says:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -289,7 +326,10 @@ impl Browser {
     /// The browser console entries since the last call (chromedriver's log endpoint).
     pub async fn console(&self) -> Vec<Value> {
         let path = format!("/session/{}/se/log", self.session);
-        match self.call("POST", &path, Some(json!({"type": "browser"}))).await {
+        match self
+            .call("POST", &path, Some(json!({"type": "browser"})))
+            .await
+        {
             Ok(v) => v["value"].as_array().cloned().unwrap_or_default(),
             Err(e) => panic!("cannot read the browser console: {e}"),
         }
@@ -316,8 +356,11 @@ impl Drop for Browser {
             })
             .join();
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // chromedriver and whatever Chromium left behind share the driver's process group.
+        if let Some(pgid) = self.pgid {
+            loop_engine::process::signal_group(pgid, loop_engine::process::Signal::Kill);
+        }
+        let _ = self.driver.start_kill();
     }
 }
 
