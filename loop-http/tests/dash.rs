@@ -289,13 +289,12 @@ async fn logout_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_renders_a_finished_run_and_escapes_what_it_shows() {
     let server = Server::start().await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    // The branch is left alone (no automatic merge), so the review shows its commits.
+    let req = loop_http::api::CreateRunRequest {
+        merge_strategy: Some(loop_engine::domain::MergeStrategy::None),
+        ..server.request()
+    };
+    let id = server.client.create_run(&req).await.expect("create").run.id;
     server.wait_status(id, RunStatus::Completed).await;
     let cookie = login(&server).await;
     let get = |path: String| {
@@ -368,6 +367,30 @@ async fn every_page_renders_a_finished_run_and_escapes_what_it_shows() {
         "the plan file changed: {review}"
     );
     assert!(review.contains("class=\"da\""), "added lines are coloured");
+    // One commit's own patch: the first task's commit adds only its own work file.
+    let diff = server
+        .engine
+        .diff(id, Default::default())
+        .await
+        .expect("diff");
+    let task1 = diff
+        .diff
+        .commits
+        .iter()
+        .find(|c| c.message.contains("Task number 1"))
+        .expect("the first task's commit");
+    let one = get(format!("/ui/runs/{id}/review?commit={}", task1.sha)).await;
+    assert!(one.contains("+Task number 1"), "{one}");
+    assert!(!one.contains("+Task number 2"), "only that commit's patch");
+    let (status, _, _) = server
+        .raw(
+            "GET",
+            &format!("/ui/runs/{id}/review?commit=abc"),
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
     let new = get("/ui/new".into()).await;
     assert!(new.contains(&ws), "known workspaces are offered");
     let specs = get(format!("/ui/specs?workspace={ws}")).await;

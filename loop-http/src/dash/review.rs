@@ -1,6 +1,7 @@
-//! A run's review page (`/ui/runs/{id}/review`): the diff of SPEC §12 (files with +/- counts,
-//! the unified diff coloured by line kind, the commits with their files) and the merge / scrap
-//! / create-PR actions, each behind a confirmation; a 409 conflict lists the paths.
+//! A run's review page (`/ui/runs/{id}/review[?commit=<sha>]`): the diff of SPEC §12, in all
+//! or of one commit (files with +/- counts, the unified diff coloured by line kind, the
+//! commits) and the merge / scrap / create-PR actions, each behind a confirmation; a 409
+//! conflict lists the paths.
 
 use std::fmt::Write as _;
 
@@ -165,6 +166,7 @@ pub(crate) async fn page(
         );
     }
     body.push_str("</ul>");
+    let commit_diff;
     let shown: Vec<&loop_engine::backend::DiffFile> = match &commit {
         None => d.files.iter().collect(),
         Some(sha) => {
@@ -173,8 +175,7 @@ pub(crate) async fn page(
             })?;
             let _ = write!(
                 body,
-                "<p class=\"muted\">Commit <code>{}</code> by {}: {} files, <span class=\"plus\">+{}</span> <span class=\"minus\">−{}</span>. \
-                 The patches below are those of the run's whole diff for these files.</p><pre class=\"message\">{}</pre>",
+                "<p class=\"muted\">Commit <code>{}</code> by {}: {} files, <span class=\"plus\">+{}</span> <span class=\"minus\">−{}</span>.</p><pre class=\"message\">{}</pre>",
                 esc(&c.sha),
                 esc(&c.author),
                 c.stats.files_changed,
@@ -182,10 +183,10 @@ pub(crate) async fn page(
                 c.stats.deletions,
                 esc(&c.message)
             );
-            d.files
-                .iter()
-                .filter(|f| c.files.iter().any(|cf| cf.path == f.path))
-                .collect()
+            commit_diff = engine
+                .commit_diff(id, &c.sha, DiffLimits::default())
+                .await?;
+            commit_diff.files.iter().collect()
         }
     };
     body.push_str("<h2>Files</h2><table class=\"files\" id=\"files\"><thead><tr><th>File</th><th>Change</th><th class=\"num\">+</th><th class=\"num\">−</th></tr></thead><tbody>");
