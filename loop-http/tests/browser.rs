@@ -88,7 +88,7 @@ async fn dashboard_in_a_real_browser() {
         return;
     };
     let server = Server::with(Setup {
-        agent_delay: Duration::from_millis(600),
+        agent_delay: Duration::from_millis(1200),
         ..Setup::default()
     })
     .await;
@@ -220,6 +220,15 @@ async fn dashboard_in_a_real_browser() {
         .expect("create")
         .run
         .id;
+    // Keep the page's SSE connections at hand, to break them below.
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({"source": "(function () { var O = window.EventSource; var stats = { opens: 0, all: [] }; window.loopSse = stats; \
+            window.EventSource = function (url, opts) { var e = new O(url, opts); stats.all.push(e); e.addEventListener('open', function () { stats.opens++; }); \
+            if (String(url).indexOf('/output') >= 0) { stats.output = e; stats.frames = stats.frames || []; e.addEventListener('output', function (m) { stats.frames.push([m.lastEventId, m.data]); }); } return e; }; \
+            window.EventSource.prototype = O.prototype; window.EventSource.CLOSED = O.CLOSED; })();"}),
+    )
+    .await;
     b.goto(&format!("{base}/ui/runs/{second}")).await;
     b.exec("window.loopNoReload = 1; return 1;").await;
     b.wait_for(
@@ -229,6 +238,26 @@ async fn dashboard_in_a_real_browser() {
     )
     .await;
     shots.take(&b, "04-run-live").await;
+    // Break both streams mid-run as a failed connection would: the page opens them again
+    // (the events after the last one shown, the output replaying the current step) and shows
+    // nothing twice.
+    let opens_before = b
+        .exec("return window.loopSse.opens;")
+        .await
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        opens_before >= 2,
+        "events and output streams opened: {opens_before}"
+    );
+    b.exec("window.loopSse.all.forEach(function (e) { if (e.readyState !== 2) { e.close(); e.dispatchEvent(new Event('error')); } }); return 1;")
+        .await;
+    b.wait_for(
+        "the streams to be opened again",
+        15,
+        &format!("return window.loopSse.opens >= {};", opens_before + 2),
+    )
+    .await;
     b.wait_for(
         "the run to complete on its page",
         40,
@@ -246,6 +275,7 @@ async fn dashboard_in_a_real_browser() {
         1,
         "the run page was not reloaded"
     );
+
     // Nothing arrived twice: event numbers are unique, and no output line repeats within a
     // step (each simulated step writes one line).
     let dup_events = b
@@ -263,6 +293,22 @@ async fn dashboard_in_a_real_browser() {
         "one output line per step at most, got {} lines for {} steps: {lines:#?}",
         lines.len(),
         steps.len()
+    );
+    // Every output frame received, delivered again (as a replaying stream would): the page
+    // skips the bytes it has, so nothing more appears.
+    let replay = b
+        .exec("var s = window.loopSse, n = function () { return document.querySelectorAll('#output .o-raw, #output .o-text').length; }; \
+               var before = n(), frames = (s.frames || []).slice(); \
+               frames.forEach(function (f) { s.output.dispatchEvent(new MessageEvent('output', { data: f[1], lastEventId: f[0] })); }); \
+               return [before, n(), frames.length];")
+        .await;
+    assert!(
+        replay[2].as_i64().unwrap_or(0) > 0,
+        "output frames were seen: {replay}"
+    );
+    assert_eq!(
+        replay[0], replay[1],
+        "replayed output is not shown twice: {replay}"
     );
     let timeline = b.text(&b.find("#steps").await).await;
     assert!(

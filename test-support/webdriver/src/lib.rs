@@ -313,6 +313,17 @@ impl Browser {
         std::fs::write(path, png).expect("write the screenshot");
     }
 
+    /// Runs a Chrome DevTools Protocol command (chromedriver's `goog/cdp/execute`), e.g.
+    /// `Page.addScriptToEvaluateOnNewDocument` or `Network.emulateNetworkConditions`.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
+    }
+
     /// Adds a cookie for the current page's host (navigate there first).
     pub async fn add_cookie(&self, name: &str, value: &str) {
         self.cmd(

@@ -81,6 +81,8 @@
 
   // ---- A run's page. ----
   var TERMINAL = { RUN_COMPLETED: 1, RUN_FAILED: 1, RUN_CANCELED: 1 };
+  // Pause before opening a stream again that the browser gave up on.
+  var RETRY_MS = 1000;
 
   function runPage(live) {
     var id = live.getAttribute("data-run-id");
@@ -156,7 +158,14 @@
       events = new EventSource("/runs/" + id + "/events?after=" + lastSeq);
       kinds.forEach(function (k) { if (k) { events.addEventListener(k, onEvent); } });
       events.onerror = function () {
-        if (terminal() && events) { events.close(); events = null; }
+        if (!events) { return; }
+        if (terminal()) { events.close(); events = null; return; }
+        // The browser retries a dropped stream by itself, but gives up on an error answer
+        // (a daemon restarting, say): then open a new one after the last event shown.
+        if (events.readyState === EventSource.CLOSED) {
+          events = null;
+          setTimeout(openEvents, RETRY_MS);
+        }
       };
     }
 
@@ -256,11 +265,17 @@
       output.addEventListener("output", onOutput);
       output.onopen = function () { setOutputState("live"); };
       output.onerror = function () {
+        if (!output) { return; }
         if (terminal() || box.getAttribute("data-terminal") === "true") {
-          if (output) { output.close(); output = null; }
+          output.close();
+          output = null;
           setOutputState("finished");
-        } else {
-          setOutputState("reconnecting…");
+          return;
+        }
+        setOutputState("reconnecting…");
+        if (output.readyState === EventSource.CLOSED) {
+          output = null;
+          setTimeout(openOutput, RETRY_MS);
         }
       };
     }
