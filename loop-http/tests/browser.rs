@@ -429,6 +429,34 @@ async fn dashboard_in_a_real_browser() {
         .next()
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("a run page URL: {url}"));
+    let created = server.client.get_run(third).await.expect("the started run");
+    assert_eq!(
+        created.config["iterations"], 20,
+        "the override reached the run"
+    );
+    // Its buttons: pause (at the next step boundary), resume, cancel, retry; the page follows
+    // each state without a reload.
+    let status_is = |want: &str| {
+        format!(
+            "var h = document.querySelector('.run-head'); return h && h.getAttribute('data-status') === '{want}';"
+        )
+    };
+    b.click(&b.find("#actions [data-action='pause']").await)
+        .await;
+    b.wait_for("PAUSED on the page", 20, &status_is("PAUSED"))
+        .await;
+    shots.take(&b, "09-run-paused").await;
+    b.click(&b.find("#actions [data-action='resume']").await)
+        .await;
+    b.wait_for("RUNNING again", 20, &status_is("RUNNING")).await;
+    b.click(&b.find("#actions [data-action='cancel']").await)
+        .await;
+    b.wait_for("CANCELED on the page", 20, &status_is("CANCELED"))
+        .await;
+    b.click(&b.find("#actions [data-action='retry']").await)
+        .await;
+    b.wait_for("the retried run to complete", 40, &status_is("COMPLETED"))
+        .await;
     let started = server.wait_for(third, |r| r.status.is_terminal()).await;
     assert_eq!(
         started.status,
@@ -436,11 +464,7 @@ async fn dashboard_in_a_real_browser() {
         "{:?}",
         started.failure
     );
-    assert_eq!(
-        started.config["iterations"], 20,
-        "the override reached the run"
-    );
-    assert_no_console_errors(&b, "the start form").await;
+    assert_no_console_errors(&b, "the start form and the run's buttons").await;
 
     // ---- A phone-width screen, and a paint time at this size. ----
     b.resize(390, 844).await;
@@ -451,10 +475,10 @@ async fn dashboard_in_a_real_browser() {
         t.elapsed().as_millis()
     ));
     assert_fits(&b, "the list at phone width").await;
-    shots.take(&b, "09-list-phone").await;
+    shots.take(&b, "10-list-phone").await;
     b.goto(&format!("{base}/ui/runs/{second}")).await;
     assert_fits(&b, "the run page at phone width").await;
-    shots.take(&b, "10-run-phone").await;
+    shots.take(&b, "11-run-phone").await;
     b.resize(1280, 800).await;
     b.goto(&format!("{base}/")).await;
     assert_fits(&b, "the list at 1280x800").await;
