@@ -144,7 +144,7 @@ pub(crate) async fn page(
         }
     );
     for c in &d.commits {
-        let short = &c.sha[..c.sha.len().min(10)];
+        let short: String = c.sha.chars().take(10).collect();
         let current = commit.as_deref() == Some(c.sha.as_str());
         let _ = write!(
             body,
@@ -157,7 +157,7 @@ pub(crate) async fn page(
             } else {
                 ""
             },
-            short = esc(short),
+            short = esc(&short),
             msg = esc(c.message.lines().next().unwrap_or_default()),
             author = esc(&c.author),
             n = c.stats.files_changed,

@@ -198,7 +198,7 @@ fn render_lifecycle(live: &Live) -> String {
                 "yes{}",
                 run.merge_commit
                     .as_ref()
-                    .map(|c| format!(" ({})", &c[..c.len().min(12)]))
+                    .map(|c| format!(" ({})", c.chars().take(12).collect::<String>()))
                     .unwrap_or_default()
             )
         } else {
