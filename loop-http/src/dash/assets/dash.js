@@ -104,7 +104,7 @@
         })
         .catch(function () { refreshing = false; });
     }
-    setInterval(function () { if (!terminal() && !document.hidden) { refresh(); } }, 2000);
+    setInterval(function () { if (!terminal() && !document.hidden) { refresh(); } }, 1000);
 
     $all("#actions button[data-action]").forEach(function (b) {
       b.addEventListener("click", function () {
