@@ -479,6 +479,12 @@ async fn dashboard_in_a_real_browser() {
     b.goto(&format!("{base}/ui/runs/{second}")).await;
     assert_fits(&b, "the run page at phone width").await;
     shots.take(&b, "11-run-phone").await;
+    b.goto(&format!("{base}/ui/runs/{first}/review")).await;
+    assert_fits(&b, "the review page at phone width").await;
+    shots.take(&b, "12-review-phone").await;
+    b.goto(&format!("{base}/ui/new")).await;
+    assert_fits(&b, "the start form at phone width").await;
+    shots.take(&b, "13-new-phone").await;
     b.resize(1280, 800).await;
     b.goto(&format!("{base}/")).await;
     assert_fits(&b, "the list at 1280x800").await;
