@@ -4,6 +4,7 @@
 //! code compiling and working and takes seconds; its figures are not meant to be read.
 
 mod agent;
+mod dash;
 mod fanout;
 mod harness;
 mod idle;
@@ -61,6 +62,8 @@ enum Command {
     Fanout(Common),
     /// An agent printing hundreds of megabytes.
     Output(Common),
+    /// The dashboard at 10,000 runs: list server time and first paint in Chromium.
+    Dash(Common),
     /// loopd's CPU per agent call with ~200 and with 3,000 more processes on the machine.
     Procs(Common),
     /// The tiny agent the benchmarks run (not for humans).
@@ -119,6 +122,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::Fanout(c) => ("fanout", c),
         Command::Output(c) => ("output", c),
         Command::Procs(c) => ("procs", c),
+        Command::Dash(c) => ("dash", c),
         Command::Agent(_) => unreachable!("handled in main"),
     };
     let ctx = Ctx {
@@ -162,6 +166,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if all || which == "procs" {
         let result = procs::run(&ctx, &mut report).await;
         ran(&mut report, "procs", result);
+    }
+    if all || which == "dash" {
+        let result = dash::run(&ctx, &mut report).await;
+        ran(&mut report, "dash", result);
     }
     let elapsed = started.elapsed().as_secs_f64();
     say("");
