@@ -79,8 +79,8 @@ pub struct MetricsSnapshot {
     pub watchdog_rewrites: u64,
     /// Agent step retries.
     pub claude_retries: u64,
-    /// Batches of this worker the store refused because another worker had taken their run
-    /// over (fencing, SPEC §14).
+    /// Writes of this worker the store refused because another worker had taken their run
+    /// over (fencing, SPEC §14): fenced batches and lease renewals.
     pub fenced_writes_rejected: u64,
     /// Runs this worker stopped because it lost their lease (taken over, or not renewable
     /// in time).

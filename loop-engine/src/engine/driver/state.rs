@@ -205,6 +205,9 @@ impl RunDriver {
                 match renewed {
                     Ok(Ok(())) => valid_until = started + lease,
                     Ok(Err(StoreError::Conflict { detail })) => {
+                        // The renewal is a write of this worker that the store refused
+                        // because another worker holds the run now: fencing at work.
+                        Metrics::inc(&inner.metrics.fenced_writes_rejected);
                         stop(&format!("lease lost ({detail})"));
                         return;
                     }
