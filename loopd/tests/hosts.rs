@@ -418,3 +418,150 @@ async fn three_hosts_share_the_queue_and_take_over_killed_hosts_runs() {
         let _ = host.daemon.child.wait().await;
     }
 }
+
+/// A TCP proxy to `target` that can be stopped: stopping closes the listener and every
+/// connection through it, as a network cut would.
+struct Proxy {
+    port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listens");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut stopped_accept = stopped.clone();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let target = target.clone();
+                        let mut stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = stopped.wait_for(|s| *s) => {}
+                            }
+                        });
+                    }
+                    _ = stopped_accept.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Self { port, stop }
+    }
+
+    fn cut(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// `url` (postgres://user@host:port/db) with its host and port replaced by the proxy's, and
+/// the host:port it named.
+fn through_proxy(url: &str, port: u16) -> (String, String) {
+    let at = url.rfind('@').expect("user@ in the url") + 1;
+    let slash = at + url[at..].find('/').expect("/db in the url");
+    let target = url[at..slash].to_owned();
+    (
+        format!("{}127.0.0.1:{port}{}", &url[..at], &url[slash..]),
+        target,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_from_the_database_stops_its_agent_and_the_run_moves_on() {
+    let test = "a_host_cut_from_the_database_stops_its_agent_and_the_run_moves_on";
+    let Some(url) = database(test).await else {
+        return;
+    };
+    let (_, target) = through_proxy(&url, 0);
+    let proxy = Proxy::start(target).await;
+    let (proxied, _) = through_proxy(&url, proxy.port);
+    let chaos = tempfile::tempdir().expect("chaos dir");
+    let repo = repo(chaos.path());
+
+    // Host B (behind the proxy) takes the run; host A joins once B's agent is at work.
+    let b = Host::new(&proxied).await;
+    let id = b
+        .daemon
+        .client
+        .create_run(&create_request(&repo))
+        .await
+        .expect("created")
+        .run
+        .id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let agent = loop {
+        if let Some(pid) = live_agents(chaos.path()).into_iter().next() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "host B's agent did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let a = Host::new(&url).await;
+    let run = a.daemon.client.get_run(id).await.expect("run");
+    assert_eq!(run.worker_id.as_deref(), Some(b.worker_id.as_str()));
+
+    proxy.cut();
+    let cut = Instant::now();
+    // B cannot renew: it kills its agent before the lease lapses.
+    loop {
+        if !pid_alive(agent) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(TTL_SEC + 2),
+            "host B's agent {agent} still alive {:?} after the cut",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_after = cut.elapsed();
+    // A takes the run over and finishes it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut taken_after = None;
+    loop {
+        let run = a.daemon.client.get_run(id).await.expect("run");
+        if taken_after.is_none() && run.worker_id.as_deref() == Some(a.worker_id.as_str()) {
+            taken_after = Some(cut.elapsed());
+        }
+        if run.status.is_terminal() {
+            assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
+            break;
+        }
+        assert!(Instant::now() < deadline, "run stuck in {:?}", run.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = a.daemon.client.get_run(id).await.expect("run");
+    let agent_log = std::fs::read_to_string(
+        chaos
+            .path()
+            .join(format!("{}.log", log_name(&run.worktree_path))),
+    )
+    .unwrap_or_default();
+    assert!(!agent_log.contains("OVERLAP"), "{agent_log}");
+    let log = repo.git(["log", "--format=%s", &run.run_branch]);
+    for i in 1..=TASKS {
+        let count = log
+            .lines()
+            .filter(|l| *l == format!("Implement: task {i}"))
+            .count();
+        assert_eq!(count, 1, "task {i} committed {count} times:\n{log}");
+    }
+    eprintln!(
+        "hosts: cut host stopped its agent {stopped_after:?} after the cut; the other host held the run after {taken_after:?} (TTL {TTL_SEC} s)"
+    );
+    for host in [&a, &b] {
+        signal(&host.daemon.child, Signal::SIGTERM);
+    }
+    let (mut a, mut b) = (a, b);
+    let _ = a.daemon.child.wait().await;
+    let _ = b.daemon.child.wait().await;
+}
