@@ -48,7 +48,8 @@ async fn database(test: &str) -> Option<String> {
 }
 
 /// A repository whose runs use the chaos agent (pidfile overlap check, one task per step),
-/// with room for every run on any one host.
+/// with room for every run on any one host, and no pause before an interrupted step is tried
+/// again (the takeover time measured is the hosts', not the run's own retry policy).
 fn repo(chaos: &Path) -> GitFixture {
     let repo = GitFixture::new();
     let script = repo.root().join("agent.sh");
@@ -62,7 +63,7 @@ fn repo(chaos: &Path) -> GitFixture {
     repo.write_file(
         ".loop/config",
         &format!(
-            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nmax_concurrency=12\nmax_runs_per_workspace=1\nverify_cmds=test -f work.txt\n",
+            "reviewer=false\npostmortem=false\nrun_naming_mode=spec_slug\nartifact_mode=workspace\nexecutor=command\nagent_cmd=sh {}\nmax_concurrency=12\nmax_runs_per_workspace=1\nclaude_retry_backoff_sec=0\nverify_cmds=test -f work.txt\n",
             script.display()
         ),
     );
@@ -201,6 +202,50 @@ async fn three_hosts_share_the_queue_and_take_over_killed_hosts_runs() {
                 .id,
         );
     }
+
+    // Any host streams the live output of a run executing on another one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (remote_run, reader) = loop {
+        let mut found = None;
+        for (i, host) in hosts.iter().enumerate() {
+            if let Some(run) = running_on(&hosts, i, &host.worker_id)
+                .await
+                .into_iter()
+                .next()
+            {
+                found = Some((run.id, (i + 1) % 3));
+                break;
+            }
+        }
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no run started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut output = hosts[reader]
+        .daemon
+        .client
+        .output(remote_run)
+        .await
+        .expect("output stream from another host");
+    let text = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match output.next().await.expect("output item") {
+                Some(loop_http::client::OutputItem::Chunk { text, .. })
+                    if text.contains("task") =>
+                {
+                    return text;
+                }
+                Some(_) => {}
+                None => panic!("the output stream ended before any agent output"),
+            }
+        }
+    })
+    .await
+    .expect("agent output of a run on another host within 30 s");
+    drop(output);
+    eprintln!("hosts: live output of run {remote_run} read through another host: {text:?}");
 
     // Kill the owner of running runs several times; measure how long until another host's
     // agent works on each of its runs again.
