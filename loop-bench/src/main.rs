@@ -6,6 +6,7 @@
 mod agent;
 mod fanout;
 mod harness;
+mod hosts;
 mod idle;
 mod output;
 mod overhead;
@@ -63,6 +64,8 @@ enum Command {
     Output(Common),
     /// loopd's CPU per agent call with ~200 and with 3,000 more processes on the machine.
     Procs(Common),
+    /// Several hosts on one PostgreSQL: claims/s, kill -9 takeover, PostgreSQL beside SQLite.
+    Hosts(Common),
     /// The tiny agent the benchmarks run (not for humans).
     #[command(hide = true)]
     Agent(agent::AgentArgs),
@@ -119,6 +122,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::Fanout(c) => ("fanout", c),
         Command::Output(c) => ("output", c),
         Command::Procs(c) => ("procs", c),
+        Command::Hosts(c) => ("hosts", c),
         Command::Agent(_) => unreachable!("handled in main"),
     };
     let ctx = Ctx {
@@ -162,6 +166,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if all || which == "procs" {
         let result = procs::run(&ctx, &mut report).await;
         ran(&mut report, "procs", result);
+    }
+    if all || which == "hosts" {
+        let result = hosts::run(&ctx, &mut report).await;
+        ran(&mut report, "hosts", result);
     }
     let elapsed = started.elapsed().as_secs_f64();
     say("");

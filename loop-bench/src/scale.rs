@@ -20,7 +20,7 @@ use crate::Ctx;
 use crate::harness::{Daemon, median, ms};
 use crate::report::Report;
 
-fn finished_run(i: usize, created_at: i64) -> Run {
+pub(crate) fn finished_run(i: usize, created_at: i64) -> Run {
     Run {
         id: RunId::new(),
         name: format!("history-{i}"),

@@ -258,3 +258,73 @@ async fn changes_of_other_stores_are_announced() {
         ]
     );
 }
+
+/// A workspace's `max_runs_per_workspace` holds across hosts: claimers on three stores racing
+/// for ten runs of one workspace with a cap of 2 get exactly two of them, and a third once a
+/// lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_workspace_cap_holds_across_stores() {
+    let Some(url) = database("the_workspace_cap_holds_across_stores").await else {
+        return;
+    };
+    let stores = [
+        connect(&url).await,
+        connect(&url).await,
+        connect(&url).await,
+    ];
+    for _ in 0..10 {
+        let mut run = store_contract::sample_run("/ws/capped");
+        run.config = serde_json::json!({ "max_runs_per_workspace": 2 });
+        stores[0].create_run(&run).await.expect("create");
+    }
+    let request = |worker: String, now: i64| ClaimRequest {
+        worker_id: worker,
+        now,
+        lease_ms: 1_000,
+        order: QueueOrder::Fifo,
+        skip_workspaces: Vec::new(),
+        skip_runs: Vec::new(),
+    };
+    let mut tasks = Vec::new();
+    for (host, store) in stores.iter().enumerate() {
+        for worker in 0..3 {
+            let store = store.clone();
+            let req = request(format!("host-{host}-{worker}"), 1_000);
+            tasks.push(tokio::spawn(async move {
+                let mut mine = 0;
+                while store.claim_next_run(&req).await.expect("claim").is_some() {
+                    mine += 1;
+                }
+                mine
+            }));
+        }
+    }
+    let mut claimed = 0;
+    for task in tasks {
+        claimed += task.await.expect("claim task");
+    }
+    assert_eq!(claimed, 2, "the cap of 2 runs per workspace was not held");
+    // Once those leases lapse, their runs and the queued ones compete again: two at a time.
+    let later = request("late".into(), 2_000);
+    assert!(
+        stores[1]
+            .claim_next_run(&later)
+            .await
+            .expect("claim")
+            .is_some()
+    );
+    assert!(
+        stores[2]
+            .claim_next_run(&later)
+            .await
+            .expect("claim")
+            .is_some()
+    );
+    assert!(
+        stores[0]
+            .claim_next_run(&later)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+}

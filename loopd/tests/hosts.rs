@@ -23,7 +23,7 @@ use super::chaos::{Rng, agent_script, live_agents, pid_alive};
 use super::{Daemon, create_request, free_port, signal, start_with_env};
 
 /// The lease of these tests: short, so takeovers happen within seconds.
-const TTL_SEC: u64 = 2;
+const TTL_SEC: u64 = 3;
 const TASKS: usize = 10;
 /// Seconds each agent step takes at least, so that runs are still going while hosts die.
 const STEP_SEC: &str = "2";
@@ -111,6 +111,12 @@ impl Host {
             daemon,
             worker_id,
         }
+    }
+
+    /// The daemon's stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join(format!("loopd-{}.stderr", self.port)))
+            .unwrap_or_default()
     }
 
     async fn restart(&mut self) {
@@ -581,7 +587,22 @@ async fn a_host_cut_from_the_database_stops_its_agent_and_the_run_moves_on() {
             assert_eq!(run.status, RunStatus::Completed, "{:?}", run.failure);
             break;
         }
-        assert!(Instant::now() < deadline, "run stuck in {:?}", run.status);
+        if Instant::now() >= deadline {
+            let steps = a.daemon.client.steps(id).await.unwrap_or_default();
+            panic!(
+                "run stuck in {:?} held by {:?} (A {}, B {}); steps {:#?}\nA's log:\n{}\nB's log:\n{}",
+                run.status,
+                run.worker_id,
+                a.worker_id,
+                b.worker_id,
+                steps
+                    .iter()
+                    .map(|s| (s.seq, s.status.clone(), s.reason.clone()))
+                    .collect::<Vec<_>>(),
+                a.log(),
+                b.log()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let run = a.daemon.client.get_run(id).await.expect("run");
@@ -609,4 +630,47 @@ async fn a_host_cut_from_the_database_stops_its_agent_and_the_run_moves_on() {
     let (mut a, mut b) = (a, b);
     let _ = a.daemon.child.wait().await;
     let _ = b.daemon.child.wait().await;
+}
+
+/// An agent dies with its loopd (SPEC §14): after `kill -9` of the daemon, which is not
+/// restarted (so no recovery kills anything), the agent it had started is gone within
+/// moments: the kernel sent it the parent-death signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_dies_with_its_daemon() {
+    let test = "an_agent_dies_with_its_daemon";
+    if !Path::new("/usr/bin/setpriv").exists() && !Path::new("/bin/setpriv").exists() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: setpriv (util-linux) is not installed, agents get no parent-death signal"
+        );
+        return;
+    }
+    let chaos = tempfile::tempdir().expect("chaos dir");
+    let repo = repo(chaos.path());
+    let data = tempfile::tempdir().expect("data dir");
+    let mut daemon = super::start(data.path(), free_port()).await;
+    daemon
+        .client
+        .create_run(&create_request(&repo))
+        .await
+        .expect("created");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let agent = loop {
+        if let Some(pid) = live_agents(chaos.path()).into_iter().next() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the agent did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    signal(&daemon.child, Signal::SIGKILL);
+    let _ = daemon.child.wait().await;
+    let killed = Instant::now();
+    while pid_alive(agent) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "agent {agent} outlived its daemon by {:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -232,11 +232,12 @@ pub(crate) async fn update(conn: &mut PgConnection, run: &Run) -> Result<(), Sto
 /// The claim queue: the first claimable run in queue order that no other transaction holds
 /// locked (`SKIP LOCKED`: concurrent claimers on any host pass over each other's candidates
 /// instead of waiting for them). A run is claimable when it is `PENDING`, or `RUNNING`
-/// without a live lease (expired, or released by its worker).
+/// without a live lease (expired, or released by its worker). A run whose workspace is at its
+/// `max_runs_per_workspace` across all hosts is passed over ([`over_workspace_cap`]).
 macro_rules! claim_query {
     ($order:literal) => {
         concat!(
-            "SELECT id FROM runs \
+            "SELECT id, workspace_root, config FROM runs \
              WHERE status IN ('PENDING', 'RUNNING') \
                AND (status = 'PENDING' OR lease_expires_at IS NULL OR lease_expires_at <= $1) \
                AND NOT (workspace_root = ANY($2)) \
@@ -252,7 +253,7 @@ pub(crate) async fn claim_next(
     pool: &PgPool,
     req: &ClaimRequest,
 ) -> Result<Option<Run>, StoreError> {
-    let skip_workspaces = req
+    let mut skip_workspaces = req
         .skip_workspaces
         .iter()
         .map(|w| path_text(w, "claim.skip_workspaces").map(str::to_owned))
@@ -262,32 +263,79 @@ pub(crate) async fn claim_next(
         QueueOrder::Fifo => claim_query!("created_at ASC, id ASC"),
         QueueOrder::NewestFirst => claim_query!("created_at DESC, id DESC"),
     };
-    let mut tx = pool.begin().await.map_err(map_pg)?;
-    let chosen: Option<String> = sqlx::query_scalar(query)
+    loop {
+        let mut tx = pool.begin().await.map_err(map_pg)?;
+        let chosen: Option<(String, String, String)> = sqlx::query_as(query)
+            .bind(req.now)
+            .bind(&skip_workspaces)
+            .bind(&skip_runs)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_pg)?;
+        let Some((id, workspace, config)) = chosen else {
+            return Ok(None);
+        };
+        if over_workspace_cap(&mut tx, &id, &workspace, &config, req.now).await? {
+            // Nothing was written; the workspace's other runs wait for a free place too.
+            drop(tx);
+            skip_workspaces.push(workspace);
+            continue;
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE runs SET status = 'RUNNING', worker_id = $1, lease_expires_at = $2, \
+             updated_at = $3, lease_epoch = lease_epoch + 1 WHERE id = $4 RETURNING ",
+            run_columns!()
+        ))
+        .bind(&req.worker_id)
+        .bind(req.now.saturating_add(req.lease_ms))
         .bind(req.now)
-        .bind(&skip_workspaces)
-        .bind(&skip_runs)
-        .fetch_optional(&mut *tx)
+        .bind(&id)
+        .fetch_one(&mut *tx)
         .await
         .map_err(map_pg)?;
-    let Some(id) = chosen else {
-        return Ok(None);
+        let run = run_from_row(&row)?;
+        tx.commit().await.map_err(map_pg)?;
+        return Ok(Some(run));
+    }
+}
+
+/// True when the chosen run's own `max_runs_per_workspace` (SPEC §8) is reached by the runs
+/// of its workspace that execute under a live lease on any host. The workspace's claims are
+/// serialised by a transaction-scoped advisory lock taken before counting, so two hosts
+/// claiming in one workspace at once cannot both see a free place: the second one counts
+/// after the first committed.
+async fn over_workspace_cap(
+    conn: &mut PgConnection,
+    id: &str,
+    workspace: &str,
+    config: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let cap = serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|c| {
+            c.get("max_runs_per_workspace")
+                .and_then(serde_json::Value::as_i64)
+        });
+    let Some(cap) = cap else {
+        return Ok(false);
     };
-    let row = sqlx::query(concat!(
-        "UPDATE runs SET status = 'RUNNING', worker_id = $1, lease_expires_at = $2, \
-         updated_at = $3, lease_epoch = lease_epoch + 1 WHERE id = $4 RETURNING ",
-        run_columns!()
-    ))
-    .bind(&req.worker_id)
-    .bind(req.now.saturating_add(req.lease_ms))
-    .bind(req.now)
-    .bind(&id)
-    .fetch_one(&mut *tx)
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 16))")
+        .bind(workspace)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_pg)?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM runs WHERE workspace_root = $1 AND status = 'RUNNING' \
+         AND worker_id IS NOT NULL AND lease_expires_at > $2 AND id <> $3",
+    )
+    .bind(workspace)
+    .bind(now)
+    .bind(id)
+    .fetch_one(&mut *conn)
     .await
     .map_err(map_pg)?;
-    let run = run_from_row(&row)?;
-    tx.commit().await.map_err(map_pg)?;
-    Ok(Some(run))
+    Ok(running >= cap)
 }
 
 pub(crate) async fn renew_lease(

@@ -194,9 +194,14 @@ impl RunDriver {
                 let started = tokio::time::Instant::now();
                 let until = now_ms().saturating_add(lease_ms);
                 // A call that hangs (a cut network) must not outlive the lease: it is given
-                // up after one period and counts as a failed renewal.
+                // up half a period before the lease would lapse and counts as a failed
+                // renewal. A slow store (a loaded machine) gets the rest of that time.
+                let patience = valid_until
+                    .saturating_duration_since(started)
+                    .saturating_sub(every / 2)
+                    .max(Duration::from_millis(50));
                 let renewed = tokio::time::timeout(
-                    every,
+                    patience,
                     inner
                         .store
                         .renew_lease(run_id, &inner.settings.worker_id, until),
@@ -215,7 +220,7 @@ impl RunDriver {
                         tracing::warn!(%run_id, error = %chain(&e), "cannot renew lease; will retry");
                     }
                     Err(_) => {
-                        tracing::warn!(%run_id, "lease renewal did not answer within {} ms; will retry", every.as_millis());
+                        tracing::warn!(%run_id, "lease renewal did not answer within {} ms; will retry", patience.as_millis());
                     }
                 }
                 if tokio::time::Instant::now() + every >= valid_until {
