@@ -228,9 +228,8 @@ async fn figures(
     // 16 producers, each on its own run.
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for p in 0..16 {
+    for &run in ids.iter().take(16) {
         let store = Arc::clone(&store);
-        let run = ids[p];
         let per = events / 16;
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
