@@ -11,7 +11,7 @@ use loop_engine::process::{Cmd, Signal};
 use loop_http::Client;
 
 /// The token every private daemon is started with.
-const TOKEN: &str = "loop-bench-token";
+pub(crate) const TOKEN: &str = "loop-bench-token";
 
 /// Nanoseconds since the Unix epoch: the clock the agent logs with, so the bench and the agent
 /// (different processes) compare timestamps directly.

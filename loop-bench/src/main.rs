@@ -4,6 +4,7 @@
 //! code compiling and working and takes seconds; its figures are not meant to be read.
 
 mod agent;
+mod dash;
 mod fanout;
 mod harness;
 mod hosts;
@@ -62,6 +63,8 @@ enum Command {
     Fanout(Common),
     /// An agent printing hundreds of megabytes.
     Output(Common),
+    /// The dashboard at 10,000 runs: list server time and first paint in Chromium.
+    Dash(Common),
     /// loopd's CPU per agent call with ~200 and with 3,000 more processes on the machine.
     Procs(Common),
     /// Several hosts on one PostgreSQL: claims/s, kill -9 takeover, PostgreSQL beside SQLite.
@@ -123,6 +126,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::Output(c) => ("output", c),
         Command::Procs(c) => ("procs", c),
         Command::Hosts(c) => ("hosts", c),
+        Command::Dash(c) => ("dash", c),
         Command::Agent(_) => unreachable!("handled in main"),
     };
     let ctx = Ctx {
@@ -170,6 +174,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if all || which == "hosts" {
         let result = hosts::run(&ctx, &mut report).await;
         ran(&mut report, "hosts", result);
+    }
+    if all || which == "dash" {
+        let result = dash::run(&ctx, &mut report).await;
+        ran(&mut report, "dash", result);
     }
     let elapsed = started.elapsed().as_secs_f64();
     say("");

@@ -87,7 +87,7 @@ const FILL_EVENTS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x +
 
 /// Adds runs (with two steps each) until the store holds `runs`, spreading events so it
 /// holds about `events`; the first run ever created gets `replay` events.
-async fn fill(
+pub(crate) async fn fill(
     store: &SqliteStore,
     have: usize,
     runs: usize,

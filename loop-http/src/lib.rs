@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod client;
+mod dash;
 pub mod error;
 mod query;
 pub mod server;

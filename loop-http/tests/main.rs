@@ -2,7 +2,9 @@
 //! engine (in-memory store, simulated agent, temporary git repository), driven by the typed
 //! client and by raw requests. One binary with modules.
 
+mod browser;
 mod client;
+mod dash;
 mod failures;
 mod fuzz;
 mod routes;

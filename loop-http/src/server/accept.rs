@@ -83,6 +83,7 @@ pub async fn serve(
         },
         opts,
         shutdown: shutdown.clone(),
+        sessions: crate::dash::Sessions::default(),
     });
     tracing::info!(addr = %local, "control plane listening");
     let mut conns = JoinSet::new();

@@ -97,7 +97,7 @@ impl Guard {
         hosts
     }
 
-    fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if self.allow_remote {
             return Ok(());
         }
@@ -129,7 +129,7 @@ impl Guard {
         }
     }
 
-    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(origin) = headers.get(ORIGIN) else {
             return Ok(());
         };

@@ -3,9 +3,9 @@
 
 mod accept;
 pub mod auth;
-mod body;
+pub(crate) mod body;
 mod review;
-mod routes;
+pub(crate) mod routes;
 mod sse;
 
 pub use accept::{ServerOptions, serve};

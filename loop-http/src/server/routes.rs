@@ -56,6 +56,8 @@ pub(crate) struct State {
     pub(crate) guard: Guard,
     pub(crate) opts: ServerOptions,
     pub(crate) shutdown: CancellationToken,
+    /// The dashboard's browser sessions.
+    pub(crate) sessions: crate::dash::Sessions,
 }
 
 /// Answers one request. Never fails: errors become JSON answers, a panicking handler a 500.
@@ -99,7 +101,7 @@ fn allow(method: &Method, path: &str, allowed: &[Method]) -> Result<(), ApiError
     }
 }
 
-fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
+pub(crate) fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
     RunId::from_str(text).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -115,10 +117,15 @@ async fn route(
     peer: SocketAddr,
 ) -> Result<Response<RespBody>, ApiError> {
     let (parts, body) = req.into_parts();
+    if crate::dash::owns(parts.uri.path()) {
+        return Ok(crate::dash::handle(state, &parts, body).await);
+    }
     let method = &parts.method;
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or_default().to_owned();
-    state.guard.check(method, &path, &parts.headers, peer)?;
+    if !crate::dash::api_session(state, method, &path, &parts.headers)? {
+        state.guard.check(method, &path, &parts.headers, peer)?;
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let engine = &state.engine;
     match segments.as_slice() {

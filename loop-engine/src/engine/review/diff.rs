@@ -81,4 +81,35 @@ impl Engine {
             diff,
         })
     }
+
+    /// What one commit of a run's diff changed: `sha` against its first parent, within
+    /// `limits` (the commits are listed by [`Engine::diff`]). A `sha` that is not a full
+    /// commit id is refused (`InvalidInput`); one that names no commit is `NotFound`.
+    pub async fn commit_diff(
+        &self,
+        id: RunId,
+        sha: &str,
+        limits: DiffLimits,
+    ) -> Result<Diff, EngineError> {
+        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::InvalidInput {
+                field: "commit".into(),
+                detail: format!("`{sha}` is not a full commit id of run {id}"),
+            });
+        }
+        let run = self.inner.store.get_run(id).await?;
+        let req = DiffRequest {
+            repo: run.workspace_root.clone(),
+            base: format!("{sha}^1"),
+            head: sha.to_owned(),
+            merge_base: false,
+            limits,
+        };
+        self.inner.vcs.diff(&req).await.map_err(|e| match e {
+            VcsError::NotFound { what } => EngineError::NotFound {
+                what: format!("run {id}: commit {sha}: {what}"),
+            },
+            other => other.into(),
+        })
+    }
 }
