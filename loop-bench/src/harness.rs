@@ -268,6 +268,12 @@ impl Daemon {
             .context("loopctl run printed no id")
     }
 
+    /// `kill -9` of loopd alone (its agents live on, as after a crash), waited for.
+    pub(crate) async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits for the exit (SIGKILL after 20 s).
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         loop_engine::process::signal_group(self.pid, Signal::Terminate);

@@ -7,6 +7,7 @@ mod agent;
 mod dash;
 mod fanout;
 mod harness;
+mod hosts;
 mod idle;
 mod output;
 mod overhead;
@@ -66,6 +67,8 @@ enum Command {
     Dash(Common),
     /// loopd's CPU per agent call with ~200 and with 3,000 more processes on the machine.
     Procs(Common),
+    /// Several hosts on one PostgreSQL: claims/s, kill -9 takeover, PostgreSQL beside SQLite.
+    Hosts(Common),
     /// The tiny agent the benchmarks run (not for humans).
     #[command(hide = true)]
     Agent(agent::AgentArgs),
@@ -122,6 +125,7 @@ async fn bench(command: Command) -> anyhow::Result<()> {
         Command::Fanout(c) => ("fanout", c),
         Command::Output(c) => ("output", c),
         Command::Procs(c) => ("procs", c),
+        Command::Hosts(c) => ("hosts", c),
         Command::Dash(c) => ("dash", c),
         Command::Agent(_) => unreachable!("handled in main"),
     };
@@ -166,6 +170,10 @@ async fn bench(command: Command) -> anyhow::Result<()> {
     if all || which == "procs" {
         let result = procs::run(&ctx, &mut report).await;
         ran(&mut report, "procs", result);
+    }
+    if all || which == "hosts" {
+        let result = hosts::run(&ctx, &mut report).await;
+        ran(&mut report, "hosts", result);
     }
     if all || which == "dash" {
         let result = dash::run(&ctx, &mut report).await;

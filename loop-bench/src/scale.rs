@@ -20,7 +20,7 @@ use crate::Ctx;
 use crate::harness::{Daemon, median, ms};
 use crate::report::Report;
 
-fn finished_run(i: usize, created_at: i64) -> Run {
+pub(crate) fn finished_run(i: usize, created_at: i64) -> Run {
     Run {
         id: RunId::new(),
         name: format!("history-{i}"),
@@ -44,6 +44,7 @@ fn finished_run(i: usize, created_at: i64) -> Run {
         updated_at: created_at + 60_000,
         worker_id: None,
         lease_expires_at: None,
+        lease_epoch: 0,
         review_status: loop_engine::domain::ReviewStatus::Pending,
         review_action_at: None,
         merge_commit: None,
@@ -289,6 +290,9 @@ async fn bookkeeping_cost(store: &SqliteStore, reps: u32) -> anyhow::Result<(f64
                     StoreWrite::UpdateStep(s) => store.update_step(s).await?,
                     StoreWrite::AppendEvent(e) => drop(store.append_event(e).await?),
                     StoreWrite::RecordArtifact(a) => drop(store.record_artifact(a).await?),
+                    StoreWrite::Fence { .. } => {
+                        drop(store.write_batch(std::slice::from_ref(write)).await?);
+                    }
                 }
             }
             single.push(started.elapsed().as_secs_f64() * 1e6);

@@ -475,6 +475,12 @@ pub struct Run {
     pub worker_id: Option<String>,
     /// When that lease expires.
     pub lease_expires_at: Option<UnixMs>,
+    /// The fencing token of the run's lease: 0 for a run never claimed, one more with every
+    /// claim. A worker presents the epoch of its claim with its writes
+    /// ([`StoreWrite::Fence`](crate::backend::StoreWrite::Fence)); once another worker has
+    /// claimed the run, the old epoch is refused.
+    #[serde(default)]
+    pub lease_epoch: u64,
     /// Where the run is in a person's review (SPEC §12).
     #[serde(default)]
     pub review_status: ReviewStatus,

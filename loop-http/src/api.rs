@@ -468,6 +468,10 @@ pub struct Health {
     /// `process-group` (process group plus a `/proc` search, where no cgroup can be made).
     #[serde(default)]
     pub containment: String,
+    /// Writes of this worker that the store refused because another worker had taken their
+    /// run over (fencing, SPEC §14), since it started.
+    #[serde(default)]
+    pub fenced_writes_rejected: u64,
     /// What is wrong, when degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -712,6 +716,7 @@ mod tests {
             updated_at: 2000,
             worker_id: None,
             lease_expires_at: None,
+            lease_epoch: 0,
             review_status: loop_engine::domain::ReviewStatus::Pending,
             review_action_at: None,
             merge_commit: None,

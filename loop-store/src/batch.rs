@@ -51,6 +51,7 @@ pub(crate) async fn write(
             StoreWrite::RecordArtifact(artifact) => outcome
                 .artifacts
                 .push(artifacts::record(&mut tx, artifact).await?),
+            StoreWrite::Fence { run_id, epoch } => runs::fence(&mut tx, *run_id, *epoch).await?,
         }
         rest = after;
     }

@@ -1,9 +1,9 @@
 //! # loop-store
 //!
-//! Implementations of [`loop_engine::Store`]. Today: [`SqliteStore`], an embedded SQLite
-//! database through sqlx with the migrations of `migrations/`. The trait keeps claiming,
-//! leases and event sequence numbers backend-neutral so a Postgres store for several hosts can
-//! follow.
+//! Implementations of [`loop_engine::Store`]: [`SqliteStore`], an embedded SQLite database
+//! through sqlx with the migrations of `migrations/` (one host, the default), and [`PgStore`],
+//! PostgreSQL with the migrations of `migrations/postgres/`, which several loopd hosts share
+//! (SPEC §14). Both pass the same store contract suite.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), loop_engine::backend::StoreError> {
@@ -25,6 +25,7 @@ mod columns;
 mod error;
 mod events;
 mod health;
+mod pg;
 mod pool;
 mod retry;
 mod runs;
@@ -32,5 +33,6 @@ mod steps;
 mod store;
 
 pub use error::SqliteStoreError;
+pub use pg::{PgOptions, PgStore, PgStoreError, create_scratch_database};
 pub use pool::OpenOptions;
 pub use store::SqliteStore;

@@ -5,7 +5,7 @@ use loop_engine::backend::{ClaimRequest, QueueOrder, RunFilter, StoreError};
 use loop_engine::domain::{Run, RunId, RunStatus, now_ms};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteRow};
 
-use crate::columns::{self, add_arg, json_text, path_text};
+use crate::columns::{self, add_arg, int_value, json_text, path_text};
 use crate::error::map_sqlx;
 
 /// The columns of a run, in the order [`run_from_row`] reads them by name.
@@ -15,7 +15,7 @@ macro_rules! run_columns {
          plan_path, base_branch, run_branch, merge_target_branch, merge_strategy, \
          worktree_path, config, iterations_run, tasks_done, tasks_total, created_at, \
          updated_at, worker_id, lease_expires_at, review_status, review_action_at, \
-         merge_commit, pr_url"
+         merge_commit, pr_url, lease_epoch"
     };
 }
 
@@ -44,6 +44,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run, StoreError> {
         updated_at: columns::get(row, "runs.updated_at")?,
         worker_id: columns::get(row, "runs.worker_id")?,
         lease_expires_at: columns::get(row, "runs.lease_expires_at")?,
+        lease_epoch: columns::int(row, "runs.lease_epoch")?,
         review_status: columns::parse(row, "runs.review_status")?,
         review_action_at: columns::get(row, "runs.review_action_at")?,
         merge_commit: columns::get(row, "runs.merge_commit")?,
@@ -94,14 +95,15 @@ pub(crate) async fn create(writer: &SqlitePool, run: &Run) -> Result<(), StoreEr
     add_arg(&mut args, run.updated_at)?;
     add_arg(&mut args, run.worker_id.clone())?;
     add_arg(&mut args, run.lease_expires_at)?;
+    add_arg(&mut args, int_value(run.lease_epoch, "run.lease_epoch")?)?;
     add_arg(&mut args, run.id.to_string())?;
     let result = sqlx::query_with(
         "INSERT INTO runs (name, name_source, status, exit_reason, failure, workspace_root, \
          spec_path, plan_path, base_branch, run_branch, merge_target_branch, merge_strategy, \
          worktree_path, config, iterations_run, tasks_done, tasks_total, review_status, \
          review_action_at, merge_commit, pr_url, created_at, updated_at, worker_id, \
-         lease_expires_at, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         lease_expires_at, lease_epoch, id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         args,
     )
     .execute(writer)
@@ -276,8 +278,8 @@ pub(crate) async fn claim_next(
         return Ok(None);
     };
     let row = sqlx::query(concat!(
-        "UPDATE runs SET status = 'RUNNING', worker_id = ?, lease_expires_at = ?, updated_at = ? \
-         WHERE id = ? RETURNING ",
+        "UPDATE runs SET status = 'RUNNING', worker_id = ?, lease_expires_at = ?, updated_at = ?, \
+         lease_epoch = lease_epoch + 1 WHERE id = ? RETURNING ",
         run_columns!()
     ))
     .bind(&req.worker_id)
@@ -334,6 +336,32 @@ pub(crate) async fn release(
         ensure_exists(writer, run_id).await?;
     }
     Ok(())
+}
+
+/// Fencing inside a batch's transaction: `Conflict` unless the run's lease epoch is still
+/// `epoch`, `NotFound` for an unknown run.
+pub(crate) async fn fence(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+    epoch: u64,
+) -> Result<(), StoreError> {
+    let current: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM runs WHERE id = ?")
+        .bind(run_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    let Some(current) = current else {
+        return Err(StoreError::run_not_found(run_id));
+    };
+    let current = u64::try_from(current)
+        .map_err(|e| crate::error::SqliteStoreError::corrupt("runs.lease_epoch", e))?;
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            detail: loop_engine::backend::fence_detail(run_id, epoch, current),
+        })
+    }
 }
 
 pub(crate) async fn count_by_status(

@@ -78,7 +78,7 @@ mod files {
     async fn migrations_create_every_table_on_a_fresh_file() {
         let (_dir, path, store) = fresh().await;
         assert!(path.exists(), "open must create the database file");
-        assert_eq!(applied_migrations(&store).await, vec![1, 2, 3]);
+        assert_eq!(applied_migrations(&store).await, vec![1, 2, 3, 4]);
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name IN ('runs', 'steps', 'events', 'artifacts') ORDER BY name",
@@ -116,7 +116,7 @@ mod files {
         let store = open(&path).await;
         assert_eq!(
             applied_migrations(&store).await,
-            vec![1, 2, 3],
+            vec![1, 2, 3, 4],
             "reopening must not apply a migration again"
         );
         let still: String =

@@ -748,6 +748,7 @@ mod tests {
             updated_at: 0,
             worker_id: None,
             lease_expires_at: None,
+            lease_epoch: 0,
             review_status: loop_engine::domain::ReviewStatus::Pending,
             review_action_at: None,
             merge_commit: None,

@@ -13,7 +13,7 @@ use clap::Parser;
 use loop_engine::backend::QueueOrder;
 use loop_engine::{Engine, EngineSettings};
 use loop_http::server::{ServerOptions, serve};
-use loop_store::SqliteStore;
+use loop_store::{PgStore, SqliteStore};
 use tokio_util::sync::CancellationToken;
 
 /// The agent-loop daemon: runs coding-agent loops in git worktrees behind a localhost API.
@@ -39,13 +39,82 @@ struct Args {
     /// Seconds running agents get to stop at shutdown.
     #[arg(long, default_value_t = 10)]
     stop_grace_sec: u64,
+    /// The store: a SQLite database file [default: loopd.db in the data dir], or a
+    /// PostgreSQL URL (postgres://user@host:port/db) that several loopd share (SPEC §14).
+    #[arg(long, env = "LOOPD_STORE")]
+    store: Option<String>,
+    /// Seconds a claimed run's lease lasts; renewed every third of it. Another host takes
+    /// over a run whose lease lapsed (its owner died or lost the database).
+    #[arg(long, env = "LOOPD_LEASE_TTL_SEC", default_value_t = 30)]
+    lease_ttl_sec: u64,
 }
 
-fn worker_id(data_dir: &Path) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", data_dir.display())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// This process's worker id: host, pid and start time, unique among the hosts sharing a
+/// store and never reused by a later daemon.
+fn worker_id() -> String {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}:{}:{start}", host_name(), std::process::id())
+}
+
+/// The file in the data dir that holds the worker id of the daemon using it.
+const WORKER_ID_FILE: &str = "worker-id";
+
+/// The ids of earlier daemons on `data_dir` (we hold its lock, so they are dead): the last
+/// one's, recorded in [`WORKER_ID_FILE`], and the `host:data dir` id of versions before
+/// worker ids carried the pid. Their runs are recovered at once.
+fn previous_worker_ids(data_dir: &Path) -> Vec<String> {
+    let mut ids = vec![format!("{}:{}", host_name(), data_dir.display())];
+    if let Ok(text) = std::fs::read_to_string(data_dir.join(WORKER_ID_FILE)) {
+        let text = text.trim();
+        if !text.is_empty() {
+            ids.push(text.to_owned());
+        }
+    }
+    ids
+}
+
+/// Which store `--store` names.
+#[derive(Debug, PartialEq)]
+enum StoreChoice {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+fn store_choice(store: Option<&str>, data_dir: &Path) -> anyhow::Result<StoreChoice> {
+    match store {
+        None => Ok(StoreChoice::Sqlite(data_dir.join("loopd.db"))),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreChoice::Postgres(url.to_owned()))
+        }
+        Some("") => bail!("invalid --store ``: expected a SQLite file path or a postgres:// URL"),
+        Some(other) if other.contains("://") => bail!(
+            "invalid --store `{}`: only postgres:// URLs and SQLite file paths are supported",
+            redact(other)
+        ),
+        Some(path) => Ok(StoreChoice::Sqlite(PathBuf::from(path))),
+    }
+}
+
+/// `url` without its password, for messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 async fn shutdown_signal(token: CancellationToken) {
@@ -184,25 +253,44 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let store = SqliteStore::open(&data_dir.join("loopd.db"))
-        .await
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-    // SQLite gives its -wal and -shm files the database file's mode.
-    for name in ["loopd.db", "loopd.db-wal", "loopd.db-shm"] {
-        let path = data_dir.join(name);
-        if path.exists() {
-            make_private(&path, 0o600)?;
+    let store: Arc<dyn loop_engine::Store> = match store_choice(args.store.as_deref(), &data_dir)? {
+        StoreChoice::Sqlite(path) => {
+            let store = SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            // SQLite gives its -wal and -shm files the database file's mode.
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let file = PathBuf::from(file);
+                if file.exists() {
+                    make_private(&file, 0o600)?;
+                }
+            }
+            Arc::new(store)
         }
-    }
+        StoreChoice::Postgres(url) => {
+            let store = PgStore::connect(&url)
+                .await
+                .with_context(|| format!("cannot use the PostgreSQL store {}", redact(&url)))?;
+            tracing::info!(store = %redact(&url), "using the shared PostgreSQL store");
+            Arc::new(store)
+        }
+    };
+    let previous_worker_ids = previous_worker_ids(&data_dir);
+    let worker_id = worker_id();
+    std::fs::write(data_dir.join(WORKER_ID_FILE), format!("{worker_id}\n"))
+        .with_context(|| format!("cannot write {}", data_dir.join(WORKER_ID_FILE).display()))?;
     let engine = Engine::builder()
-        .store(store)
+        .store_arc(store)
         .settings(EngineSettings {
-            worker_id: worker_id(&data_dir),
+            worker_id: worker_id.clone(),
+            previous_worker_ids,
             max_concurrency: args.max_concurrency.max(1),
             queue_policy,
+            lease: Duration::from_secs(args.lease_ttl_sec.max(1)),
             global_log_dir: Some(data_dir.clone()),
             stop_grace: Duration::from_secs(args.stop_grace_sec),
-            ..EngineSettings::default()
         })
         .build()?;
     // Said once at start-up rather than at the first step of every Claude run: such runs are
@@ -215,7 +303,7 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "loopd listening");
+    tracing::info!(%addr, data_dir = %data_dir.display(), %worker_id, "loopd listening");
     let scheduler = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.run().await })
@@ -239,4 +327,38 @@ async fn serve_until_shutdown(args: Args) -> anyhow::Result<()> {
     }
     drop(lock);
     served.context("server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_choose_the_backend() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            store_choice(None, dir).unwrap(),
+            StoreChoice::Sqlite(PathBuf::from("/data/loopd.db"))
+        );
+        assert_eq!(
+            store_choice(Some("/var/lib/x.db"), dir).unwrap(),
+            StoreChoice::Sqlite(PathBuf::from("/var/lib/x.db"))
+        );
+        assert_eq!(
+            store_choice(Some("postgres://u@h:5432/db"), dir).unwrap(),
+            StoreChoice::Postgres("postgres://u@h:5432/db".into())
+        );
+        let err = store_choice(Some("mysql://u:secret@h/db"), dir).unwrap_err();
+        assert!(err.to_string().contains("mysql://u:***@h/db"), "{err}");
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn worker_ids_name_host_pid_and_start() {
+        let id = worker_id();
+        let parts: Vec<&str> = id.rsplitn(3, ':').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[1], std::process::id().to_string());
+        assert!(parts[0].parse::<u128>().is_ok(), "{id}");
+    }
 }

@@ -23,7 +23,7 @@ const TASKS: usize = 5;
 /// The agent: checks that no other agent is alive in its worktree (pidfile), records start and
 /// end with its pid, sleeps 50–500 ms, then ticks one task and commits it. Leftovers of a
 /// predecessor killed mid-step are discarded first, as a fresh agent session would.
-fn agent_script(chaos: &Path) -> String {
+pub(super) fn agent_script(chaos: &Path) -> String {
     format!(
         r#"set -e
 chaos={chaos}
@@ -62,21 +62,21 @@ if grep -q -- '- \[ \]' "$plan"; then echo "Completed $task."; else echo '<promi
 }
 
 /// A deterministic generator (xorshift64*) for the kill schedule.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn between_ms(&mut self, lo: u64, hi: u64) -> Duration {
+    pub(super) fn between_ms(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.next() % (hi - lo))
     }
 }
 
-fn repo(chaos: &Path) -> GitFixture {
+pub(super) fn repo(chaos: &Path) -> GitFixture {
     let repo = GitFixture::new();
     let script = repo.root().join("agent.sh");
     std::fs::write(&script, agent_script(chaos)).expect("script");
@@ -95,7 +95,7 @@ fn repo(chaos: &Path) -> GitFixture {
     repo
 }
 
-fn pid_alive(pid: i32) -> bool {
+pub(super) fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat
             .rsplit(')')
@@ -107,7 +107,7 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 /// Pids of agents that are alive now, per the pidfiles.
-fn live_agents(chaos: &Path) -> Vec<i32> {
+pub(super) fn live_agents(chaos: &Path) -> Vec<i32> {
     std::fs::read_dir(chaos)
         .expect("chaos dir")
         .filter_map(|e| e.ok())

@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 mod chaos;
 mod containment;
 mod full_disk;
+mod hosts;
 mod merge_crash;
 mod notify;
 mod real_agents;

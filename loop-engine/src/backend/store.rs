@@ -51,6 +51,13 @@ impl StoreError {
     }
 }
 
+/// The `Conflict` detail of a refused [`StoreWrite::Fence`], the same in every store.
+pub fn fence_detail(run_id: RunId, presented: u64, current: u64) -> String {
+    format!(
+        "run {run_id} was taken over: lease epoch {presented} is stale (the run is at epoch {current})"
+    )
+}
+
 /// How the queue of pending runs is ordered when a worker claims the next one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +112,18 @@ pub enum StoreWrite {
     AppendEvent(NewEvent),
     /// Same as [`Store::record_artifact`].
     RecordArtifact(NewArtifact),
+    /// Fencing: fails the batch with [`StoreError::Conflict`] unless the run's
+    /// [`lease_epoch`](crate::domain::Run::lease_epoch) is still `epoch` (no other claim of
+    /// the run happened since the worker's own), and with [`StoreError::NotFound`] for an
+    /// unknown run. A worker puts it first in each batch it writes for a run it claimed, so
+    /// its writes stop landing the moment another worker takes the run over. The check and
+    /// the rest of the batch are one atomic unit: a claim cannot slip in between.
+    Fence {
+        /// The run the writes belong to.
+        run_id: RunId,
+        /// The epoch the worker's claim returned.
+        epoch: u64,
+    },
 }
 
 /// What a [`Store::write_batch`] created, in batch order.
@@ -114,6 +133,31 @@ pub struct BatchOutcome {
     pub events: Vec<Event>,
     /// The recorded artifacts, in the order of the batch.
     pub artifacts: Vec<Artifact>,
+}
+
+/// A change to a shared store, announced by the store itself (PostgreSQL's LISTEN/NOTIFY),
+/// whichever process made it: it wakes the scheduler of every host when a run is created or
+/// freed, and feeds the followers of a run that executes on another host, without polling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// A run was created, or its status or lease holder changed (claimed, released, ended).
+    Run {
+        /// The run.
+        run_id: RunId,
+        /// Its status after the change.
+        status: RunStatus,
+    },
+    /// An event was appended to a run.
+    Event {
+        /// The run.
+        run_id: RunId,
+        /// The event's sequence number.
+        seq: u64,
+    },
+    /// Changes may have been missed (the store's listening connection was lost and made
+    /// again, or a receiver fell behind): whoever waits on changes re-reads what it needs.
+    Resync,
 }
 
 /// Durable storage for the engine.
@@ -135,7 +179,10 @@ pub struct BatchOutcome {
 /// - **Claiming**: a run is claimable when it is `PENDING`, or `RUNNING` with its lease expired
 ///   (its worker died). [`Store::claim_next_run`] atomically marks the chosen run `RUNNING`
 ///   and gives it to one worker with a lease; two concurrent claims never get the same run.
-///   `PAUSED` and terminal runs are never claimed.
+///   `PAUSED` and terminal runs are never claimed. Every claim increments the run's
+///   `lease_epoch`, and a batch that starts with a [`StoreWrite::Fence`] for an older epoch
+///   is refused with [`StoreError::Conflict`] (fencing: a worker whose run was taken over
+///   cannot write to it again).
 /// - **Idempotency**: `update_*` calls may be repeated with the same value. `create_run` and
 ///   `insert_step` with an existing id return [`StoreError::Conflict`].
 /// - **Cancellation**: futures may be dropped; a dropped write is either fully applied or not
@@ -156,12 +203,13 @@ pub trait Store: Send + Sync {
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
 
     /// Replaces the stored run with `run` (matched by id) and sets `updated_at`.
-    /// The lease columns (`worker_id`, `lease_expires_at`) are not changed by this call: they
-    /// belong to the claim/renew/release methods.
+    /// The lease columns (`worker_id`, `lease_expires_at`, `lease_epoch`) are not changed by
+    /// this call: they belong to the claim/renew/release methods.
     async fn update_run(&self, run: &Run) -> Result<(), StoreError>;
 
     /// Atomically picks the next claimable run (see the contract) in `req.order`, marks it
-    /// `RUNNING` with `worker_id` and a lease until `req.now + req.lease_ms`, and returns it.
+    /// `RUNNING` with `worker_id` and a lease until `req.now + req.lease_ms`, increments its
+    /// `lease_epoch` (the fencing token of this claim), and returns it.
     async fn claim_next_run(&self, req: &ClaimRequest) -> Result<Option<Run>, StoreError>;
 
     /// Extends the lease of a run held by `worker_id` to `until`. Returns
@@ -230,5 +278,12 @@ pub trait Store: Send + Sync {
     /// backend that can tell whether it can write (free space, a probe write) does more.
     async fn check_health(&self) -> Result<(), StoreError> {
         self.count_runs_by_status().await.map(|_| ())
+    }
+
+    /// A feed of the changes made to this store by any process sharing it, for stores that
+    /// several hosts share (PostgreSQL). `None` (the default) for a store that only this
+    /// process writes: the engine then learns of changes from its own calls.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<StoreChange>> {
+        None
     }
 }

@@ -198,6 +198,12 @@ impl Engine {
         self.inner.metrics.snapshot()
     }
 
+    /// True when the store is shared with other hosts (it announces their changes, see
+    /// [`Store::changes`]): runs may then execute elsewhere.
+    pub fn store_is_shared(&self) -> bool {
+        self.inner.store.changes().is_some()
+    }
+
     /// Runs executing in this engine right now.
     pub fn running_runs(&self) -> Vec<RunId> {
         self.inner.sched().running.keys().copied().collect()

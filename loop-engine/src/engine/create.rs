@@ -372,6 +372,7 @@ impl Engine {
             updated_at: now,
             worker_id: None,
             lease_expires_at: None,
+            lease_epoch: 0,
             review_status: crate::domain::ReviewStatus::Pending,
             review_action_at: None,
             merge_commit: None,

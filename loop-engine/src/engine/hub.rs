@@ -129,6 +129,15 @@ impl Hub {
         }
     }
 
+    /// The runs whose events someone follows right now.
+    pub(crate) fn followed(&self) -> Vec<RunId> {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.iter()
+            .filter(|(_, ch)| ch.events.receiver_count() > 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Number of runs with channels (for tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -22,9 +22,13 @@ use crate::impls::{ClaudeExecutor, CommandExecutor};
 /// Engine-wide settings (the daemon's, not a run's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineSettings {
-    /// This worker's id, stored on the runs it leases. Keep it stable across restarts of the
-    /// same daemon (e.g. host name + data dir) so a restart recovers its own runs at once.
+    /// This worker's id, stored on the runs it leases (`worker_id`). Unique among the
+    /// workers sharing a store: loopd uses host, pid and start time.
     pub worker_id: String,
+    /// Ids of earlier processes of this same worker that are known to be dead (loopd: the
+    /// previous daemon on its data dir, whose lock it now holds). Their runs are recovered
+    /// at start instead of waiting for their leases to expire.
+    pub previous_worker_ids: Vec<String>,
     /// Hard ceiling of runs executing at once (a run's own `max_concurrency` can only lower it).
     pub max_concurrency: u32,
     /// Order of the queue of pending runs.
@@ -41,6 +45,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             worker_id: format!("worker-{}", std::process::id()),
+            previous_worker_ids: Vec::new(),
             max_concurrency: 3,
             queue_policy: QueueOrder::Fifo,
             lease: Duration::from_secs(30),
@@ -57,8 +62,6 @@ pub(crate) struct RunControl {
     pub(crate) cancel: CancellationToken,
     /// Set by a user pause; honoured at the next step boundary.
     pub(crate) pause: Arc<AtomicBool>,
-    /// The run's workspace (for the per-workspace cap).
-    pub(crate) workspace: PathBuf,
 }
 
 #[derive(Default)]
@@ -136,6 +139,46 @@ impl Inner {
     pub(crate) fn published(&self, event: &Event) {
         self.hub.publish_event(event);
         self.notifications.offer(event);
+    }
+
+    /// An event another host appended to a run that does not execute here: read from the
+    /// store and handed to this host's followers of the run, if any (the owner host sends
+    /// the notifications; followers fill any gap from the store themselves).
+    pub(crate) async fn relay_remote_event(&self, run_id: crate::domain::RunId, seq: u64) {
+        if self.sched().running.contains_key(&run_id) || !self.hub.followed().contains(&run_id) {
+            return;
+        }
+        match self
+            .store
+            .events_after(run_id, seq.saturating_sub(1), 1)
+            .await
+        {
+            Ok(events) => {
+                for event in &events {
+                    self.hub.publish_event(event);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%run_id, error = %crate::error::chain(&e), "cannot read an event announced by the store");
+            }
+        }
+    }
+
+    /// After announcements may have been lost: every followed run that executes elsewhere
+    /// gets its last stored event re-published, which makes its followers re-read the store
+    /// from where they are.
+    pub(crate) async fn resync_remote_followers(&self) {
+        let followed = self.hub.followed();
+        for run_id in followed {
+            if self.sched().running.contains_key(&run_id) {
+                continue;
+            }
+            if let Ok(seq) = self.store.last_event_seq(run_id).await
+                && seq > 0
+            {
+                self.relay_remote_event(run_id, seq).await;
+            }
+        }
     }
 
     /// The lock that serialises branch and worktree preparation in one workspace.

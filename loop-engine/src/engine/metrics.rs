@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub(crate) verification_fail: AtomicU64,
     pub(crate) watchdog_rewrites: AtomicU64,
     pub(crate) claude_retries: AtomicU64,
+    pub(crate) fenced_writes_rejected: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -47,6 +49,8 @@ impl Metrics {
             verification_fail: self.verification_fail.load(Ordering::Relaxed),
             watchdog_rewrites: self.watchdog_rewrites.load(Ordering::Relaxed),
             claude_retries: self.claude_retries.load(Ordering::Relaxed),
+            fenced_writes_rejected: self.fenced_writes_rejected.load(Ordering::Relaxed),
+            leases_lost: self.leases_lost.load(Ordering::Relaxed),
         }
     }
 }
@@ -75,4 +79,10 @@ pub struct MetricsSnapshot {
     pub watchdog_rewrites: u64,
     /// Agent step retries.
     pub claude_retries: u64,
+    /// Writes of this worker the store refused because another worker had taken their run
+    /// over (fencing, SPEC §14): fenced batches and lease renewals.
+    pub fenced_writes_rejected: u64,
+    /// Runs this worker stopped because it lost their lease (taken over, or not renewable
+    /// in time).
+    pub leases_lost: u64,
 }

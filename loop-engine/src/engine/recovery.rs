@@ -1,4 +1,5 @@
-//! Recovery after a crash: runs this worker left `RUNNING` go back to the queue, interrupted
+//! Recovery after a crash: runs this worker (or its dead predecessor on the same data dir)
+//! left `RUNNING` go back to the queue, interrupted
 //! steps are marked `FAILED` (`interrupted`), and agent processes that outlived their daemon
 //! are killed before anything else runs in their worktree. The plan and git are the truth;
 //! completed steps are never repeated because the driver decides from them.
@@ -29,17 +30,17 @@ pub(crate) async fn recover(inner: &Arc<Inner>) -> Result<(), EngineError> {
         running
             .into_iter()
             .filter(|r| {
-                r.worker_id.as_deref() == Some(inner.settings.worker_id.as_str())
-                    && !active.running.contains_key(&r.id)
+                r.worker_id.as_deref().is_some_and(|w| {
+                    w == inner.settings.worker_id
+                        || inner.settings.previous_worker_ids.iter().any(|p| p == w)
+                }) && !active.running.contains_key(&r.id)
             })
             .collect()
     };
     for mut run in mine {
         reclaim_steps(inner, &run).await?;
-        inner
-            .store
-            .release_run(run.id, &inner.settings.worker_id)
-            .await?;
+        let holder = run.worker_id.clone().unwrap_or_default();
+        inner.store.release_run(run.id, &holder).await?;
         run = inner.store.get_run(run.id).await?;
         run.status = RunStatus::Pending;
         inner.store.update_run(&run).await?;

@@ -49,6 +49,9 @@ pub(crate) struct Recorder {
     pub(crate) mirror: Option<RunFolder>,
     journal: Mutex<Journal>,
     deferred: Mutex<Vec<DeferredRecord>>,
+    /// The lease epoch of this worker's claim of the run: every batch then starts with a
+    /// [`StoreWrite::Fence`], so nothing lands once another worker took the run over.
+    fence: Option<u64>,
 }
 
 /// Artifact files to write and checksum at the next flush (see [`Recorder::defer_record`]).
@@ -99,7 +102,19 @@ impl Recorder {
             mirror,
             journal: Mutex::default(),
             deferred: Mutex::default(),
+            fence: None,
         }
+    }
+
+    /// The same recorder with every batch fenced by `epoch` (see [`StoreWrite::Fence`]).
+    pub(crate) fn fenced(mut self, epoch: u64) -> Self {
+        self.fence = Some(epoch);
+        self
+    }
+
+    /// The epoch this recorder fences its batches with, if any.
+    pub(crate) fn fence(&self) -> Option<u64> {
+        self.fence
     }
 
     pub(crate) fn create_dirs(&self) -> std::io::Result<()> {
@@ -238,6 +253,16 @@ impl Recorder {
         }
         if writes.is_empty() {
             return Ok(());
+        }
+        let mut writes = writes;
+        if let Some(epoch) = self.fence {
+            writes.insert(
+                0,
+                StoreWrite::Fence {
+                    run_id: self.run_id,
+                    epoch,
+                },
+            );
         }
         let outcome = inner.store.write_batch(&writes).await?;
         for event in &outcome.events {

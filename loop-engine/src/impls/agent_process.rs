@@ -545,6 +545,8 @@ pub(crate) async fn run_reading(
         }
         cmd = cmd.through_shim(cg.shim_args());
     }
+    // The agent dies with the daemon (SPEC §14).
+    let mut cmd = cmd.dying_with_parent();
     let mut command = cmd.to_tokio();
     let input = cmd.take_stdin();
     let started = Instant::now();

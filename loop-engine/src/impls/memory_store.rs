@@ -98,6 +98,7 @@ impl Inner {
             created_at: stored.created_at,
             worker_id: stored.worker_id.clone(),
             lease_expires_at: stored.lease_expires_at,
+            lease_epoch: stored.lease_epoch,
             updated_at: now_ms(),
             ..run.clone()
         };
@@ -191,10 +192,23 @@ impl Inner {
         Ok((recorded, Undo::RecordedArtifact(artifact.run_id)))
     }
 
+    /// `Conflict` unless the run's lease epoch is still `epoch`.
+    fn fence(&self, run_id: RunId, epoch: u64) -> Result<(), StoreError> {
+        let run = self.run(run_id)?;
+        if run.lease_epoch == epoch {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                detail: crate::backend::fence_detail(run_id, epoch, run.lease_epoch),
+            })
+        }
+    }
+
     /// Takes back one applied write. Undos run newest first, so each finds the state its
     /// write left behind.
     fn undo(&mut self, undo: Undo) {
         match undo {
+            Undo::Nothing => {}
             Undo::Run(old) => {
                 self.runs.insert(old.id, old);
             }
@@ -231,6 +245,8 @@ impl Inner {
 /// How to take back one write of a batch (see [`Inner::undo`]).
 #[derive(Debug)]
 enum Undo {
+    /// A check that changed nothing.
+    Nothing,
     /// Put back the run as it was before an update.
     Run(Run),
     /// Remove an inserted step.
@@ -312,6 +328,7 @@ impl Store for MemoryStore {
         run.status = RunStatus::Running;
         run.worker_id = Some(req.worker_id.clone());
         run.lease_expires_at = Some(req.now.saturating_add(req.lease_ms));
+        run.lease_epoch += 1;
         run.updated_at = req.now;
         Ok(Some(run.clone()))
     }
@@ -441,6 +458,9 @@ impl Store for MemoryStore {
                         outcome.artifacts.push(artifact);
                         undo
                     })
+                }
+                StoreWrite::Fence { run_id, epoch } => {
+                    inner.fence(*run_id, *epoch).map(|()| Undo::Nothing)
                 }
             };
             match applied {

@@ -283,6 +283,29 @@ impl Cmd {
         self
     }
 
+    /// The same command started through `setpriv --pdeathsig KILL` (util-linux), where the
+    /// host has it: the kernel then kills the process when the thread of loopd that started it
+    /// dies, so an agent does not outlive a `kill -9` of its daemon (SPEC §14). `setpriv`
+    /// execs the program (and a shim execs the agent), so the agent keeps the pid it was
+    /// started with. The processes the agent starts are not covered: they stay in its cgroup
+    /// or process group, where recovery and a takeover on this machine find and kill them.
+    /// Unchanged where `setpriv` is missing or the program is not found (so a missing program
+    /// still fails to spawn, with its own name).
+    pub(crate) fn dying_with_parent(mut self) -> Self {
+        let Some(setpriv) = setpriv() else {
+            return self;
+        };
+        if !self.program_found() {
+            return self;
+        }
+        let program = std::mem::replace(&mut self.program, setpriv.into());
+        let mut args: Vec<OsString> = vec!["--pdeathsig".into(), "KILL".into(), "--".into()];
+        args.push(program);
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
     /// Whether the program exists and is executable, looked up as `execvp` would (relative to
     /// the working directory when it holds a `/`, else in the child's `PATH`).
     pub(crate) fn program_found(&self) -> bool {
@@ -426,6 +449,19 @@ pub fn become_child_subreaper() -> std::io::Result<()> {
 pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_effective_uid(&status)
+}
+
+/// Where `setpriv` is, if the host has it (looked up once).
+fn setpriv() -> Option<&'static Path> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            ["/usr/bin/setpriv", "/bin/setpriv"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .as_deref()
 }
 
 /// The effective uid (second number) of the `Uid:` line of a `/proc/<pid>/status` text.

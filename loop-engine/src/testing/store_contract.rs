@@ -59,6 +59,7 @@ pub fn sample_run(workspace: &str) -> Run {
         updated_at: now,
         worker_id: None,
         lease_expires_at: None,
+        lease_epoch: 0,
         review_status: crate::domain::ReviewStatus::Pending,
         review_action_at: None,
         merge_commit: None,
@@ -86,6 +87,7 @@ pub fn full_run(workspace: &str) -> Run {
         tasks_total: 9,
         worker_id: Some("worker-a".to_owned()),
         lease_expires_at: Some(T0 + 30_000),
+        lease_epoch: 3,
         review_status: crate::domain::ReviewStatus::PrCreated,
         review_action_at: Some(T0 + 40_000),
         merge_commit: None,
@@ -206,6 +208,7 @@ pub async fn run_all(store: &dyn Store) {
     claim_honours_skips(store).await;
     interleaved_claims(store).await;
     renew_and_release(store).await;
+    fenced_batches(store).await;
     count_runs_by_status(store).await;
 }
 
@@ -290,6 +293,7 @@ pub async fn update_run_replaces_fields_but_not_the_lease(store: &dyn Store) {
     run.updated_at = run.created_at;
     run.worker_id = Some("holder".to_owned());
     run.lease_expires_at = Some(T0 + 5_000);
+    run.lease_epoch = 4;
     create(store, &run).await;
 
     let before_update = now_ms();
@@ -310,6 +314,7 @@ pub async fn update_run_replaces_fields_but_not_the_lease(store: &dyn Store) {
         created_at: run.created_at + 1,
         worker_id: None,
         lease_expires_at: None,
+        lease_epoch: 0,
         review_status: crate::domain::ReviewStatus::Merged,
         review_action_at: Some(T0 + 9_000),
         merge_commit: Some("0123456789abcdef0123456789abcdef01234567".to_owned()),
@@ -328,6 +333,7 @@ pub async fn update_run_replaces_fields_but_not_the_lease(store: &dyn Store) {
         updated_at: stored.updated_at,
         worker_id: run.worker_id.clone(),
         lease_expires_at: run.lease_expires_at,
+        lease_epoch: run.lease_epoch,
         ..changed.clone()
     };
     assert_eq!(
@@ -896,6 +902,11 @@ pub async fn claim_takes_pending_and_sets_the_lease(store: &dyn Store) {
     assert_eq!(claimed.worker_id.as_deref(), Some("w1"));
     assert_eq!(claimed.lease_expires_at, Some(T0 + 1_000));
     assert_eq!(
+        claimed.lease_epoch,
+        run.lease_epoch + 1,
+        "store contract: a claim must increment the lease epoch"
+    );
+    assert_eq!(
         ok("get_run", store.get_run(run.id).await),
         claimed,
         "store contract: claim_next_run must return the run as stored"
@@ -948,6 +959,11 @@ pub async fn claim_takes_over_expired_leases(store: &dyn Store) {
     assert_eq!(taken.status, RunStatus::Running);
     assert_eq!(taken.worker_id.as_deref(), Some("w2"));
     assert_eq!(taken.lease_expires_at, Some(T0 + 2_000));
+    assert_eq!(
+        taken.lease_epoch,
+        run.lease_epoch + 2,
+        "store contract: every claim must increment the lease epoch"
+    );
     assert_conflict(
         "renew_lease by the worker that lost the run",
         store.renew_lease(run.id, "w1", T0 + 5_000).await,
@@ -1703,4 +1719,89 @@ pub async fn concurrent_batches(store: Arc<dyn Store>) {
         }
     }
     assert_gap_free(store.as_ref(), run.id, returned, TASKS * PER_TASK).await;
+}
+
+/// A batch that starts with a `Fence` lands while the run's epoch is the fenced one and is
+/// refused as a whole (`Conflict`, nothing applied, no sequence number used) once another
+/// worker claimed the run; the new holder's fenced batches land. An unknown run is
+/// `NotFound`.
+pub async fn fenced_batches(store: &dyn Store) {
+    drain_queue(store).await;
+    let run = sample_run(&workspace("fence"));
+    create(store, &run).await;
+    let Some(first) = claim(store, &claim_request("w1", T0)).await else {
+        panic!("store contract: a PENDING run must be claimable");
+    };
+    let fence = |epoch| StoreWrite::Fence {
+        run_id: run.id,
+        epoch,
+    };
+    let landed = ok(
+        "a batch fenced with the current epoch",
+        store
+            .write_batch(&[
+                fence(first.lease_epoch),
+                StoreWrite::AppendEvent(sample_event(run.id, 1)),
+            ])
+            .await,
+    );
+    assert_eq!(landed.events.len(), 1);
+
+    let Some(second) = claim(store, &claim_request("w2", T0 + 1_000)).await else {
+        panic!("store contract: an expired lease must be claimable");
+    };
+    assert!(second.lease_epoch > first.lease_epoch);
+    let mut stale_update = second.clone();
+    stale_update.name = "written-by-a-stale-worker".to_owned();
+    assert_conflict(
+        "a batch fenced with a stale epoch",
+        store
+            .write_batch(&[
+                fence(first.lease_epoch),
+                StoreWrite::AppendEvent(sample_event(run.id, 2)),
+                StoreWrite::UpdateRun(stale_update),
+                StoreWrite::InsertStep(sample_step(run.id, 1)),
+            ])
+            .await,
+    );
+    assert_eq!(
+        ok("last_event_seq", store.last_event_seq(run.id).await),
+        1,
+        "store contract: a refused fenced batch must append nothing"
+    );
+    let after = ok("get_run", store.get_run(run.id).await);
+    assert_eq!(
+        after.name, run.name,
+        "store contract: a refused fenced batch must change nothing"
+    );
+    assert_eq!(ok("list_steps", store.list_steps(run.id).await), Vec::new());
+
+    let landed = ok(
+        "a batch fenced with the new holder's epoch",
+        store
+            .write_batch(&[
+                fence(second.lease_epoch),
+                StoreWrite::AppendEvent(sample_event(run.id, 3)),
+            ])
+            .await,
+    );
+    assert_eq!(
+        landed.events.first().map(|e| e.seq),
+        Some(2),
+        "store contract: the new holder's events follow without a gap"
+    );
+    ok("release_run", store.release_run(run.id, "w2").await);
+    ok(
+        "a fenced batch after the holder's own release",
+        store.write_batch(&[fence(second.lease_epoch)]).await,
+    );
+    assert_not_found(
+        "a fence on an unknown run",
+        store
+            .write_batch(&[StoreWrite::Fence {
+                run_id: RunId::new(),
+                epoch: 1,
+            }])
+            .await,
+    );
 }

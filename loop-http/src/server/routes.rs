@@ -314,6 +314,7 @@ async fn health(engine: &Engine) -> Response<RespBody> {
             worker_id: engine.settings().worker_id.clone(),
             running: engine.running_runs().len(),
             containment: loop_engine::process::containment().as_str().to_owned(),
+            fenced_writes_rejected: engine.metrics().fenced_writes_rejected,
             problem,
         },
     )
@@ -352,6 +353,14 @@ pub(crate) fn render_metrics(
     out.push_str(&format!(
         "# HELP loop_claude_retry_total Agent step retries.\n# TYPE loop_claude_retry_total counter\nloop_claude_retry_total {}\n",
         m.claude_retries
+    ));
+    out.push_str(&format!(
+        "# HELP loop_fenced_writes_rejected_total Writes of this worker refused because another worker took their run over.\n# TYPE loop_fenced_writes_rejected_total counter\nloop_fenced_writes_rejected_total {}\n",
+        m.fenced_writes_rejected
+    ));
+    out.push_str(&format!(
+        "# HELP loop_leases_lost_total Runs this worker stopped because it lost their lease.\n# TYPE loop_leases_lost_total counter\nloop_leases_lost_total {}\n",
+        m.leases_lost
     ));
     out.push_str("# HELP loop_runs Runs in the store by status.\n# TYPE loop_runs gauge\n");
     for status in RunStatus::ALL {

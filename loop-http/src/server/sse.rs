@@ -512,6 +512,9 @@ async fn stream_output(
             if cur.run_is_terminal().await? {
                 return cur.send_last_step().await;
             }
+            if !cur.engine.running_runs().contains(&cur.run_id) && cur.engine.store_is_shared() {
+                return follow_remote(cur, settings).await;
+            }
         }
     }
     let idle = tokio::time::sleep(settings.keepalive);
@@ -552,6 +555,49 @@ async fn stream_output(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// How often the log of a run executing on another host is read for new bytes.
+const REMOTE_TAIL: Duration = Duration::from_millis(250);
+
+/// The output of a run that executes on another host sharing the store (SPEC §14). The agent
+/// writes its output to the step's log in the run's folder on the workspaces' shared
+/// filesystem, which this host sees at the same path: the stream follows the run's newest
+/// step that has a log and sends what the file gained, every [`REMOTE_TAIL`]. (Output is not
+/// copied through the database, which would carry every byte twice and grow with it, and not
+/// proxied from the owner, which would make a stream depend on a second host staying up. A
+/// shared filesystem gives no change notification across hosts, hence the short re-read.)
+async fn follow_remote(cur: &mut OutputCursor<'_>, settings: &SseSettings) -> Result<(), Stop> {
+    let mut idle_since = Instant::now();
+    loop {
+        let steps = cur.engine.steps(cur.run_id).await.map_err(|e| {
+            tracing::warn!(run_id = %cur.run_id, error = %chain(&e), "cannot list steps for a stream");
+            Stop::Store
+        })?;
+        if let Some(step) = steps.iter().rev().find(|s| s.output_path.is_some())
+            && cur.step.as_ref().map(|s| s.step_id) != Some(step.id)
+        {
+            cur.start(step.id, step.output_path.clone()).await?;
+            idle_since = Instant::now();
+        }
+        let before = cur.step.as_ref().map_or(0, |s| s.sent);
+        cur.copy_file(None).await?;
+        if cur.step.as_ref().map_or(0, |s| s.sent) != before {
+            idle_since = Instant::now();
+        }
+        if cur.run_is_terminal().await? {
+            cur.finish_step().await?;
+            return Ok(());
+        }
+        if idle_since.elapsed() >= settings.keepalive {
+            cur.sink.keepalive().await?;
+            idle_since = Instant::now();
+        }
+        tokio::select! {
+            () = settings.shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(REMOTE_TAIL) => {}
         }
     }
 }

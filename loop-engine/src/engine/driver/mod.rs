@@ -53,7 +53,6 @@ pub(crate) async fn cancel_idle_run(inner: &Arc<Inner>, run: Run) -> Result<(), 
     let control = RunControl {
         cancel: inner.shutdown.child_token(),
         pause: Arc::default(),
-        workspace: run.workspace_root.clone(),
     };
     match RunDriver::new(inner.clone(), run, control) {
         Ok(d) => {

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use crate::backend::{Executor, StoreError, StoreWrite};
 use crate::config::Config;
 use crate::domain::{
-    EventPayload, NewEvent, ReportKind, Run, Step, StepId, StepPhase, StepStatus, now_ms, payloads,
+    EventPayload, NewEvent, ReportKind, Run, RunStatus, Step, StepId, StepPhase, StepStatus,
+    now_ms, payloads,
 };
 use crate::engine::create::{implementation_prompt_text, prompt_paths};
 use crate::engine::driver::stop::{Stop, chain};
 use crate::engine::driver::worktree::Worktree;
 use crate::engine::inner::{Inner, RunControl};
+use crate::engine::metrics::Metrics;
 use crate::engine::report::{Recorder, Row};
 use crate::machine::History;
 use crate::plan::{self, PlanCounts};
@@ -113,6 +115,14 @@ impl RunDriver {
             &cfg,
             inner.settings.global_log_dir.as_deref(),
         );
+        // A run this worker claimed: its writes are fenced by the claim's epoch.
+        let rec = if run.status == RunStatus::Running
+            && run.worker_id.as_deref() == Some(inner.settings.worker_id.as_str())
+        {
+            rec.fenced(run.lease_epoch)
+        } else {
+            rec
+        };
         let plan_in_worktree = rebase(&run.plan_path, &run.workspace_root, &run.worktree_path);
         Ok(Self {
             worktree: Worktree::new(run.worktree_path.clone()),
@@ -150,33 +160,72 @@ impl RunDriver {
         })
     }
 
+    /// Renews the run's lease every third of its length while the run executes. A renewal
+    /// the store refuses (another worker holds the run) stops the run at once; so does a
+    /// store that cannot be reached for so long that the lease would lapse before the next
+    /// attempt (self-fencing, SPEC §14): the agent is killed while the lease still holds, so
+    /// it is gone before another worker can claim the run.
     pub(super) fn spawn_lease_renewal(&self) -> tokio::task::JoinHandle<()> {
         let inner = self.inner.clone();
         let run_id = self.run.id;
         let cancel = self.control.cancel.clone();
         let lost = self.lost_lease.clone();
         let lease = inner.settings.lease;
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        // The claim's lease holds until its stored expiry.
+        let left = self
+            .run
+            .lease_expires_at
+            .map_or(lease_ms, |until| until.saturating_sub(now_ms()));
+        let first_valid_until = tokio::time::Instant::now()
+            + Duration::from_millis(u64::try_from(left.max(0)).unwrap_or(0));
         tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(100));
+            let mut valid_until = first_valid_until;
+            let stop = |why: &str| {
+                tracing::error!(%run_id, "{why}; stopping this run here");
+                if !lost.swap(true, Ordering::SeqCst) {
+                    Metrics::inc(&inner.metrics.leases_lost);
+                }
+                cancel.cancel();
+            };
             loop {
                 tokio::time::sleep(every).await;
-                let until =
-                    now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-                match inner
-                    .store
-                    .renew_lease(run_id, &inner.settings.worker_id, until)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict { detail }) => {
-                        tracing::error!(%run_id, %detail, "lease lost; stopping this run here");
-                        lost.store(true, Ordering::SeqCst);
-                        cancel.cancel();
+                let started = tokio::time::Instant::now();
+                let until = now_ms().saturating_add(lease_ms);
+                // A call that hangs (a cut network) must not outlive the lease: it is given
+                // up half a period before the lease would lapse and counts as a failed
+                // renewal. A slow store (a loaded machine) gets the rest of that time.
+                let patience = valid_until
+                    .saturating_duration_since(started)
+                    .saturating_sub(every / 2)
+                    .max(Duration::from_millis(50));
+                let renewed = tokio::time::timeout(
+                    patience,
+                    inner
+                        .store
+                        .renew_lease(run_id, &inner.settings.worker_id, until),
+                )
+                .await;
+                match renewed {
+                    Ok(Ok(())) => valid_until = started + lease,
+                    Ok(Err(StoreError::Conflict { detail })) => {
+                        // The renewal is a write of this worker that the store refused
+                        // because another worker holds the run now: fencing at work.
+                        Metrics::inc(&inner.metrics.fenced_writes_rejected);
+                        stop(&format!("lease lost ({detail})"));
                         return;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(%run_id, error = %chain(&e), "cannot renew lease; will retry");
                     }
+                    Err(_) => {
+                        tracing::warn!(%run_id, "lease renewal did not answer within {} ms; will retry", patience.as_millis());
+                    }
+                }
+                if tokio::time::Instant::now() + every >= valid_until {
+                    stop("the lease could not be renewed and lapses before the next attempt");
+                    return;
                 }
             }
         })
@@ -231,7 +280,37 @@ impl RunDriver {
     /// Lands every queued write: called before anything that takes time or must find the
     /// run's state durable (an agent, a command, a sleep, a merge, the end of the run).
     pub(super) async fn flush(&self) -> Result<(), Stop> {
-        self.rec.flush(&self.inner).await.map_err(Stop::from)
+        match self.rec.flush(&self.inner).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict { detail }) if self.taken_over().await => {
+                Metrics::inc(&self.inner.metrics.fenced_writes_rejected);
+                tracing::error!(run_id = %self.run.id, %detail, "the store refused this worker's writes: another worker took the run over; stopping here");
+                self.lose_lease();
+                Err(Stop::LostLease)
+            }
+            Err(e) => Err(Stop::from(e)),
+        }
+    }
+
+    /// True when the store says another worker claimed the run since this worker did (its
+    /// epoch moved past the one this driver's writes are fenced with).
+    async fn taken_over(&self) -> bool {
+        let Some(epoch) = self.rec.fence() else {
+            return false;
+        };
+        match self.inner.store.get_run(self.run.id).await {
+            Ok(run) => run.lease_epoch != epoch,
+            Err(_) => false,
+        }
+    }
+
+    /// Stops the run here at once: marks the lease lost and cancels the running step, which
+    /// kills its agent.
+    pub(super) fn lose_lease(&self) {
+        if !self.lost_lease.swap(true, Ordering::SeqCst) {
+            Metrics::inc(&self.inner.metrics.leases_lost);
+        }
+        self.control.cancel.cancel();
     }
 
     pub(super) async fn flush_if_full(&self) -> Result<(), Stop> {
