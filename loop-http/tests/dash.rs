@@ -4,7 +4,7 @@
 
 use loop_engine::domain::RunStatus;
 
-use crate::support::{Server, Setup, TOKEN};
+use crate::support::{Server, TOKEN};
 
 /// Logs in over HTTP and returns the `Cookie` header value of the session.
 pub(crate) async fn login(server: &Server) -> String {
@@ -42,18 +42,8 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_session_the_dashboard_shows_the_login_page_and_refuses_the_rest() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let server = Server::idle().await;
+    let id = server.queued_run().await;
     let (status, headers, body) = server.raw("GET", "/", &[], None).await;
     assert_eq!(status, 200);
     assert!(
@@ -115,11 +105,7 @@ async fn without_a_session_the_dashboard_shows_the_login_page_and_refuses_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_needs_the_right_token_and_a_same_origin_form() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let origin = format!("http://{}", server.addr);
     let form = [("content-type", "application/x-www-form-urlencoded")];
     let with = |o: &'static str| {
@@ -168,18 +154,8 @@ async fn login_needs_the_right_token_and_a_same_origin_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_opens_the_api_but_state_changes_need_our_origin() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let server = Server::idle().await;
+    let id = server.queued_run().await;
     let cookie = login(&server).await;
     let origin = format!("http://{}", server.addr);
     let (status, _, body) = server
@@ -242,11 +218,7 @@ async fn the_session_opens_the_api_but_state_changes_need_our_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let cookie = login(&server).await;
     let origin = format!("http://{}", server.addr);
     // Logging out is a state change too: not from another site.

@@ -12,7 +12,7 @@ use loop_engine::backend::RunFilter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Server, Setup, TOKEN};
+use crate::support::{Server, TOKEN};
 
 /// Requests per worker; 8 workers.
 const PER_WORKER: usize = 1_300;
@@ -332,11 +332,7 @@ async fn send(addr: SocketAddr, raw: &[u8]) -> Option<(u16, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_hostile_requests_get_no_5xx_and_leak_nothing() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let secret = format!("TOP-SECRET-{:x}", SEED);
     let secret_path = server.repo.root().join("secret.txt");
     std::fs::write(&secret_path, format!("{secret}\n{secret}=1\n")).expect("secret");
@@ -477,11 +473,7 @@ async fn ten_thousand_hostile_requests_get_no_5xx_and_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_connections_do_not_stop_the_server() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     // 64 connections that send a partial header block and then trickle.
     let mut slow = Vec::new();
     for i in 0..64 {

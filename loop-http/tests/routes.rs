@@ -20,13 +20,7 @@ async fn runs_can_be_paused_resumed_and_canceled() {
         ..Setup::default()
     })
     .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let id = server.queued_run().await;
     server.wait_status(id, RunStatus::Running).await;
     server.client.pause(id).await.expect("pause");
     let paused = server.wait_status(id, RunStatus::Paused).await;
@@ -61,11 +55,7 @@ async fn runs_can_be_paused_resumed_and_canceled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_are_listed_and_filtered() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let a = server
         .client
         .create_run(&server.request())
@@ -149,11 +139,7 @@ async fn runs_are_listed_and_filtered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prompt_preview_names_the_spec_and_plan() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let preview = server
         .client
         .prompt(&server.request())
@@ -177,11 +163,7 @@ async fn the_prompt_preview_names_the_spec_and_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_errors_and_the_server_survives() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let ws = server.repo.path().display().to_string();
 
     let (status, json) = server
@@ -289,13 +271,7 @@ async fn bad_requests_get_precise_errors_and_the_server_survives() {
     assert_eq!(code(&json), "no_route");
 
     // Steps and logs that do not exist name the run and the step.
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let id = server.queued_run().await;
     let (status, json) = server
         .authed("GET", &format!("/runs/{id}/steps/7/log"), None)
         .await;
@@ -374,11 +350,7 @@ async fn a_fifo_config_file_does_not_freeze_the_api() {
 /// (issue 12 item 11).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_must_be_json_and_queries_utf8() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let auth = format!("Bearer {}", crate::support::TOKEN);
     let body = serde_json::to_vec(&serde_json::json!({
         "spec_path": "specs/widget.md",

@@ -2,7 +2,7 @@
 
 use loop_engine::domain::RunId;
 
-use crate::support::{Server, Setup, TOKEN, code};
+use crate::support::{Server, TOKEN, code};
 
 fn routes(id: RunId) -> Vec<(&'static str, String)> {
     vec![
@@ -26,18 +26,8 @@ fn routes(id: RunId) -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_but_health_needs_the_token() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let server = Server::idle().await;
+    let id = server.queued_run().await;
     for (method, path) in routes(id) {
         for headers in [
             vec![],
@@ -73,11 +63,7 @@ async fn every_route_but_health_needs_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_hosts_and_origins_are_refused() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
+    let server = Server::idle().await;
     let auth = format!("Bearer {TOKEN}");
     let port = server.addr.port();
     let evil_host = format!("evil.example:{port}");

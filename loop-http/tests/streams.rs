@@ -144,13 +144,7 @@ fn super_text_contains(items: &[OutputItem], needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_with_last_event_id_returns_exactly_the_rest() {
     let server = Server::start().await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let id = server.queued_run().await;
     server.wait_status(id, RunStatus::Completed).await;
     let full = all_events(&mut server.client.events(id, None).await.expect("events")).await;
     let n = full.len() as u64;
@@ -184,18 +178,8 @@ async fn resuming_with_last_event_id_returns_exactly_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_last_event_ids_are_refused() {
-    let server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let server = Server::idle().await;
+    let id = server.queued_run().await;
     let auth = format!("Bearer {TOKEN}");
     let path = format!("/runs/{id}/events");
     let (status, _, body) = server
@@ -241,13 +225,7 @@ async fn idle_streams_send_keepalives_and_end_when_the_run_ends() {
         ..Setup::default()
     })
     .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let id = server.queued_run().await;
     let mut events = server.client.events(id, None).await.expect("events");
     let mut output = server.client.output(id).await.expect("output");
     let first = events.next().await.expect("event").expect("an event");
@@ -285,18 +263,8 @@ async fn idle_streams_send_keepalives_and_end_when_the_run_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_and_the_server() {
-    let mut server = Server::with(Setup {
-        scheduler: false,
-        ..Setup::default()
-    })
-    .await;
-    let id = server
-        .client
-        .create_run(&server.request())
-        .await
-        .expect("create")
-        .run
-        .id;
+    let mut server = Server::idle().await;
+    let id = server.queued_run().await;
     let mut events = server.client.events(id, None).await.expect("events");
     assert_eq!(events.next().await.expect("event").expect("one").seq, 1);
     server.shutdown.cancel();

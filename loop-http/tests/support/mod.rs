@@ -66,6 +66,15 @@ impl Server {
         Self::with(Setup::default()).await
     }
 
+    /// A server whose engine does not run its scheduler: created runs stay `PENDING`.
+    pub(crate) async fn idle() -> Self {
+        Self::with(Setup {
+            scheduler: false,
+            ..Setup::default()
+        })
+        .await
+    }
+
     pub(crate) async fn with(setup: Setup) -> Self {
         let repo = GitFixture::new();
         let global = repo.root().join("global-logs");
@@ -117,6 +126,16 @@ impl Server {
             serve: Some(serve),
             scheduler,
         }
+    }
+
+    /// Creates a run of the fixture's spec through the client and returns its id.
+    pub(crate) async fn queued_run(&self) -> RunId {
+        self.client
+            .create_run(&self.request())
+            .await
+            .expect("create")
+            .run
+            .id
     }
 
     pub(crate) fn request(&self) -> CreateRunRequest {
