@@ -303,40 +303,40 @@ async fn three_hosts_share_the_queue_and_take_over_killed_hosts_runs() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Some((i, run_id)) = frozen {
-        signal(&hosts[i].daemon.child, Signal::SIGSTOP);
-        let other = &hosts[(i + 1) % 3].daemon.client;
-        let deadline = Instant::now() + Duration::from_secs(4 * TTL_SEC + 10);
-        loop {
-            let run = other.get_run(run_id).await.expect("run");
-            if run.worker_id.as_deref() != Some(hosts[i].worker_id.as_str()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nobody took over the frozen host's run"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    // Without a run to freeze the fencing check would be skipped: that is a failure.
+    let (i, run_id) = frozen.expect("no host held a running run to freeze");
+    signal(&hosts[i].daemon.child, Signal::SIGSTOP);
+    let other = &hosts[(i + 1) % 3].daemon.client;
+    let deadline = Instant::now() + Duration::from_secs(4 * TTL_SEC + 10);
+    loop {
+        let run = other.get_run(run_id).await.expect("run");
+        if run.worker_id.as_deref() != Some(hosts[i].worker_id.as_str()) {
+            break;
         }
-        // Let the new owner's agent get going before the old one thaws.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        signal(&hosts[i].daemon.child, Signal::SIGCONT);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let health = hosts[i].daemon.client.health().await.expect("health");
-            if health.fenced_writes_rejected > 0 {
-                eprintln!(
-                    "hosts: the thawed host's late writes refused: {}",
-                    health.fenced_writes_rejected
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the thawed host's late writes were not refused and counted"
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over the frozen host's run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the new owner's agent get going before the old one thaws.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&hosts[i].daemon.child, Signal::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = hosts[i].daemon.client.health().await.expect("health");
+        if health.fenced_writes_rejected > 0 {
+            eprintln!(
+                "hosts: the thawed host's late writes refused: {}",
+                health.fenced_writes_rejected
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the thawed host's late writes were not refused and counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Everything finishes.
